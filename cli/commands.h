@@ -1,0 +1,10 @@
+/* commands.h: one function per subcommand (cmd_ prefix); each parses its own options and
+ * returns the process exit code (0 success, 1 failure, 2 usage error). */
+#ifndef DH_COMMANDS_H
+#define DH_COMMANDS_H
+
+int cmd_init_model(int argc, char **argv);
+int cmd_logits(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+#endif

@@ -1,0 +1,385 @@
+/* forward.c: embedding, MLA attention with the latent cache, dense and MoE FFNs, the head,
+ * and the MTP block, for a batch of rows (DeepSeek-V3 inference/model.py, row-wise).
+ *
+ * Dims legend: T rows this step, S cached positions, D hidden, H heads, Dn/Dr/Dv nope/rope/v
+ * head dims, C kv_lora_rank, Q q_lora_rank, E routed experts, K experts per token, V vocab.
+ *
+ * Attention caches one row per position and layer: [kv_a_layernorm(c_kv) (C) | rope(k_pe) (Dr)].
+ * Prompt rows (FWD_NAIVE) attend in the naive form: the cached latents are expanded through
+ * W_UKV = kv_b_proj into per-head keys and values, in blocks of NB positions aligned at 0,
+ * with an online softmax over the blocks. Decode rows attend in the absorbed form: W_UK is
+ * folded into the query (q_abs = W_UK^T q_nope, [H, C]), scores are taken against the latents
+ * directly, and W_UV is applied to the attention-weighted latent. Both forms see only the
+ * row's own sequence, and block boundaries are fixed by position, not by how a prompt was
+ * chunked, so a row's result never depends on the rest of the batch.
+ *
+ * All scratch is allocated in fwd_new for max_rows rows and the cache's longest sequence. */
+#include "forward.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coordinator/router.h"
+#include "core/common.h"
+#include "core/nn.h"
+#include "worker/experts.h"
+
+#define NB 64 /* key positions expanded at once in the naive form */
+
+struct fwd_ctx {
+    const model *m;
+    kv_cache *kv;
+    moe_backend *moe;
+    int R, S;                      /* max rows, max cached positions */
+    int D, H, Dn, Dr, Dv, C, Q, E, K, V, Fmax;
+    float *x, *h, *a, *ysh;        /* [R, D] residual, normed input, sublayer out, shared out */
+    float *q;                      /* [R, H*(Dn+Dr)] */
+    float *qlat;                   /* [R, Q] */
+    float *kva;                    /* [R, C+Dr] */
+    float *qg;                     /* [R, H*(Dn+Dr)] queries of the absorbed rows, compacted */
+    float *qa;                     /* [R, H, C+Dr] absorbed queries [q_abs | q_pe] */
+    float *olat;                   /* [R, H, C] attention-weighted latents */
+    float *og;                     /* [R, H*Dv] absorbed outputs, compacted */
+    float *o;                      /* [R, H*Dv] attention output before o_proj */
+    float *cosv, *sinv;            /* [R, Dr/2] */
+    float *g, *u;                  /* [R, Fmax] FFN scratch */
+    float *rlog;                   /* [R, E] router logits */
+    int *ridx;                     /* [R, K] */
+    float *rw;                     /* [R, K] */
+    float *scores;                 /* [threads, S] */
+    float *lat, *kvx, *keys;       /* naive form: [NB, C], [NB, H*(Dn+Dv)], [NB, H, Dn+Dr] */
+    float *ost;                    /* [R, H, Dv + 2] online softmax: max, sum, acc */
+    float *cat;                    /* [R, 2D] MTP input */
+    int *ab;                       /* [R] absorbed rows */
+    uint64_t *route_counts;        /* [n_layers * E] or NULL */
+};
+
+fwd_ctx *fwd_new(const model *m, kv_cache *kv, moe_backend *moe, int max_rows) {
+    const model_config *c = &m->cfg;
+    fwd_ctx *f = xcalloc(1, sizeof *f);
+    f->m = m, f->kv = kv, f->moe = moe;
+    f->R = max_rows;
+    f->S = kv_max_seq_len(kv);
+    f->D = c->hidden_size, f->H = c->num_attention_heads, f->Dn = c->qk_nope_head_dim;
+    f->Dr = c->qk_rope_head_dim, f->Dv = c->v_head_dim, f->C = c->kv_lora_rank;
+    f->Q = c->q_lora_rank, f->E = c->n_routed_experts, f->K = c->num_experts_per_tok;
+    f->V = c->vocab_size;
+    f->Fmax = DH_MAX(c->intermediate_size, DH_MAX(c->n_shared_experts, 1) * c->moe_intermediate_size);
+    size_t R = (size_t)max_rows, D = (size_t)f->D, H = (size_t)f->H;
+    size_t qw = H * (size_t)(f->Dn + f->Dr), row = (size_t)(f->C + f->Dr);
+#define ALLOC(p, n) (p = xmalloc(xmul((n), sizeof *(p))))
+    ALLOC(f->x, R * D), ALLOC(f->h, R * D), ALLOC(f->a, R * D), ALLOC(f->ysh, R * D);
+    ALLOC(f->q, R * qw), ALLOC(f->qg, R * qw), ALLOC(f->qlat, R * (size_t)DH_MAX(f->Q, 1));
+    ALLOC(f->kva, R * row), ALLOC(f->qa, R * H * row), ALLOC(f->olat, R * H * (size_t)f->C);
+    ALLOC(f->og, R * H * (size_t)f->Dv), ALLOC(f->o, R * H * (size_t)f->Dv);
+    ALLOC(f->cosv, R * (size_t)f->Dr / 2), ALLOC(f->sinv, R * (size_t)f->Dr / 2);
+    ALLOC(f->g, R * (size_t)f->Fmax), ALLOC(f->u, R * (size_t)f->Fmax);
+    ALLOC(f->rlog, R * (size_t)DH_MAX(f->E, 1)), ALLOC(f->ridx, R * (size_t)f->K), ALLOC(f->rw, R * (size_t)f->K);
+    ALLOC(f->scores, (size_t)nn_threads() * (size_t)f->S);
+    ALLOC(f->lat, (size_t)NB * f->C), ALLOC(f->kvx, (size_t)NB * H * (size_t)(f->Dn + f->Dv));
+    ALLOC(f->keys, (size_t)NB * H * (size_t)(f->Dn + f->Dr)), ALLOC(f->ost, R * H * (size_t)(f->Dv + 2));
+    ALLOC(f->cat, R * 2 * D), ALLOC(f->ab, R);
+#undef ALLOC
+    int maxcols = DH_MAX(2 * f->D, DH_MAX(f->Fmax, (int)(H * (size_t)f->Dv)));
+    maxcols = DH_MAX(maxcols, DH_MAX(f->C, f->Q));
+    nn_reserve(DH_MAX(max_rows, NB), maxcols);
+    return f;
+}
+
+void fwd_free(fwd_ctx *f) {
+    if (!f) return;
+    void *bufs[] = {f->x,    f->h,    f->a,   f->ysh,  f->q,      f->qg,   f->qlat, f->kva,
+                    f->qa,   f->olat, f->og,  f->o,    f->cosv,   f->sinv, f->g,    f->u,
+                    f->rlog, f->ridx, f->rw,  f->scores, f->lat,  f->kvx,  f->keys, f->ost,
+                    f->cat,  f->ab};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    free(f);
+}
+
+void fwd_set_route_counts(fwd_ctx *f, uint64_t *counts) { f->route_counts = counts; }
+
+/* cos/sin of pos * inv_freq[j] for each row, in double then rounded */
+static void rope_tables(fwd_ctx *f, const fwd_row *rows, int T) {
+    int half = f->Dr / 2;
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < half; j++) {
+            double ang = (double)rows[t].pos * f->m->inv_freq[j];
+            f->cosv[t * half + j] = (float)cos(ang);
+            f->sinv[t * half + j] = (float)sin(ang);
+        }
+}
+
+/* rotate adjacent pairs (x[2j], x[2j+1]) of row t */
+static void rope(const fwd_ctx *f, float *x, int t) {
+    const float *cs = f->cosv + (size_t)t * (f->Dr / 2), *sn = f->sinv + (size_t)t * (f->Dr / 2);
+    for (int j = 0; j < f->Dr / 2; j++) {
+        float a = x[2 * j], b = x[2 * j + 1];
+        x[2 * j] = a * cs[j] - b * sn[j];
+        x[2 * j + 1] = a * sn[j] + b * cs[j];
+    }
+}
+
+/* --- absorbed attention: one task per (absorbed row, head) --- */
+
+typedef struct abs_job {
+    fwd_ctx *f;
+    const fwd_row *rows;
+    int layer, nA;
+} abs_job;
+
+static void abs_task(void *ctx, int task, int thread) {
+    abs_job *j = ctx;
+    fwd_ctx *f = j->f;
+    int i = task / f->H, hh = task % f->H, row = f->C + f->Dr;
+    const fwd_row *r = &j->rows[f->ab[i]];
+    const float *qv = f->qa + ((size_t)i * f->H + hh) * row;
+    float *sc = f->scores + (size_t)thread * f->S;
+    float scale = f->m->softmax_scale;
+    // score[s] = (q_abs . c_kv[s] + q_pe . k_pe[s]) * softmax_scale        [S]
+    for (int s = 0; s <= r->pos; s++) sc[s] = nn_dot(qv, kv_row_c(f->kv, r->seq, j->layer, s), row) * scale;
+    nn_softmax(sc, r->pos + 1);
+    // o_lat = softmax(score) . c_kv                                        [C]
+    float *ol = f->olat + ((size_t)i * f->H + hh) * f->C;
+    memset(ol, 0, (size_t)f->C * sizeof *ol);
+    for (int s = 0; s <= r->pos; s++) nn_axpy(ol, sc[s], kv_row_c(f->kv, r->seq, j->layer, s), f->C);
+}
+
+static void attend_absorbed(fwd_ctx *f, const layer_weights *lw, const fwd_row *rows, int nA, int layer) {
+    int H = f->H, C = f->C, Dn = f->Dn, Dr = f->Dr, Dv = f->Dv, qw = H * (Dn + Dr), row = C + Dr;
+    for (int i = 0; i < nA; i++) memcpy(f->qg + (size_t)i * qw, f->q + (size_t)f->ab[i] * qw, (size_t)qw * sizeof(float));
+    // q_abs[h] = W_UK[h]^T q_nope[h]; qa[h] = [q_abs | q_pe]               [nA, H, C + Dr]
+    for (int hh = 0; hh < H; hh++) {
+        wmat uk = wt_f32(lw->attn.w_uk_t.p.f32 + (size_t)hh * C * Dn, C, Dn);
+        nn_matmul_ld(f->qa + (size_t)hh * row, H * row, f->qg + (size_t)hh * (Dn + Dr), qw, &uk, nA);
+        for (int i = 0; i < nA; i++)
+            memcpy(f->qa + ((size_t)i * H + hh) * row + C, f->qg + (size_t)i * qw + (size_t)hh * (Dn + Dr) + Dn,
+                   (size_t)Dr * sizeof(float));
+    }
+    abs_job j = {.f = f, .rows = rows, .layer = layer, .nA = nA};
+    tp_run(nn_pool(), nA * H, abs_task, &j);
+    // o[h] = W_UV[h] o_lat[h]                                              [nA, H, Dv]
+    for (int hh = 0; hh < H; hh++) {
+        wmat uv = wt_f32(lw->attn.w_uv.p.f32 + (size_t)hh * Dv * C, Dv, C);
+        nn_matmul_ld(f->og + (size_t)hh * Dv, H * Dv, f->olat + (size_t)hh * C, H * C, &uv, nA);
+    }
+    for (int i = 0; i < nA; i++)
+        memcpy(f->o + (size_t)f->ab[i] * H * Dv, f->og + (size_t)i * H * Dv, (size_t)H * Dv * sizeof(float));
+}
+
+/* --- naive attention: a chunk of prompt rows of one sequence --- */
+
+typedef struct naive_job {
+    fwd_ctx *f;
+    const fwd_row *rows;
+    int t0, b, e; /* chunk's first row; key positions [b, e) this block */
+} naive_job;
+
+static void naive_task(void *ctx, int task, int thread) {
+    (void)thread;
+    naive_job *j = ctx;
+    fwd_ctx *f = j->f;
+    int H = f->H, Dn = f->Dn, Dr = f->Dr, Dv = f->Dv;
+    int t = j->t0 + task / H, hh = task % H;
+    int last = DH_MIN(j->e, j->rows[t].pos + 1);
+    if (last <= j->b) return;
+    const float *qh = f->q + (size_t)t * H * (Dn + Dr) + (size_t)hh * (Dn + Dr);
+    float *st = f->ost + ((size_t)t * H + hh) * (Dv + 2), *acc = st + 2;
+    float sc[NB], mx = st[0];
+    // score[s] = ([q_nope | q_pe] . [k_nope[s] | k_pe[s]]) * softmax_scale  [block]
+    for (int s = j->b; s < last; s++) {
+        sc[s - j->b] = nn_dot(qh, f->keys + ((size_t)(s - j->b) * H + hh) * (Dn + Dr), Dn + Dr) * f->m->softmax_scale;
+        mx = fmaxf(mx, sc[s - j->b]);
+    }
+    // online softmax: rescale what the earlier blocks summed, add this block's values
+    float corr = expf(st[0] - mx);
+    st[1] *= corr;
+    for (int d = 0; d < Dv; d++) acc[d] *= corr;
+    for (int s = j->b; s < last; s++) {
+        float p = expf(sc[s - j->b] - mx);
+        st[1] += p;
+        nn_axpy(acc, p, f->kvx + (size_t)(s - j->b) * H * (Dn + Dv) + (size_t)hh * (Dn + Dv) + Dn, Dv);
+    }
+    st[0] = mx;
+}
+
+static void attend_naive(fwd_ctx *f, const layer_weights *lw, const fwd_row *rows, int t0, int t1, int layer) {
+    int H = f->H, C = f->C, Dn = f->Dn, Dr = f->Dr, Dv = f->Dv, seq = rows[t0].seq;
+    int plast = rows[t1 - 1].pos;
+    for (int t = t0; t < t1; t++)
+        for (int hh = 0; hh < H; hh++) {
+            float *st = f->ost + ((size_t)t * H + hh) * (Dv + 2);
+            st[0] = -INFINITY, st[1] = 0;
+            memset(st + 2, 0, (size_t)Dv * sizeof(float));
+        }
+    for (int b = 0; b <= plast; b += NB) {
+        int e = DH_MIN(b + NB, plast + 1), nb = e - b;
+        // [k_nope | v] = W_UKV c_kv for the block's positions              [nb, H, Dn + Dv]
+        for (int s = b; s < e; s++) memcpy(f->lat + (size_t)(s - b) * C, kv_row_c(f->kv, seq, layer, s), (size_t)C * sizeof(float));
+        nn_matmul(f->kvx, f->lat, &lw->attn.kv_b_proj, nb);
+        for (int s = b; s < e; s++) {
+            const float *kpe = kv_row_c(f->kv, seq, layer, s) + C;
+            for (int hh = 0; hh < H; hh++) {
+                float *k = f->keys + ((size_t)(s - b) * H + hh) * (Dn + Dr);
+                memcpy(k, f->kvx + (size_t)(s - b) * H * (Dn + Dv) + (size_t)hh * (Dn + Dv), (size_t)Dn * sizeof(float));
+                memcpy(k + Dn, kpe, (size_t)Dr * sizeof(float));
+            }
+        }
+        naive_job j = {.f = f, .rows = rows, .t0 = t0, .b = b, .e = e};
+        tp_run(nn_pool(), (t1 - t0) * H, naive_task, &j);
+    }
+    // o[h] = acc / sum                                                    [rows, H, Dv]
+    for (int t = t0; t < t1; t++)
+        for (int hh = 0; hh < H; hh++) {
+            const float *st = f->ost + ((size_t)t * H + hh) * (Dv + 2);
+            float *o = f->o + (size_t)t * H * Dv + (size_t)hh * Dv;
+            for (int d = 0; d < Dv; d++) o[d] = st[2 + d] / st[1];
+        }
+}
+
+/* MLA: h [T, D] (normed) -> out [T, D]; writes this step's rows into the cache */
+static void attention(fwd_ctx *f, int layer, const fwd_row *rows, int T, const float *h, float *out) {
+    const layer_weights *lw = &f->m->layers[layer];
+    const mla_weights *w = &lw->attn;
+    int H = f->H, C = f->C, Dn = f->Dn, Dr = f->Dr, qw = H * (Dn + Dr), row = C + Dr;
+    float eps = f->m->cfg.rms_norm_eps;
+    // q = W_Q h, or W_QB norm(W_QA h) with q LoRA                          [T, H, Dn + Dr]
+    if (f->Q > 0) {
+        nn_matmul(f->qlat, h, &w->q_a_proj, T);
+        nn_rmsnorm(f->qlat, f->qlat, w->q_a_layernorm, T, f->Q, eps);
+        nn_matmul(f->q, f->qlat, &w->q_b_proj, T);
+    } else {
+        nn_matmul(f->q, h, &w->q_proj, T);
+    }
+    // [c_kv | k_pe] = W_DKV h; c_kv = norm(c_kv); rope q_pe and k_pe     [T, C + Dr]
+    nn_matmul(f->kva, h, &w->kv_a_proj_with_mqa, T);
+    for (int t = 0; t < T; t++) {
+        float *kr = f->kva + (size_t)t * row;
+        nn_rmsnorm(kr, kr, w->kv_a_layernorm, 1, C, eps);
+        rope(f, kr + C, t);
+        for (int hh = 0; hh < H; hh++) rope(f, f->q + (size_t)t * qw + (size_t)hh * (Dn + Dr) + Dn, t);
+        memcpy(kv_row(f->kv, rows[t].seq, layer, rows[t].pos), kr, (size_t)row * sizeof(float));
+    }
+    // attention per row: naive chunks of prompt rows, absorbed decode rows
+    int nA = 0;
+    for (int t = 0; t < T;) {
+        if (!(rows[t].flags & FWD_NAIVE)) {
+            f->ab[nA++] = t++;
+            continue;
+        }
+        int t1 = t + 1;
+        while (t1 < T && (rows[t1].flags & FWD_NAIVE) && rows[t1].seq == rows[t].seq) t1++;
+        attend_naive(f, lw, rows, t, t1, layer);
+        t = t1;
+    }
+    if (nA) attend_absorbed(f, lw, rows, nA, layer);
+    // out = W_O o                                                          [T, D]
+    nn_matmul(out, f->o, &w->o_proj, T);
+}
+
+/* MoE: h [T, D] -> out [T, D]; route record into idx_out/w_out when given */
+static int moe_layer(fwd_ctx *f, int layer, const float *h, int T, float *out, int *idx_out, float *w_out) {
+    const moe_weights *mw = &f->m->layers[layer].moe;
+    int E = f->E, K = f->K, D = f->D;
+    // s = x W_gate^T; experts, weights = top-K of s + bias                 [T, E] -> [T, K]
+    nn_matmul(f->rlog, h, &mw->gate, T);
+    router r = router_from_config(&f->m->cfg, mw->e_score_correction_bias);
+    for (int t = 0; t < T; t++) {
+        router_select(&r, f->rlog + (size_t)t * E, f->ridx + (size_t)t * K, f->rw + (size_t)t * K);
+        if (f->route_counts)
+            for (int k = 0; k < K; k++) f->route_counts[(size_t)layer * E + f->ridx[t * K + k]]++;
+    }
+    if (idx_out) memcpy(idx_out, f->ridx, (size_t)T * K * sizeof *idx_out);
+    if (w_out) memcpy(w_out, f->rw, (size_t)T * K * sizeof *w_out);
+    // routed experts on the backend; the shared experts meanwhile
+    int rc = f->moe->start(f->moe, layer, h, T, f->ridx, f->rw);
+    if (rc) return rc;
+    if (mw->shared.gate_proj.rows) experts_ffn(&mw->shared, h, T, f->ysh, f->g, f->u);
+    rc = f->moe->finish(f->moe, out);
+    if (rc) return rc;
+    // out = sum_k w_k expert_k(x) + shared(x)
+    if (mw->shared.gate_proj.rows)
+        for (size_t i = 0; i < (size_t)T * D; i++) out[i] += f->ysh[i];
+    return 0;
+}
+
+/* one block: x += attn(norm(x)); x += ffn(norm(x)) */
+static int block(fwd_ctx *f, int layer, const fwd_row *rows, int T, int *idx_out, float *w_out) {
+    const layer_weights *lw = &f->m->layers[layer];
+    size_t n = (size_t)T * f->D;
+    float eps = f->m->cfg.rms_norm_eps;
+    nn_rmsnorm(f->h, f->x, lw->input_layernorm, T, f->D, eps);
+    attention(f, layer, rows, T, f->h, f->a);
+    for (size_t i = 0; i < n; i++) f->x[i] += f->a[i];
+    nn_rmsnorm(f->h, f->x, lw->post_attention_layernorm, T, f->D, eps);
+    if (lw->is_moe) {
+        int rc = moe_layer(f, layer, f->h, T, f->a, idx_out, w_out);
+        if (rc) return rc;
+    } else {
+        experts_ffn(&lw->mlp, f->h, T, f->a, f->g, f->u);
+    }
+    for (size_t i = 0; i < n; i++) f->x[i] += f->a[i];
+    return 0;
+}
+
+/* logits of the flagged rows: head(norm(x)) */
+static void head(fwd_ctx *f, const fwd_row *rows, int T, const float *normw, const wmat *W, float *logits) {
+    int n = 0, D = f->D;
+    for (int t = 0; t < T; t++)
+        if (rows[t].flags & FWD_LOGITS)
+            nn_rmsnorm(f->h + (size_t)n++ * D, f->x + (size_t)t * D, normw, 1, D, f->m->cfg.rms_norm_eps);
+    if (n && logits) nn_matmul(logits, f->h, W, n);
+}
+
+int fwd_step(fwd_ctx *f, const fwd_row *rows, int T, fwd_out *out) {
+    DH_ASSERT(T > 0 && T <= f->R);
+    const model *m = f->m;
+    int D = f->D, L = m->cfg.num_hidden_layers, K = f->K;
+    // x = E[token]                                                          [T, D]
+    for (int t = 0; t < T; t++) {
+        DH_ASSERT(rows[t].token >= 0 && rows[t].token < f->V && rows[t].pos < f->S);
+        wt_row(&m->embed_tokens, rows[t].token, f->x + (size_t)t * D);
+    }
+    rope_tables(f, rows, T);
+    int moe_i = 0;
+    for (int l = 0; l < L; l++) {
+        int *ri = NULL;
+        float *rw = NULL;
+        if (m->layers[l].is_moe && out) {
+            if (out->route_idx) ri = out->route_idx + (size_t)moe_i * T * K;
+            if (out->route_w) rw = out->route_w + (size_t)moe_i * T * K;
+        }
+        moe_i += m->layers[l].is_moe;
+        int rc = block(f, l, rows, T, ri, rw);
+        if (rc) return rc;
+        if (out && out->layer_hidden) memcpy(out->layer_hidden + (size_t)l * T * D, f->x, (size_t)T * D * sizeof(float));
+    }
+    if (out && out->hidden) memcpy(out->hidden, f->x, (size_t)T * D * sizeof(float));
+    if (out && out->final_norm) nn_rmsnorm(out->final_norm, f->x, m->norm, T, D, m->cfg.rms_norm_eps);
+    head(f, rows, T, m->norm, &m->lm_head, out ? out->logits : NULL);
+    return 0;
+}
+
+int fwd_mtp(fwd_ctx *f, const fwd_row *rows, const float *hidden, int T, float *logits) {
+    const model *m = f->m;
+    if (!m->has_mtp) return DH_EUNSUPPORTED;
+    DH_ASSERT(T > 0 && T <= f->R);
+    int D = f->D, L = m->cfg.num_hidden_layers;
+    const layer_weights *lw = &m->layers[L];
+    float eps = m->cfg.rms_norm_eps;
+    // x = W_eh [enorm(E[t_{i+1}]); hnorm(norm(h_i))]                       [T, 2D] -> [T, D]
+    for (int t = 0; t < T; t++) {
+        float *c = f->cat + (size_t)t * 2 * D;
+        DH_ASSERT(rows[t].token >= 0 && rows[t].token < f->V);
+        wt_row(&lw->embed_tokens, rows[t].token, c);
+        nn_rmsnorm(c, c, lw->enorm, 1, D, eps);
+        nn_rmsnorm(c + D, hidden + (size_t)t * D, m->norm, 1, D, eps);
+        nn_rmsnorm(c + D, c + D, lw->hnorm, 1, D, eps);
+    }
+    nn_matmul(f->x, f->cat, &lw->eh_proj, T);
+    rope_tables(f, rows, T);
+    int rc = block(f, L, rows, T, NULL, NULL);
+    if (rc) return rc;
+    head(f, rows, T, lw->shared_head_norm, &lw->shared_head_head, logits);
+    return 0;
+}

@@ -1,0 +1,56 @@
+/* forward.h: the model's forward pass over a batch of rows from any sequences (fwd_ prefix).
+ *
+ * A step is T rows, each a token of some sequence at some position; rows of one sequence are
+ * consecutive with ascending, gap-free positions that continue what the KV cache holds. So one
+ * step can mix decode tokens of running sequences with chunks of new prompts. Every row's
+ * result depends only on its own sequence, never on the other rows (the kernels are batch
+ * invariant, attention is per row), so a request gives the same tokens alone or in a batch.
+ *
+ * Dims legend: T rows, D hidden, V vocab, L main layers, K experts per token. */
+#ifndef DH_FORWARD_H
+#define DH_FORWARD_H
+#include "coordinator/kvcache.h"
+#include "coordinator/moe_backend.h"
+#include "core/model.h"
+
+enum {
+    FWD_NAIVE = 1,  /* attend in the naive form (prompt rows); else the absorbed form */
+    FWD_LOGITS = 2, /* compute this row's logits */
+};
+
+typedef struct fwd_row {
+    int seq;        /* KV cache sequence */
+    int pos;        /* position in the sequence */
+    int token;      /* input token id */
+    unsigned flags; /* FWD_* */
+} fwd_row;
+
+typedef struct fwd_out {   /* what a step reports; every pointer may be NULL */
+    float *logits;         /* [rows with FWD_LOGITS, V], in row order */
+    float *hidden;         /* [T, D] last hidden state before model.norm (the MTP input) */
+    float *layer_hidden;   /* [L, T, D] residual stream after each main layer */
+    float *final_norm;     /* [T, D] model.norm(hidden) */
+    int *route_idx;        /* [MoE layers, T, K] chosen experts, best first */
+    float *route_w;        /* [MoE layers, T, K] their gate weights */
+} fwd_out;
+
+typedef struct fwd_ctx fwd_ctx; /* owned by the engine thread */
+
+/* A forward pass over m, caching into kv (which must have m->n_layers layers of
+ * C + Dr floats), running routed experts on moe, for steps of up to max_rows rows.
+ * Keeps all three, which must outlive it. Allocates all step scratch now. */
+fwd_ctx *fwd_new(const model *m, kv_cache *kv, moe_backend *moe, int max_rows);
+void fwd_free(fwd_ctx *f); /* NULL ok */
+
+/* One step of the main model. The caller has reserved KV positions up to each row's pos.
+ * 0, or the expert backend's error (DH_ETIMEOUT, DH_EPEER: the cluster failed). */
+int fwd_step(fwd_ctx *f, const fwd_row *rows, int T, fwd_out *out);
+
+/* One step of the MTP block: row i has token t_{i+1} and position i (in the MTP block's own
+ * cache), hidden [T, D] the main model's hidden state at position i (fwd_out.hidden).
+ * logits [rows with FWD_LOGITS, V] (NULL to skip). DH_EUNSUPPORTED without an MTP block. */
+int fwd_mtp(fwd_ctx *f, const fwd_row *rows, const float *hidden, int T, float *logits);
+
+/* Record tokens routed per (layer, expert) into counts [n_layers * E] (kept; NULL stops). */
+void fwd_set_route_counts(fwd_ctx *f, uint64_t *counts);
+#endif

@@ -1,0 +1,110 @@
+/* kern_ref.c: the portable kernels, in plain C11.
+ *
+ * They follow the operation order that kern.h fixes (16 lanes over k, then a halving tree),
+ * with separate multiply and add, so the AVX-512 kernels agree with them to rounding. They
+ * are the fallback on CPUs without AVX-512 and the oracle the SIMD kernels are tested
+ * against; they are not tuned beyond letting the compiler vectorise the lane loops. */
+#include <math.h>
+#include <string.h>
+
+#include "common.h"
+#include "kern.h"
+
+#define LANES 16
+
+size_t kern_scratch_floats(int cols) { return (size_t)KERN_OBLOCK * (size_t)cols + 64; }
+
+static float reduce16(const float *acc) {
+    float s8[8], s4[4], s2[2];
+    for (int i = 0; i < 8; i++) s8[i] = acc[i] + acc[i + 8];
+    for (int i = 0; i < 4; i++) s4[i] = s8[i] + s8[i + 4];
+    for (int i = 0; i < 2; i++) s2[i] = s4[i] + s4[i + 2];
+    return s2[0] + s2[1];
+}
+
+static float dot_ref(const float *a, const float *b, int n) {
+    float acc[LANES] = {0};
+    int k = 0;
+    for (; k + LANES <= n; k += LANES)
+        for (int l = 0; l < LANES; l++) acc[l] += a[k + l] * b[k + l];
+    for (int l = 0; k + l < n; l++) acc[l] += a[k + l] * b[k + l];
+    return reduce16(acc);
+}
+
+static void axpy_ref(float *y, float a, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static void quantize_ref(const float *x, int cols, int8_t *q, float *d) {
+    DH_ASSERT(cols % WT_QBLOCK == 0);
+    for (int b = 0; b < cols / WT_QBLOCK; b++) {
+        const float *xb = x + b * WT_QBLOCK;
+        float amax = 0;
+        for (int j = 0; j < WT_QBLOCK; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        float db = amax / 127.0f, id = db > 0 ? 1.0f / db : 0.0f;
+        d[b] = db;
+        for (int j = 0; j < WT_QBLOCK; j++) q[b * WT_QBLOCK + j] = (int8_t)roundf(xb[j] * id);
+    }
+}
+
+/* One weight row widened into w (f32/bf16/f16 only). */
+static const float *row_f32(const wmat *W, int o, float *w) {
+    if (W->dtype == DT_F32) return W->p.f32 + (size_t)o * (size_t)W->cols;
+    wt_row(W, o, w);
+    return w;
+}
+
+static float dot_q8(const int8_t *xq, const float *xd, const wt_q8_block *wb, int nb) {
+    float acc[LANES] = {0};
+    for (int b = 0; b < nb; b++) {
+        int32_t s = 0;
+        for (int j = 0; j < WT_QBLOCK; j++) s += (int32_t)xq[b * WT_QBLOCK + j] * wb[b].q[j];
+        acc[b % LANES] += xd[b] * wt_f16_to_f32(wb[b].d) * (float)s;
+    }
+    return reduce16(acc);
+}
+
+static float dot_q4(const int8_t *xq, const float *xd, const wt_q4_block *wb, int nb) {
+    float acc[LANES] = {0};
+    for (int b = 0; b < nb; b++) {
+        int32_t s = 0;
+        for (int j = 0; j < WT_QBLOCK / 2; j++) {
+            s += (int32_t)xq[b * WT_QBLOCK + j] * ((wb[b].q[j] & 0xf) - 8);
+            s += (int32_t)xq[b * WT_QBLOCK + j + 16] * ((wb[b].q[j] >> 4) - 8);
+        }
+        acc[b % LANES] += xd[b] * wt_f16_to_f32(wb[b].d) * (float)s;
+    }
+    return reduce16(acc);
+}
+
+static void matmul_ref(float *y, int ldy, const kern_act *a, const wmat *W, int T, int o0, int o1,
+                       float *scratch) {
+    int cols = W->cols;
+    if (W->dtype == DT_Q8 || W->dtype == DT_Q4) {
+        DH_ASSERT(a->q && a->qd && cols % WT_QBLOCK == 0);
+        int nb = cols / WT_QBLOCK;
+        for (int o = o0; o < o1; o++)
+            for (int t = 0; t < T; t++) {
+                const int8_t *xq = a->q + (size_t)t * cols;
+                const float *xd = a->qd + (size_t)t * nb;
+                y[(size_t)t * ldy + o] = W->dtype == DT_Q8
+                                             ? dot_q8(xq, xd, W->p.q8 + (size_t)o * nb, nb)
+                                             : dot_q4(xq, xd, W->p.q4 + (size_t)o * nb, nb);
+            }
+        return;
+    }
+    for (int o = o0; o < o1; o++) {
+        const float *w = row_f32(W, o, scratch);
+        for (int t = 0; t < T; t++) y[(size_t)t * ldy + o] = dot_ref(a->x + (size_t)t * a->ldx, w, cols);
+    }
+}
+
+static const kern_ops ref_ops = {
+    .name = "portable",
+    .matmul = matmul_ref,
+    .quantize = quantize_ref,
+    .dot = dot_ref,
+    .axpy = axpy_ref,
+};
+
+const kern_ops *kern_portable(void) { return &ref_ops; }

@@ -1,0 +1,377 @@
+/* model.c: loading a DeepSeek-V2/V3 checkpoint into typed weight views.
+ *
+ * Each tensor is looked up by its Hugging Face name and checked against the shape the config
+ * implies, so a checkpoint that disagrees with its config.json fails at load with the tensor's
+ * name rather than computing garbage. Large matrices are used where they lie in the mmap'd
+ * file (f32, bf16 or f16) unless a conversion was asked for (--weights), in which case the
+ * converted copy is owned by the model. Vectors (norms, the correction bias) and the router
+ * are widened to f32 once: they are small and computed in f32 everywhere.
+ *
+ * Two matrices are derived for the absorbed attention: per head W_UK^T [C, Dn] (to fold W_UK
+ * into the query) and W_UV [Dv, C], both f32. The load parameters decide what a rank maps: the
+ * coordinator of a cluster skips the routed experts, a worker maps only the experts it hosts
+ * and nothing else. */
+#include "core/model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/common.h"
+#include "core/quant.h"
+
+typedef struct loader {
+    model *m;
+    const model_params *p;
+    int rc;
+} loader;
+
+model_params model_default_params(void) {
+    return (model_params){.weights = -1, .dense = 1, .experts = 1, .host = NULL, .mtp = 1};
+}
+
+static void *own(model *m, size_t bytes) {
+    if (m->n_owned == m->cap_owned) {
+        m->cap_owned = m->cap_owned ? m->cap_owned * 2 : 64;
+        m->owned = xrealloc(m->owned, (size_t)m->cap_owned * sizeof *m->owned);
+    }
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) {
+        fprintf(stderr, "darkhorse: out of memory allocating %zu bytes of weights\n", bytes);
+        abort();
+    }
+    m->owned[m->n_owned++] = p;
+    m->owned_bytes += bytes;
+    return p;
+}
+
+/* The tensor `name` with shape [d0] or [d0, d1] (d1 < 0: 1-D), mapped; NULL and an error. */
+static const st_tensor *need(loader *ld, const char *name, int64_t d0, int64_t d1, const void **data) {
+    if (ld->rc) return NULL;
+    const st_tensor *t = st_find(ld->m->st, name);
+    if (!t) {
+        log_error("%s: tensor %s is missing from the checkpoint", ld->m->dir, name);
+        ld->rc = DH_ENOTFOUND;
+        return NULL;
+    }
+    int ndim = d1 < 0 ? 1 : 2;
+    if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1)) {
+        char got[96] = "", want[64];
+        for (int i = 0; i < t->ndim; i++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "",
+                     (long long)t->shape[i]);
+        if (ndim == 1)
+            snprintf(want, sizeof want, "%lld", (long long)d0);
+        else
+            snprintf(want, sizeof want, "%lld, %lld", (long long)d0, (long long)d1);
+        log_error("%s: tensor %s has shape [%s], the config implies [%s]", ld->m->dir, name, got, want);
+        ld->rc = DH_EFORMAT;
+        return NULL;
+    }
+    if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16) {
+        log_error("%s: tensor %s is stored as %s; only F32, BF16 and F16 are supported", ld->m->dir,
+                  name, st_dtype_name(t->dtype));
+        ld->rc = DH_EUNSUPPORTED;
+        return NULL;
+    }
+    *data = st_data(ld->m->st, t);
+    if (!*data) {
+        ld->rc = DH_EIO;
+        return NULL;
+    }
+    return t;
+}
+
+static dh_dtype st_to_dt(st_dtype t) { return t == ST_F32 ? DT_F32 : t == ST_BF16 ? DT_BF16 : DT_F16; }
+
+/* A vector of n as f32 (widened copy when stored 16-bit); NULL on error. */
+static const float *load_vec(loader *ld, const char *name, int n) {
+    const void *d;
+    const st_tensor *t = need(ld, name, n, -1, &d);
+    if (!t) return NULL;
+    if (t->dtype == ST_F32) return d;
+    float *out = own(ld->m, (size_t)n * sizeof *out);
+    wmat w = {.dtype = st_to_dt(t->dtype), .rows = 1, .cols = n};
+    w.p.bf16 = d;
+    wt_row(&w, 0, out);
+    return out;
+}
+
+/* A matrix [rows, cols] in the stored format, or converted to `to` (>= 0). */
+static wmat load_mat_as(loader *ld, const char *name, int rows, int cols, int to) {
+    wmat w = {0};
+    const void *d;
+    const st_tensor *t = need(ld, name, rows, cols, &d);
+    if (!t) return w;
+    wmat stored = {.dtype = st_to_dt(t->dtype), .rows = rows, .cols = cols};
+    stored.p.bf16 = d;
+    if (to < 0 || to == (int)stored.dtype) return stored;
+    if ((to == DT_Q8 || to == DT_Q4) && cols % WT_QBLOCK) {
+        log_warn("%s: tensor %s has %d columns, not a multiple of 32: kept as %s", ld->m->dir, name,
+                 cols, wt_dtype_name(stored.dtype));
+        return stored;
+    }
+    model *m = ld->m;
+    w = (wmat){.dtype = (dh_dtype)to, .rows = rows, .cols = cols};
+    void *buf = own(m, wt_bytes((dh_dtype)to, (size_t)rows, (size_t)cols));
+    float *row = xmalloc((size_t)cols * sizeof *row);
+    for (int r = 0; r < rows; r++) {
+        wt_row(&stored, r, row);
+        size_t off = (size_t)r * cols;
+        switch (to) {
+        case DT_F32: memcpy((float *)buf + off, row, (size_t)cols * sizeof *row); break;
+        case DT_BF16:
+            for (int c = 0; c < cols; c++) ((uint16_t *)buf)[off + c] = wt_f32_to_bf16(row[c]);
+            break;
+        case DT_F16:
+            for (int c = 0; c < cols; c++) ((uint16_t *)buf)[off + c] = wt_f32_to_f16(row[c]);
+            break;
+        case DT_Q8: quant_q8_row(row, cols, (wt_q8_block *)buf + off / WT_QBLOCK); break;
+        case DT_Q4: quant_q4_row(row, cols, (wt_q4_block *)buf + off / WT_QBLOCK); break;
+        default: DH_ASSERT(0);
+        }
+    }
+    free(row);
+    w.p.bf16 = buf;
+    return w;
+}
+
+static wmat load_mat(loader *ld, const char *name, int rows, int cols) {
+    return load_mat_as(ld, name, rows, cols, ld->p->weights);
+}
+
+static void load_ffn(loader *ld, const char *prefix, int D, int F, ffn_weights *f) {
+    char name[256];
+    snprintf(name, sizeof name, "%s.gate_proj.weight", prefix);
+    f->gate_proj = load_mat(ld, name, F, D);
+    snprintf(name, sizeof name, "%s.up_proj.weight", prefix);
+    f->up_proj = load_mat(ld, name, F, D);
+    snprintf(name, sizeof name, "%s.down_proj.weight", prefix);
+    f->down_proj = load_mat(ld, name, D, F);
+}
+
+/* W_UK^T and W_UV per head from kv_b_proj, in f32. */
+static void derive_absorbed(loader *ld, mla_weights *a, const model_config *c) {
+    if (ld->rc) return;
+    int H = c->num_attention_heads, C = c->kv_lora_rank, Dn = c->qk_nope_head_dim, Dv = c->v_head_dim;
+    float *uk_t = own(ld->m, (size_t)H * C * Dn * sizeof(float));
+    float *uv = own(ld->m, (size_t)H * Dv * C * sizeof(float));
+    float *row = xmalloc((size_t)C * sizeof *row);
+    for (int h = 0; h < H; h++) {
+        for (int d = 0; d < Dn; d++) { /* W_UK[h][d, :] -> column d of W_UK^T[h] */
+            wt_row(&a->kv_b_proj, h * (Dn + Dv) + d, row);
+            for (int cc = 0; cc < C; cc++) uk_t[((size_t)h * C + cc) * Dn + d] = row[cc];
+        }
+        for (int d = 0; d < Dv; d++) wt_row(&a->kv_b_proj, h * (Dn + Dv) + Dn + d, uv + ((size_t)h * Dv + d) * C);
+    }
+    free(row);
+    a->w_uk_t = wt_f32(uk_t, H * C, Dn);
+    a->w_uv = wt_f32(uv, H * Dv, C);
+}
+
+static void load_attn(loader *ld, int i, mla_weights *a) {
+    const model_config *c = &ld->m->cfg;
+    int D = c->hidden_size, H = c->num_attention_heads, C = c->kv_lora_rank, Q = c->q_lora_rank;
+    int Dn = c->qk_nope_head_dim, Dr = c->qk_rope_head_dim, Dv = c->v_head_dim;
+    char name[256];
+#define NAME(s) (snprintf(name, sizeof name, "model.layers.%d.self_attn." s, i), name)
+    if (Q > 0) {
+        a->q_a_proj = load_mat(ld, NAME("q_a_proj.weight"), Q, D);
+        a->q_a_layernorm = load_vec(ld, NAME("q_a_layernorm.weight"), Q);
+        a->q_b_proj = load_mat(ld, NAME("q_b_proj.weight"), H * (Dn + Dr), Q);
+    } else {
+        a->q_proj = load_mat(ld, NAME("q_proj.weight"), H * (Dn + Dr), D);
+    }
+    a->kv_a_proj_with_mqa = load_mat(ld, NAME("kv_a_proj_with_mqa.weight"), C + Dr, D);
+    a->kv_a_layernorm = load_vec(ld, NAME("kv_a_layernorm.weight"), C);
+    a->kv_b_proj = load_mat(ld, NAME("kv_b_proj.weight"), H * (Dn + Dv), C);
+    a->o_proj = load_mat(ld, NAME("o_proj.weight"), D, H * Dv);
+#undef NAME
+    derive_absorbed(ld, a, c);
+}
+
+static int hosted(const loader *ld, int i, int e) {
+    if (ld->p->host) return ld->p->host[(size_t)i * ld->m->cfg.n_routed_experts + e] != 0;
+    return ld->p->experts;
+}
+
+static void load_moe(loader *ld, int i, moe_weights *moe) {
+    const model_config *c = &ld->m->cfg;
+    int D = c->hidden_size, E = c->n_routed_experts, F = c->moe_intermediate_size;
+    char name[256];
+    moe->experts = xcalloc((size_t)E, sizeof *moe->experts);
+    if (ld->p->dense) {
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate.weight", i);
+        moe->gate = load_mat_as(ld, name, E, D, DT_F32);
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", i);
+        if (st_find(ld->m->st, name)) moe->e_score_correction_bias = load_vec(ld, name, E);
+        if (c->n_shared_experts > 0) {
+            snprintf(name, sizeof name, "model.layers.%d.mlp.shared_experts", i);
+            load_ffn(ld, name, D, c->n_shared_experts * F, &moe->shared);
+        }
+    }
+    for (int e = 0; e < E && !ld->rc; e++) {
+        if (!hosted(ld, i, e)) continue;
+        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d", i, e);
+        load_ffn(ld, name, D, F, &moe->experts[e]);
+    }
+}
+
+static void load_layer(loader *ld, int i) {
+    model *m = ld->m;
+    const model_config *c = &m->cfg;
+    layer_weights *l = &m->layers[i];
+    int D = c->hidden_size, V = c->vocab_size;
+    char name[256];
+    l->is_moe = cfg_is_moe_layer(c, i);
+    if (ld->p->dense) {
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", i);
+        l->input_layernorm = load_vec(ld, name, D);
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", i);
+        l->post_attention_layernorm = load_vec(ld, name, D);
+        load_attn(ld, i, &l->attn);
+        if (!l->is_moe) {
+            snprintf(name, sizeof name, "model.layers.%d.mlp", i);
+            load_ffn(ld, name, D, c->intermediate_size, &l->mlp);
+        }
+    }
+    if (l->is_moe) load_moe(ld, i, &l->moe);
+    if (i < c->num_hidden_layers || !ld->p->dense) return;
+    /* the MTP block's own parts */
+#define NAME(s) (snprintf(name, sizeof name, "model.layers.%d." s, i), name)
+    l->enorm = load_vec(ld, NAME("enorm.weight"), D);
+    l->hnorm = load_vec(ld, NAME("hnorm.weight"), D);
+    l->eh_proj = load_mat(ld, NAME("eh_proj.weight"), D, 2 * D);
+    l->shared_head_norm = load_vec(ld, NAME("shared_head.norm.weight"), D);
+    l->shared_head_head = st_find(m->st, NAME("shared_head.head.weight"))
+                              ? load_mat(ld, name, V, D) : m->lm_head;
+    l->embed_tokens = st_find(m->st, NAME("embed_tokens.weight")) ? load_mat(ld, name, V, D)
+                                                                  : m->embed_tokens;
+#undef NAME
+}
+
+static uint64_t hash_bytes(uint64_t h, const void *p, size_t n) {
+    const unsigned char *s = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* FNV-1a of config.json, combined with an order-free hash of the tensor index. */
+static uint64_t model_identity(const model *m, const char *cfg_path) {
+    uint64_t h = 1469598103934665603ULL;
+    FILE *f = fopen(cfg_path, "rb");
+    if (f) {
+        char buf[4096];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, f)) > 0) h = hash_bytes(h, buf, n);
+        fclose(f);
+    }
+    uint64_t idx = 0;
+    for (int i = 0; i < st_count(m->st); i++) {
+        const st_tensor *t = st_at(m->st, i);
+        uint64_t th = hash_bytes(1469598103934665603ULL, t->name, strlen(t->name));
+        th = hash_bytes(th, &t->dtype, sizeof t->dtype);
+        th = hash_bytes(th, t->shape, sizeof t->shape[0] * (size_t)t->ndim);
+        idx += th * 0x9E3779B97F4A7C15ULL;
+    }
+    return hash_bytes(h, &idx, sizeof idx);
+}
+
+model *model_load(const char *dir, const model_params *p) {
+    model *m = xcalloc(1, sizeof *m);
+    snprintf(m->dir, sizeof m->dir, "%s", dir);
+    char cfg_path[1100];
+    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dir);
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        log_error("%s: no such model directory", dir);
+        free(m);
+        return NULL;
+    }
+    if (cfg_load(&m->cfg, cfg_path) != 0) {
+        free(m);
+        return NULL;
+    }
+    int err;
+    m->st = st_open(dir, &err);
+    if (!m->st) {
+        free(m);
+        return NULL;
+    }
+    const model_config *c = &m->cfg;
+    loader ld = {.m = m, .p = p};
+    int D = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
+    m->has_mtp = p->mtp && c->num_nextn_predict_layers > 0;
+    if (m->has_mtp) {
+        char name[128];
+        snprintf(name, sizeof name, "model.layers.%d.eh_proj.weight", L);
+        if (!st_find(m->st, name)) {
+            log_warn("%s: config says %d MTP layer(s) but %s is absent: MTP disabled", dir,
+                     c->num_nextn_predict_layers, name);
+            m->has_mtp = 0;
+        }
+    }
+    m->n_layers = L + (m->has_mtp ? 1 : 0);
+    m->layers = xcalloc((size_t)m->n_layers, sizeof *m->layers);
+    if (p->dense) {
+        m->embed_tokens = load_mat(&ld, "model.embed_tokens.weight", V, D);
+        m->norm = load_vec(&ld, "model.norm.weight", D);
+        m->lm_head = c->tie_word_embeddings ? m->embed_tokens : load_mat(&ld, "lm_head.weight", V, D);
+    }
+    for (int i = 0; i < m->n_layers && !ld.rc; i++) load_layer(&ld, i);
+    m->inv_freq = xcalloc((size_t)c->qk_rope_head_dim / 2, sizeof *m->inv_freq);
+    cfg_rope_inv_freq(c, m->inv_freq);
+    m->softmax_scale = cfg_softmax_scale(c);
+    if (ld.rc) {
+        model_free(m);
+        return NULL;
+    }
+    m->config_hash = model_identity(m, cfg_path);
+    return m;
+}
+
+void model_free(model *m) {
+    if (!m) return;
+    for (int i = 0; i < m->n_layers; i++) free(m->layers[i].moe.experts);
+    free(m->layers);
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    free(m->inv_freq);
+    st_close(m->st);
+    free(m);
+}
+
+static double mat_bytes(const wmat *w) {
+    return w->rows ? (double)wt_bytes(w->dtype, (size_t)w->rows, (size_t)w->cols) : 0.0;
+}
+
+static double ffn_bytes(const ffn_weights *f) {
+    return mat_bytes(&f->gate_proj) + mat_bytes(&f->up_proj) + mat_bytes(&f->down_proj);
+}
+
+double model_active_bytes(const model *m) {
+    const model_config *c = &m->cfg;
+    double b = mat_bytes(&m->lm_head);
+    for (int i = 0; i < c->num_hidden_layers; i++) {
+        const layer_weights *l = &m->layers[i];
+        const mla_weights *a = &l->attn;
+        b += mat_bytes(&a->q_proj) + mat_bytes(&a->q_a_proj) + mat_bytes(&a->q_b_proj) +
+             mat_bytes(&a->kv_a_proj_with_mqa) + mat_bytes(&a->o_proj) + mat_bytes(&a->w_uk_t) +
+             mat_bytes(&a->w_uv);
+        if (!l->is_moe) {
+            b += ffn_bytes(&l->mlp);
+            continue;
+        }
+        b += mat_bytes(&l->moe.gate) + ffn_bytes(&l->moe.shared);
+        /* K routed experts, at the size of a hosted one */
+        for (int e = 0; e < c->n_routed_experts; e++)
+            if (l->moe.experts[e].gate_proj.rows) {
+                b += c->num_experts_per_tok * ffn_bytes(&l->moe.experts[e]);
+                break;
+            }
+    }
+    return b;
+}
+
+uint64_t model_weight_bytes(const model *m) { return st_mapped_bytes(m->st) + m->owned_bytes; }

@@ -1,0 +1,149 @@
+/* nn.c: products on the thread pool, and the element-wise operations of the model.
+ *
+ * A product is split into tasks of whole KERN_OBLOCK-row blocks of the weight matrix; each
+ * task computes all T rows for its block, so threads never share an output and the split does
+ * not change any result. Small products run on the calling thread: waking the pool costs a
+ * few microseconds, more than a 64 x 2048 router product. For q8/q4 weights the activations
+ * are quantized once per call, before the tasks, into a buffer sized by nn_reserve.
+ *
+ * State is process-wide (one pool, one kernel table, the scratch), set up by nn_init and
+ * nn_reserve before the engine runs and used by the engine thread only. */
+#include "nn.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+
+static tp_pool *g_pool;
+static const kern_ops *g_ops;
+static float **g_scratch;        /* [threads][g_scratch_n] */
+static size_t g_scratch_n;
+static int8_t *g_q;              /* quantized activations [g_q_rows * g_q_cols] */
+static float *g_qd;
+static size_t g_q_cap;           /* elements of g_q */
+
+void nn_init(int n_threads, int force_portable) {
+    DH_ASSERT(!g_pool);
+    if (n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)n : 1;
+    }
+    g_pool = tp_new(n_threads);
+    g_ops = force_portable ? NULL : kern_avx512();
+    if (!g_ops) g_ops = kern_portable();
+    g_scratch = xcalloc((size_t)n_threads, sizeof *g_scratch);
+    g_scratch_n = 0;
+    nn_reserve(1, 1024);
+}
+
+void nn_shutdown(void) {
+    if (!g_pool) return;
+    for (int i = 0; i < tp_threads(g_pool); i++) free(g_scratch[i]);
+    free(g_scratch);
+    g_scratch = NULL;
+    g_scratch_n = 0;
+    free(g_q);
+    free(g_qd);
+    g_q = NULL;
+    g_qd = NULL;
+    g_q_cap = 0;
+    tp_free(g_pool);
+    g_pool = NULL;
+    g_ops = NULL;
+}
+
+int nn_threads(void) { return tp_threads(g_pool); }
+tp_pool *nn_pool(void) { return g_pool; }
+const kern_ops *nn_kernels(void) { return g_ops; }
+
+void nn_reserve(int rows, int cols) {
+    DH_ASSERT(g_pool);
+    size_t need = kern_scratch_floats(cols);
+    if (need > g_scratch_n) {
+        for (int i = 0; i < tp_threads(g_pool); i++) {
+            free(g_scratch[i]);
+            g_scratch[i] = xmalloc(xmul(need, sizeof(float)));
+        }
+        g_scratch_n = need;
+    }
+    size_t qn = xmul((size_t)rows, (size_t)cols);
+    if (qn > g_q_cap) {
+        free(g_q);
+        free(g_qd);
+        g_q = xmalloc(qn);
+        g_qd = xmalloc(xmul(qn / WT_QBLOCK + 1, sizeof(float)));
+        g_q_cap = qn;
+    }
+}
+
+typedef struct mm_job {
+    float *y;
+    int ldy;
+    kern_act act;
+    const wmat *W;
+    int T;
+} mm_job;
+
+static void mm_task(void *ctx, int task, int thread) {
+    mm_job *j = ctx;
+    int o0 = task * KERN_OBLOCK, o1 = DH_MIN(o0 + KERN_OBLOCK, j->W->rows);
+    g_ops->matmul(j->y, j->ldy, &j->act, j->W, j->T, o0, o1, g_scratch[thread]);
+}
+
+void nn_matmul_ld(float *y, int ldy, const float *x, int ldx, const wmat *W, int T) {
+    if (T <= 0) return;
+    DH_ASSERT(g_ops && (size_t)kern_scratch_floats(W->cols) <= g_scratch_n);
+    mm_job j = {.y = y, .ldy = ldy, .act = {.x = x, .ldx = ldx}, .W = W, .T = T};
+    if (W->dtype == DT_Q8 || W->dtype == DT_Q4) {
+        DH_ASSERT((size_t)T * (size_t)W->cols <= g_q_cap && W->cols % WT_QBLOCK == 0);
+        int nb = W->cols / WT_QBLOCK;
+        for (int t = 0; t < T; t++)
+            g_ops->quantize(x + (size_t)t * ldx, W->cols, g_q + (size_t)t * W->cols,
+                            g_qd + (size_t)t * nb);
+        j.act.q = g_q;
+        j.act.qd = g_qd;
+    }
+    int n_tasks = (W->rows + KERN_OBLOCK - 1) / KERN_OBLOCK;
+    double work = (double)T * W->rows * W->cols;
+    if (work < 256.0 * 1024) {
+        for (int i = 0; i < n_tasks; i++) mm_task(&j, i, 0);
+    } else {
+        tp_run(g_pool, n_tasks, mm_task, &j);
+    }
+}
+
+void nn_matmul(float *y, const float *x, const wmat *W, int T) {
+    nn_matmul_ld(y, W->rows, x, W->cols, W, T);
+}
+
+void nn_rmsnorm(float *y, const float *x, const float *w, int T, int D, float eps) {
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * D;
+        float *yr = y + (size_t)t * D;
+        float ss = nn_dot(xr, xr, D);
+        float r = 1.0f / sqrtf(ss / (float)D + eps);
+        for (int i = 0; i < D; i++) yr[i] = xr[i] * r * w[i];
+    }
+}
+
+void nn_swiglu(float *g, const float *u, size_t n) {
+    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+void nn_softmax(float *x, int n) {
+    float m = -INFINITY;
+    for (int i = 0; i < n; i++) m = fmaxf(m, x[i]);
+    float s = 0;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - m);
+        s += x[i];
+    }
+    float inv = 1.0f / s;
+    for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+float nn_dot(const float *a, const float *b, int n) { return g_ops->dot(a, b, n); }
+void nn_axpy(float *y, float a, const float *x, int n) { g_ops->axpy(y, a, x, n); }

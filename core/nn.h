@@ -1,0 +1,41 @@
+/* nn.h: the model's arithmetic on f32 activations (nn_ prefix).
+ *
+ * Dims legend: T rows (tokens) this call, D width, V vocab.
+ * nn_matmul(y, x, W, T) is y[T, out] = x[T, in] . W[out, in]^T, whatever W's storage, on the
+ * process-wide thread pool. Every row's result is independent of T and of the thread count
+ * (kern.h), so a token computes the same alone or in a batch. */
+#ifndef DH_NN_H
+#define DH_NN_H
+#include "kern.h"
+#include "tensor.h"
+#include "threadpool.h"
+
+/* Start the thread pool (n_threads <= 0: all online cores) and choose the kernels: AVX-512
+ * when the CPU has it, unless force_portable. Call once, before any nn_ call; nn_shutdown
+ * stops the pool. */
+void nn_init(int n_threads, int force_portable);
+void nn_shutdown(void);
+int nn_threads(void);
+tp_pool *nn_pool(void);
+const kern_ops *nn_kernels(void);
+/* Make room for products with up to `rows` activation rows of up to `cols` inputs (scratch
+ * for widening and for quantized activations). Call at set-up, not per step: it may
+ * allocate. */
+void nn_reserve(int rows, int cols);
+
+/* y[T, W.rows] = x[T, W.cols] . W^T (x rows contiguous, y rows contiguous). */
+void nn_matmul(float *y, const float *x, const wmat *W, int T);
+/* Same with strides: x rows ldx apart, y rows ldy apart. */
+void nn_matmul_ld(float *y, int ldy, const float *x, int ldx, const wmat *W, int T);
+
+/* y = x * rsqrt(mean(x^2) + eps) * w, per row of D (y may alias x). */
+void nn_rmsnorm(float *y, const float *x, const float *w, int T, int D, float eps);
+/* g = silu(g) * u, n elements */
+void nn_swiglu(float *g, const float *u, size_t n);
+/* softmax in place over n values (max subtracted first) */
+void nn_softmax(float *x, int n);
+/* sum a[i]*b[i] in the kernels' fixed order */
+float nn_dot(const float *a, const float *b, int n);
+/* y += a * x */
+void nn_axpy(float *y, float a, const float *x, int n);
+#endif

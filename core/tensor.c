@@ -1,0 +1,151 @@
+/* tensor.c: dtype names and sizes, scalar conversions between f32, bf16 and f16, and row
+ * widening for every storage format.
+ *
+ * bf16 is the top half of an f32, so widening is a shift; narrowing rounds to nearest even on
+ * the dropped 16 bits. f16 conversions are written out bit by bit (subnormals, infinities and
+ * NaN included) rather than relying on _Float16 or F16C, so that the portable build computes
+ * exactly what the SIMD one does. */
+#include "tensor.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "common.h"
+
+static const char *const dtype_names[DT_COUNT] = {"f32", "bf16", "f16", "q8", "q4"};
+
+const char *wt_dtype_name(dh_dtype t) {
+    return (t >= 0 && t < DT_COUNT) ? dtype_names[t] : "?";
+}
+
+int wt_dtype_parse(const char *name) {
+    for (int i = 0; i < DT_COUNT; i++)
+        if (strcmp(name, dtype_names[i]) == 0) return i;
+    return -1;
+}
+
+size_t wt_bytes(dh_dtype t, size_t rows, size_t cols) {
+    switch (t) {
+    case DT_F32: return xmul(xmul(rows, cols), 4);
+    case DT_BF16:
+    case DT_F16: return xmul(xmul(rows, cols), 2);
+    case DT_Q8: return xmul(xmul(rows, cols / WT_QBLOCK), sizeof(wt_q8_block));
+    case DT_Q4: return xmul(xmul(rows, cols / WT_QBLOCK), sizeof(wt_q4_block));
+    default: DH_ASSERT(0);
+    }
+    return 0;
+}
+
+double wt_bits_per_weight(dh_dtype t) {
+    switch (t) {
+    case DT_F32: return 32;
+    case DT_BF16:
+    case DT_F16: return 16;
+    case DT_Q8: return 8.0 * sizeof(wt_q8_block) / WT_QBLOCK;
+    case DT_Q4: return 8.0 * sizeof(wt_q4_block) / WT_QBLOCK;
+    default: return 0;
+    }
+}
+
+wmat wt_f32(const float *p, int rows, int cols) {
+    wmat w = {.dtype = DT_F32, .rows = rows, .cols = cols};
+    w.p.f32 = p;
+    return w;
+}
+
+float wt_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t wt_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+float wt_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ff;
+    uint32_t u;
+    if (exp == 0x1f) {
+        u = sign | 0x7f800000u | (man << 13); /* inf or NaN */
+    } else if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else { /* subnormal: normalise */
+            int e = -1;
+            do {
+                e++;
+                man <<= 1;
+            } while (!(man & 0x400));
+            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+        }
+    } else {
+        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t wt_f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00;        /* NaN */
+    if (a >= 0x477ff000u) return sign | 0x7c00;       /* rounds to inf */
+    if (a < 0x38800000u) {                            /* subnormal or zero in f16 */
+        if (a < 0x33000000u) return sign;             /* below half the smallest subnormal */
+        uint32_t man = (a & 0x7fffff) | 0x800000;
+        int shift = 126 - (int)(a >> 23);             /* 14..24 */
+        uint32_t r = man >> shift;
+        uint32_t rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return sign | (uint16_t)r;
+    }
+    uint32_t r = ((a >> 13) - ((127 - 15) << 10));
+    uint32_t rem = a & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) r++;
+    return sign | (uint16_t)r;
+}
+
+void wt_row(const wmat *W, int r, float *out) {
+    DH_ASSERT(r >= 0 && r < W->rows);
+    size_t n = (size_t)W->cols, off = (size_t)r * n;
+    switch (W->dtype) {
+    case DT_F32: memcpy(out, W->p.f32 + off, n * sizeof *out); break;
+    case DT_BF16:
+        for (size_t i = 0; i < n; i++) out[i] = wt_bf16_to_f32(W->p.bf16[off + i]);
+        break;
+    case DT_F16:
+        for (size_t i = 0; i < n; i++) out[i] = wt_f16_to_f32(W->p.f16[off + i]);
+        break;
+    case DT_Q8: {
+        const wt_q8_block *b = W->p.q8 + off / WT_QBLOCK;
+        for (size_t i = 0; i < n / WT_QBLOCK; i++) {
+            float d = wt_f16_to_f32(b[i].d);
+            for (int j = 0; j < WT_QBLOCK; j++) out[i * WT_QBLOCK + j] = d * (float)b[i].q[j];
+        }
+        break;
+    }
+    case DT_Q4: {
+        const wt_q4_block *b = W->p.q4 + off / WT_QBLOCK;
+        for (size_t i = 0; i < n / WT_QBLOCK; i++) {
+            float d = wt_f16_to_f32(b[i].d);
+            for (int j = 0; j < WT_QBLOCK / 2; j++) {
+                out[i * WT_QBLOCK + j] = d * (float)((b[i].q[j] & 0xf) - 8);
+                out[i * WT_QBLOCK + j + 16] = d * (float)((b[i].q[j] >> 4) - 8);
+            }
+        }
+        break;
+    }
+    default: DH_ASSERT(0);
+    }
+}

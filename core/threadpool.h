@@ -1,0 +1,18 @@
+/* threadpool.h: a fork-join pool started once (tp_ prefix); the caller thread works too. */
+#ifndef DH_THREADPOOL_H
+#define DH_THREADPOOL_H
+
+typedef struct tp_pool tp_pool;
+/* Run task `task` on thread `thread` (0 is the caller, up to tp_threads - 1): tasks of one
+ * tp_run write disjoint outputs, so results do not depend on which thread runs which task;
+ * `thread` only selects per-thread scratch. */
+typedef void (*tp_fn)(void *ctx, int task, int thread);
+
+/* A pool of n_threads (the caller counts as one: n_threads - 1 are started). NULL never. */
+tp_pool *tp_new(int n_threads);
+void tp_free(tp_pool *p); /* tp_free(NULL) does nothing */
+int tp_threads(const tp_pool *p);
+/* Runs fn(ctx, i, thread) for every i in [0, n_tasks), returns when all are done. Not
+ * reentrant: one caller thread at a time (the engine thread). */
+void tp_run(tp_pool *p, int n_tasks, tp_fn fn, void *ctx);
+#endif

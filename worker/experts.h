@@ -1,0 +1,24 @@
+/* experts.h: the routed experts a rank hosts, run over a batch of tokens (experts_ prefix).
+ *
+ * Dims legend: T tokens, D hidden, K chosen experts per token, F expert FFN width. */
+#ifndef DH_EXPERTS_H
+#define DH_EXPERTS_H
+#include "core/model.h"
+
+typedef struct experts_host experts_host; /* owned by the thread that runs the experts */
+
+/* Host the experts of m (those it loaded) for batches of up to max_rows tokens. Keeps m,
+ * which must outlive it. */
+experts_host *experts_new(const model *m, int max_rows);
+void experts_free(experts_host *h);        /* NULL ok */
+
+/* out[t] = sum over k of w[t,k] * expert_{idx[t,k]}(x[t]) for MoE layer `layer`, summed in
+ * ascending expert index; entries with idx < 0 are skipped (not hosted here). x [T, D],
+ * idx and w [T, K], out [T, D]. Each expert runs once over all of its tokens as one product.
+ * 0, or DH_EINVAL when a chosen expert is not loaded (a plan mismatch; logged). */
+int experts_run(experts_host *h, int layer, const float *x, int T, const int *idx, const float *w,
+                int K, float *out);
+
+/* y[T, D] = down(silu(gate(x)) * up(x)) with scratch g, u of [T, F] each. */
+void experts_ffn(const ffn_weights *f, const float *x, int T, float *y, float *g, float *u);
+#endif
