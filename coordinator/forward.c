@@ -150,7 +150,7 @@ static void attend_absorbed(fwd_ctx *f, const layer_weights *lw, const fwd_row *
     for (int i = 0; i < nA; i++) memcpy(f->qg + (size_t)i * qw, f->q + (size_t)f->ab[i] * qw, (size_t)qw * sizeof(float));
     // q_abs[h] = W_UK[h]^T q_nope[h]; qa[h] = [q_abs | q_pe]               [nA, H, C + Dr]
     for (int hh = 0; hh < H; hh++) {
-        wmat uk = wt_f32(lw->attn.w_uk_t.p.f32 + (size_t)hh * C * Dn, C, Dn);
+        wmat uk = wt_rows(&lw->attn.w_uk_t, hh * C, C);
         nn_matmul_ld(f->qa + (size_t)hh * row, H * row, f->qg + (size_t)hh * (Dn + Dr), qw, &uk, nA);
         for (int i = 0; i < nA; i++)
             memcpy(f->qa + ((size_t)i * H + hh) * row + C, f->qg + (size_t)i * qw + (size_t)hh * (Dn + Dr) + Dn,
@@ -160,7 +160,7 @@ static void attend_absorbed(fwd_ctx *f, const layer_weights *lw, const fwd_row *
     tp_run(nn_pool(), nA * H, abs_task, &j);
     // o[h] = W_UV[h] o_lat[h]                                              [nA, H, Dv]
     for (int hh = 0; hh < H; hh++) {
-        wmat uv = wt_f32(lw->attn.w_uv.p.f32 + (size_t)hh * Dv * C, Dv, C);
+        wmat uv = wt_rows(&lw->attn.w_uv, hh * Dv, Dv);
         nn_matmul_ld(f->og + (size_t)hh * Dv, H * Dv, f->olat + (size_t)hh * C, H * C, &uv, nA);
     }
     for (int i = 0; i < nA; i++)

@@ -25,6 +25,7 @@ typedef struct loader {
     model *m;
     const model_params *p;
     int rc;
+    int kept; /* matrices left unconverted */
 } loader;
 
 model_params model_default_params(void) {
@@ -46,7 +47,17 @@ static void *own(model *m, size_t bytes) {
     return p;
 }
 
-/* The tensor `name` with shape [d0] or [d0, d1] (d1 < 0: 1-D), mapped; NULL and an error. */
+/* The storage of a checkpoint written by `darkhorse quantize`: its 2-D tensors are U8 rows of
+ * q8 or q4 blocks (metadata "darkhorse_weights"); DT_F32 (meaning: none) otherwise. */
+static dh_dtype stored_quant(const model *m) {
+    const char *q = st_metadata(m->st, "darkhorse_weights");
+    if (q && strcmp(q, "q8") == 0) return DT_Q8;
+    if (q && strcmp(q, "q4") == 0) return DT_Q4;
+    return DT_F32;
+}
+
+/* The tensor `name` with shape [d0] or [d0, d1] (d1 < 0: 1-D), mapped; NULL and an error. A
+ * quantized checkpoint's matrices are U8 [d0, d1 / 32 * block bytes]. */
 static const st_tensor *need(loader *ld, const char *name, int64_t d0, int64_t d1, const void **data) {
     if (ld->rc) return NULL;
     const st_tensor *t = st_find(ld->m->st, name);
@@ -56,7 +67,10 @@ static const st_tensor *need(loader *ld, const char *name, int64_t d0, int64_t d
         return NULL;
     }
     int ndim = d1 < 0 ? 1 : 2;
-    if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1)) {
+    dh_dtype q = stored_quant(ld->m);
+    int quant = t->dtype == ST_U8 && ndim == 2 && q != DT_F32;
+    int64_t want1 = quant ? (int64_t)(wt_bytes(q, 1, (size_t)d1)) : d1;
+    if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != want1)) {
         char got[96] = "", want[64];
         for (int i = 0; i < t->ndim; i++)
             snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "",
@@ -64,14 +78,15 @@ static const st_tensor *need(loader *ld, const char *name, int64_t d0, int64_t d
         if (ndim == 1)
             snprintf(want, sizeof want, "%lld", (long long)d0);
         else
-            snprintf(want, sizeof want, "%lld, %lld", (long long)d0, (long long)d1);
-        log_error("%s: tensor %s has shape [%s], the config implies [%s]", ld->m->dir, name, got, want);
+            snprintf(want, sizeof want, "%lld, %lld", (long long)d0, (long long)want1);
+        log_error("%s: tensor %s has shape [%s], the config implies [%s]%s", ld->m->dir, name, got, want,
+                  quant ? " (bytes of quantized blocks)" : "");
         ld->rc = DH_EFORMAT;
         return NULL;
     }
-    if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16) {
-        log_error("%s: tensor %s is stored as %s; only F32, BF16 and F16 are supported", ld->m->dir,
-                  name, st_dtype_name(t->dtype));
+    if (!quant && t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16) {
+        log_error("%s: tensor %s is stored as %s; only F32, BF16 and F16 (and darkhorse's q8/q4) are supported",
+                  ld->m->dir, name, st_dtype_name(t->dtype));
         ld->rc = DH_EUNSUPPORTED;
         return NULL;
     }
@@ -83,7 +98,11 @@ static const st_tensor *need(loader *ld, const char *name, int64_t d0, int64_t d
     return t;
 }
 
-static dh_dtype st_to_dt(st_dtype t) { return t == ST_F32 ? DT_F32 : t == ST_BF16 ? DT_BF16 : DT_F16; }
+/* the dh_dtype of a tensor's storage */
+static dh_dtype stored_dt(const model *m, const st_tensor *t) {
+    if (t->dtype == ST_U8) return stored_quant(m);
+    return t->dtype == ST_F32 ? DT_F32 : t->dtype == ST_BF16 ? DT_BF16 : DT_F16;
+}
 
 /* A vector of n as f32 (widened copy when stored 16-bit); NULL on error. */
 static const float *load_vec(loader *ld, const char *name, int n) {
@@ -92,32 +111,20 @@ static const float *load_vec(loader *ld, const char *name, int n) {
     if (!t) return NULL;
     if (t->dtype == ST_F32) return d;
     float *out = own(ld->m, (size_t)n * sizeof *out);
-    wmat w = {.dtype = st_to_dt(t->dtype), .rows = 1, .cols = n};
+    wmat w = {.dtype = stored_dt(ld->m, t), .rows = 1, .cols = n};
     w.p.bf16 = d;
     wt_row(&w, 0, out);
     return out;
 }
 
-/* A matrix [rows, cols] in the stored format, or converted to `to` (>= 0). */
-static wmat load_mat_as(loader *ld, const char *name, int rows, int cols, int to) {
-    wmat w = {0};
-    const void *d;
-    const st_tensor *t = need(ld, name, rows, cols, &d);
-    if (!t) return w;
-    wmat stored = {.dtype = st_to_dt(t->dtype), .rows = rows, .cols = cols};
-    stored.p.bf16 = d;
-    if (to < 0 || to == (int)stored.dtype) return stored;
-    if ((to == DT_Q8 || to == DT_Q4) && cols % WT_QBLOCK) {
-        log_warn("%s: tensor %s has %d columns, not a multiple of 32: kept as %s", ld->m->dir, name,
-                 cols, wt_dtype_name(stored.dtype));
-        return stored;
-    }
-    model *m = ld->m;
-    w = (wmat){.dtype = (dh_dtype)to, .rows = rows, .cols = cols};
+/* src converted to dtype `to`, in a buffer the model owns */
+static wmat convert(model *m, const wmat *src, int to) {
+    int rows = src->rows, cols = src->cols;
+    wmat w = {.dtype = (dh_dtype)to, .rows = rows, .cols = cols};
     void *buf = own(m, wt_bytes((dh_dtype)to, (size_t)rows, (size_t)cols));
     float *row = xmalloc((size_t)cols * sizeof *row);
     for (int r = 0; r < rows; r++) {
-        wt_row(&stored, r, row);
+        wt_row(src, r, row);
         size_t off = (size_t)r * cols;
         switch (to) {
         case DT_F32: memcpy((float *)buf + off, row, (size_t)cols * sizeof *row); break;
@@ -134,6 +141,29 @@ static wmat load_mat_as(loader *ld, const char *name, int rows, int cols, int to
     }
     free(row);
     w.p.bf16 = buf;
+    return w;
+}
+
+/* Can a [., cols] matrix be held as `to`? (q8/q4 need rows of whole blocks) */
+static int convertible(loader *ld, const char *name, int cols, dh_dtype stored, int to) {
+    if ((to != DT_Q8 && to != DT_Q4) || cols % WT_QBLOCK == 0) return 1;
+    if (ld->kept++ == 0) /* said once: there may be thousands */
+        log_warn("%s: matrices with rows not a multiple of 32 wide (%s, %d) stay %s under %s", ld->m->dir, name, cols,
+                 wt_dtype_name(stored), wt_dtype_name((dh_dtype)to));
+    return 0;
+}
+
+/* A matrix [rows, cols] in the stored format, or converted to `to` (>= 0). */
+static wmat load_mat_as(loader *ld, const char *name, int rows, int cols, int to) {
+    wmat w = {0};
+    const void *d;
+    const st_tensor *t = need(ld, name, rows, cols, &d);
+    if (!t) return w;
+    wmat stored = {.dtype = stored_dt(ld->m, t), .rows = rows, .cols = cols};
+    stored.p.bf16 = d;
+    if (to < 0 || to == (int)stored.dtype || !convertible(ld, name, cols, stored.dtype, to)) return stored;
+    w = convert(ld->m, &stored, to);
+    st_release(ld->m->st, t); /* the stored copy is not needed any more */
     return w;
 }
 
@@ -155,8 +185,8 @@ static void load_ffn(loader *ld, const char *prefix, int D, int F, ffn_weights *
 static void derive_absorbed(loader *ld, mla_weights *a, const model_config *c) {
     if (ld->rc) return;
     int H = c->num_attention_heads, C = c->kv_lora_rank, Dn = c->qk_nope_head_dim, Dv = c->v_head_dim;
-    float *uk_t = own(ld->m, (size_t)H * C * Dn * sizeof(float));
-    float *uv = own(ld->m, (size_t)H * Dv * C * sizeof(float));
+    size_t nuk = (size_t)H * C * Dn * sizeof(float), nuv = (size_t)H * Dv * C * sizeof(float);
+    float *uk_t = xmalloc(nuk), *uv = xmalloc(nuv);
     float *row = xmalloc((size_t)C * sizeof *row);
     for (int h = 0; h < H; h++) {
         for (int d = 0; d < Dn; d++) { /* W_UK[h][d, :] -> column d of W_UK^T[h] */
@@ -168,6 +198,23 @@ static void derive_absorbed(loader *ld, mla_weights *a, const model_config *c) {
     free(row);
     a->w_uk_t = wt_f32(uk_t, H * C, Dn);
     a->w_uv = wt_f32(uv, H * Dv, C);
+    /* held like the other matrices: bf16 values transposed stay bf16 (exact), q8/q4 when asked */
+    int to = ld->p->weights >= 0 ? ld->p->weights : (int)a->kv_b_proj.dtype;
+    if (to == DT_Q8 || to == DT_Q4 || to == DT_F32) to = ld->p->weights >= 0 ? to : DT_F32;
+    if (to != DT_F32 && convertible(ld, "the absorbed W_UK", Dn, DT_F32, to) &&
+        convertible(ld, "the absorbed W_UV", C, DT_F32, to)) {
+        a->w_uk_t = convert(ld->m, &a->w_uk_t, to);
+        a->w_uv = convert(ld->m, &a->w_uv, to);
+        free(uk_t);
+        free(uv);
+    } else {
+        float *k = own(ld->m, nuk), *v = own(ld->m, nuv); /* 64-byte aligned, freed with the model */
+        memcpy(k, uk_t, nuk);
+        memcpy(v, uv, nuv);
+        a->w_uk_t.p.f32 = k, a->w_uv.p.f32 = v;
+        free(uk_t);
+        free(uv);
+    }
 }
 
 static void load_attn(loader *ld, int i, mla_weights *a) {
@@ -342,36 +389,41 @@ void model_free(model *m) {
     free(m);
 }
 
-static double mat_bytes(const wmat *w) {
-    return w->rows ? (double)wt_bytes(w->dtype, (size_t)w->rows, (size_t)w->cols) : 0.0;
+/* bytes (or, with params, elements) of a matrix */
+static double mat_size(const wmat *w, int params) {
+    if (!w->rows) return 0.0;
+    return params ? (double)w->rows * w->cols : (double)wt_bytes(w->dtype, (size_t)w->rows, (size_t)w->cols);
 }
 
-static double ffn_bytes(const ffn_weights *f) {
-    return mat_bytes(&f->gate_proj) + mat_bytes(&f->up_proj) + mat_bytes(&f->down_proj);
+static double ffn_size(const ffn_weights *f, int params) {
+    return mat_size(&f->gate_proj, params) + mat_size(&f->up_proj, params) + mat_size(&f->down_proj, params);
 }
 
-double model_active_bytes(const model *m) {
+static double active(const model *m, int params) {
     const model_config *c = &m->cfg;
-    double b = mat_bytes(&m->lm_head);
+    double b = mat_size(&m->lm_head, params);
     for (int i = 0; i < c->num_hidden_layers; i++) {
         const layer_weights *l = &m->layers[i];
         const mla_weights *a = &l->attn;
-        b += mat_bytes(&a->q_proj) + mat_bytes(&a->q_a_proj) + mat_bytes(&a->q_b_proj) +
-             mat_bytes(&a->kv_a_proj_with_mqa) + mat_bytes(&a->o_proj) + mat_bytes(&a->w_uk_t) +
-             mat_bytes(&a->w_uv);
+        b += mat_size(&a->q_proj, params) + mat_size(&a->q_a_proj, params) + mat_size(&a->q_b_proj, params) +
+             mat_size(&a->kv_a_proj_with_mqa, params) + mat_size(&a->o_proj, params) +
+             mat_size(&a->w_uk_t, params) + mat_size(&a->w_uv, params);
         if (!l->is_moe) {
-            b += ffn_bytes(&l->mlp);
+            b += ffn_size(&l->mlp, params);
             continue;
         }
-        b += mat_bytes(&l->moe.gate) + ffn_bytes(&l->moe.shared);
-        /* K routed experts, at the size of a hosted one */
+        b += mat_size(&l->moe.gate, params) + ffn_size(&l->moe.shared, params);
+        /* K routed experts, at the size of one hosted here (all have the same shape) */
         for (int e = 0; e < c->n_routed_experts; e++)
             if (l->moe.experts[e].gate_proj.rows) {
-                b += c->num_experts_per_tok * ffn_bytes(&l->moe.experts[e]);
+                b += c->num_experts_per_tok * ffn_size(&l->moe.experts[e], params);
                 break;
             }
     }
     return b;
 }
+
+double model_active_bytes(const model *m) { return active(m, 0); }
+double model_active_params(const model *m) { return active(m, 1); }
 
 uint64_t model_weight_bytes(const model *m) { return st_mapped_bytes(m->st) + m->owned_bytes; }

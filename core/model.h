@@ -89,6 +89,8 @@ void model_free(model *m);      /* model_free(NULL) does nothing */
 /* Bytes of weight data the model reads per token (active parameters at their storage size):
  * attention, dense FFNs, shared experts, K routed experts per MoE layer and the head. */
 double model_active_bytes(const model *m);
+/* The same in parameters: bits per weight = 8 * bytes / params. */
+double model_active_params(const model *m);
 /* Memory the model holds: mapped tensor bytes plus owned converted buffers. */
 uint64_t model_weight_bytes(const model *m);
 #endif

@@ -65,6 +65,8 @@ struct st_file {
     int *table;      /* open addressing: index+1, 0 empty */
     int table_cap;
     uint64_t mapped;
+    char **meta;     /* key, value, key, value ... of the first shard's __metadata__ */
+    int n_meta;
 };
 
 static uint64_t fnv1a(const char *s) {
@@ -210,7 +212,18 @@ static int read_shard(st_file *st, int si) {
     const char *key;
     json_t *val;
     json_object_foreach(root, key, val) {
-        if (strcmp(key, "__metadata__") == 0) continue;
+        if (strcmp(key, "__metadata__") == 0) {
+            const char *mk;
+            json_t *mv;
+            if (si == 0 && json_is_object(val))
+                json_object_foreach(val, mk, mv) {
+                    if (!json_is_string(mv)) continue;
+                    st->meta = xrealloc(st->meta, (size_t)(st->n_meta + 2) * sizeof *st->meta);
+                    st->meta[st->n_meta++] = xstrdup(mk);
+                    st->meta[st->n_meta++] = xstrdup(json_string_value(mv));
+                }
+            continue;
+        }
         if (lookup(st, key)) {
             log_error("%s: tensor %s appears twice in the checkpoint", path, key);
             rc = DH_EFORMAT;
@@ -370,6 +383,8 @@ void st_close(st_file *st) {
         close(st->shards[i].fd);
         free(st->shards[i].path);
     }
+    for (int i = 0; i < st->n_meta; i++) free(st->meta[i]);
+    free(st->meta);
     free(st->maps);
     free(st->shards);
     free(st->tensors);
@@ -381,6 +396,25 @@ int st_count(const st_file *st) { return st->n; }
 const st_tensor *st_at(const st_file *st, int i) { return &st->tensors[i]; }
 const st_tensor *st_find(const st_file *st, const char *name) { return lookup(st, name); }
 uint64_t st_mapped_bytes(const st_file *st) { return st->mapped; }
+
+void st_release(st_file *st, const st_tensor *t) {
+    int i = (int)(t - st->tensors);
+    DH_ASSERT(i >= 0 && i < st->n);
+    mapping *m = &st->maps[i];
+    if (!m->base) return;
+    if (m->copied)
+        free(m->base);
+    else
+        munmap(m->base, m->len);
+    st->mapped -= t->nbytes;
+    memset(m, 0, sizeof *m);
+}
+
+const char *st_metadata(const st_file *st, const char *key) {
+    for (int i = 0; i + 1 < st->n_meta; i += 2)
+        if (strcmp(st->meta[i], key) == 0) return st->meta[i + 1];
+    return NULL;
+}
 
 const void *st_data(st_file *st, const st_tensor *t) {
     int i = (int)(t - st->tensors);
@@ -427,7 +461,17 @@ struct st_writer {
 };
 
 st_writer *stw_open(const char *path, const stw_tensor *ts, int n) {
+    return stw_open_meta(path, ts, n, NULL, NULL, 0);
+}
+
+st_writer *stw_open_meta(const char *path, const stw_tensor *ts, int n, const char *const *keys,
+                         const char *const *values, int n_meta) {
     json_t *root = json_object();
+    if (n_meta > 0) {
+        json_t *meta = json_object();
+        for (int i = 0; i < n_meta; i++) json_object_set_new(meta, keys[i], json_string(values[i]));
+        json_object_set_new(root, "__metadata__", meta);
+    }
     uint64_t off = 0;
     for (int i = 0; i < n; i++) {
         json_t *shape = json_array();

@@ -46,8 +46,13 @@ const st_tensor *st_find(const st_file *st, const char *name);
 const void *st_data(st_file *st, const st_tensor *t);
 const char *st_dtype_name(st_dtype t);
 size_t st_dtype_size(st_dtype t);
+/* Unmap t's data (after it was converted into memory of one's own): pointers to it become
+ * invalid; st_data maps it again if asked. */
+void st_release(st_file *st, const st_tensor *t);
 /* Bytes of tensor data currently mapped. */
 uint64_t st_mapped_bytes(const st_file *st);
+/* The string value of key in the first file's "__metadata__", or NULL. Valid until st_close. */
+const char *st_metadata(const st_file *st, const char *key);
 
 /* --- writer: the header first (all shapes known), then the data in order --- */
 typedef struct stw_tensor {
@@ -59,6 +64,9 @@ typedef struct stw_tensor {
 typedef struct st_writer st_writer;
 /* Create path and write its header for n tensors, in this order. NULL with a message. */
 st_writer *stw_open(const char *path, const stw_tensor *tensors, int n);
+/* The same with "__metadata__" entries keys[i] = values[i] (strings). */
+st_writer *stw_open_meta(const char *path, const stw_tensor *tensors, int n, const char *const *keys,
+                         const char *const *values, int n_meta);
 /* Append bytes of tensor data (tensors in order, any chunking). 0 or DH_EIO. */
 int stw_write(st_writer *w, const void *data, size_t nbytes);
 /* Check that exactly the declared bytes were written, close. 0, DH_EIO or DH_EFORMAT. */

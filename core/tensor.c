@@ -53,6 +53,22 @@ wmat wt_f32(const float *p, int rows, int cols) {
     return w;
 }
 
+wmat wt_rows(const wmat *W, int r0, int n) {
+    DH_ASSERT(r0 >= 0 && n >= 0 && r0 + n <= W->rows);
+    wmat v = *W;
+    v.rows = n;
+    size_t off = (size_t)r0 * (size_t)W->cols;
+    switch (W->dtype) {
+    case DT_F32: v.p.f32 = W->p.f32 + off; break;
+    case DT_BF16:
+    case DT_F16: v.p.bf16 = W->p.bf16 + off; break;
+    case DT_Q8: v.p.q8 = W->p.q8 + off / WT_QBLOCK; break;
+    case DT_Q4: v.p.q4 = W->p.q4 + off / WT_QBLOCK; break;
+    default: DH_ASSERT(0);
+    }
+    return v;
+}
+
 float wt_bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;

@@ -54,6 +54,8 @@ double wt_bits_per_weight(dh_dtype t);
 
 /* A view of an f32 array as a [rows, cols] matrix (borrowed). */
 wmat wt_f32(const float *p, int rows, int cols);
+/* A view of rows [r0, r0 + n) of W (borrowed, any dtype). */
+wmat wt_rows(const wmat *W, int r0, int n);
 /* Widen row r of W into out[cols], exactly for f32/bf16/f16, dequantized for q8/q4. */
 void wt_row(const wmat *W, int r, float *out);
 

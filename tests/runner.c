@@ -1,7 +1,9 @@
 /* runner.c: runs CUnit suites with the basic interface and turns failures into an exit code. */
+#define _XOPEN_SOURCE 700 /* nftw */
 #include "runner.h"
 
 #include <CUnit/Basic.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,10 @@ const char *dh_test_data(const char *rel) {
     return buf;
 }
 
+/* the directories made by dh_test_tmpdir, removed when the tests end */
+static char *g_tmp[256];
+static int g_ntmp;
+
 const char *dh_test_tmpdir(void) {
     static char buf[4096];
     const char *base = getenv("TMPDIR");
@@ -24,7 +30,21 @@ const char *dh_test_tmpdir(void) {
         perror("mkdtemp");
         abort();
     }
+    if (g_ntmp < 256) g_tmp[g_ntmp++] = strdup(buf);
     return buf;
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void remove_tmpdirs(void) {
+    for (int i = 0; i < g_ntmp; i++) {
+        nftw(g_tmp[i], rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        free(g_tmp[i]);
+    }
+    g_ntmp = 0;
 }
 
 void *dh_test_read_file(const char *path, size_t *len) {
@@ -65,6 +85,7 @@ int dh_test_main(int argc, char **argv, CU_SuiteInfo *suites) {
     unsigned failures = CU_get_number_of_failures();
     unsigned run = CU_get_number_of_tests_run();
     CU_cleanup_registry();
+    remove_tmpdirs();
     if (run == 0) {
         fprintf(stderr, "no tests ran\n");
         return 1;

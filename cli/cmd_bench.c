@@ -1,0 +1,280 @@
+/* cmd_bench.c: `darkhorse bench`: prompt processing and generation speed, as llama-bench
+ * measures them, with the machine's read bandwidth measured in the same run.
+ *
+ * pp<P>: P prompt tokens in one step (chunks of 512) from an empty context, naive attention.
+ * tg<N>: N tokens one at a time from an empty context, absorbed attention, B sequences per
+ *        step with --batch B (tok/s then counts all B).
+ * Each test runs -r times (after one untimed warm-up run); the median, min and max are
+ * reported. Generation's share of the bandwidth roofline is bytes of weights read per step
+ * (attention, dense and shared FFNs, K routed experts per MoE layer and the head, at their
+ * storage size) x steps/s / the two-thread read bandwidth measured here. Under mpirun the
+ * coordinator also reports the bytes on the wire per token and the share of time spent in the
+ * expert exchange. Tables go to stderr; --json prints one JSON object per line and test. */
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/commands.h"
+#include "cli/runtime.h"
+#include "core/common.h"
+#include "core/nn.h"
+#include "core/tensor.h"
+
+#define CHUNK 512
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: darkhorse bench --model DIR [-p 512] [-n 64] [-t THREADS] [-r 5] [--weights W] [--json]\n\n"
+            "  -p, --prompt N      prompt tokens of the pp test (0 skips it; default 512)\n"
+            "  -n, --gen N         generated tokens of the tg test (0 skips it; default 64)\n"
+            "  -b, --batch B       sequences decoding together in the tg test (default 1)\n"
+            "  -t THREADS          same as --threads\n"
+            "  -r, --repetitions R timed runs of each test (default 5)\n"
+            "  --no-bandwidth      skip the read-bandwidth measurement\n"
+            "  --json              one JSON object per test on stdout\n" RT_HELP);
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* --- read bandwidth: every thread sums its share of a 1 GiB array --- */
+
+typedef struct bw_job {
+    const float *a;
+    size_t n;
+    int parts;
+    float *sums;
+} bw_job;
+
+static void bw_task(void *ctx, int task, int thread) {
+    (void)thread;
+    bw_job *j = ctx;
+    size_t per = j->n / (size_t)j->parts, off = per * (size_t)task;
+    float s = 0;
+    const int step = 1 << 16;
+    for (size_t i = 0; i < per; i += step) {
+        int m = (int)DH_MIN((size_t)step, per - i);
+        s += nn_kernels()->dot(j->a + off + i, j->a + off + i, m);
+    }
+    j->sums[task] = s;
+}
+
+/* GB/s over several passes, median */
+static double read_bandwidth(int reps) {
+    size_t n = (size_t)1 << 28; /* 1 GiB of floats */
+    float *a = xmalloc(n * sizeof *a);
+    for (size_t i = 0; i < n; i++) a[i] = (float)(i & 1023) * 1e-3f;
+    int parts = nn_threads() * 4;
+    float sums[256];
+    bw_job j = {.a = a, .n = n, .parts = parts, .sums = sums};
+    double *gbs = xmalloc((size_t)reps * sizeof *gbs);
+    for (int r = 0; r < reps; r++) {
+        double t0 = dh_now();
+        tp_run(nn_pool(), parts, bw_task, &j);
+        gbs[r] = (double)n * sizeof *a / (dh_now() - t0) / 1e9;
+    }
+    qsort(gbs, (size_t)reps, sizeof *gbs, cmp_d);
+    double med = gbs[reps / 2];
+    free(a);
+    free(gbs);
+    return med;
+}
+
+typedef struct bench_args {
+    int p, n, batch, reps, json, bandwidth;
+} bench_args;
+
+typedef struct result {
+    char test[32];
+    double med, mn, mx; /* tok/s */
+    double step_ms;     /* median step time */
+} result;
+
+static void summarize(result *res, double *toks, double *steps, int reps) {
+    qsort(toks, (size_t)reps, sizeof *toks, cmp_d);
+    qsort(steps, (size_t)reps, sizeof *steps, cmp_d);
+    res->med = toks[reps / 2], res->mn = toks[0], res->mx = toks[reps - 1];
+    res->step_ms = steps[reps / 2] * 1e3;
+}
+
+/* pp: P tokens from an empty context */
+static int bench_pp(rt *R, const bench_args *a, result *res) {
+    int V = R->m->cfg.vocab_size;
+    fwd_row *rows = xmalloc((size_t)CHUNK * sizeof *rows);
+    float *logits = xmalloc((size_t)V * sizeof *logits);
+    double *toks = xmalloc((size_t)(a->reps + 1) * sizeof *toks), *steps = xmalloc((size_t)(a->reps + 1) * sizeof *steps);
+    int rc = 0;
+    for (int r = 0; r <= a->reps && !rc; r++) { /* r == 0: warm-up */
+        int seq = kv_seq_open(R->kv);
+        kv_seq_reserve(R->kv, seq, a->p);
+        double t0 = dh_now();
+        int n_steps = 0;
+        for (int t0i = 0; t0i < a->p && !rc; t0i += CHUNK, n_steps++) {
+            int n = DH_MIN(CHUNK, a->p - t0i);
+            for (int i = 0; i < n; i++)
+                rows[i] = (fwd_row){seq, t0i + i, (t0i + i) * 7919 % V, FWD_NAIVE | (t0i + i == a->p - 1 ? FWD_LOGITS : 0)};
+            fwd_out o = {.logits = logits};
+            rc = fwd_step(R->f, rows, n, &o);
+        }
+        double dt = dh_now() - t0;
+        kv_seq_close(R->kv, seq);
+        if (r > 0) toks[r - 1] = a->p / dt, steps[r - 1] = dt / n_steps;
+    }
+    if (!rc) {
+        snprintf(res->test, sizeof res->test, "pp%d", a->p);
+        summarize(res, toks, steps, a->reps);
+    }
+    free(rows), free(logits), free(toks), free(steps);
+    return rc;
+}
+
+/* tg: N tokens one at a time for B sequences from an empty context */
+static int bench_tg(rt *R, const bench_args *a, result *res) {
+    int V = R->m->cfg.vocab_size, B = a->batch;
+    fwd_row *rows = xmalloc((size_t)B * sizeof *rows);
+    float *logits = xmalloc(xmul((size_t)B * V, sizeof *logits));
+    int *seqs = xmalloc((size_t)B * sizeof *seqs);
+    double *toks = xmalloc((size_t)(a->reps + 1) * sizeof *toks), *steps = xmalloc((size_t)(a->reps + 1) * sizeof *steps);
+    int rc = 0;
+    for (int r = 0; r <= a->reps && !rc; r++) {
+        for (int b = 0; b < B; b++) {
+            seqs[b] = kv_seq_open(R->kv);
+            kv_seq_reserve(R->kv, seqs[b], a->n);
+        }
+        double t0 = dh_now();
+        for (int i = 0; i < a->n && !rc; i++) {
+            for (int b = 0; b < B; b++) rows[b] = (fwd_row){seqs[b], i, (i * 31 + b * 977 + 1) % V, FWD_LOGITS};
+            fwd_out o = {.logits = logits};
+            rc = fwd_step(R->f, rows, B, &o);
+        }
+        double dt = dh_now() - t0;
+        for (int b = 0; b < B; b++) kv_seq_close(R->kv, seqs[b]);
+        if (r > 0) toks[r - 1] = (double)a->n * B / dt, steps[r - 1] = dt / a->n;
+    }
+    if (!rc) {
+        if (B > 1) snprintf(res->test, sizeof res->test, "tg%d@b%d", a->n, B);
+        else snprintf(res->test, sizeof res->test, "tg%d", a->n);
+        summarize(res, toks, steps, a->reps);
+    }
+    free(rows), free(logits), free(seqs), free(toks), free(steps);
+    return rc;
+}
+
+static const char *weights_name(const rt *R) {
+    if (R->o.weights >= 0) return wt_dtype_name((dh_dtype)R->o.weights);
+    return wt_dtype_name(R->m->lm_head.dtype); /* the stored format */
+}
+
+static void report(const rt *R, const bench_args *a, const result *res, int gen, double bw, double wire_per_tok,
+                   double xchg_share) {
+    double bpw = 8.0 * model_active_bytes(R->m) / model_active_params(R->m);
+    double bytes_per_step = model_active_bytes(R->m);
+    double roof = gen && bw > 0 ? bytes_per_step * (res->med / a->batch) / (bw * 1e9) : NAN;
+    fprintf(stderr, "| %-12s | %-8s | %7d | %10.2f | %10.2f | %10.2f | %9.2f |", res->test, weights_name(R),
+            nn_threads(), res->med, res->mn, res->mx, res->step_ms);
+    if (gen && bw > 0) fprintf(stderr, " roofline %.2f", roof);
+    if (R->clustered) fprintf(stderr, " wire %.0f B/tok, exchange %.0f%%", wire_per_tok, 100 * xchg_share);
+    fprintf(stderr, "\n");
+    if (!a->json) return;
+    json_t *j = json_pack("{s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:i, s:i}", "test", res->test, "model",
+                          R->o.model_dir, "weights", weights_name(R), "threads", nn_threads(), "bits_per_weight",
+                          bpw, "tok_s_median", res->med, "tok_s_min", res->mn, "tok_s_max", res->mx, "step_ms_median",
+                          res->step_ms, "batch", gen ? a->batch : 1, "ranks", R->clustered ? R->cl.n_workers + 1 : 1);
+    if (gen && bw > 0) {
+        json_object_set_new(j, "roofline_share", json_real(roof));
+        json_object_set_new(j, "bandwidth_gb_s", json_real(bw));
+        json_object_set_new(j, "bytes_per_step", json_real(bytes_per_step));
+    }
+    if (R->clustered) {
+        json_object_set_new(j, "wire_bytes_per_token", json_real(wire_per_tok));
+        json_object_set_new(j, "exchange_share", json_real(xchg_share));
+    }
+    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    printf("%s\n", s);
+    fflush(stdout);
+    free(s);
+    json_decref(j);
+}
+
+/* wire bytes per token and exchange share since the last call */
+static void cluster_delta(rt *R, uint64_t tokens, double wall, double *wire, double *share) {
+    static uint64_t last_bytes;
+    static double last_x;
+    if (!R->clustered) return;
+    uint64_t bytes = 0;
+    for (int w = 1; w <= R->cl.n_workers; w++) bytes += R->stats->workers[w].bytes_in + R->stats->workers[w].bytes_out;
+    *wire = tokens ? (double)(bytes - last_bytes) / tokens : 0;
+    *share = wall > 0 ? (R->stats->exchange_s - last_x) / wall : 0;
+    last_bytes = bytes, last_x = R->stats->exchange_s;
+}
+
+int cmd_bench(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"prompt", required_argument, 0, 'p'}, {"gen", required_argument, 0, 'n'},
+        {"batch", required_argument, 0, 'b'},  {"repetitions", required_argument, 0, 'r'},
+        {"json", no_argument, 0, 'j'},         {"no-bandwidth", no_argument, 0, 'B'},
+        {"help", no_argument, 0, 'h'},         RT_LONGOPTS,
+        {0, 0, 0, 0}};
+    rt_opts ro = rt_default_opts();
+    bench_args a = {.p = 512, .n = 64, .batch = 1, .reps = 5, .bandwidth = 1};
+    int c, r;
+    while ((c = getopt_long(argc, argv, "p:n:b:r:t:h", opts, NULL)) != -1) {
+        if ((r = rt_parse_opt(&ro, c == 't' ? 1001 : c, optarg)) < 0) return 2;
+        if (r) continue;
+        switch (c) {
+        case 'p': a.p = atoi(optarg); break;
+        case 'n': a.n = atoi(optarg); break;
+        case 'b': a.batch = atoi(optarg); break;
+        case 'r': a.reps = atoi(optarg); break;
+        case 'j': a.json = 1; break;
+        case 'B': a.bandwidth = 0; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc || !ro.model_dir || a.p < 0 || a.n < 0 || a.batch < 1 || a.batch > 4096 || a.reps < 1 ||
+        a.reps > 1000 || a.p > 1 << 20 || a.n > 1 << 20) {
+        usage(stderr);
+        return 2;
+    }
+    rt R;
+    int rows = DH_MAX(DH_MIN(a.p, CHUNK), a.batch);
+    int orc = rt_open_kv(&R, &ro, rows, DH_MAX(a.p, a.n) + 1, a.batch,
+                         (size_t)(DH_MAX(a.p, a.n) + KV_BLOCK) * a.batch);
+    if (orc) return orc == RT_WORKER ? R.worker_rc : 1;
+    double bw = a.bandwidth ? read_bandwidth(5) : 0;
+    if (bw > 0) fprintf(stderr, "read bandwidth (%d threads, 1 GiB): %.1f GB/s\n", nn_threads(), bw);
+    fprintf(stderr, "model %s: %.3f GB of weights read per step (%.3fB active parameters, %.2f bits each)\n",
+            R.o.model_dir, model_active_bytes(R.m) / 1e9, model_active_params(R.m) / 1e9,
+            8 * model_active_bytes(R.m) / model_active_params(R.m));
+    fprintf(stderr, "| %-12s | %-8s | %7s | %10s | %10s | %10s | %9s |\n", "test", "weights", "threads", "tok/s med",
+            "tok/s min", "tok/s max", "step ms");
+    int rc = 0;
+    result res;
+    double wire = 0, share = 0;
+    cluster_delta(&R, 0, 0, &wire, &share);
+    if (a.p > 0) {
+        double t0 = dh_now();
+        rc = bench_pp(&R, &a, &res);
+        if (!rc) {
+            cluster_delta(&R, (uint64_t)a.p * (a.reps + 1), dh_now() - t0, &wire, &share);
+            report(&R, &a, &res, 0, bw, wire, share);
+        }
+    }
+    if (!rc && a.n > 0) {
+        double t0 = dh_now();
+        rc = bench_tg(&R, &a, &res);
+        if (!rc) {
+            cluster_delta(&R, (uint64_t)a.n * a.batch * (a.reps + 1), dh_now() - t0, &wire, &share);
+            report(&R, &a, &res, 1, bw, wire, share);
+        }
+    }
+    if (rc) rt_step_failed(&R, rc);
+    rt_close(&R, 1);
+    return rc ? 1 : 0;
+}

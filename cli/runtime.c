@@ -1,0 +1,198 @@
+/* runtime.c: option handling and set-up shared by logits, generate, bench and serve. */
+#include "cli/runtime.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/common.h"
+#include "core/nn.h"
+#include "proto/exchange.h"
+#include "worker/worker.h"
+
+rt_opts rt_default_opts(void) {
+    return (rt_opts){.threads = 0, .weights = -1, .placement_algo = "contiguous", .worker_timeout = 10.0};
+}
+
+int rt_parse_opt(rt_opts *o, int code, const char *arg) {
+    char *end;
+    switch (code) {
+    case 1000: o->model_dir = arg; return 1;
+    case 1001:
+        errno = 0;
+        o->threads = (int)strtol(arg, &end, 10);
+        if (errno || *end || o->threads < 1 || o->threads > 1024) {
+            fprintf(stderr, "darkhorse: --threads wants a count from 1 to 1024, not '%s'\n", arg);
+            return -1;
+        }
+        return 1;
+    case 1002:
+        o->weights = wt_dtype_parse(arg);
+        if (o->weights < 0 || o->weights == DT_F16) {
+            fprintf(stderr, "darkhorse: --weights wants f32, bf16, q8 or q4, not '%s'\n", arg);
+            return -1;
+        }
+        return 1;
+    case 1003: o->placement_algo = arg; return 1;
+    case 1004: o->placement_file = arg; return 1;
+    case 1005: o->placement_out = arg; return 1;
+    case 1006:
+        o->worker_timeout = strtod(arg, &end);
+        if (*end || !(o->worker_timeout > 0)) {
+            fprintf(stderr, "darkhorse: --worker-timeout wants seconds > 0, not '%s'\n", arg);
+            return -1;
+        }
+        return 1;
+    case 1007:
+        if (strcmp(arg, "f32") && strcmp(arg, "bf16")) {
+            fprintf(stderr, "darkhorse: --wire wants f32 or bf16, not '%s'\n", arg);
+            return -1;
+        }
+        o->wire_bf16 = strcmp(arg, "bf16") == 0;
+        return 1;
+    case 1008: o->portable = 1; return 1;
+    default: return 0;
+    }
+}
+
+/* Threads per rank: all cores in-process and on the coordinator (it works while the workers
+ * wait and the reverse); the cores shared among the workers of this node otherwise. */
+static int default_threads(int requested) {
+    if (requested > 0) return requested;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    int cores = n > 0 ? (int)n : 1, P = xchg_size();
+    if (P <= 1 || xchg_rank() == 0) return cores;
+    int local_workers = xchg_local_ranks() - (P > 1 ? 1 : 0);
+    return DH_MAX(1, cores / DH_MAX(1, local_workers));
+}
+
+int rt_open(rt *r, const rt_opts *o, int max_rows, int max_seq_len, int n_seqs) {
+    return rt_open_kv(r, o, max_rows, max_seq_len, n_seqs, (size_t)max_seq_len * n_seqs + KV_BLOCK * (size_t)n_seqs);
+}
+
+int rt_open_kv(rt *r, const rt_opts *o, int max_rows, int max_seq_len, int n_seqs, size_t kv_tokens) {
+    memset(r, 0, sizeof *r);
+    r->o = *o;
+    if (!o->model_dir) {
+        fprintf(stderr, "darkhorse: --model DIR is required\n");
+        return 1;
+    }
+    nn_init(default_threads(o->threads), o->portable);
+    r->clustered = xchg_size() > 1;
+    if (r->clustered && xchg_rank() > 0) {
+        worker_opts wo = {.model_dir = o->model_dir, .weights = o->weights};
+        r->worker_rc = worker_main(&wo);
+        nn_shutdown();
+        return RT_WORKER;
+    }
+    double t0 = dh_now();
+    model_params p = model_default_params();
+    p.weights = o->weights;
+    p.experts = !r->clustered;
+    r->m = model_load(o->model_dir, &p);
+    if (!r->m) {
+        if (r->clustered) xchg_abort(1); /* the workers wait for a hello */
+        rt_close(r, 0);
+        return 1;
+    }
+    r->load_s = dh_now() - t0;
+    const model_config *c = &r->m->cfg;
+    r->max_rows = max_rows;
+    r->kv = kv_new(r->m->n_layers, c->kv_lora_rank + c->qk_rope_head_dim, kv_tokens, n_seqs, max_seq_len);
+    if (!r->kv) {
+        fprintf(stderr, "darkhorse: cannot size the KV cache\n");
+        if (r->clustered) xchg_abort(1);
+        rt_close(r, 0);
+        return 1;
+    }
+    if (r->clustered) {
+        cluster_params cp = {.placement_algo = o->placement_algo, .placement_file = o->placement_file,
+                             .placement_out = o->placement_out, .timeout = o->worker_timeout,
+                             .wire_bf16 = o->wire_bf16, .max_rows = max_rows};
+        if (cluster_start(&r->cl, r->m, &cp) != 0) {
+            rt_close(r, 0);
+            return 1;
+        }
+        r->moe = r->cl.moe;
+        r->stats = r->cl.stats;
+    } else {
+        r->moe = moe_local_new(r->m, max_rows);
+        r->stats = ls_new(r->m->n_layers, c->n_routed_experts, 0);
+    }
+    r->f = fwd_new(r->m, r->kv, r->moe, max_rows);
+    fwd_set_route_counts(r->f, r->stats->routed);
+    log_info("loaded %s in %.2f s: %.2f GB of weights, %s kernels, %d threads", o->model_dir, r->load_s,
+             model_weight_bytes(r->m) / 1e9, nn_kernels()->name, nn_threads());
+    return 0;
+}
+
+void rt_close(rt *r, int print_stats) {
+    if (r->clustered && r->cl.stats) cluster_report(&r->cl);
+    if (print_stats && r->stats && r->m) ls_print(r->stats, &r->m->cfg, stderr);
+    fwd_free(r->f);
+    if (r->clustered) {
+        cluster_stop(&r->cl); /* frees the backend and the stats */
+    } else {
+        moe_free(r->moe);
+        ls_free(r->stats);
+    }
+    kv_free(r->kv);
+    model_free(r->m);
+    nn_shutdown();
+    memset(r, 0, sizeof *r);
+}
+
+void rt_step_failed(rt *r, int code) {
+    log_error("the forward pass failed: %s", dh_strerror(code));
+    if (r->clustered) {
+        log_error("ending the job on every rank");
+        xchg_abort(1);
+    }
+}
+
+int rt_parse_ids(const char *s, int vocab, int **ids) {
+    int n = 0, cap = 16;
+    int *v = xmalloc((size_t)cap * sizeof *v);
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (end == p || errno || x < 0 || x >= vocab) {
+            fprintf(stderr, "darkhorse: --ids: '%.*s' is not a token id in [0, %d)\n",
+                    (int)strcspn(p, ","), p, vocab);
+            free(v);
+            return -1;
+        }
+        if (n == cap) v = xrealloc(v, (size_t)(cap *= 2) * sizeof *v);
+        v[n++] = (int)x;
+        p = end;
+        if (*p == ',') p++;
+        else if (*p) {
+            fprintf(stderr, "darkhorse: --ids wants comma-separated integers, not '%s'\n", s);
+            free(v);
+            return -1;
+        }
+    }
+    if (n == 0) {
+        fprintf(stderr, "darkhorse: --ids is empty\n");
+        free(v);
+        return -1;
+    }
+    *ids = v;
+    return n;
+}
+
+unsigned long long rt_rss_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %llu kB", &kb) == 1) break;
+    fclose(f);
+    return kb * 1024;
+}

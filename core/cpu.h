@@ -1,0 +1,15 @@
+/* cpu.h: what the CPU can do, and making OpenBLAS use it (cpu_ prefix). */
+#ifndef DH_CPU_H
+#define DH_CPU_H
+
+/* Debian's OpenBLAS 0.3.21 does not recognise recent Xeons (Sapphire/Emerald Rapids) and falls
+ * back to its generic "Prescott" kernels, about ten times slower than its AVX-512 ones. Call
+ * first thing in main(), before MPI_Init and before any thread: when OPENBLAS_CORETYPE is not
+ * set and OpenBLAS chose a generic core on a CPU with AVX-512, set OPENBLAS_CORETYPE
+ * (Cooperlake with AVX512-BF16, else SkylakeX) and re-execute this program with the same argv
+ * and environment, saying so on stderr. A value the user set is respected. Returns only when
+ * nothing needs doing (or the re-exec failed, with a warning). */
+void cpu_fix_openblas(char **argv);
+/* OpenBLAS's core name ("SkylakeX", "Prescott", ...). */
+const char *cpu_openblas_core(void);
+#endif

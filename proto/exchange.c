@@ -1,0 +1,114 @@
+/* exchange.c: MPI start-up, polled waits with deadlines, and the control-plane gathers.
+ *
+ * Waiting: MPI_Testall, then a sleep that starts at 5 us and grows by half each time up to
+ * 1 ms (workers idle between requests wake within a millisecond and cost nothing meanwhile;
+ * during generation, layers follow each other within the short sleeps). The timer slack is
+ * lowered to 1 us so that short sleeps are short. */
+#include "exchange.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+
+#include "core/common.h"
+
+static int g_active, g_rank, g_size = 1, g_local = 1;
+
+int xchg_init(int *argc, char ***argv) {
+    const char *ws = getenv("OMPI_COMM_WORLD_SIZE");
+    if (!ws) return 1;
+    int provided;
+    MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+    g_active = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_size(node, &g_local);
+    MPI_Comm_free(&node);
+    if (g_size > 1) log_set_rank(g_rank);
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    return g_size;
+}
+
+int xchg_active(void) { return g_active; }
+int xchg_rank(void) { return g_rank; }
+int xchg_size(void) { return g_size; }
+int xchg_local_ranks(void) { return g_local; }
+
+void xchg_finalize(void) {
+    if (g_active) MPI_Finalize();
+    g_active = 0;
+}
+
+_Noreturn void xchg_abort(int code) {
+    fflush(stdout);
+    fflush(stderr);
+    if (g_active) {
+        /* mpirun forwards a rank's output through a pipe and may drop what is still in it when
+         * it tears the job down: give the last messages a moment to get out first */
+        struct timespec ts = {0, 300 * 1000000L};
+        nanosleep(&ts, NULL);
+        MPI_Abort(MPI_COMM_WORLD, code);
+    }
+    exit(code);
+}
+
+static void nap(long ns) {
+    struct timespec ts = {0, ns};
+    nanosleep(&ts, NULL);
+}
+
+void xchg_iheader(const xchg_header *hs, xchg_header *hr, int *counts, MPI_Request *req) {
+    int P = g_size, *sc = counts, *sd = counts + P, *rc = counts + 2 * P, *rd = counts + 3 * P;
+    memset(counts, 0, 4 * (size_t)P * sizeof *counts);
+    if (g_rank == 0) {
+        for (int r = 1; r < P; r++) sc[r] = (int)sizeof *hs, sd[r] = r * (int)sizeof *hs;
+        MPI_Ialltoallv(hs, sc, sd, MPI_BYTE, NULL, rc, rd, MPI_BYTE, MPI_COMM_WORLD, req);
+    } else {
+        rc[0] = (int)sizeof *hr;
+        MPI_Ialltoallv(NULL, sc, sd, MPI_BYTE, hr, rc, rd, MPI_BYTE, MPI_COMM_WORLD, req);
+    }
+}
+
+int xchg_wait(MPI_Request *reqs, int n, double deadline) {
+    long ns = 5000;
+    for (int spins = 0;; spins++) {
+        int done = 0;
+        MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
+        if (done) return 0;
+        if (deadline > 0 && dh_now() > deadline) return DH_ETIMEOUT;
+        if (spins < 20) continue; /* a few quick polls first: replies often arrive at once */
+        nap(ns);
+        ns = DH_MIN(ns + ns / 2, 1000000L);
+    }
+}
+
+void xchg_wait_idle(MPI_Request *req) { xchg_wait(req, 1, 0); }
+
+int xchg_gather(const void *mine, int len, char **all, int *lens, double deadline) {
+    MPI_Request r;
+    MPI_Igather(&len, 1, MPI_INT, lens, 1, MPI_INT, 0, MPI_COMM_WORLD, &r);
+    if (xchg_wait(&r, 1, g_rank == 0 ? deadline : 0) != 0) return DH_ETIMEOUT;
+    int *displs = NULL, total = 0;
+    if (g_rank == 0) {
+        displs = xmalloc((size_t)g_size * sizeof *displs);
+        for (int i = 0; i < g_size; i++) displs[i] = total, total += lens[i];
+        *all = xmalloc((size_t)total + 1);
+    }
+    MPI_Igatherv(mine, len, MPI_BYTE, g_rank == 0 ? *all : NULL, lens, displs, MPI_BYTE, 0, MPI_COMM_WORLD, &r);
+    int rc = xchg_wait(&r, 1, g_rank == 0 ? deadline : 0);
+    free(displs);
+    return rc;
+}
+
+int xchg_bcast(char **buf, int *len, double deadline) {
+    MPI_Request r;
+    MPI_Ibcast(len, 1, MPI_INT, 0, MPI_COMM_WORLD, &r);
+    if (xchg_wait(&r, 1, deadline) != 0) return DH_ETIMEOUT;
+    if (g_rank != 0) *buf = xmalloc((size_t)*len + 1);
+    MPI_Ibcast(*buf, *len, MPI_BYTE, 0, MPI_COMM_WORLD, &r);
+    return xchg_wait(&r, 1, deadline);
+}

@@ -1,0 +1,71 @@
+/* exchange.h: the MPI exchange that the coordinator and the workers both speak (xchg_ prefix).
+ *
+ * Every operation starts with a header from the coordinator to each worker (what comes next,
+ * and how many bytes), posted by every rank as the same collective; a MoE operation then has an
+ * all-to-all-v of payloads (requests from coordinators to workers) and one of replies (workers
+ * back to coordinators). Only coordinator-worker pairs have non-zero counts, and Open MPI sends
+ * nothing for a zero count, so workers never wait for each other. Non-blocking forms
+ * are polled with a growing sleep so that a waiting rank does not hold a core (Open MPI
+ * busy-polls otherwise), and the coordinator's waits have deadlines. For a MoE layer each
+ * worker also sends the coordinator a small status message when its experts are done; when a
+ * deadline passes, the workers whose status is missing are the ones named. */
+#ifndef DH_EXCHANGE_H
+#define DH_EXCHANGE_H
+#include <mpi.h>
+#include <stdint.h>
+
+#define XCHG_PROTOCOL 1
+#define XCHG_TAG_STATUS 101
+
+enum { XCHG_OP_MOE = 1, XCHG_OP_PLAN = 2, XCHG_OP_REPORT = 3, XCHG_OP_SHUTDOWN = 4 };
+enum { XCHG_WIRE_F32 = 0, XCHG_WIRE_BF16 = 1 };
+
+typedef struct xchg_header {  /* sent by every rank to every rank in each operation */
+    int32_t op;               /* XCHG_OP_*, 0 from a rank with nothing to say */
+    int32_t layer;
+    int32_t n_tokens;         /* tokens in the payload */
+    int32_t top_k;            /* slots per token */
+    int64_t step;             /* the coordinator's exchange counter, for messages */
+    int64_t bytes;            /* payload bytes for this receiver */
+    int64_t reply_bytes;      /* bytes the receiver sends back */
+    int32_t wire;             /* XCHG_WIRE_* of activations */
+    int32_t reserved;
+} xchg_header;
+
+typedef struct xchg_status {  /* a worker's report on one MoE layer, tag XCHG_TAG_STATUS */
+    int32_t rank;
+    int32_t n_tokens;
+    int32_t n_pairs;          /* (token, expert) pairs computed */
+    int32_t error;            /* 0, or a DH_E* code (e.g. an expert it does not host) */
+    double compute_s;
+} xchg_status;
+
+/* Start MPI when launched by mpirun (OMPI_COMM_WORLD_SIZE set), with MPI_THREAD_FUNNELED:
+ * only the thread that called this makes MPI calls. Returns the world size (1 without MPI). */
+int xchg_init(int *argc, char ***argv);
+int xchg_active(void);          /* MPI was started */
+int xchg_rank(void);            /* 0 without MPI */
+int xchg_size(void);            /* 1 without MPI */
+int xchg_local_ranks(void);     /* ranks on this node, 1 without MPI */
+void xchg_finalize(void);
+_Noreturn void xchg_abort(int code); /* ends every rank of the job */
+
+/* Post the header step of an operation. On rank 0: hs[P] holds one header per rank (hs[0]
+ * unused); on a worker: *hr receives rank 0's header. It is an all-to-all-v whose only non-zero
+ * counts are between the coordinator and each worker, so that a stopped worker delays no other
+ * worker (a plain all-to-all would make every rank wait for every other). counts is scratch of
+ * 4 * P ints, valid until the request completes. */
+void xchg_iheader(const xchg_header *hs, xchg_header *hr, int *counts, MPI_Request *req);
+
+/* Wait for n requests, polling with a growing sleep. deadline: absolute dh_now() time, or
+ * <= 0 for none. 0, or DH_ETIMEOUT (the requests stay posted). */
+int xchg_wait(MPI_Request *reqs, int n, double deadline);
+/* Sleep-poll one request without a deadline; for workers waiting for the next operation. */
+void xchg_wait_idle(MPI_Request *req);
+
+/* Gather a byte string from every rank at rank 0: on rank 0 *all is the concatenation
+ * (malloc'd) and lens[size] each length; elsewhere both untouched. 0 or DH_ETIMEOUT. */
+int xchg_gather(const void *mine, int len, char **all, int *lens, double deadline);
+/* Broadcast rank 0's *buf of *len bytes: elsewhere *buf is malloc'd and *len set. 0 or DH_ETIMEOUT. */
+int xchg_bcast(char **buf, int *len, double deadline);
+#endif

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# test_cli.sh DARKHORSE DATA_DIR: the command line as users and scripts drive it.
+# logits and generate against DeepSeek's reference outputs (tests/data/ref-tiny), the same under
+# mpirun, and the errors a user can make: bad options, a missing or mismatched checkpoint on a
+# worker, a placement plan that does not fit the job.
+set -u
+bin=$1 data=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+pass() { echo "ok   $*"; }
+fail() { echo "FAIL $*"; fails=$((fails + 1)); }
+# expect STATUS "description" command...: the command's exit status must be STATUS
+expect() {
+  local want=$1 what=$2
+  shift 2
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  local got=$?
+  if [ "$got" -eq "$want" ]; then pass "$what"; else fail "$what (exit $got, wanted $want)"; tail -5 "$tmp/err"; fi
+}
+# grep_err PATTERN "description": the last command's stderr must match
+grep_err() { if grep -Eq "$1" "$tmp/err"; then pass "$2"; else fail "$2: no /$1/ in stderr"; tail -5 "$tmp/err"; fi; }
+# compare A B ATOL RTOL: float32 files equal within |a-b| <= atol + rtol|b|
+compare() {
+  python3 - "$@" <<'PY'
+import array, sys
+a, b = array.array('f'), array.array('f')
+a.frombytes(open(sys.argv[1], 'rb').read()); b.frombytes(open(sys.argv[2], 'rb').read())
+atol, rtol = float(sys.argv[3]), float(sys.argv[4])
+if len(a) != len(b): print("  sizes differ: %d vs %d" % (len(a), len(b))); sys.exit(1)
+worst = max(range(len(a)), key=lambda i: abs(a[i] - b[i]) - atol - rtol * abs(b[i]))
+bad = sum(1 for x, y in zip(a, b) if abs(x - y) > atol + rtol * abs(y))
+print("  max |diff| %.3g (worst at %d: %.7g vs %.7g), %d outside tolerance" % (max(abs(x - y) for x, y in zip(a, b)), worst, a[worst], b[worst], bad))
+sys.exit(1 if bad else 0)
+PY
+}
+json_ids() { python3 -c "import json,sys; print(' '.join(map(str, json.load(open(sys.argv[1]))[sys.argv[2]])))" "$@"; }
+if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+ref=$data/ref-tiny
+prompt=$(json_ids "$ref/expected.json" prompt_ids | tr ' ' ',')
+greedy=$(json_ids "$ref/expected.json" greedy_ids)
+
+# help and usage
+expect 0 "darkhorse --help" "$bin" --help
+expect 2 "an unknown command is a usage error" "$bin" frobnicate
+expect 0 "generate --help" "$bin" generate --help
+expect 2 "generate without --model" "$bin" generate --ids 1,2
+expect 2 "an id that is not a number" "$bin" generate --model "$ref" --ids 1,x,3 --print-ids
+grep_err "not a token id" "the message names the bad id"
+expect 2 "an id beyond the vocabulary" "$bin" generate --model "$ref" --ids 1,512 --print-ids
+grep_err "vocabulary size 512" "the message names the vocabulary size"
+expect 1 "a missing checkpoint" "$bin" logits --model "$tmp/nope" --ids 1 --out "$tmp/x"
+grep_err "$tmp/nope" "the message names the directory"
+mkdir -p "$tmp/badcfg" && cp "$ref/model.safetensors" "$tmp/badcfg/" && sed 's/"hidden_size": 64/"hidden_size": "64"/' "$ref/config.json" >"$tmp/badcfg/config.json"
+expect 1 "a config with a wrong type" "$bin" logits --model "$tmp/badcfg" --ids 1 --out "$tmp/x"
+grep_err 'hidden_size.*must be an integer' "the message names the key"
+expect 2 "init-model with an unknown preset" "$bin" init-model --preset genesis-huge --out "$tmp/m"
+expect 2 "a bad --weights value" "$bin" generate --model "$ref" --ids 1 --weights fp8
+
+# the reference: logits, MTP logits and greedy ids, in-process
+expect 0 "logits on ref-tiny" "$bin" logits --model "$ref" --ids "$prompt" --out "$tmp/l.f32" --mtp-out "$tmp/m.f32"
+if compare "$tmp/l.f32" "$ref/prefill_logits.f32" 1e-4 1e-5; then pass "logits match DeepSeek's reference"; else fail "logits vs reference"; fi
+if compare "$tmp/m.f32" "$ref/mtp_logits.f32" 1e-4 1e-5; then pass "MTP logits match the reference"; else fail "MTP logits vs reference"; fi
+expect 0 "greedy generate on ref-tiny" "$bin" generate --model "$ref" --ids "$prompt" --temperature 0 --max-tokens 16 --print-ids
+if [ "$(cat "$tmp/out")" = "$greedy" ]; then pass "greedy ids equal the reference's"; else fail "greedy ids: $(cat "$tmp/out") vs $greedy"; fi
+
+# stored quantization equals quantization at load, bit for bit
+for q in q8 q4; do
+  expect 0 "quantize ref-tiny to $q" "$bin" quantize --model "$ref" --out "$tmp/$q" --weights "$q"
+  expect 0 "logits of the stored $q checkpoint" "$bin" logits --model "$tmp/$q" --ids "$prompt" --out "$tmp/s.f32"
+  expect 0 "logits with --weights $q" "$bin" logits --model "$ref" --ids "$prompt" --out "$tmp/w.f32" --weights "$q"
+  cmp -s "$tmp/s.f32" "$tmp/w.f32" && pass "stored $q == $q at load" || fail "stored $q differs from $q at load"
+done
+expect 1 "quantizing a quantized checkpoint" "$bin" quantize --model "$tmp/q8" --out "$tmp/q8b" --weights q4
+grep_err "already quantized" "the message says so"
+
+# the same through a 3-rank cluster
+expect 0 "logits under mpirun -np 3" mpirun -np 3 --oversubscribe "$bin" logits --model "$ref" --ids "$prompt" --out "$tmp/lc.f32"
+if compare "$tmp/lc.f32" "$tmp/l.f32" 1e-5 0; then pass "cluster logits within 1e-5 of in-process"; else fail "cluster logits"; fi
+expect 0 "greedy generate under mpirun -np 3" mpirun -np 3 --oversubscribe "$bin" generate --model "$ref" --ids "$prompt" --temperature 0 --max-tokens 16 --print-ids --placement-algo balanced --placement-out "$tmp/plan.txt"
+if [ "$(cat "$tmp/out")" = "$greedy" ]; then pass "cluster greedy ids equal the reference's"; else fail "cluster greedy ids: $(cat "$tmp/out")"; fi
+grep -q "^layer 1 worker 2:" "$tmp/plan.txt" && pass "--placement-out wrote the plan" || fail "--placement-out"
+expect 0 "--placement FILE with --wire bf16" mpirun -np 3 --oversubscribe "$bin" generate --model "$ref" --ids "$prompt" --temperature 0 --max-tokens 4 --print-ids --placement "$tmp/plan.txt" --wire bf16
+
+# cluster start-up errors, on every rank
+expect 1 "a plan for another worker count" mpirun -np 4 --oversubscribe "$bin" generate --model "$ref" --ids 1,2 --max-tokens 2 --print-ids --placement "$tmp/plan.txt"
+grep_err "plan is for 2 workers, this job has 3" "the message says why"
+expect 1 "a worker without the checkpoint" mpirun -np 1 --oversubscribe "$bin" generate --model "$ref" --ids 1,2 --print-ids : -np 2 "$bin" generate --model "$tmp/absent" --ids 1,2 --print-ids
+n=$(grep -c "cluster cannot start" "$tmp/err")
+[ "$n" -eq 3 ] && pass "every rank says why ($n of 3)" || fail "ranks reporting the failure: $n of 3"
+grep_err "rank [12] \(.*\): cannot load the checkpoint $tmp/absent" "the message names the rank and the path"
+"$bin" init-model --config "$ref/config.json" --out "$tmp/other" --seed 5 --dtype f32 >/dev/null 2>&1
+cp "$ref/config.json" "$tmp/other/config.json"
+expect 1 "a worker with another checkpoint" mpirun -np 1 --oversubscribe "$bin" generate --model "$ref" --ids 1,2 --print-ids : -np 1 "$bin" generate --model "$tmp/other" --ids 1,2 --print-ids
+grep_err "has a different model" "the identity mismatch is named"
+
+[ $fails -eq 0 ] && echo "PASS" || { echo "$fails FAILED"; exit 1; }

@@ -1,0 +1,101 @@
+/* test_model.c: loading checkpoints: what a rank maps, and the errors for a checkpoint that
+ * disagrees with its config (a missing tensor, a wrong shape, an unsupported dtype). */
+#include <CUnit/CUnit.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+#include "core/genmodel.h"
+#include "core/model.h"
+#include "tests/runner.h"
+
+static const char *base_cfg =
+    "{\"vocab_size\":300,\"hidden_size\":64,\"intermediate_size\":96,\"moe_intermediate_size\":32,"
+    "\"num_hidden_layers\":2,\"first_k_dense_replace\":1,\"num_attention_heads\":2,\"n_routed_experts\":8,"
+    "\"num_experts_per_tok\":2,\"n_shared_experts\":0,\"kv_lora_rank\":32,\"qk_nope_head_dim\":32,"
+    "\"qk_rope_head_dim\":8,\"v_head_dim\":16,\"num_nextn_predict_layers\":1}";
+
+static const char *make(const char *cfg) {
+    const char *dir = dh_test_tmpdir();
+    gen_params gp = {.seed = 1, .dtype = ST_BF16};
+    CU_ASSERT_EQUAL(gen_checkpoint(dir, cfg, &gp), 0);
+    return dir;
+}
+
+/* replace config.json of dir by the base config edited from -> to */
+static void edit_config(const char *dir, const char *from, const char *to) {
+    char path[4200], buf[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    const char *p = strstr(base_cfg, from);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    snprintf(buf, sizeof buf, "%.*s%s%s", (int)(p - base_cfg), base_cfg, to, p + strlen(from));
+    FILE *f = fopen(path, "w");
+    fputs(buf, f);
+    fclose(f);
+}
+
+static void test_a_generated_checkpoint_loads_whole_or_in_parts(void) {
+    const char *dir = make(base_cfg);
+    model_params p = model_default_params();
+    model *all = model_load(dir, &p);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(all);
+    CU_ASSERT_EQUAL(all->n_layers, 3); /* 2 + MTP */
+    CU_ASSERT(all->has_mtp && all->layers[2].is_moe && !all->layers[0].is_moe);
+    CU_ASSERT_EQUAL(all->layers[2].embed_tokens.p.bf16, all->embed_tokens.p.bf16); /* shared, not stored */
+    /* a worker hosting experts 3 and 5 of layer 1 maps nothing else */
+    uint8_t host[3 * 8] = {0};
+    host[1 * 8 + 3] = host[1 * 8 + 5] = 1;
+    model_params wp = model_default_params();
+    wp.dense = 0, wp.host = host;
+    model *w = model_load(dir, &wp);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(w);
+    CU_ASSERT_EQUAL(model_weight_bytes(w), 2 * 3 * 64 * 32 * 2); /* two experts, three bf16 matrices */
+    CU_ASSERT(w->layers[1].moe.experts[3].gate_proj.rows == 32 && w->layers[1].moe.experts[4].gate_proj.rows == 0);
+    CU_ASSERT_EQUAL(w->config_hash, all->config_hash);
+    /* converted weights: q8 halves bf16's bytes roughly */
+    model_params qp = model_default_params();
+    qp.weights = DT_Q8;
+    model *q = model_load(dir, &qp);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(q);
+    CU_ASSERT_EQUAL(q->layers[1].moe.experts[0].up_proj.dtype, DT_Q8);
+    CU_ASSERT_EQUAL(q->layers[1].moe.gate.dtype, DT_F32); /* the router stays f32 */
+    CU_ASSERT(model_active_bytes(q) < 0.6 * model_active_bytes(all));
+    model_free(all), model_free(w), model_free(q);
+}
+
+static void test_a_checkpoint_that_disagrees_with_its_config_is_refused(void) {
+    model_params p = model_default_params();
+    const char *dir = make(base_cfg);
+    /* shared experts the file does not have: the missing tensor is named */
+    edit_config(dir, "\"n_shared_experts\":0", "\"n_shared_experts\":2");
+    CU_ASSERT_PTR_NULL(model_load(dir, &p));
+    /* a width the tensors do not have: the wrong shape is named */
+    edit_config(dir, "\"moe_intermediate_size\":32", "\"moe_intermediate_size\":48");
+    CU_ASSERT_PTR_NULL(model_load(dir, &p));
+    /* q LoRA in the config, q_proj in the file */
+    edit_config(dir, "\"kv_lora_rank\":32", "\"q_lora_rank\":16,\"kv_lora_rank\":32");
+    CU_ASSERT_PTR_NULL(model_load(dir, &p));
+    /* an MTP layer the file lacks is a warning, not an error: MTP is off */
+    const char *d2 = make("{\"vocab_size\":300,\"hidden_size\":64,\"intermediate_size\":96,\"moe_intermediate_size\":32,"
+                          "\"num_hidden_layers\":2,\"first_k_dense_replace\":1,\"num_attention_heads\":2,"
+                          "\"n_routed_experts\":8,\"num_experts_per_tok\":2,\"kv_lora_rank\":32,"
+                          "\"qk_nope_head_dim\":32,\"qk_rope_head_dim\":8,\"v_head_dim\":16}");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", d2);
+    FILE *f = fopen(path, "w");
+    fputs(base_cfg, f);
+    fclose(f);
+    model *m = model_load(d2, &p);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    CU_ASSERT_EQUAL(m->has_mtp, 0);
+    model_free(m);
+    CU_ASSERT_PTR_NULL(model_load("/nonexistent/model", &p));
+}
+
+static CU_TestInfo model_tests[] = {
+    {"a generated checkpoint loads whole or in parts", test_a_generated_checkpoint_loads_whole_or_in_parts},
+    {"a checkpoint that disagrees with its config is refused", test_a_checkpoint_that_disagrees_with_its_config_is_refused},
+    CU_TEST_INFO_NULL,
+};
+CU_SuiteInfo model_suite = {"model", NULL, NULL, NULL, NULL, model_tests};
