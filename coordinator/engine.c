@@ -1,0 +1,535 @@
+/* engine.c: the serving loop: admission, step composition, sampling, detokenization.
+ *
+ * Requests move from `incoming` (filled by any thread under the lock) to `waiting` (FIFO,
+ * engine thread only) to a running slot. A request is admitted when a sequence slot is free
+ * and the KV cache can reserve its whole prompt + max_tokens at once: a running request
+ * can then never run out of cache, so nothing is ever preempted or recomputed (the price is
+ * reserving for tokens a request may not use). Admission is in arrival order: a large request
+ * at the head waits for room rather than being overtaken forever.
+ *
+ * A step holds, in this order, one decode row for every running sequence that has finished
+ * its prompt, then prompt chunks of the running sequences still prefilling, in admission
+ * order, until max_batch_tokens rows. Prompt rows use the naive attention form and decode rows
+ * the absorbed one, and the kernels are batch invariant, so a request's tokens do not depend
+ * on what else is in the step.
+ *
+ * Text: every sampled token goes through the request's streaming decoder (complete UTF-8
+ * characters only); the decoded text is held back by up to (longest stop string - 1) bytes so
+ * that a stop string that arrives in pieces is never partly shown. */
+#include "engine.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+
+typedef struct req {
+    uint64_t id;
+    void *user;
+    int *prompt, n_prompt;
+    int max_tokens, ignore_eos;
+    sampler *smp;
+    char **stop;
+    int n_stop;
+    size_t max_stop;
+    int seq;              /* KV sequence once admitted, -1 before */
+    int n_prefilled;      /* prompt rows computed */
+    int n_gen;            /* tokens sampled */
+    int last;             /* the last sampled token, fed by the next decode row */
+    tok_stream *ts;
+    char *text;           /* all decoded text */
+    size_t len, cap, emitted;
+    uint64_t domain[CFG_N_DOMAINS];
+    double t_submit, t_first, t_last;
+    struct req *next;
+} req;
+
+struct engine {
+    const model *m;
+    fwd_ctx *f;
+    kv_cache *kv;
+    const tokenizer *tok;
+    ls_stats *stats;
+    engine_params p;
+    engine_emit_fn emit;
+    void *ctx;
+    /* shared with other threads, under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+    req *in_head, *in_tail;
+    int n_incoming;
+    uint64_t *cancels;
+    int n_cancels, cap_cancels;
+    uint64_t next_id;
+    int stopping;
+    double stop_deadline;
+    engine_metrics met;
+    ls_stats *snap;       /* copy of stats, refreshed each step */
+    /* engine thread only */
+    req *wait_head, *wait_tail;
+    int n_waiting;
+    req **run;            /* [max_seqs] */
+    int n_run;
+    fwd_row *rows;        /* [max_batch_tokens] */
+    req **row_req;        /* [max_batch_tokens] */
+    float *logits;        /* [max_seqs, V] */
+    int *route;           /* [moe layers, max_batch_tokens, K] */
+    int n_moe;
+};
+
+static const double hist_le[ENGINE_HIST_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                    0.5,   1,      2.5,   5,    10,    30,   60,  INFINITY};
+
+static void hist_init(engine_hist *h) {
+    memset(h, 0, sizeof *h);
+    memcpy(h->le, hist_le, sizeof hist_le);
+}
+
+static void hist_add(engine_hist *h, double v) {
+    int b = 0;
+    while (b < ENGINE_HIST_BUCKETS - 1 && v > h->le[b]) b++;
+    h->count[b]++;
+    h->n++;
+    h->sum += v;
+}
+
+engine *engine_new(const model *m, fwd_ctx *f, kv_cache *kv, const tokenizer *tok, ls_stats *stats,
+                   const engine_params *p, engine_emit_fn emit, void *ctx) {
+    engine *e = xcalloc(1, sizeof *e);
+    e->m = m, e->f = f, e->kv = kv, e->tok = tok, e->stats = stats, e->p = *p, e->emit = emit, e->ctx = ctx;
+    DH_ASSERT(p->max_seqs > 0 && p->max_batch_tokens >= p->max_seqs);
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->wake, NULL);
+    e->next_id = 1;
+    e->run = xcalloc((size_t)p->max_seqs, sizeof *e->run);
+    e->rows = xmalloc((size_t)p->max_batch_tokens * sizeof *e->rows);
+    e->row_req = xmalloc((size_t)p->max_batch_tokens * sizeof *e->row_req);
+    e->logits = xmalloc(xmul((size_t)p->max_seqs * m->cfg.vocab_size, sizeof *e->logits));
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) e->n_moe += m->layers[l].is_moe;
+    e->route = xmalloc(xmul((size_t)DH_MAX(e->n_moe, 1) * p->max_batch_tokens * m->cfg.num_experts_per_tok, sizeof(int)));
+    hist_init(&e->met.ttft), hist_init(&e->met.tpot), hist_init(&e->met.step);
+    e->met.kv_total_tokens = kv_total_tokens(kv);
+    e->snap = ls_new(stats->n_layers, stats->n_experts, stats->n_workers);
+    return e;
+}
+
+static void req_free(req *r) {
+    if (!r) return;
+    free(r->prompt);
+    for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    free(r->stop);
+    sampler_free(r->smp);
+    tok_stream_free(r->ts);
+    free(r->text);
+    free(r);
+}
+
+void engine_free(engine *e) {
+    if (!e) return;
+    for (req *r = e->in_head, *n; r; r = n) n = r->next, req_free(r);
+    for (req *r = e->wait_head, *n; r; r = n) n = r->next, req_free(r);
+    for (int i = 0; i < e->n_run; i++) req_free(e->run[i]);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->wake);
+    free(e->cancels), free(e->run), free(e->rows), free(e->row_req), free(e->logits), free(e->route);
+    ls_free(e->snap);
+    free(e);
+}
+
+int64_t engine_submit(engine *e, const engine_request *q, char *err, size_t errsz) {
+    int need = q->n_prompt + q->max_tokens;
+    if (q->n_prompt < 1 || q->max_tokens < 1) {
+        snprintf(err, errsz, "the prompt and max_tokens must each be at least 1 token");
+        return DH_EINVAL;
+    }
+    if (need > e->p.max_context) {
+        snprintf(err, errsz, "the prompt (%d tokens) plus max_tokens (%d) exceeds the context limit of %d tokens",
+                 q->n_prompt, q->max_tokens, e->p.max_context);
+        return DH_EINVAL;
+    }
+    if ((size_t)need > kv_total_tokens(e->kv)) {
+        snprintf(err, errsz, "the prompt (%d tokens) plus max_tokens (%d) exceeds the KV cache of %zu tokens",
+                 q->n_prompt, q->max_tokens, kv_total_tokens(e->kv));
+        return DH_EINVAL;
+    }
+    req *r = xcalloc(1, sizeof *r);
+    r->user = q->user;
+    r->prompt = xmalloc((size_t)q->n_prompt * sizeof *r->prompt);
+    memcpy(r->prompt, q->prompt, (size_t)q->n_prompt * sizeof *r->prompt);
+    r->n_prompt = q->n_prompt, r->max_tokens = q->max_tokens, r->ignore_eos = q->ignore_eos;
+    r->stop = xcalloc((size_t)q->n_stop + 1, sizeof *r->stop);
+    for (int i = 0; i < q->n_stop; i++) {
+        r->stop[i] = xstrdup(q->stop[i]);
+        r->max_stop = DH_MAX(r->max_stop, strlen(q->stop[i]));
+    }
+    r->n_stop = q->n_stop;
+    r->smp = sampler_new(e->m->cfg.vocab_size, q->sampling);
+    r->ts = tok_stream_new(e->tok);
+    r->seq = -1;
+    r->t_submit = dh_now();
+    pthread_mutex_lock(&e->mu);
+    int64_t id;
+    if (e->stopping) {
+        snprintf(err, errsz, "the server is shutting down");
+        id = DH_ECANCELLED;
+    } else if (e->n_incoming + e->met.waiting >= e->p.max_queue) {
+        snprintf(err, errsz, "the queue is full (%d requests waiting)", e->p.max_queue);
+        id = DH_EBUSY;
+    } else {
+        id = (int64_t)(r->id = e->next_id++);
+        if (e->in_tail) e->in_tail->next = r;
+        else e->in_head = r;
+        e->in_tail = r;
+        e->n_incoming++;
+        pthread_cond_signal(&e->wake);
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (id < 0) req_free(r);
+    return id;
+}
+
+void engine_cancel(engine *e, uint64_t id) {
+    pthread_mutex_lock(&e->mu);
+    if (e->n_cancels == e->cap_cancels) {
+        e->cap_cancels = e->cap_cancels ? 2 * e->cap_cancels : 64;
+        e->cancels = xrealloc(e->cancels, (size_t)e->cap_cancels * sizeof *e->cancels);
+    }
+    e->cancels[e->n_cancels++] = id;
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void engine_stop(engine *e, double grace_s) {
+    pthread_mutex_lock(&e->mu);
+    if (!e->stopping) {
+        e->stopping = 1;
+        e->stop_deadline = dh_now() + grace_s;
+    }
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void engine_get_metrics(engine *e, engine_metrics *out) {
+    pthread_mutex_lock(&e->mu);
+    *out = e->met;
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void stats_copy(ls_stats *dst, const ls_stats *src) {
+    DH_ASSERT(dst->n_layers == src->n_layers && dst->n_experts == src->n_experts && dst->n_workers == src->n_workers);
+    memcpy(dst->routed, src->routed, (size_t)src->n_layers * DH_MAX(src->n_experts, 1) * sizeof *dst->routed);
+    memcpy(dst->workers, src->workers, ((size_t)src->n_workers + 1) * sizeof *dst->workers);
+    dst->exchange_s = src->exchange_s, dst->wait_s = src->wait_s, dst->steps = src->steps;
+}
+
+void engine_get_stats(engine *e, ls_stats *out) {
+    pthread_mutex_lock(&e->mu);
+    stats_copy(out, e->snap);
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* --- events --- */
+
+static void count(engine *e, uint64_t *counter) {
+    pthread_mutex_lock(&e->mu);
+    (*counter)++;
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void emit_error(engine *e, req *r, int code, const char *msg) {
+    engine_event ev = {.kind = ENGINE_EV_ERROR, .id = r->id, .user = r->user, .code = code, .error = msg};
+    e->emit(e->ctx, &ev);
+}
+
+/* end a request: its DONE event, its sequence closed */
+static void finish(engine *e, req *r, int reason) {
+    double share[CFG_N_DOMAINS] = {0}, tot = 0;
+    for (int d = 0; d < CFG_N_DOMAINS; d++) tot += (double)r->domain[d];
+    for (int d = 0; d < CFG_N_DOMAINS && tot > 0; d++) share[d] = (double)r->domain[d] / tot;
+    engine_event ev = {.kind = ENGINE_EV_DONE, .id = r->id, .user = r->user, .text = r->text + r->emitted,
+                       .len = r->len - r->emitted, .finish = reason, .prompt_tokens = r->n_prompt,
+                       .completion_tokens = r->n_gen, .domain_share = share};
+    if (!r->text) ev.text = "";
+    e->emit(e->ctx, &ev);
+    pthread_mutex_lock(&e->mu);
+    if (reason == ENGINE_FINISH_STOP) e->met.finished_stop++;
+    else e->met.finished_length++;
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void append_text(req *r, const char *s, size_t n) {
+    if (r->len + n + 1 > r->cap) {
+        r->cap = DH_MAX(2 * r->cap, r->len + n + 256);
+        r->text = xrealloc(r->text, r->cap);
+    }
+    memcpy(r->text + r->len, s, n);
+    r->len += n;
+    r->text[r->len] = 0;
+}
+
+/* A new token for r: decode it, look for stop strings, emit what is safe. 1 if r is finished
+ * (its DONE sent), else 0. */
+static int on_token(engine *e, req *r, int tok) {
+    int eos = e->m->cfg.eos_token_id;
+    double now = dh_now();
+    pthread_mutex_lock(&e->mu);
+    if (r->n_gen == 0) {
+        r->t_first = now;
+        hist_add(&e->met.ttft, now - r->t_submit);
+    } else {
+        hist_add(&e->met.tpot, now - r->t_last);
+    }
+    e->met.generated_tokens++;
+    pthread_mutex_unlock(&e->mu);
+    r->t_last = now;
+    r->n_gen++;
+    char buf[512];
+    size_t k;
+    if (tok == eos && !r->ignore_eos) {
+        r->n_gen--; /* the end-of-sentence token is not part of the completion */
+        while ((k = tok_stream_flush(r->ts, buf, sizeof buf)) > 0) append_text(r, buf, k);
+        finish(e, r, ENGINE_FINISH_STOP);
+        return 1;
+    }
+    r->last = tok;
+    while ((k = tok_stream_push(r->ts, tok, buf, sizeof buf)) > 0) {
+        append_text(r, buf, k);
+        tok = -1; /* further pushes only drain */
+        if (k < sizeof buf) break;
+    }
+    int done_len = r->n_gen >= r->max_tokens;
+    if (done_len) {
+        while ((k = tok_stream_flush(r->ts, buf, sizeof buf)) > 0) append_text(r, buf, k);
+    }
+    // a stop string: end before it
+    for (int i = 0; i < r->n_stop && r->len; i++) {
+        size_t from = r->emitted > r->max_stop ? r->emitted - r->max_stop : 0;
+        char *hit = strstr(r->text + from, r->stop[i]);
+        if (hit) {
+            r->len = (size_t)(hit - r->text);
+            r->text[r->len] = 0;
+            finish(e, r, ENGINE_FINISH_STOP);
+            return 1;
+        }
+    }
+    if (done_len) {
+        finish(e, r, ENGINE_FINISH_LENGTH);
+        return 1;
+    }
+    // emit all but what could still become a stop string, on a character boundary
+    size_t safe = r->len > (r->max_stop ? r->max_stop - 1 : 0) ? r->len - (r->max_stop ? r->max_stop - 1 : 0) : 0;
+    while (safe > r->emitted && safe < r->len && ((unsigned char)r->text[safe] & 0xC0) == 0x80) safe--;
+    if (safe > r->emitted) {
+        engine_event ev = {.kind = ENGINE_EV_TEXT, .id = r->id, .user = r->user, .text = r->text + r->emitted,
+                           .len = safe - r->emitted};
+        e->emit(e->ctx, &ev);
+        r->emitted = safe;
+    }
+    return 0;
+}
+
+/* --- scheduling --- */
+
+static void drop_running(engine *e, int i) {
+    req *r = e->run[i];
+    if (r->seq >= 0) kv_seq_close(e->kv, r->seq);
+    req_free(r);
+    e->run[i] = e->run[--e->n_run];
+}
+
+/* take new requests and cancellations from other threads; apply cancellations */
+static void intake(engine *e) {
+    pthread_mutex_lock(&e->mu);
+    req *in = e->in_head;
+    int n_in = e->n_incoming;
+    e->in_head = e->in_tail = NULL;
+    e->n_incoming = 0;
+    uint64_t *cancels = e->cancels;
+    int n_cancels = e->n_cancels;
+    e->cancels = NULL;
+    e->n_cancels = e->cap_cancels = 0;
+    pthread_mutex_unlock(&e->mu);
+    if (in) {
+        if (e->wait_tail) e->wait_tail->next = in;
+        else e->wait_head = in;
+        while (in->next) in = in->next;
+        e->wait_tail = in;
+        e->n_waiting += n_in;
+    }
+    for (int c = 0; c < n_cancels; c++) {
+        for (int i = 0; i < e->n_run; i++)
+            if (e->run[i]->id == cancels[c]) {
+                emit_error(e, e->run[i], DH_ECANCELLED, "cancelled");
+                drop_running(e, i);
+                count(e, &e->met.cancelled);
+                break;
+            }
+        for (req **pp = &e->wait_head, *prev = NULL; *pp; prev = *pp, pp = &(*pp)->next)
+            if ((*pp)->id == cancels[c]) {
+                req *r = *pp;
+                *pp = r->next;
+                if (e->wait_tail == r) e->wait_tail = prev;
+                e->n_waiting--;
+                emit_error(e, r, DH_ECANCELLED, "cancelled");
+                req_free(r);
+                count(e, &e->met.cancelled);
+                break;
+            }
+    }
+    free(cancels);
+}
+
+static void admit(engine *e) {
+    while (e->wait_head && e->n_run < e->p.max_seqs) {
+        req *r = e->wait_head;
+        int seq = kv_seq_open(e->kv);
+        if (seq < 0) break;
+        if (kv_seq_reserve(e->kv, seq, r->n_prompt + r->max_tokens) != 0) {
+            kv_seq_close(e->kv, seq);
+            break; /* wait for running requests to free blocks */
+        }
+        r->seq = seq;
+        e->wait_head = r->next;
+        if (!e->wait_head) e->wait_tail = NULL;
+        r->next = NULL;
+        e->n_waiting--;
+        e->run[e->n_run++] = r;
+        pthread_mutex_lock(&e->mu);
+        e->met.prompt_tokens += (uint64_t)r->n_prompt;
+        pthread_mutex_unlock(&e->mu);
+    }
+}
+
+/* the rows of the next step: decode rows, then prompt chunks */
+static int compose(engine *e) {
+    int T = 0;
+    for (int i = 0; i < e->n_run; i++) {
+        req *r = e->run[i];
+        if (r->n_prefilled < r->n_prompt) continue;
+        e->row_req[T] = r;
+        e->rows[T++] = (fwd_row){r->seq, r->n_prompt + r->n_gen - 1, r->last, FWD_LOGITS};
+    }
+    for (int i = 0; i < e->n_run && T < e->p.max_batch_tokens; i++) {
+        req *r = e->run[i];
+        int left = r->n_prompt - r->n_prefilled;
+        if (left <= 0) continue;
+        int n = DH_MIN(left, e->p.max_batch_tokens - T);
+        for (int j = 0; j < n; j++) {
+            int pos = r->n_prefilled + j;
+            e->row_req[T] = r;
+            e->rows[T++] = (fwd_row){r->seq, pos, r->prompt[pos], FWD_NAIVE | (pos == r->n_prompt - 1 ? FWD_LOGITS : 0)};
+        }
+        r->n_prefilled += n;
+    }
+    return T;
+}
+
+/* every request in flight fails with msg */
+static void fail_all(engine *e, int code, const char *msg) {
+    while (e->n_run) {
+        emit_error(e, e->run[0], code, msg);
+        count(e, &e->met.failed);
+        drop_running(e, 0);
+    }
+    while (e->wait_head) {
+        req *r = e->wait_head;
+        e->wait_head = r->next;
+        emit_error(e, r, code, msg);
+        count(e, &e->met.failed);
+        req_free(r);
+    }
+    e->wait_tail = NULL;
+    e->n_waiting = 0;
+}
+
+static void attribute_domains(engine *e, int T) {
+    int K = e->m->cfg.num_experts_per_tok;
+    for (int l = 0; l < e->n_moe; l++)
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k < K; k++)
+                e->row_req[t]->domain[e->m->cfg.expert_domains[e->route[((size_t)l * T + t) * K + k]]]++;
+}
+
+static void publish(engine *e, double step_s) {
+    double share[CFG_N_DOMAINS];
+    ls_domain_share(e->stats, &e->m->cfg, share);
+    pthread_mutex_lock(&e->mu);
+    e->met.waiting = e->n_waiting;
+    e->met.running = e->n_run;
+    e->met.kv_used_tokens = kv_total_tokens(e->kv) - kv_free_tokens(e->kv);
+    if (step_s >= 0) {
+        e->met.steps++;
+        hist_add(&e->met.step, step_s);
+    }
+    memcpy(e->met.domain_share, share, sizeof share);
+    stats_copy(e->snap, e->stats);
+    pthread_mutex_unlock(&e->mu);
+}
+
+int engine_run(engine *e) {
+    int V = e->m->cfg.vocab_size;
+    for (;;) {
+        intake(e);
+        pthread_mutex_lock(&e->mu);
+        int stopping = e->stopping;
+        double deadline = e->stop_deadline;
+        pthread_mutex_unlock(&e->mu);
+        if (stopping) {
+            while (e->wait_head) { /* not started: refuse */
+                req *r = e->wait_head;
+                e->wait_head = r->next;
+                emit_error(e, r, DH_ECANCELLED, "the server is shutting down");
+                count(e, &e->met.failed);
+                req_free(r);
+            }
+            e->wait_tail = NULL, e->n_waiting = 0;
+            if (dh_now() > deadline) fail_all(e, DH_ECANCELLED, "the server is shutting down");
+            if (e->n_run == 0) {
+                publish(e, -1);
+                return 0;
+            }
+        }
+        admit(e);
+        publish(e, -1);
+        if (e->n_run == 0) {
+            pthread_mutex_lock(&e->mu);
+            if (!e->in_head && !e->n_cancels && !e->stopping) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_nsec += 100 * 1000000L;
+                if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+                pthread_cond_timedwait(&e->wake, &e->mu, &ts);
+            }
+            pthread_mutex_unlock(&e->mu);
+            continue;
+        }
+        // one step
+        int T = compose(e);
+        double t0 = dh_now();
+        fwd_out out = {.logits = e->logits, .route_idx = e->route};
+        int rc = fwd_step(e->f, e->rows, T, &out);
+        if (rc) {
+            fail_all(e, rc, "the cluster failed during this request (a worker was lost or stopped answering)");
+            publish(e, -1);
+            return rc;
+        }
+        attribute_domains(e, T);
+        // sample every row with logits, in row order
+        int li = 0;
+        for (int t = 0; t < T; t++) {
+            if (!(e->rows[t].flags & FWD_LOGITS)) continue;
+            req *r = e->row_req[t];
+            int tok = sampler_sample(r->smp, e->logits + (size_t)li++ * V);
+            if (on_token(e, r, tok)) {
+                for (int i = 0; i < e->n_run; i++)
+                    if (e->run[i] == r) {
+                        drop_running(e, i);
+                        break;
+                    }
+            }
+        }
+        publish(e, dh_now() - t0);
+    }
+}

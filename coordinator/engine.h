@@ -1,0 +1,100 @@
+/* engine.h: continuous batching of many requests over the forward pass (engine_ prefix).
+ *
+ * Requests arrive from any thread (engine_submit); the engine thread runs engine_run, which
+ * at every step boundary admits waiting requests (while KV-cache blocks and sequence slots
+ * allow), and runs one forward step that mixes one decode row of every running sequence with
+ * chunks of new prompts under a per-step token budget. Sampled tokens are decoded to text
+ * (complete UTF-8 only, stop strings never shown) and reported through a callback on the
+ * engine thread. A cancelled request frees its sequence at the next step boundary. */
+#ifndef DH_ENGINE_H
+#define DH_ENGINE_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "coordinator/forward.h"
+#include "core/sampler.h"
+#include "core/tokenizer.h"
+#include "sched/loadstats.h"
+
+typedef struct engine engine;
+
+typedef struct engine_params {
+    int max_seqs;            /* sequences running at once */
+    int max_batch_tokens;    /* rows a step may hold (decode rows first, then prompt chunks) */
+    int max_queue;           /* waiting requests beyond which engine_submit answers DH_EBUSY */
+    int max_context;         /* prompt + max_tokens at most */
+} engine_params;
+
+typedef struct engine_request {
+    const int *prompt;       /* copied */
+    int n_prompt;
+    int max_tokens;
+    sampler_params sampling;
+    const char *const *stop; /* stop strings (copied); generation ends before the first one */
+    int n_stop;
+    int ignore_eos;
+    void *user;              /* the caller's handle, given back with every event */
+} engine_request;
+
+enum { ENGINE_EV_TEXT = 1, ENGINE_EV_DONE = 2, ENGINE_EV_ERROR = 3 };
+enum { ENGINE_FINISH_STOP = 1, ENGINE_FINISH_LENGTH = 2 };
+
+typedef struct engine_event {   /* pointers valid during the callback only */
+    int kind;
+    uint64_t id;
+    void *user;
+    const char *text;           /* TEXT: new text, complete UTF-8; DONE: the rest (may be "") */
+    size_t len;
+    int finish;                 /* DONE: ENGINE_FINISH_* */
+    int prompt_tokens;          /* DONE */
+    int completion_tokens;      /* DONE */
+    const double *domain_share; /* DONE: [CFG_N_DOMAINS] share of the request's routed choices */
+    int code;                   /* ERROR: DH_E* (DH_ECANCELLED after engine_cancel) */
+    const char *error;          /* ERROR: message */
+} engine_event;
+
+/* Called on the engine thread for every event, without the engine's lock held: it may call
+ * engine_cancel and engine_stop, nothing else of the engine. */
+typedef void (*engine_emit_fn)(void *ctx, const engine_event *ev);
+
+#define ENGINE_HIST_BUCKETS 16
+typedef struct engine_hist {    /* Prometheus-style histogram, seconds */
+    double le[ENGINE_HIST_BUCKETS];
+    uint64_t count[ENGINE_HIST_BUCKETS]; /* per bucket, not cumulative */
+    uint64_t n;
+    double sum;
+} engine_hist;
+
+typedef struct engine_metrics {
+    uint64_t finished_stop, finished_length, failed, cancelled;
+    uint64_t prompt_tokens, generated_tokens, steps;
+    int waiting, running;
+    size_t kv_used_tokens, kv_total_tokens;
+    engine_hist ttft, tpot, step;   /* time to first token, per output token, step time */
+    double domain_share[CFG_N_DOMAINS]; /* of all routed choices so far */
+} engine_metrics;
+
+/* An engine over the forward pass f with its cache kv and model m, decoding with tok, routed
+ * counts in stats (all kept; they must outlive it). NULL never. */
+engine *engine_new(const model *m, fwd_ctx *f, kv_cache *kv, const tokenizer *tok, ls_stats *stats,
+                   const engine_params *p, engine_emit_fn emit, void *ctx);
+void engine_free(engine *e); /* after engine_run has returned; NULL ok */
+
+/* Thread-safe. Queue a request: its id (> 0); or DH_EBUSY when the queue is full, DH_EINVAL
+ * when it cannot fit the context (err says which limit), DH_ECANCELLED when stopping. */
+int64_t engine_submit(engine *e, const engine_request *r, char *err, size_t errsz);
+/* Thread-safe. The request's sequence is freed at the next step boundary; its last event is an
+ * ERROR with DH_ECANCELLED. Unknown or finished ids are ignored. */
+void engine_cancel(engine *e, uint64_t id);
+/* Thread-safe. Stop admitting; requests in flight may finish for grace_s seconds, then fail. */
+void engine_stop(engine *e, double grace_s);
+/* Thread-safe. A copy of the counters. */
+void engine_get_metrics(engine *e, engine_metrics *out);
+/* Thread-safe. A copy of the load statistics as of the last step (routed tokens per (layer,
+ * expert), per-worker counters) into out, made by ls_new with the same sizes as the engine's. */
+void engine_get_stats(engine *e, ls_stats *out);
+
+/* Run on the engine thread until engine_stop and every request is finished. 0, or the forward
+ * pass's error (a lost worker): every request in flight has then had an ERROR event. */
+int engine_run(engine *e);
+#endif
