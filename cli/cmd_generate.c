@@ -214,7 +214,7 @@ int cmd_generate(int argc, char **argv) {
     }
     fflush(stdout);
     log_info("prompt %d tokens in %.3f s (%.1f tok/s); generated %d tokens, %.2f tok/s; load %.2f s; RSS %.2f GB",
-             T, t1 - t0, T / (t1 - t0), n_out, steps > 0 ? steps / (t2 - t1) : 0.0, R.load_s, rt_rss_bytes() / 1e9);
+             T, t1 - t0, T / (t1 - t0), n_out, steps > 0 ? steps / (t2 - t1) : 0.0, R.load_s, dh_rss_bytes() / 1e9);
     rc = 0;
 out:
     tok_stream_free(ts);

@@ -185,14 +185,3 @@ int rt_parse_ids(const char *s, int vocab, int **ids) {
     *ids = v;
     return n;
 }
-
-unsigned long long rt_rss_bytes(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) return 0;
-    char line[256];
-    unsigned long long kb = 0;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %llu kB", &kb) == 1) break;
-    fclose(f);
-    return kb * 1024;
-}

@@ -77,6 +77,4 @@ void rt_step_failed(rt *r, int code);
 /* Parse "5,17,42" into *ids (malloc'd): the count, or -1 with a message when an id is not an
  * integer in [0, vocab). */
 int rt_parse_ids(const char *s, int vocab, int **ids);
-/* Resident memory of this process in bytes (VmRSS), 0 if unknown. */
-unsigned long long rt_rss_bytes(void);
 #endif

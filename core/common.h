@@ -50,6 +50,8 @@ void log_msg(int level, const char *file, int line, const char *fmt, ...)
 
 /* Monotonic seconds. */
 double dh_now(void);
+/* Resident memory of this process in bytes (VmRSS), 0 if unknown. */
+uint64_t dh_rss_bytes(void);
 
 #define DH_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define DH_MAX(a, b) ((a) > (b) ? (a) : (b))

@@ -54,17 +54,6 @@ static void mem_info(uint64_t *total, uint64_t *avail) {
     fclose(f);
 }
 
-static uint64_t rss_bytes(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) return 0;
-    char line[256];
-    unsigned long long kb = 0;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %llu kB", &kb) == 1) break;
-    fclose(f);
-    return kb * 1024;
-}
-
 double worker_expert_gflops(int D, int F) {
     int T = 16;
     float *w = xmalloc((size_t)F * D * sizeof *w), *x = xmalloc((size_t)T * D * sizeof *x);
@@ -166,7 +155,7 @@ static int apply_plan(wstate *s) {
         snprintf(err, sizeof err, "rank %d received a malformed placement plan", s->rank);
     }
     if (*err) r.error_code = DH_EFORMAT, r.error = err;
-    r.rss_bytes = rss_bytes();
+    r.rss_bytes = dh_rss_bytes();
     r.mapped_bytes = s->m ? model_weight_bytes(s->m) : 0;
     size_t plen = darkhorse__ready__get_packed_size(&r);
     unsigned char *pb = xmalloc(plen + 1);
@@ -243,7 +232,7 @@ static void serve_moe(wstate *s, const xchg_header *hd) {
 static void send_report(wstate *s) {
     Darkhorse__LoadReport r = DARKHORSE__LOAD_REPORT__INIT;
     r.rank = s->rank, r.tokens = s->tokens, r.expert_tokens = s->pairs, r.compute_seconds = s->compute_s;
-    r.bytes_in = s->bytes_in, r.bytes_out = s->bytes_out, r.rss_bytes = rss_bytes();
+    r.bytes_in = s->bytes_in, r.bytes_out = s->bytes_out, r.rss_bytes = dh_rss_bytes();
     size_t len = darkhorse__load_report__get_packed_size(&r);
     unsigned char *buf = xmalloc(len + 1);
     darkhorse__load_report__pack(&r, buf);
