@@ -206,6 +206,8 @@ void engine_stop(engine *e, double grace_s) {
     if (!e->stopping) {
         e->stopping = 1;
         e->stop_deadline = dh_now() + grace_s;
+    } else {
+        e->stop_deadline = DH_MIN(e->stop_deadline, dh_now()); /* asked twice: no more grace */
     }
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->mu);
@@ -471,11 +473,12 @@ static void publish(engine *e, double step_s) {
 int engine_run(engine *e) {
     int V = e->m->cfg.vocab_size;
     for (;;) {
-        intake(e);
+        /* stopping is read before intake: whatever was submitted before the stop is taken now */
         pthread_mutex_lock(&e->mu);
         int stopping = e->stopping;
         double deadline = e->stop_deadline;
         pthread_mutex_unlock(&e->mu);
+        intake(e);
         if (stopping) {
             while (e->wait_head) { /* not started: refuse */
                 req *r = e->wait_head;

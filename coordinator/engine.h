@@ -86,7 +86,8 @@ int64_t engine_submit(engine *e, const engine_request *r, char *err, size_t errs
 /* Thread-safe. The request's sequence is freed at the next step boundary; its last event is an
  * ERROR with DH_ECANCELLED. Unknown or finished ids are ignored. */
 void engine_cancel(engine *e, uint64_t id);
-/* Thread-safe. Stop admitting; requests in flight may finish for grace_s seconds, then fail. */
+/* Thread-safe. Stop admitting; requests in flight may finish for grace_s seconds, then fail.
+ * A second call ends the grace at once. */
 void engine_stop(engine *e, double grace_s);
 /* Thread-safe. A copy of the counters. */
 void engine_get_metrics(engine *e, engine_metrics *out);

@@ -1,9 +1,10 @@
 /* sampler.c: choosing the next token.
  *
  * Order as Hugging Face's generate applies it: temperature, then top-k, then top-p over the
- * softmax of what is left, then one draw. Candidates are found without sorting the whole
- * vocabulary when top-k is set (a bounded min-heap of k entries); with top-k off, the tokens
- * are sorted once by logit. The random stream is xoshiro256** seeded through splitmix64, so
+ * softmax of what is left, then one draw. Nothing sorts the whole vocabulary in the common
+ * cases: top-k takes the k best with a bounded min-heap; top-p without top-k first looks at the
+ * 1024 best and sorts all 129280 only when those do not hold top_p of the probability (a very
+ * flat distribution); plain temperature sampling draws from the softmax directly. The random stream is xoshiro256** seeded through splitmix64, so
  * a seed gives the same tokens on every machine. */
 #include "sampler.h"
 
@@ -99,35 +100,70 @@ static void sift_down(cand *h, int n, int i) {
     }
 }
 
+/* the k best of logits into s->c[0..k), unsorted (a min-heap) */
+static void best_k(sampler *s, const float *logits, int k) {
+    for (int i = 0; i < k; i++) s->c[i] = (cand){logits[i], i};
+    for (int i = k / 2 - 1; i >= 0; i--) sift_down(s->c, k, i);
+    for (int i = k; i < s->vocab; i++) {
+        cand x = {logits[i], i};
+        if (better(&x, &s->c[0])) {
+            s->c[0] = x;
+            sift_down(s->c, k, 0);
+        }
+    }
+}
+
+/* one draw from weights w[0..n) of total tot; returns an index */
+static int draw(sampler *s, const float *w, int n, double tot) {
+    double r = (double)(next_u64(s) >> 11) * (1.0 / 9007199254740992.0) * tot;
+    for (int i = 0; i < n; i++) {
+        r -= w[i];
+        if (r < 0) return i;
+    }
+    return n - 1;
+}
+
+#define TOP_P_CANDIDATES 1024 /* without top-k, top-p looks here first */
+
 int sampler_sample(sampler *s, const float *logits) {
     int V = s->vocab;
     if (s->p.temperature <= 0) return sampler_argmax(logits, V);
-    // candidates: the k best (heap), or all
-    int n, k = s->p.top_k > 0 && s->p.top_k < V ? s->p.top_k : 0;
-    if (k) {
-        for (int i = 0; i < k; i++) s->c[i] = (cand){logits[i], i};
-        for (int i = k / 2 - 1; i >= 0; i--) sift_down(s->c, k, i);
-        for (int i = k; i < V; i++) {
-            cand x = {logits[i], i};
-            if (better(&x, &s->c[0])) {
-                s->c[0] = x;
-                sift_down(s->c, k, 0);
-            }
-        }
-        n = k;
-    } else {
-        for (int i = 0; i < V; i++) s->c[i] = (cand){logits[i], i};
-        n = V;
+    double inv_t = 1.0 / s->p.temperature;
+    int k = s->p.top_k > 0 && s->p.top_k < V ? s->p.top_k : 0;
+    int top_p = s->p.top_p > 0 && s->p.top_p < 1;
+    if (!k && !top_p) { /* plain temperature sampling: no candidates to sort */
+        float mx = logits[sampler_argmax(logits, V)];
+        double sum = 0;
+        for (int i = 0; i < V; i++) sum += s->pr[i] = (float)exp(((double)logits[i] - mx) * inv_t);
+        return draw(s, s->pr, V, sum);
     }
+    // candidates: the k best; without top-k, the best TOP_P_CANDIDATES when they hold top_p of
+    // the mass (almost always: distributions are peaked), else all of them
+    int n = k ? k : DH_MIN(V, TOP_P_CANDIDATES);
+    double all = 0;
+    if (!k) {
+        float mx = logits[sampler_argmax(logits, V)];
+        for (int i = 0; i < V; i++) all += exp(((double)logits[i] - mx) * inv_t);
+    }
+    best_k(s, logits, n);
     qsort(s->c, (size_t)n, sizeof *s->c, cmp_cand);
-    // p = softmax(logit / T) over the candidates; keep the top-p prefix
-    double sum = 0, inv_t = 1.0 / s->p.temperature;
+    double sum = 0;
     for (int i = 0; i < n; i++) sum += s->pr[i] = (float)exp(((double)s->c[i].logit - s->c[0].logit) * inv_t);
+    double total = k ? sum : all; /* both relative to the best logit */
+    if (!k && n < V && sum < s->p.top_p * total) { /* the mass is spread wide: use every token */
+        n = V;
+        for (int i = 0; i < V; i++) s->c[i] = (cand){logits[i], i};
+        qsort(s->c, (size_t)n, sizeof *s->c, cmp_cand);
+        sum = 0;
+        for (int i = 0; i < n; i++) sum += s->pr[i] = (float)exp(((double)s->c[i].logit - s->c[0].logit) * inv_t);
+        total = sum;
+    }
+    // p = softmax(logit / T); keep the smallest prefix holding top_p of the mass
     int keep = n;
-    if (s->p.top_p > 0 && s->p.top_p < 1) {
+    if (top_p) {
         double acc = 0;
         for (int i = 0; i < n; i++) {
-            acc += s->pr[i] / sum;
+            acc += s->pr[i] / total;
             if (acc >= s->p.top_p) {
                 keep = i + 1;
                 break;
@@ -136,10 +172,5 @@ int sampler_sample(sampler *s, const float *logits) {
     }
     double tot = 0;
     for (int i = 0; i < keep; i++) tot += s->pr[i];
-    double r = (double)(next_u64(s) >> 11) * (1.0 / 9007199254740992.0) * tot;
-    for (int i = 0; i < keep; i++) {
-        r -= s->pr[i];
-        if (r < 0) return s->c[i].id;
-    }
-    return s->c[keep - 1].id;
+    return s->c[draw(s, s->pr, keep, tot)].id;
 }
