@@ -1,0 +1,859 @@
+/* server.c: the HTTP server: routing, authentication, requests into the engine, events out to
+ * the clients, metrics, graceful shutdown.
+ *
+ * Threads. MPI is initialised FUNNELED and the engine's forward pass calls MPI in a cluster,
+ * so the engine keeps the main thread; libevent's evhttp runs on a thread of its own. The HTTP
+ * thread parses, tokenizes (tok_encode is thread-safe) and engine_submits; the engine calls
+ * srv_emit on its thread, which copies the event into a mutex-protected queue and wakes the
+ * HTTP thread with event_active. Everything else here (requests, connections, counters) is
+ * touched by the HTTP thread only.
+ *
+ * Lifetime of a request (libevent 2.1). An accepted request is an srv_req that lives until
+ * the engine's last event for it (DONE or ERROR; the engine sends exactly one), since the
+ * engine holds it as `user` until then. Its evhttp_request is answered when that event
+ * arrives, or let go earlier when the client disconnects: evhttp then detaches the request
+ * from the dying connection if we had not finished it (req->evcon = NULL; it is ours to free)
+ * and calls the connection's close callback, where we free it, forget it, and engine_cancel
+ * the sequence; nothing is written to it afterwards. Before the final reply the close callback
+ * is removed, so that it never sees a freed srv_req. evhttp only notices a closed connection
+ * while it reads: it reads (for that purpose only) while a reply is being written, so a stream
+ * is watched from its first bytes; a whole (non-stream) response is watched the same way by
+ * enabling reads with no read callback, as evhttp itself does, until the reply goes out.
+ *
+ * Shutdown. SIGTERM/SIGINT (libevent's signal events on this thread's base) close the
+ * listening socket and engine_stop(grace); requests on open connections get 503. When
+ * engine_run returns, srv_finish answers whatever is left, lets the replies drain for a bounded
+ * time, and ends the thread. */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/thread.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "coordinator/api.h"
+#include "core/common.h"
+
+#define SRV_IDLE_TIMEOUT_S 60  /* reading a request, keep-alive idle, a client not reading */
+#define SRV_MAX_HEADERS 65536  /* bytes of request line and headers */
+
+enum { P_COMPLETIONS, P_CHAT, P_MODELS, P_HEALTH, P_METRICS, P_OTHER, N_PATHS };
+static const char *const path_names[N_PATHS] = {"/v1/completions", "/v1/chat/completions", "/v1/models",
+                                                "/health", "/metrics", "other"};
+
+typedef struct srv_req { /* a request accepted into the engine; HTTP thread only */
+    srv *s;
+    struct evhttp_request *req;      /* NULL once answered or once the client went away */
+    struct evhttp_connection *evcon; /* its connection while req is set */
+    uint64_t id;                     /* the engine's id */
+    int path;                        /* P_COMPLETIONS or P_CHAT */
+    char id_str[48];
+    api_meta meta;
+    int stream, include_usage;
+    char *text;                      /* whole responses: the text so far */
+    size_t len, cap;
+    struct srv_req *prev, *next;     /* in s->inflight */
+} srv_req;
+
+typedef struct srv_event { /* an engine event, copied for the HTTP thread */
+    int kind;
+    srv_req *r;
+    char *text;
+    size_t len;
+    int finish, prompt_tokens, completion_tokens, code;
+    double share[CFG_N_DOMAINS];
+    char *error;
+    struct srv_event *next;
+} srv_event;
+
+struct srv {
+    srv_params p;
+    const model *m;
+    const tokenizer *tok;
+    engine *e;
+    const char *domain_names[CFG_N_DOMAINS];
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *listener;
+    struct event *wake, *tick, *sig_term, *sig_int;
+    pthread_t thread;
+    int thread_started, port;
+    /* shared with the engine thread and the caller, under mu */
+    pthread_mutex_t mu;
+    srv_event *q_head, *q_tail;
+    int finish_asked, finish_rc; /* srv_finish was called, with engine_run's result */
+    double flush_deadline;
+    /* HTTP thread only */
+    srv_req *inflight;
+    int stopping;          /* no longer accepting work */
+    int engine_rc;         /* engine_run's result, once srv_finish has said it */
+    int finished;          /* srv_finish's leftovers answered */
+    int n_writing;         /* final replies still being written */
+    uint64_t rng, disconnects;
+    uint64_t http_counts[N_PATHS][500]; /* by path and status - 100 */
+    ls_stats *stats;       /* copy of the engine's, for /metrics */
+};
+
+static const struct timeval idle_tv = {SRV_IDLE_TIMEOUT_S, 0};
+
+/* --- replies --- */
+
+static const char *reason_of(int status) {
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 429: return "Too Many Requests";
+    case 503: return "Service Unavailable";
+    default: return "Internal Server Error";
+    }
+}
+
+static void count_status(srv *s, int path, int status) {
+    if (status >= 100 && status < 600) s->http_counts[path][status - 100]++;
+}
+
+/* one whole reply with a body of len bytes; ends the request */
+static void reply(srv *s, struct evhttp_request *req, int path, int status, const char *type, const char *body,
+                  size_t len) {
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", type);
+    if (s->stopping) evhttp_add_header(h, "Connection", "close");
+    struct evbuffer *b = evbuffer_new();
+    DH_ASSERT(b != NULL);
+    evbuffer_add(b, body, len);
+    count_status(s, path, status);
+    evhttp_send_reply(req, status, reason_of(status), b);
+    evbuffer_free(b);
+}
+
+static void reply_json(srv *s, struct evhttp_request *req, int path, int status, char *json /* freed */) {
+    reply(s, req, path, status, "application/json", json, strlen(json));
+    free(json);
+}
+
+static void reply_error(srv *s, struct evhttp_request *req, int path, const api_error *err) {
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    if (err->status == 429) evhttp_add_header(h, "Retry-After", "1");
+    if (err->status == 401) evhttp_add_header(h, "WWW-Authenticate", "Bearer");
+    reply_json(s, req, path, err->status, api_error_json(err));
+}
+
+/* The one place where DH_E* codes become HTTP statuses. */
+static void error_of_code(int code, const char *msg, api_error *err) {
+    switch (code) {
+    case DH_EINVAL: /* engine_submit's: the context or the KV cache */
+        api_fail(err, 400, "invalid_request_error", "context_length_exceeded", "max_tokens", "%s", msg);
+        break;
+    case DH_EBUSY: api_fail(err, 429, "rate_limit_error", "queue_full", NULL, "%s; retry later", msg); break;
+    case DH_ECANCELLED: api_fail(err, 503, "server_error", "shutting_down", NULL, "%s", msg); break;
+    default: api_fail(err, 503, "server_error", "engine_failure", NULL, "%s (%s)", msg, dh_strerror(code)); break;
+    }
+}
+
+static void sse_send(srv_req *r, const char *data) {
+    struct evbuffer *b = evbuffer_new();
+    DH_ASSERT(b != NULL);
+    evbuffer_add_printf(b, "data: %s\n\n", data);
+    evhttp_send_reply_chunk(r->req, b);
+    evbuffer_free(b);
+}
+
+/* --- requests in flight --- */
+
+static srv_req *req_new(srv *s, struct evhttp_request *req, int path, const api_request *ar) {
+    srv_req *r = xcalloc(1, sizeof *r);
+    r->s = s, r->req = req, r->evcon = evhttp_request_get_connection(req), r->path = path;
+    r->stream = ar->stream, r->include_usage = ar->include_usage;
+    /* ids as OpenAI's: a prefix and a random string */
+    uint64_t x = s->rng += 0x9E3779B97F4A7C15ULL;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    x ^= x >> 31;
+    snprintf(r->id_str, sizeof r->id_str, "%s-%016llx", ar->kind == API_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long long)x);
+    r->meta = (api_meta){.kind = ar->kind, .id = r->id_str, .created = (long long)time(NULL),
+                         .model = s->p.served_name};
+    return r;
+}
+
+static void inflight_add(srv *s, srv_req *r) {
+    r->next = s->inflight;
+    if (s->inflight) s->inflight->prev = r;
+    s->inflight = r;
+}
+
+static void req_release(srv_req *r) {
+    srv *s = r->s;
+    if (r->prev) r->prev->next = r->next;
+    else if (s->inflight == r) s->inflight = r->next;
+    if (r->next) r->next->prev = r->prev;
+    free(r->text);
+    free(r);
+}
+
+static void on_reply_written(struct evhttp_request *req, void *arg) {
+    (void)req;
+    srv *s = arg;
+    s->n_writing--;
+}
+
+/* The client went away: forget its request (freeing it if evhttp handed it to us) and cancel
+ * the sequence. The srv_req lives on until the engine's last event. */
+static void on_close(struct evhttp_connection *evcon, void *arg) {
+    (void)evcon;
+    srv_req *r = arg;
+    if (r->req) {
+        if (!evhttp_request_get_connection(r->req)) evhttp_request_free(r->req); /* detached: ours */
+        r->req = NULL;                                                           /* else evhttp frees it */
+    }
+    r->evcon = NULL;
+    r->s->disconnects++;
+    engine_cancel(r->s->e, r->id);
+}
+
+/* Watch the connection of a request that waits for the engine: no read timeout meanwhile (a
+ * request may queue and run for long), the close callback, and for a whole response reads
+ * enabled without a read callback, so that evhttp notices a close (as it does itself while it
+ * writes). */
+static void watch(srv_req *r) {
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(r->evcon);
+    bufferevent_set_timeouts(bev, NULL, &idle_tv);
+    evhttp_connection_set_closecb(r->evcon, on_close, r);
+    if (r->stream) return;
+    bufferevent_data_cb rd, wr;
+    bufferevent_event_cb ev;
+    void *arg;
+    bufferevent_getcb(bev, &rd, &wr, &ev, &arg);
+    bufferevent_setcb(bev, NULL, wr, ev, arg);
+    bufferevent_enable(bev, EV_READ);
+}
+
+/* Before the final reply: stop watching, and count the reply until it is written. Returns
+ * the request, which the caller must end now. */
+static struct evhttp_request *unwatch(srv_req *r) {
+    struct evhttp_request *req = r->req;
+    evhttp_connection_set_closecb(r->evcon, NULL, NULL);
+    evhttp_connection_set_timeout_tv(r->evcon, &idle_tv);
+    evhttp_request_set_on_complete_cb(req, on_reply_written, r->s);
+    r->s->n_writing++;
+    r->req = NULL, r->evcon = NULL;
+    return req;
+}
+
+static void append_text(srv_req *r, const char *s, size_t n) {
+    if (r->len + n + 1 > r->cap) {
+        r->cap = DH_MAX(2 * r->cap, r->len + n + 256);
+        r->text = xrealloc(r->text, r->cap);
+    }
+    memcpy(r->text + r->len, s, n);
+    r->len += n;
+    r->text[r->len] = 0;
+}
+
+static void finish_ok(srv *s, srv_req *r, const srv_event *ev) {
+    api_final f = {.finish = ev->finish == ENGINE_FINISH_LENGTH ? API_FINISH_LENGTH : API_FINISH_STOP,
+                   .prompt_tokens = ev->prompt_tokens, .completion_tokens = ev->completion_tokens,
+                   .domain_share = ev->share, .domain_names = s->domain_names};
+    if (!r->stream) {
+        append_text(r, ev->text ? ev->text : "", ev->len);
+        char *json = api_response_json(&r->meta, r->text, r->len, &f);
+        reply_json(s, unwatch(r), r->path, 200, json);
+        return;
+    }
+    char *json;
+    if (ev->len) {
+        sse_send(r, json = api_chunk_json(&r->meta, ev->text, ev->len, 0, NULL));
+        free(json);
+    }
+    sse_send(r, json = api_chunk_json(&r->meta, "", 0, 0, &f));
+    free(json);
+    if (r->include_usage) {
+        sse_send(r, json = api_usage_chunk_json(&r->meta, &f));
+        free(json);
+    }
+    sse_send(r, "[DONE]");
+    evhttp_send_reply_end(unwatch(r));
+}
+
+/* an error for a request in flight: its status, or in a stream an error event then the end */
+static void finish_error(srv *s, srv_req *r, const api_error *err) {
+    if (!r->stream) {
+        reply_error(s, unwatch(r), r->path, err);
+        return;
+    }
+    char *json = api_error_json(err);
+    sse_send(r, json);
+    free(json);
+    evhttp_send_reply_end(unwatch(r));
+}
+
+static void on_event(srv *s, srv_event *ev) {
+    srv_req *r = ev->r;
+    if (ev->kind == ENGINE_EV_TEXT) {
+        if (!r->req) return;
+        if (!r->stream) {
+            append_text(r, ev->text, ev->len);
+        } else {
+            char *json = api_chunk_json(&r->meta, ev->text, ev->len, 0, NULL);
+            sse_send(r, json);
+            free(json);
+        }
+        return;
+    }
+    if (r->req && ev->kind == ENGINE_EV_DONE) {
+        finish_ok(s, r, ev);
+    } else if (r->req) {
+        api_error err;
+        error_of_code(ev->code, ev->error, &err);
+        if (ev->code != DH_ECANCELLED) log_warn("request %s failed: %s", r->id_str, ev->error);
+        finish_error(s, r, &err);
+    }
+    req_release(r);
+}
+
+static void event_free_(srv_event *ev) {
+    free(ev->text);
+    free(ev->error);
+    free(ev);
+}
+
+void srv_emit(void *ctx, const engine_event *ev) {
+    srv *s = ctx;
+    srv_event *x = xcalloc(1, sizeof *x);
+    x->kind = ev->kind, x->r = ev->user;
+    if (ev->kind != ENGINE_EV_ERROR && ev->len) {
+        x->text = xmalloc(ev->len);
+        memcpy(x->text, ev->text, ev->len);
+        x->len = ev->len;
+    }
+    if (ev->kind == ENGINE_EV_DONE) {
+        x->finish = ev->finish, x->prompt_tokens = ev->prompt_tokens, x->completion_tokens = ev->completion_tokens;
+        memcpy(x->share, ev->domain_share, sizeof x->share);
+    }
+    if (ev->kind == ENGINE_EV_ERROR) {
+        x->code = ev->code;
+        x->error = xstrdup(ev->error ? ev->error : "the request failed");
+    }
+    pthread_mutex_lock(&s->mu);
+    if (s->q_tail) s->q_tail->next = x;
+    else s->q_head = x;
+    s->q_tail = x;
+    pthread_mutex_unlock(&s->mu);
+    event_active(s->wake, EV_READ, 0);
+}
+
+/* --- endpoints --- */
+
+static void stop_accepting(srv *s) {
+    if (s->listener) evhttp_del_accept_socket(s->http, s->listener);
+    s->listener = NULL;
+    s->stopping = 1;
+}
+
+static int authorized(const srv *s, struct evhttp_request *req, api_error *err) {
+    const char *key = s->p.api_key;
+    if (!key || !*key) return 1;
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    if (!h) {
+        api_fail(err, 401, "invalid_request_error", "invalid_api_key", NULL,
+                 "no API key: send the header 'Authorization: Bearer KEY'");
+        return 0;
+    }
+    if (strncasecmp(h, "Bearer ", 7) != 0) {
+        api_fail(err, 401, "invalid_request_error", "invalid_api_key", NULL,
+                 "the Authorization header must be 'Bearer KEY'");
+        return 0;
+    }
+    for (h += 7; *h == ' ';) h++;
+    size_t n = strlen(key), m = strlen(h);
+    unsigned char diff = (unsigned char)(n != m);
+    for (size_t i = 0; i < n; i++) diff |= (unsigned char)(key[i] ^ (i < m ? h[i] : 0)); /* no early exit */
+    if (diff) api_fail(err, 401, "invalid_request_error", "invalid_api_key", NULL, "incorrect API key");
+    return !diff;
+}
+
+/* the prompt's token ids: given, or the text tokenized; each below the model's vocabulary */
+static int prompt_ids(srv *s, const api_request *ar, int **ids, int *n, api_error *err) {
+    const char *what = ar->kind == API_CHAT ? "messages" : "prompt";
+    *ids = NULL;
+    if (ar->prompt_ids) {
+        *ids = xmalloc(xmul((size_t)DH_MAX(ar->n_prompt_ids, 1), sizeof **ids));
+        memcpy(*ids, ar->prompt_ids, (size_t)ar->n_prompt_ids * sizeof **ids);
+        *n = ar->n_prompt_ids;
+        return 0;
+    }
+    size_t len = 0, off = 0;
+    int rc = tok_encode(s->tok, ar->prompt, ar->prompt_len, ids, &len, &off);
+    if (rc == DH_EINVAL)
+        return api_fail(err, 400, "invalid_request_error", "invalid_value", what,
+                        "the %s is not valid UTF-8 (byte %zu) or longer than 2 GB", what, off);
+    if (rc)
+        return api_fail(err, 400, "invalid_request_error", "invalid_value", what,
+                        "the tokenizer cannot encode this %s (%s)", what, dh_strerror(rc));
+    rc = 0;
+    if (len > (size_t)s->p.max_context)
+        rc = api_fail(err, 400, "invalid_request_error", "context_length_exceeded", what,
+                      "the %s (%zu tokens) exceeds the context limit of %d tokens", what, len, s->p.max_context);
+    for (size_t i = 0; i < len && !rc; i++)
+        if ((*ids)[i] >= s->m->cfg.vocab_size)
+            rc = api_fail(err, 400, "invalid_request_error", "invalid_value", what,
+                          "the %s encodes to token id %d, beyond the model's vocabulary of %d", what, (*ids)[i],
+                          s->m->cfg.vocab_size);
+    if (rc) {
+        free(*ids);
+        *ids = NULL;
+        return rc;
+    }
+    *n = (int)len;
+    return 0;
+}
+
+/* POST /v1/completions and /v1/chat/completions */
+static void handle_generate(srv *s, struct evhttp_request *req, int path) {
+    api_kind kind = path == P_CHAT ? API_CHAT : API_COMPLETION;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    api_limits lim = {.max_context = s->p.max_context, .vocab_size = s->m->cfg.vocab_size};
+    api_request ar;
+    api_error err;
+    int *ids = NULL, n_ids = 0, max_tokens;
+    if (api_parse_request(kind, body, len, &lim, &ar, &err) != 0) goto fail;
+    if (prompt_ids(s, &ar, &ids, &n_ids, &err) != 0) goto fail_ar;
+    if ((max_tokens = api_resolve_max_tokens(&ar, n_ids, s->p.max_context, &err)) < 0) goto fail_ids;
+    srv_req *r = req_new(s, req, path, &ar);
+    uint64_t seed = ar.has_seed ? ar.seed : sampler_random_seed() ^ s->rng;
+    engine_request q = {.prompt = ids, .n_prompt = n_ids, .max_tokens = max_tokens,
+                        .sampling = {.temperature = ar.temperature, .top_p = ar.top_p, .top_k = ar.top_k,
+                                     .seed = seed},
+                        .stop = (const char *const *)ar.stop, .n_stop = ar.n_stop, .ignore_eos = ar.ignore_eos,
+                        .user = r};
+    char msg[256] = "";
+    int64_t id = engine_submit(s->e, &q, msg, sizeof msg);
+    if (id < 0) {
+        error_of_code((int)id, msg, &err);
+        free(r);
+        goto fail_ids;
+    }
+    // accepted: the engine answers through srv_emit, on this thread, after this handler
+    r->id = (uint64_t)id;
+    inflight_add(s, r);
+    watch(r);
+    if (r->stream) {
+        struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+        evhttp_add_header(h, "Content-Type", "text/event-stream");
+        evhttp_add_header(h, "Cache-Control", "no-cache");
+        count_status(s, path, 200);
+        evhttp_send_reply_start(req, 200, "OK");
+        if (kind == API_CHAT) {
+            char *json = api_chunk_json(&r->meta, "", 0, 1, NULL);
+            sse_send(r, json);
+            free(json);
+        }
+    }
+    free(ids);
+    api_request_free(&ar);
+    return;
+fail_ids:
+    free(ids);
+fail_ar:
+    api_request_free(&ar);
+fail:
+    reply_error(s, req, path, &err);
+}
+
+static char *health_json(const srv *s) {
+    const char *state = !s->stopping ? "ok" : s->engine_rc ? "failed" : "stopping";
+    char buf[96];
+    snprintf(buf, sizeof buf, "{\"status\":\"%s\"}", state);
+    return xstrdup(buf);
+}
+
+static void metrics_text(srv *s, struct evbuffer *b);
+
+static int path_of(const char *p) {
+    for (int i = 0; i < P_OTHER; i++)
+        if (strcmp(p, path_names[i]) == 0) return i;
+    return P_OTHER;
+}
+
+static void on_request(struct evhttp_request *req, void *arg) {
+    srv *s = arg;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *p = uri ? evhttp_uri_get_path(uri) : NULL;
+    if (!p) p = "";
+    int path = path_of(p), post = path == P_COMPLETIONS || path == P_CHAT;
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    api_error err;
+    if (strncmp(p, "/v1/", 4) == 0 && !authorized(s, req, &err)) {
+        reply_error(s, req, path, &err);
+    } else if (path == P_OTHER) {
+        api_fail(&err, 404, "invalid_request_error", "not_found", NULL, "no such endpoint: %.200s", p);
+        reply_error(s, req, path, &err);
+    } else if (cmd != (post ? EVHTTP_REQ_POST : EVHTTP_REQ_GET)) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", post ? "POST" : "GET");
+        api_fail(&err, 405, "invalid_request_error", "method_not_allowed", NULL, "%s takes %s", p,
+                 post ? "POST" : "GET");
+        reply_error(s, req, path, &err);
+    } else if (path == P_HEALTH) {
+        reply_json(s, req, path, s->stopping ? 503 : 200, health_json(s));
+    } else if (path == P_MODELS) {
+        reply_json(s, req, path, 200, api_models_json(s->p.served_name, (long long)time(NULL)));
+    } else if (path == P_METRICS) {
+        struct evbuffer *b = evbuffer_new();
+        DH_ASSERT(b != NULL);
+        metrics_text(s, b);
+        size_t n = evbuffer_get_length(b);
+        reply(s, req, path, 200, "text/plain; version=0.0.4; charset=utf-8", (const char *)evbuffer_pullup(b, -1), n);
+        evbuffer_free(b);
+    } else if (s->stopping) {
+        api_fail(&err, 503, "server_error", s->engine_rc ? "engine_failure" : "shutting_down", NULL,
+                 s->engine_rc ? "the cluster failed; the server is stopping" : "the server is shutting down");
+        reply_error(s, req, path, &err);
+    } else {
+        handle_generate(s, req, path);
+    }
+}
+
+/* --- metrics (Prometheus text format 0.0.4) --- */
+
+static void family(struct evbuffer *b, const char *name, const char *type, const char *help) {
+    evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* a label value with \, " and newline escaped */
+static void label_value(char *out, size_t cap, const char *v) {
+    size_t j = 0;
+    for (; *v && j + 3 < cap; v++) {
+        if (*v == '\\' || *v == '"') out[j++] = '\\', out[j++] = *v;
+        else if (*v == '\n') out[j++] = '\\', out[j++] = 'n';
+        else out[j++] = *v;
+    }
+    out[j] = 0;
+}
+
+static void hist(struct evbuffer *b, const char *name, const char *help, const engine_hist *h) {
+    family(b, name, "histogram", help);
+    uint64_t cum = 0;
+    for (int i = 0; i < ENGINE_HIST_BUCKETS; i++) {
+        cum += h->count[i];
+        if (isinf(h->le[i])) evbuffer_add_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+        else evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, h->le[i], (unsigned long long)cum);
+    }
+    evbuffer_add_printf(b, "%s_sum %.9g\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->n);
+}
+
+static void counter(struct evbuffer *b, const char *name, const char *help, unsigned long long v) {
+    family(b, name, "counter", help);
+    evbuffer_add_printf(b, "%s %llu\n", name, v);
+}
+
+static void gauge(struct evbuffer *b, const char *name, const char *help, double v) {
+    family(b, name, "gauge", help);
+    evbuffer_add_printf(b, "%s %.9g\n", name, v);
+}
+
+static void metrics_http(srv *s, struct evbuffer *b) {
+    family(b, "darkhorse_http_requests_total", "counter", "HTTP responses by path and status");
+    for (int p = 0; p < N_PATHS; p++)
+        for (int c = 0; c < 500; c++)
+            if (s->http_counts[p][c])
+                evbuffer_add_printf(b, "darkhorse_http_requests_total{path=\"%s\",code=\"%d\"} %llu\n", path_names[p],
+                                    c + 100, (unsigned long long)s->http_counts[p][c]);
+    counter(b, "darkhorse_client_disconnects_total", "requests whose client went away before the answer",
+            s->disconnects);
+}
+
+static void metrics_engine(srv *s, struct evbuffer *b) {
+    engine_metrics m;
+    engine_get_metrics(s->e, &m);
+    family(b, "darkhorse_requests_finished_total", "counter", "requests finished, by reason");
+    evbuffer_add_printf(b, "darkhorse_requests_finished_total{reason=\"stop\"} %llu\n",
+                        (unsigned long long)m.finished_stop);
+    evbuffer_add_printf(b, "darkhorse_requests_finished_total{reason=\"length\"} %llu\n",
+                        (unsigned long long)m.finished_length);
+    counter(b, "darkhorse_requests_failed_total", "requests failed by the engine (shutdown, cluster failure)",
+            m.failed);
+    counter(b, "darkhorse_requests_cancelled_total", "requests cancelled (client gone)", m.cancelled);
+    counter(b, "darkhorse_prompt_tokens_total", "prompt tokens admitted", m.prompt_tokens);
+    counter(b, "darkhorse_generation_tokens_total", "tokens generated", m.generated_tokens);
+    counter(b, "darkhorse_engine_steps_total", "forward steps", m.steps);
+    gauge(b, "darkhorse_queue_depth", "requests waiting for a sequence slot", m.waiting);
+    gauge(b, "darkhorse_running_sequences", "sequences running", m.running);
+    gauge(b, "darkhorse_kv_cache_used_tokens", "KV cache positions reserved", (double)m.kv_used_tokens);
+    gauge(b, "darkhorse_kv_cache_capacity_tokens", "KV cache positions in all", (double)m.kv_total_tokens);
+    gauge(b, "darkhorse_kv_cache_usage_ratio", "share of the KV cache reserved",
+          m.kv_total_tokens ? (double)m.kv_used_tokens / (double)m.kv_total_tokens : 0);
+    hist(b, "darkhorse_time_to_first_token_seconds", "from submission to the first token", &m.ttft);
+    hist(b, "darkhorse_time_per_output_token_seconds", "between consecutive tokens of a request", &m.tpot);
+    hist(b, "darkhorse_step_seconds", "forward step time", &m.step);
+    family(b, "darkhorse_domain_share", "gauge", "share of all routed expert choices per domain");
+    char lv[96];
+    for (int d = 0; d < CFG_N_DOMAINS; d++) {
+        label_value(lv, sizeof lv, s->domain_names[d]);
+        evbuffer_add_printf(b, "darkhorse_domain_share{domain=\"%s\"} %.9g\n", lv, m.domain_share[d]);
+    }
+}
+
+static void metrics_cluster(srv *s, struct evbuffer *b) {
+    ls_stats *st = s->stats;
+    engine_get_stats(s->e, st);
+    const model_config *c = &s->m->cfg;
+    char lv[96];
+    uint64_t by_domain[CFG_N_DOMAINS] = {0};
+    family(b, "darkhorse_expert_tokens_total", "counter", "tokens routed to each expert of each MoE layer");
+    for (int l = 0; l < st->n_layers; l++) {
+        if (l >= s->m->n_layers || !s->m->layers[l].is_moe) continue;
+        for (int e = 0; e < st->n_experts; e++) {
+            uint64_t x = st->routed[(size_t)l * st->n_experts + e];
+            int d = c->expert_domains[e];
+            by_domain[d] += x;
+            label_value(lv, sizeof lv, s->domain_names[d]);
+            evbuffer_add_printf(b, "darkhorse_expert_tokens_total{layer=\"%d\",expert=\"%d\",domain=\"%s\"} %llu\n",
+                                l, e, lv, (unsigned long long)x);
+        }
+    }
+    family(b, "darkhorse_domain_routed_tokens_total", "counter", "routed expert choices per domain");
+    for (int d = 0; d < CFG_N_DOMAINS; d++) {
+        label_value(lv, sizeof lv, s->domain_names[d]);
+        evbuffer_add_printf(b, "darkhorse_domain_routed_tokens_total{domain=\"%s\"} %llu\n", lv,
+                            (unsigned long long)by_domain[d]);
+    }
+    static const struct { const char *name, *type, *help; } wf[] = {
+        {"darkhorse_worker_tokens_total", "counter", "token rows sent to each rank (0: the coordinator)"},
+        {"darkhorse_worker_expert_tokens_total", "counter", "(token, expert) pairs each rank computed"},
+        {"darkhorse_worker_bytes_received_total", "counter", "activation bytes sent to each rank"},
+        {"darkhorse_worker_bytes_sent_total", "counter", "result bytes each rank sent back"},
+        {"darkhorse_worker_compute_seconds_total", "counter", "time each rank spent in its experts"},
+        {"darkhorse_worker_resident_bytes", "gauge", "resident memory each rank last reported"},
+        {"darkhorse_worker_experts_hosted", "gauge", "(layer, expert) pairs each rank hosts"},
+    };
+    for (int k = 0; k < 7; k++) {
+        family(b, wf[k].name, wf[k].type, wf[k].help);
+        for (int w = 0; w <= st->n_workers; w++) {
+            const ls_worker *x = &st->workers[w];
+            double v = k == 0 ? (double)x->tokens : k == 1 ? (double)x->expert_tokens : k == 2 ? (double)x->bytes_in
+                     : k == 3 ? (double)x->bytes_out : k == 4 ? x->compute_s : k == 5 ? (double)x->rss_bytes
+                     : (double)x->experts_hosted;
+            evbuffer_add_printf(b, "%s{worker=\"%d\"} %.17g\n", wf[k].name, w, v);
+        }
+    }
+    gauge(b, "darkhorse_worker_balancedness", "mean / max of the (token, expert) pairs of the workers (1 = even)",
+          ls_balance(st));
+    counter(b, "darkhorse_moe_exchanges_total", "MoE exchanges with the workers", st->steps);
+    family(b, "darkhorse_moe_exchange_seconds_total", "counter", "coordinator time from dispatch to combine");
+    evbuffer_add_printf(b, "darkhorse_moe_exchange_seconds_total %.9g\n", st->exchange_s);
+    family(b, "darkhorse_moe_wait_seconds_total", "counter", "of which waiting for the workers");
+    evbuffer_add_printf(b, "darkhorse_moe_wait_seconds_total %.9g\n", st->wait_s);
+}
+
+static void metrics_text(srv *s, struct evbuffer *b) {
+    char lv[256];
+    label_value(lv, sizeof lv, s->p.served_name);
+    family(b, "darkhorse_model_info", "gauge", "the served model");
+    evbuffer_add_printf(b, "darkhorse_model_info{model=\"%s\",context=\"%d\",workers=\"%d\"} 1\n", lv,
+                        s->p.max_context, s->p.stat_workers);
+    metrics_http(s, b);
+    metrics_engine(s, b);
+    metrics_cluster(s, b);
+}
+
+/* --- the HTTP thread --- */
+
+static void check_drained(srv *s) {
+    pthread_mutex_lock(&s->mu);
+    double deadline = s->flush_deadline;
+    pthread_mutex_unlock(&s->mu);
+    if (s->n_writing <= 0 || dh_now() >= deadline) {
+        if (s->n_writing > 0)
+            log_warn("%d replies were still being written when the flush time ran out", s->n_writing);
+        event_base_loopbreak(s->base);
+    } else {
+        struct timeval tv = {0, 20000};
+        evtimer_add(s->tick, &tv);
+    }
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    check_drained(arg);
+}
+
+/* srv_finish's part on this thread: what is still in flight will get no event any more */
+static void answer_leftovers(srv *s) {
+    stop_accepting(s);
+    while (s->inflight) {
+        srv_req *r = s->inflight;
+        if (r->req) {
+            api_error err;
+            error_of_code(s->engine_rc ? s->engine_rc : DH_ECANCELLED,
+                          s->engine_rc ? "the cluster failed" : "the server stopped before this request ran", &err);
+            finish_error(s, r, &err);
+        }
+        req_release(r);
+    }
+    s->finished = 1;
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    srv *s = arg;
+    pthread_mutex_lock(&s->mu);
+    srv_event *ev = s->q_head;
+    s->q_head = s->q_tail = NULL;
+    int finish = s->finish_asked, rc = s->finish_rc;
+    pthread_mutex_unlock(&s->mu);
+    while (ev) {
+        srv_event *next = ev->next;
+        on_event(s, ev);
+        event_free_(ev);
+        ev = next;
+    }
+    if (finish && !s->finished) {
+        s->engine_rc = rc;
+        answer_leftovers(s);
+        check_drained(s);
+    }
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg) {
+    (void)what;
+    srv *s = arg;
+    if (s->stopping) {
+        log_info("%s again: already stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        return;
+    }
+    log_info("%s: stopping; requests in flight have %.1f s to finish", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+             s->p.shutdown_grace);
+    stop_accepting(s);
+    engine_stop(s->e, s->p.shutdown_grace);
+}
+
+static void *http_main(void *arg) {
+    srv *s = arg;
+    event_base_loop(s->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    return NULL;
+}
+
+/* --- life cycle --- */
+
+static void use_pthreads(void) {
+    int rc = evthread_use_pthreads();
+    DH_ASSERT(rc == 0);
+}
+
+srv *srv_new(const srv_params *p, const model *m, const tokenizer *tok) {
+    srv *s = xcalloc(1, sizeof *s);
+    s->p = *p;
+    s->p.host = xstrdup(p->host);
+    s->p.api_key = p->api_key && *p->api_key ? xstrdup(p->api_key) : NULL;
+    s->p.served_name = xstrdup(p->served_name);
+    s->m = m, s->tok = tok;
+    for (int d = 0; d < CFG_N_DOMAINS; d++) s->domain_names[d] = m->cfg.domain_names[d];
+    pthread_mutex_init(&s->mu, NULL);
+    s->rng = sampler_random_seed();
+    s->stats = ls_new(p->stat_layers, p->stat_experts, p->stat_workers);
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, use_pthreads); /* before any base is made */
+    s->base = event_base_new();
+    DH_ASSERT(s->base != NULL);
+    s->wake = event_new(s->base, -1, 0, on_wake, s);
+    s->tick = evtimer_new(s->base, on_tick, s);
+    s->http = evhttp_new(s->base);
+    DH_ASSERT(s->wake && s->tick && s->http);
+    evhttp_set_gencb(s->http, on_request, s);
+    evhttp_set_max_body_size(s->http, (ev_ssize_t)p->max_body);
+    evhttp_set_max_headers_size(s->http, SRV_MAX_HEADERS);
+    evhttp_set_timeout_tv(s->http, &idle_tv);
+    evhttp_set_flags(s->http, EVHTTP_SERVER_LINGERING_CLOSE); /* read an oversized body, then say 413 */
+    return s;
+}
+
+static int bound_port(struct evhttp_bound_socket *h) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(evhttp_bound_socket_get_fd(h), (struct sockaddr *)&ss, &len) != 0) return -1;
+    if (ss.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return -1;
+}
+
+int srv_start(srv *s, engine *e) {
+    s->e = e;
+    if (s->p.port < 0 || s->p.port > 65535 ||
+        !(s->listener = evhttp_bind_socket_with_handle(s->http, s->p.host, (ev_uint16_t)s->p.port))) {
+        log_error("cannot listen on %s port %d (address in use, or not an address of this machine?)", s->p.host,
+                  s->p.port);
+        return DH_EIO;
+    }
+    s->port = bound_port(s->listener);
+    s->sig_term = evsignal_new(s->base, SIGTERM, on_signal, s);
+    s->sig_int = evsignal_new(s->base, SIGINT, on_signal, s);
+    DH_ASSERT(s->sig_term && s->sig_int);
+    evsignal_add(s->sig_term, NULL);
+    evsignal_add(s->sig_int, NULL);
+    int v6 = strchr(s->p.host, ':') != NULL;
+    log_info("listening on http://%s%s%s:%d (model \"%s\", context %d tokens%s; pid %ld)", v6 ? "[" : "",
+             s->p.host, v6 ? "]" : "", s->port, s->p.served_name, s->p.max_context,
+             s->p.api_key ? ", API key required" : "", (long)getpid());
+    if (pthread_create(&s->thread, NULL, http_main, s) != 0) {
+        log_error("cannot start the HTTP thread");
+        return DH_EIO;
+    }
+    s->thread_started = 1;
+    return 0;
+}
+
+int srv_port(const srv *s) { return s->port; }
+
+void srv_finish(srv *s, int engine_rc, double flush_s) {
+    if (!s->thread_started) return;
+    pthread_mutex_lock(&s->mu);
+    s->finish_asked = 1;
+    s->finish_rc = engine_rc;
+    s->flush_deadline = dh_now() + flush_s;
+    pthread_mutex_unlock(&s->mu);
+    event_active(s->wake, EV_READ, 0);
+    pthread_join(s->thread, NULL);
+    s->thread_started = 0;
+}
+
+void srv_free(srv *s) {
+    if (!s) return;
+    DH_ASSERT(!s->thread_started);
+    while (s->inflight) { /* only when srv_finish never ran */
+        if (s->inflight->evcon) evhttp_connection_set_closecb(s->inflight->evcon, NULL, NULL);
+        req_release(s->inflight);
+    }
+    for (srv_event *ev = s->q_head, *n; ev; ev = n) n = ev->next, event_free_(ev);
+    if (s->sig_term) event_free(s->sig_term);
+    if (s->sig_int) event_free(s->sig_int);
+    evhttp_free(s->http); /* closes the connections still open */
+    event_free(s->wake);
+    event_free(s->tick);
+    event_base_free(s->base);
+    ls_free(s->stats);
+    pthread_mutex_destroy(&s->mu);
+    free((char *)s->p.host);
+    free((char *)s->p.api_key);
+    free((char *)s->p.served_name);
+    free(s);
+}
