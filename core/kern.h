@@ -1,12 +1,21 @@
 /* kern.h: the inner loops, one table per instruction set (kern_ prefix).
  *
- * Every kernel computes each output element with the same sequence of operations whatever
- * the number of rows T, the output range or the thread that runs it: 16 lanes over the
- * input dimension in ascending order, then the lanes summed in a fixed halving tree
- * (i with i+8, then i+4, i+2, i+1). That makes a row's result independent of what else is
- * in the batch (the serving engine relies on it) and of the thread count. The portable table
- * and the AVX-512 table agree within rounding (one uses separate multiply and add, the
- * other fused), not bit for bit. */
+ * Every kernel computes each output element with the same sequence of floating-point
+ * operations whatever the number of rows T, the output range, the tile or blocking path taken
+ * or the thread that runs it. That makes a row's result independent of what else is in the
+ * batch (the serving engine relies on it) and of the thread count. The order, per table:
+ *
+ * f32, bf16, f16 weights (bf16/f16 widened exactly), and dot: 16 lanes over the input dimension,
+ *   lane l accumulating k = l, l + 16, ... in ascending order (the tail in the low lanes), then
+ *   the lanes summed in a fixed halving tree (i with i+8, then i+4, i+2, i+1). The portable
+ *   table multiplies and adds separately, the AVX-512 table fuses them.
+ * q8, q4 weights: the activations are quantized per row (quantize below, identical bits in
+ *   both tables); s_b is the exact integer dot of block b (any order of integer additions is
+ *   exact). Portable: acc[b % 16] += (d_x[b] * d_w[b]) * (float)s_b, separate multiply and add,
+ *   then the halving tree over the 16 lanes. AVX-512: one accumulator per element,
+ *   acc = fma((float)s_b, d_x[b] * d_w[b], acc) for b = 0, 1, ... in order, from acc = +0.
+ *
+ * So results are bit-identical within a table, and the two tables agree within rounding. */
 #ifndef DH_KERN_H
 #define DH_KERN_H
 #include "tensor.h"
@@ -24,11 +33,13 @@ typedef struct kern_ops {
     const char *name; /* "portable", "avx512" */
     /* y[t*ldy + o] = sum_k x[t, k] * W[o, k] for t < T and o0 <= o < o1. scratch holds
      * kern_scratch_floats(W->cols) floats, private to the calling thread. For q8/q4 the sum
-     * runs over blocks: d_x[b] * d_w[b] * (exact integer dot of the block). */
+     * runs over blocks: d_x[b] * d_w[b] * (exact integer dot of the block), in the order above. */
     void (*matmul)(float *y, int ldy, const kern_act *a, const wmat *W, int T, int o0, int o1,
                    float *scratch);
-    /* Quantize one row of cols (a multiple of 32) floats: d = max|x| / 127 per block,
-     * q = round(x / d) (ties away from zero). */
+    /* Quantize one row of cols (a multiple of 32) floats: d = max|x| / 127 per block (NaN
+     * ignored), q = roundf(x * (1 / d)) (ties away from zero); q = 0 where d = 0, where 1 / d
+     * overflows (max|x| < 3.7e-37) and where the product is NaN. Every table gives the same
+     * bits. */
     void (*quantize)(const float *x, int cols, int8_t *q, float *d);
     /* sum_k a[k] * b[k], in the order above */
     float (*dot)(const float *a, const float *b, int n);
@@ -42,6 +53,7 @@ typedef struct kern_ops {
 size_t kern_scratch_floats(int cols);
 
 const kern_ops *kern_portable(void);
-/* NULL when the CPU (or the build) lacks AVX-512F/BW/VL. */
+/* NULL when the CPU (or the build) lacks AVX-512F/BW/VL/DQ. Its q8/q4 products need
+ * AVX512_VNNI too; without it they fall back to the portable kernels (and order). */
 const kern_ops *kern_avx512(void);
 #endif

@@ -1,21 +1,27 @@
-/* kern_avx512.c: AVX-512 kernels for f32, bf16 and f16 weights.
+/* kern_avx512.c: AVX-512 kernels for every weight dtype; VNNI int8 products for q8 and q4.
  *
- * The product is computed in register tiles of R activation rows by C weight rows (up to
- * 4 x 4: sixteen 16-lane accumulators), each accumulator running over k in steps of 16 with
- * one fused multiply-add, the tail masked, and reduced at the end with the fixed tree of
- * _mm512_reduce_add_ps. A tile of any shape performs, per output element, exactly the same
- * operations, so a row's result does not depend on T (see kern.h).
+ * f32, bf16, f16: the product is computed in register tiles of up to 4 activation rows by 4
+ * weight rows (sixteen 16-lane accumulators), each accumulator running over k in steps of 16
+ * with one fused multiply-add, the tail masked, and reduced at the end with the fixed tree of
+ * _mm512_reduce_add_ps (kern.h). bf16/f16 weights are widened exactly in registers as they are
+ * loaded, whatever T: that reads half the bytes of a widened copy, and measured faster than
+ * widening a block into scratch once even at T = 512 (the tiles are limited by L2 traffic,
+ * not by the two widening instructions).
  *
- * Cache blocking: weights are walked in blocks of KERN_OBLOCK rows and activations in blocks
- * of TBLOCK rows, so that both blocks stay in L2 while the tiles run over them. bf16/f16 weights
- * are widened on the fly for small T (a weight is then used by at most 3 rows, and memory
- * bandwidth is the limit), and widened once per block into scratch for larger T (a weight is
- * then reused by every row, and widening it each time would cost as much as the FMAs).
- * Widening is exact, so both paths give the same bits.
+ * q8, q4: see the section below; vpdpbusd does 64 int8 multiply-adds per instruction, and
+ * the float work is a multiply and a fused multiply-add per output and block of 32.
  *
- * The file is compiled for AVX-512 with a pragma; nothing here runs unless kern_avx512()
- * found the features at run time. */
+ * Per output element, every tile shape and every path performs the same operations in the
+ * same order, so a row's result depends neither on T nor on the output range (kern.h).
+ * Tuning figures in comments are from a 2-core Sapphire Rapids VM (tests/bench_kern.c).
+ *
+ * The file is compiled for AVX-512 with pragmas; nothing here runs unless kern_avx512()
+ * found the features at run time (and the q8/q4 kernels only with AVX512_VNNI). */
 #include "kern.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
 
 #include "common.h"
 
@@ -23,12 +29,16 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
 #include <immintrin.h>
 
-#define TBLOCK 64
-#define SMALL_T 4 /* below this, widen bf16/f16 on the fly */
+/* Small loops over registers must be unrolled, or GCC -O2 keeps the arrays on the stack. */
+#define UNROLL _Pragma("GCC unroll 16")
+#define AI static inline __attribute__((always_inline))
 
-/* load 16 weights (or fewer with a mask) as f32 */
-static inline __attribute__((always_inline)) __m512 load_w(const void *p, dh_dtype dt, __mmask16 m,
-                                                          int masked) {
+/* ---- f32, bf16 and f16 weights ---- */
+
+#define TBLOCK 64 /* activation rows walked against one KERN_OBLOCK block of weights */
+
+/* 16 weights (or fewer with a mask) as f32; the widening of bf16 and f16 is exact */
+AI __m512 load_w(const void *p, dh_dtype dt, __mmask16 m, int masked) {
     switch (dt) {
     case DT_BF16: {
         __m256i h = masked ? _mm256_maskz_loadu_epi16(m, p) : _mm256_loadu_si256(p);
@@ -42,91 +52,86 @@ static inline __attribute__((always_inline)) __m512 load_w(const void *p, dh_dty
     }
 }
 
-static inline __attribute__((always_inline)) const void *w_at(const void *w, dh_dtype dt, size_t i) {
+AI const void *w_at(const void *w, dh_dtype dt, size_t i) {
     return dt == DT_F32 ? (const void *)((const float *)w + i) : (const void *)((const uint16_t *)w + i);
 }
 
 /* y[r*ldy + c] = dot(x row r, w row c) for r < R, c < C */
-static inline __attribute__((always_inline)) void tile(float *y, int ldy, const float *x, int ldx,
-                                                       const void *w, size_t ldw, dh_dtype dt,
-                                                       int cols, int R, int C) {
+AI void tile(float *y, int ldy, const float *x, int ldx, const void *w, size_t ldw, dh_dtype dt,
+             int cols, int R, int C) {
     __m512 acc[4][4];
+    UNROLL
     for (int r = 0; r < R; r++)
+        UNROLL
         for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 16 <= cols; k += 16) {
         __m512 xv[4];
+        UNROLL
         for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_ps(x + (size_t)r * ldx + k);
+        UNROLL
         for (int c = 0; c < C; c++) {
             __m512 wv = load_w(w_at(w, dt, (size_t)c * ldw + k), dt, 0, 0);
+            UNROLL
             for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
     }
     if (k < cols) {
         __mmask16 m = (__mmask16)((1u << (cols - k)) - 1);
         __m512 xv[4];
+        UNROLL
         for (int r = 0; r < R; r++) xv[r] = _mm512_maskz_loadu_ps(m, x + (size_t)r * ldx + k);
+        UNROLL
         for (int c = 0; c < C; c++) {
             __m512 wv = load_w(w_at(w, dt, (size_t)c * ldw + k), dt, m, 1);
+            UNROLL
             for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
     }
+    UNROLL
     for (int r = 0; r < R; r++)
+        UNROLL
         for (int c = 0; c < C; c++) y[(size_t)r * ldy + c] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
-#define TILE_CASE(R, C) \
-    case (R) * 8 + (C): tile(y, ldy, x, ldx, w, ldw, dt, cols, R, C); break;
-
+/* tile() with R, C and dt constant, so that each combination is compiled on its own */
 static void tile_any(float *y, int ldy, const float *x, int ldx, const void *w, size_t ldw,
                      dh_dtype dt, int cols, int R, int C) {
-    switch (R * 8 + C) {
-        TILE_CASE(1, 1) TILE_CASE(1, 2) TILE_CASE(1, 3) TILE_CASE(1, 4)
-        TILE_CASE(2, 1) TILE_CASE(2, 2) TILE_CASE(2, 3) TILE_CASE(2, 4)
-        TILE_CASE(3, 1) TILE_CASE(3, 2) TILE_CASE(3, 3) TILE_CASE(3, 4)
-        TILE_CASE(4, 1) TILE_CASE(4, 2) TILE_CASE(4, 3) TILE_CASE(4, 4)
-    default: DH_ASSERT(0);
+#define TILE_CASE(DT, RR, CC) \
+    case (RR) * 8 + (CC): tile(y, ldy, x, ldx, w, ldw, DT, cols, RR, CC); return;
+#define TILE_DT(DT)                                                                              \
+    switch (R * 8 + C) {                                                                         \
+        TILE_CASE(DT, 1, 1) TILE_CASE(DT, 1, 2) TILE_CASE(DT, 1, 3) TILE_CASE(DT, 1, 4)          \
+        TILE_CASE(DT, 2, 1) TILE_CASE(DT, 2, 2) TILE_CASE(DT, 2, 3) TILE_CASE(DT, 2, 4)          \
+        TILE_CASE(DT, 3, 1) TILE_CASE(DT, 3, 2) TILE_CASE(DT, 3, 3) TILE_CASE(DT, 3, 4)          \
+        TILE_CASE(DT, 4, 1) TILE_CASE(DT, 4, 2) TILE_CASE(DT, 4, 3) TILE_CASE(DT, 4, 4)          \
+    default: break;                                                                              \
     }
-}
-
-/* rows [o0, o1) of a 16-bit weight matrix widened to f32 */
-static void widen_rows(float *dst, const wmat *W, int o0, int o1) {
-    size_t n = (size_t)(o1 - o0) * (size_t)W->cols;
-    const uint16_t *src = (W->dtype == DT_BF16 ? W->p.bf16 : W->p.f16) + (size_t)o0 * W->cols;
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load_w(src + i, W->dtype, 0, 0));
-    if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(dst + i, m, load_w(src + i, W->dtype, m, 1));
+    switch (dt) {
+    case DT_F32: TILE_DT(DT_F32) break;
+    case DT_BF16: TILE_DT(DT_BF16) break;
+    case DT_F16: TILE_DT(DT_F16) break;
+    default: break;
     }
+    DH_ASSERT(0);
+#undef TILE_DT
+#undef TILE_CASE
 }
 
 static void matmul_float(float *y, int ldy, const float *x, int ldx, const wmat *W, int T, int o0,
-                         int o1, float *scratch) {
+                         int o1) {
     int cols = W->cols;
     const void *base = W->dtype == DT_F32 ? (const void *)W->p.f32 : (const void *)W->p.bf16;
-    int widen = W->dtype != DT_F32 && T >= SMALL_T;
     for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {
         int oe = DH_MIN(ob + KERN_OBLOCK, o1);
-        const void *wb;
-        dh_dtype dt;
-        if (widen) {
-            widen_rows(scratch, W, ob, oe);
-            wb = scratch;
-            dt = DT_F32;
-        } else {
-            wb = w_at(base, W->dtype, (size_t)ob * cols);
-            dt = W->dtype;
-        }
         for (int tb = 0; tb < T; tb += TBLOCK) {
             int te = DH_MIN(tb + TBLOCK, T);
             for (int t = tb; t < te; t += 4) {
                 int R = DH_MIN(4, te - t);
-                for (int o = ob; o < oe; o += 4) {
-                    int C = DH_MIN(4, oe - o);
+                for (int o = ob; o < oe; o += 4)
                     tile_any(y + (size_t)t * ldy + o, ldy, x + (size_t)t * ldx, ldx,
-                             w_at(wb, dt, (size_t)(o - ob) * cols), (size_t)cols, dt, cols, R, C);
-                }
+                             w_at(base, W->dtype, (size_t)o * cols), (size_t)cols, W->dtype, cols,
+                             R, DH_MIN(4, oe - o));
             }
         }
     }
@@ -150,17 +155,431 @@ static void axpy_avx(float *y, float a, const float *x, int n) {
     }
 }
 
+/* ---- q8 and q4 weights: int8 products with VNNI ----
+ *
+ * vpdpbusd multiplies unsigned bytes by signed bytes. The weights are made the unsigned side
+ * (q8: q + 128, an exact flip of the top bit; q4: the stored nibble, which is value + 8) and
+ * the activations stay signed; the offset is taken back exactly in the integer sum, whose
+ * accumulator starts at -128 (q8) or -8 (q4) times the block's activation sum. Each output
+ * lane is one weight row, so 16 rows are computed at once with the activation broadcast; the
+ * weights of a block are transposed into that layout (lane i of vector g = bytes 4g..4g+3 of
+ * row i) in registers for small T, or once into a packed panel in scratch for large T.
+ * Per output element the float work is, for b = 0 .. nb-1 in order,
+ *     acc = fma((float)s_b, d_x[b] * d_w[b], acc)       (acc starting at +0)
+ * with s_b the exact integer dot of block b, whichever path runs. */
+#pragma GCC push_options
+#pragma GCC target("avx512vnni")
+
+#define QSMALL_T 4 /* up to this many rows: transpose in registers, no packing (measured best) */
+#define QTCHUNK_BYTES (512 << 10) /* activation rows a pass of the packed path keeps in L2 */
+#define QTILE_R 5      /* activation rows per register tile of the packed path (5 x 4 groups:
+                          20 integer accumulators; the float ones spill, touched once a block) */
+
+/* out[b] = mult * (sum of the 32 int8 of block b), b < nb. Sixteen blocks at a time: vpdpbusd
+ * with ones gives 4-byte sums, and three rounds of pairwise permute-and-add gather each block's
+ * eight partial sums into one lane. */
+static void q_block_sums(const int8_t *q, int nb, int32_t mult, int32_t *out) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
+    for (int b0 = 0; b0 < nb; b0 += 16) {
+        int n = DH_MIN(16, nb - b0);
+        __m512i v[8];
+        UNROLL
+        for (int i = 0; i < 8; i++) {
+            int left = n - 2 * i;
+            v[i] = _mm512_setzero_si512();
+            if (left <= 0) continue;
+            __mmask64 m = left >= 2 ? ~(__mmask64)0 : (__mmask64)0xffffffffu;
+            __m512i x = _mm512_maskz_loadu_epi8(m, q + (size_t)(b0 + 2 * i) * WT_QBLOCK);
+            v[i] = _mm512_dpbusd_epi32(v[i], ones, x);
+        }
+        for (int w = 8; w > 1; w /= 2)
+            for (int i = 0; i < w / 2; i++)
+                v[i] = _mm512_add_epi32(_mm512_permutex2var_epi32(v[2 * i], ie, v[2 * i + 1]),
+                                        _mm512_permutex2var_epi32(v[2 * i], io, v[2 * i + 1]));
+        __m512i s = _mm512_mullo_epi32(v[0], _mm512_set1_epi32(mult));
+        _mm512_mask_storeu_epi32(out + b0, (__mmask16)((1u << n) - 1), s);
+    }
+}
+
+/* 16 weight rows of one q8/q4 matrix, one a lane: lane i's row starts i * stride bytes after
+ * lane 0's (all 16 readable: see q_src), and its output goes i * ystep floats after lane 0's. */
+typedef struct qrows {
+    size_t stride;  /* bytes from one lane's row to the next's */
+    __m512i goff;   /* i * stride as int32, for the scale gather */
+    __m512i yidx;   /* i * ystep, for the scattered store when ystep > 1 */
+    int ystep;      /* output distance of lanes: 1 (contiguous rows) or 4 (see matmul_q) */
+    __mmask16 keep; /* lanes that hold a row of the range: the first n */
+} qrows;
+
+static void qrows_init(qrows *r, size_t stride, int ystep, int n) {
+    DH_ASSERT(stride <= INT32_MAX / 15); /* the gather's offsets are int32 */
+    int32_t o[16], yi[16];
+    for (int i = 0; i < 16; i++) {
+        o[i] = (int32_t)((size_t)i * stride);
+        yi[i] = i * ystep;
+    }
+    r->stride = stride;
+    r->goff = _mm512_loadu_si512(o);
+    r->yidx = _mm512_loadu_si512(yi);
+    r->ystep = ystep;
+    r->keep = (__mmask16)((1u << n) - 1);
+}
+
+/* Where the 16 contiguous rows o .. o + 15 of W can be read: in place, or, when they run past
+ * the end of the matrix, from tail (16 rows of scratch) holding the n = rows - o rows that exist
+ * and zeros (their lanes are computed and never stored). */
+static const uint8_t *q_src(const wmat *W, int o, size_t rb, uint8_t *tail) {
+    const uint8_t *base = W->dtype == DT_Q4 ? (const uint8_t *)W->p.q4 : (const uint8_t *)W->p.q8;
+    if (o + 16 <= W->rows) return base + (size_t)o * rb;
+    memcpy(tail, base + (size_t)o * rb, (size_t)(W->rows - o) * rb);
+    memset(tail + (size_t)(W->rows - o) * rb, 0, (size_t)(16 - (W->rows - o)) * rb);
+    return tail;
+}
+
+/* The scales of one block of the 16 rows (p = the block's address in lane 0's row), in f32. */
+AI __m512 q_scales(const uint8_t *p, const qrows *r) {
+    __m512i s = _mm512_i32gather_epi32(r->goff, p, 1); /* the f16 scale is the first 2 bytes */
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(s));
+}
+
+/* w[g] = bytes 4g..4g+3 of one q8 block of the 16 rows, as unsigned q + 128. The 16 x 8 dword
+ * transpose: rows i and i + 4 (i < 4), and 8 + i and 12 + i, share a register (a masked
+ * broadcast fills the top half: a blend, which runs on two ports where an insert runs on one);
+ * two unpack rounds put 4 rows of one dword in a 128-bit lane; a lane shuffle finishes. */
+AI void q8_rows(const uint8_t *p, const qrows *r, __m512i w[8]) {
+    const uint8_t *q = p + offsetof(wt_q8_block, q);
+    size_t S = r->stride;
+    __m512i z[8], a[4], pq[2][4];
+    UNROLL
+    for (int i = 0; i < 4; i++) {
+        z[i] = _mm512_mask_broadcast_i64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const void *)(q + i * S))), 0xf0,
+            _mm256_loadu_si256((const void *)(q + (i + 4) * S)));
+        z[4 + i] = _mm512_mask_broadcast_i64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const void *)(q + (i + 8) * S))), 0xf0,
+            _mm256_loadu_si256((const void *)(q + (i + 12) * S)));
+    }
+    UNROLL
+    for (int h = 0; h < 2; h++) {
+        const __m512i *zh = z + 4 * h;
+        a[0] = _mm512_unpacklo_epi32(zh[0], zh[1]);
+        a[1] = _mm512_unpackhi_epi32(zh[0], zh[1]);
+        a[2] = _mm512_unpacklo_epi32(zh[2], zh[3]);
+        a[3] = _mm512_unpackhi_epi32(zh[2], zh[3]);
+        pq[h][0] = _mm512_unpacklo_epi64(a[0], a[2]);
+        pq[h][1] = _mm512_unpackhi_epi64(a[0], a[2]);
+        pq[h][2] = _mm512_unpacklo_epi64(a[1], a[3]);
+        pq[h][3] = _mm512_unpackhi_epi64(a[1], a[3]);
+    }
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    UNROLL
+    for (int j = 0; j < 4; j++) {
+        w[j] = _mm512_xor_si512(_mm512_shuffle_i32x4(pq[0][j], pq[1][j], 0x88), flip);
+        w[j + 4] = _mm512_xor_si512(_mm512_shuffle_i32x4(pq[0][j], pq[1][j], 0xdd), flip);
+    }
+}
+
+/* 4 x 4 dword transpose within each 128-bit lane: lane L of v[m] holds 4 dwords of row 4L + m;
+ * lane L of w[j] gets dword j of rows 4L .. 4L + 3. */
+AI void q_transpose4(const __m512i v[4], __m512i *w) {
+    __m512i u0 = _mm512_unpacklo_epi32(v[0], v[1]), u1 = _mm512_unpackhi_epi32(v[0], v[1]);
+    __m512i u2 = _mm512_unpacklo_epi32(v[2], v[3]), u3 = _mm512_unpackhi_epi32(v[2], v[3]);
+    w[0] = _mm512_unpacklo_epi64(u0, u2);
+    w[1] = _mm512_unpackhi_epi64(u0, u2);
+    w[2] = _mm512_unpacklo_epi64(u1, u3);
+    w[3] = _mm512_unpackhi_epi64(u1, u3);
+}
+
+/* Same for q4: the nibbles (hi16: w[4..7] hold 16 times them, one instruction fewer each;
+ * the caller divides that sum by 16, exactly). The packed bytes are transposed first (half the
+ * shuffles of transposing the nibbles): dword j of a row holds elements 4j..4j+3 in its low
+ * nibbles and 16+4j..16+4j+3 in its high ones, so it gives w[j] and w[4 + j]. */
+AI void q4_rows(const uint8_t *p, const qrows *r, __m512i w[8], int hi16) {
+    const uint8_t *q = p + offsetof(wt_q4_block, q);
+    size_t S = r->stride;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m512i x[4], t[4];
+    UNROLL
+    for (int m = 0; m < 4; m++) {
+        x[m] = _mm512_castsi128_si512(_mm_loadu_si128((const void *)(q + m * S)));
+        UNROLL
+        for (int l = 1; l < 4; l++) { /* lane l <- row 4l + m */
+            __m128i row = _mm_loadu_si128((const void *)(q + (4 * l + m) * S));
+            x[m] = _mm512_mask_broadcast_i32x4(x[m], (__mmask16)(0xf << 4 * l), row);
+        }
+    }
+    q_transpose4(x, t);
+    UNROLL
+    for (int j = 0; j < 4; j++) {
+        w[j] = _mm512_and_si512(t[j], m4);
+        w[4 + j] = hi16 ? _mm512_andnot_si512(m4, t[j]) /* 16 * nibble */
+                        : _mm512_and_si512(_mm512_srli_epi16(t[j], 4), m4);
+    }
+}
+
+/* 4 activation bytes broadcast to the 16 lanes */
+AI __m512i bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* Small T: R <= 4 activation rows (cols apart; y rows ldy apart) against the 16 weight rows
+ * of rw starting at p, transposing each block in registers. */
+AI void q_small(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr, int nb,
+                const uint8_t *p, size_t bs, const qrows *rw, int q4, int R) {
+    __m512 acc[4];
+    size_t cols = (size_t)nb * WT_QBLOCK;
+    UNROLL
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++, p += bs) {
+        __m512i w[8];
+        if (q4)
+            q4_rows(p, rw, w, 1);
+        else
+            q8_rows(p, rw, w);
+        __m512 dw = q_scales(p, rw);
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            const int8_t *xr = xq + r * cols + (size_t)b * WT_QBLOCK;
+            /* two chains (integer sums are exact in any order): q8 even and odd groups; q4 the
+             * low nibbles and 16 times the high ones, divided exactly by 16 at the end */
+            __m512i s0 = _mm512_set1_epi32(corr[(size_t)r * nb + b]), s1 = _mm512_setzero_si512();
+            UNROLL
+            for (int g = 0; g < 4; g++) {
+                int g0 = q4 ? g : 2 * g, g1 = q4 ? g + 4 : 2 * g + 1;
+                s0 = _mm512_dpbusd_epi32(s0, w[g0], bcast4(xr + 4 * g0));
+                s1 = _mm512_dpbusd_epi32(s1, w[g1], bcast4(xr + 4 * g1));
+            }
+            if (q4) s1 = _mm512_srai_epi32(s1, 4);
+            __m512 sc = _mm512_mul_ps(_mm512_set1_ps(xd[(size_t)r * nb + b]), dw);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), sc, acc[r]);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++) {
+        if (rw->ystep == 1)
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy, rw->keep, acc[r]);
+        else
+            _mm512_mask_i32scatter_ps(y + (size_t)r * ldy, rw->keep, rw->yidx, acc[r], 4);
+    }
+}
+
+static void q_small_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr,
+                        int nb, const uint8_t *p, size_t bs, const qrows *rw, int q4, int R) {
+#define QS_CASE(RR)                                                                              \
+    case RR:                                                                                     \
+        if (q4)                                                                                  \
+            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 1, RR);                                 \
+        else                                                                                     \
+            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 0, RR);                                 \
+        break;
+    switch (R) {
+        QS_CASE(1) QS_CASE(2) QS_CASE(3) QS_CASE(4)
+    default: DH_ASSERT(0);
+    }
+#undef QS_CASE
+}
+
+/* Large T: rows [o, o + n) (n <= 64) packed as pk[cg][b][g] (groups cg of 16 rows, vectors as
+ * q8_rows/q4_rows produce them) with their scales as sc[cg][b][16] floats. */
+static void q_pack(const wmat *W, int o, int n, __m512i *pk, float *sc, uint8_t *tail) {
+    int nb = W->cols / WT_QBLOCK, q4 = W->dtype == DT_Q4;
+    size_t bs = q4 ? sizeof(wt_q4_block) : sizeof(wt_q8_block), rb = bs * (size_t)nb;
+    for (int cg = 0; cg * 16 < n; cg++) {
+        qrows rw;
+        qrows_init(&rw, rb, 1, DH_MIN(16, n - cg * 16));
+        const uint8_t *p = q_src(W, o + cg * 16, rb, tail);
+        for (int b = 0; b < nb; b++, p += bs) {
+            __m512i w[8];
+            if (q4)
+                q4_rows(p, &rw, w, 0);
+            else
+                q8_rows(p, &rw, w);
+            __m512i *dst = pk + ((size_t)cg * nb + b) * 8;
+            for (int g = 0; g < 8; g++) _mm512_store_si512(dst + g, w[g]);
+            _mm512_store_ps(sc + ((size_t)cg * nb + b) * 16, q_scales(p, &rw));
+        }
+    }
+}
+
+/* An R x C register tile of the packed path: R activation rows against C groups of 16 packed
+ * weight rows; the last group stores only the lanes of `keep`. */
+AI void q_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr, int nb,
+               const __m512i *pk, const float *sc, int R, int C, __mmask16 keep) {
+    __m512 acc[QTILE_R][4];
+    size_t cols = (size_t)nb * WT_QBLOCK, gs = (size_t)nb * 8;
+    UNROLL
+    for (int r = 0; r < R; r++)
+        UNROLL
+        for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m512i s[QTILE_R][4];
+        UNROLL
+        for (int r = 0; r < R; r++)
+            UNROLL
+            for (int c = 0; c < C; c++) s[r][c] = _mm512_set1_epi32(corr[(size_t)r * nb + b]);
+        const __m512i *pb = pk + (size_t)b * 8;
+        UNROLL
+        for (int g = 0; g < 8; g++) {
+            __m512i w[4];
+            UNROLL
+            for (int c = 0; c < C; c++) w[c] = _mm512_load_si512(pb + c * gs + g);
+            UNROLL
+            for (int r = 0; r < R; r++) {
+                __m512i xv = bcast4(xq + r * cols + (size_t)b * WT_QBLOCK + 4 * g);
+                UNROLL
+                for (int c = 0; c < C; c++) s[r][c] = _mm512_dpbusd_epi32(s[r][c], w[c], xv);
+            }
+        }
+        __m512 dw[4];
+        UNROLL
+        for (int c = 0; c < C; c++) dw[c] = _mm512_load_ps(sc + ((size_t)c * nb + b) * 16);
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            __m512 dx = _mm512_set1_ps(xd[(size_t)r * nb + b]);
+            UNROLL
+            for (int c = 0; c < C; c++)
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r][c]), _mm512_mul_ps(dx, dw[c]),
+                                            acc[r][c]);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        UNROLL
+        for (int c = 0; c < C; c++)
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + 16 * c, c == C - 1 ? keep : 0xffff,
+                                  acc[r][c]);
+}
+
+static void q_tile_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr,
+                       int nb, const __m512i *pk, const float *sc, int R, int C, __mmask16 keep) {
+#define QT_CASE(RR, CC) \
+    case (RR) * 8 + (CC): q_tile(y, ldy, xq, xd, corr, nb, pk, sc, RR, CC, keep); break;
+    switch (R * 8 + C) {
+        QT_CASE(1, 1) QT_CASE(1, 2) QT_CASE(1, 3) QT_CASE(1, 4)
+        QT_CASE(2, 1) QT_CASE(2, 2) QT_CASE(2, 3) QT_CASE(2, 4)
+        QT_CASE(3, 1) QT_CASE(3, 2) QT_CASE(3, 3) QT_CASE(3, 4)
+        QT_CASE(4, 1) QT_CASE(4, 2) QT_CASE(4, 3) QT_CASE(4, 4)
+        QT_CASE(5, 1) QT_CASE(5, 2) QT_CASE(5, 3) QT_CASE(5, 4)
+    default: DH_ASSERT(0);
+    }
+#undef QT_CASE
+}
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+static void matmul_q(float *y, int ldy, const kern_act *a, const wmat *W, int T, int o0, int o1,
+                     float *scratch) {
+    int cols = W->cols, nb = cols / WT_QBLOCK, q4 = W->dtype == DT_Q4;
+    DH_ASSERT(a->q && a->qd && cols % WT_QBLOCK == 0);
+    size_t bs = q4 ? sizeof(wt_q4_block) : sizeof(wt_q8_block), rb = bs * (size_t)nb;
+    /* scratch: the packed panel, its scales, 16 rows for the matrix's tail, the block sums of
+     * up to tchunk rows (72 + 17 + 128 bytes a column of the 256 there are) */
+    char *s0 = (char *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    __m512i *pk = (__m512i *)s0;
+    float *sc = (float *)(s0 + align64((size_t)KERN_OBLOCK * cols));
+    uint8_t *tail = (uint8_t *)sc + align64((size_t)KERN_OBLOCK / 16 * nb * 64);
+    int32_t *corr = (int32_t *)(tail + align64(16 * rb));
+    int tchunk = DH_MIN(1024, DH_MAX(64, QTCHUNK_BYTES / cols));
+    DH_ASSERT((char *)(corr + (size_t)tchunk * nb) <=
+              (char *)(scratch + kern_scratch_floats(cols)));
+    for (int tc = 0; tc < T; tc += tchunk) {
+        int tn = DH_MIN(tchunk, T - tc);
+        const int8_t *xq = a->q + (size_t)tc * cols;
+        const float *xd = a->qd + (size_t)tc * nb;
+        float *yc = y + (size_t)tc * ldy;
+        for (int t = 0; t < tn; t++)
+            q_block_sums(xq + (size_t)t * cols, nb, q4 ? -8 : -128, corr + (size_t)t * nb);
+        if (tn <= QSMALL_T) {
+            /* In a full block of 64 rows, lane i of group j takes row j + 4i: 16 consecutive
+             * rows (2 KB apart at cols 2048) share pages, which the hardware prefetcher follows
+             * badly; rows 4 apart stream from pages of their own, ~30% faster from memory. */
+            for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {
+                int n = DH_MIN(KERN_OBLOCK, o1 - ob), full = n == KERN_OBLOCK;
+                for (int j = 0; j < (full ? 4 : (n + 15) / 16); j++) {
+                    qrows rw;
+                    int o = full ? ob + j : ob + 16 * j;
+                    const uint8_t *p;
+                    if (full) {
+                        qrows_init(&rw, 4 * rb, 4, 16);
+                        p = q_src(W, o, rb, tail); /* in place: the block is whole */
+                    } else {
+                        qrows_init(&rw, rb, 1, DH_MIN(16, ob + n - o));
+                        p = q_src(W, o, rb, tail);
+                    }
+                    for (int t = 0; t < tn; t += 4)
+                        q_small_any(yc + (size_t)t * ldy + o, ldy, xq + (size_t)t * cols,
+                                    xd + (size_t)t * nb, corr + (size_t)t * nb, nb, p, bs, &rw, q4,
+                                    DH_MIN(4, tn - t));
+                }
+            }
+            continue;
+        }
+        for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {
+            int n = DH_MIN(KERN_OBLOCK, o1 - ob), ncg = (n + 15) / 16;
+            __mmask16 keep = (__mmask16)((1u << (n - (ncg - 1) * 16)) - 1);
+            q_pack(W, ob, n, pk, sc, tail);
+            for (int t = 0; t < tn; t += QTILE_R) {
+                int R = DH_MIN(QTILE_R, tn - t);
+                q_tile_any(yc + (size_t)t * ldy + ob, ldy, xq + (size_t)t * cols,
+                           xd + (size_t)t * nb, corr + (size_t)t * nb, nb, pk, sc, R, ncg, keep);
+            }
+        }
+    }
+}
+#pragma GCC pop_options
+
 static void matmul_avx(float *y, int ldy, const kern_act *a, const wmat *W, int T, int o0, int o1,
                        float *scratch) {
     if (W->dtype == DT_Q8 || W->dtype == DT_Q4) {
-        kern_portable()->matmul(y, ldy, a, W, T, o0, o1, scratch);
+        if (__builtin_cpu_supports("avx512vnni"))
+            matmul_q(y, ldy, a, W, T, o0, o1, scratch);
+        else
+            kern_portable()->matmul(y, ldy, a, W, T, o0, o1, scratch);
         return;
     }
-    matmul_float(y, ldy, a->x, a->ldx, W, T, o0, o1, scratch);
+    matmul_float(y, ldy, a->x, a->ldx, W, T, o0, o1);
 }
 
+/* roundf (ties away from zero) of 16 floats, exactly: truncate, then step away from zero
+ * when the dropped fraction (exact: v - trunc(v)) is at least one half. */
+AI __m512 round_away(__m512 v) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_andnot_ps(sign, _mm512_sub_ps(v, t));
+    __mmask16 up = _mm512_cmp_ps_mask(f, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    __m512 step = _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_and_ps(v, sign));
+    return _mm512_mask_add_ps(t, up, t, step);
+}
+
+/* As quantize_ref, bit for bit: max|x| ignores NaN as fmaxf does, 1/d and x * (1/d) are the
+ * same single roundings, round_away is roundf, and the products are at most 127 in magnitude
+ * (or NaN), so the saturating narrowing never saturates. */
 static void quantize_avx(const float *x, int cols, int8_t *q, float *d) {
-    kern_portable()->quantize(x, cols, q, d);
+    DH_ASSERT(cols % WT_QBLOCK == 0);
+    const __m512 sign = _mm512_set1_ps(-0.0f), zero = _mm512_setzero_ps();
+    for (int b = 0; b < cols / WT_QBLOCK; b++) {
+        const float *xb = x + b * WT_QBLOCK;
+        __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+        /* max(|v|, 0) turns NaN into 0: maxps returns its second operand when one is NaN */
+        __m512 m = _mm512_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), zero),
+                                 _mm512_max_ps(_mm512_andnot_ps(sign, v1), zero));
+        float amax = _mm512_reduce_max_ps(m);
+        float db = amax / 127.0f, id = db > 0 ? 1.0f / db : 0.0f;
+        if (isinf(id)) id = 0;
+        d[b] = db;
+        __m512 vid = _mm512_set1_ps(id), p0 = _mm512_mul_ps(v0, vid), p1 = _mm512_mul_ps(v1, vid);
+        /* NaN products (x NaN or inf) give 0, as in quantize_ref */
+        __mmask16 n0 = _mm512_cmp_ps_mask(p0, p0, _CMP_ORD_Q);
+        __mmask16 n1 = _mm512_cmp_ps_mask(p1, p1, _CMP_ORD_Q);
+        __m512i i0 = _mm512_maskz_cvttps_epi32(n0, round_away(p0));
+        __m512i i1 = _mm512_maskz_cvttps_epi32(n1, round_away(p1));
+        _mm_storeu_si128((void *)(q + b * WT_QBLOCK), _mm512_cvtsepi32_epi8(i0));
+        _mm_storeu_si128((void *)(q + b * WT_QBLOCK + 16), _mm512_cvtsepi32_epi8(i1));
+    }
 }
 
 static const kern_ops avx_ops = {

@@ -42,8 +42,12 @@ static void quantize_ref(const float *x, int cols, int8_t *q, float *d) {
         float amax = 0;
         for (int j = 0; j < WT_QBLOCK; j++) amax = fmaxf(amax, fabsf(xb[j]));
         float db = amax / 127.0f, id = db > 0 ? 1.0f / db : 0.0f;
+        if (isinf(id)) id = 0; /* d subnormal (max|x| < 3.7e-37): the block quantizes to 0 */
         d[b] = db;
-        for (int j = 0; j < WT_QBLOCK; j++) q[b * WT_QBLOCK + j] = (int8_t)roundf(xb[j] * id);
+        for (int j = 0; j < WT_QBLOCK; j++) {
+            float v = roundf(xb[j] * id);
+            q[b * WT_QBLOCK + j] = v == v ? (int8_t)v : 0; /* NaN (x NaN or inf) -> 0 */
+        }
     }
 }
 

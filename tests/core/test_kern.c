@@ -1,5 +1,7 @@
 /* test_kern.c: every kernel against a naive double-precision loop, the AVX-512 kernels against
- * the portable ones, and the batch invariance that the serving engine relies on. */
+ * the portable ones, and the batch invariance that the serving engine relies on; the activation
+ * quantizers against each other bit for bit, and the weight quantizers against their scalar
+ * definitions and their round-trip error bounds. */
 #include <CUnit/CUnit.h>
 #include <math.h>
 #include <stdio.h>
@@ -9,6 +11,7 @@
 #include "core/common.h"
 #include "core/kern.h"
 #include "core/nn.h"
+#include "core/quant.h"
 
 static uint64_t rng = 88172645463325252ULL;
 static float frand(void) { /* xorshift64, uniform in [-1, 1) */
@@ -237,6 +240,327 @@ static void test_rmsnorm_softmax_and_swiglu_match_their_formulas(void) {
     CU_ASSERT_DOUBLE_EQUAL(g[2], 3.0 * -2.0 / (1 + exp(2.0)), 1e-6);
 }
 
+
+/* ---- shape sweeps: every path of the SIMD kernels, strided and over odd output ranges ---- */
+
+/* y[t*ldy + o] for o in [o0, o1) from table k (ldy = rows + 3; x rows ldx apart; q8/q4 use q,
+ * qd) against the naive want and, when ref is given, the portable result ref [T, rows]. Outputs
+ * outside the range must keep their sentinel bits. Returns the number of failures. */
+static int sweep_one(const kern_ops *k, const wmat *W, int T, int o0, int o1, const float *x,
+                     int ldx, const int8_t *q, const float *qd, const double *want,
+                     const double *mag, float *ref) {
+    int rows = W->rows, ldy = rows + 3, cols = W->cols, bad = 0;
+    float *y = malloc((size_t)T * ldy * sizeof *y);
+    float *scratch = malloc(kern_scratch_floats(cols) * sizeof(float));
+    const uint32_t sentinel = 0x7fc0dead;
+    for (size_t i = 0; i < (size_t)T * ldy; i++) memcpy(y + i, &sentinel, 4);
+    kern_act a = {.x = x, .ldx = ldx, .q = q, .qd = qd};
+    k->matmul(y, ldy, &a, W, T, o0, o1, scratch);
+    double g = ((double)cols / 16 + 6) * 2.4e-7, worst = 0;
+    int wt = 0, wo = 0;
+    for (int t = 0; t < T; t++)
+        for (int o = 0; o < ldy; o++) {
+            float v = y[(size_t)t * ldy + o];
+            uint32_t u;
+            memcpy(&u, &v, 4);
+            if (o < o0 || o >= o1) {
+                if (u != sentinel && bad++ < 2)
+                    printf("\n  %s %s T=%d %dx%d [%d,%d): wrote y[%d,%d] outside the range", k->name,
+                           wt_dtype_name(W->dtype), T, rows, cols, o0, o1, t, o);
+                continue;
+            }
+            size_t i = (size_t)t * rows + o;
+            /* within tol of the truth, and (AVX-512) within 2 tol of the portable kernel */
+            double tol = g * mag[i] + 1e-30, r = fabs(v - want[i]) / tol;
+            if (ref) r = DH_MAX(r, fabs((double)v - ref[i]) / (2 * tol));
+            if (r > worst) worst = r, wt = t, wo = o;
+        }
+    if (worst > 1) {
+        size_t i = (size_t)wt * rows + wo;
+        printf("\n  %s %s T=%d %dx%d [%d,%d): worst y[%d,%d] = %.9g, naive %.9g%s%.9g, tol %.3g",
+               k->name, wt_dtype_name(W->dtype), T, rows, cols, o0, o1, wt, wo,
+               y[(size_t)wt * ldy + wo], want[i], ref ? ", portable " : "",
+               ref ? ref[i] : 0.0, g * mag[i]);
+        bad++;
+    }
+    free(y);
+    free(scratch);
+    return bad;
+}
+
+/* The portable result of outputs [o0, o1), rows of out W->rows apart. */
+static void portable_rows(const wmat *W, int T, int o0, int o1, const float *x, int ldx,
+                          const int8_t *q, const float *qd, float *out) {
+    float *scratch = malloc(kern_scratch_floats(W->cols) * sizeof(float));
+    kern_act a = {.x = x, .ldx = ldx, .q = q, .qd = qd};
+    kern_portable()->matmul(out, W->rows, &a, W, T, o0, o1, scratch);
+    free(scratch);
+}
+
+/* Naive double oracle with a row stride for x. */
+static void naive_ld(double *y, double *mag, const float *x, int ldx, const int8_t *q,
+                     const float *qd, const wmat *W, int T) {
+    float *xc = malloc((size_t)T * W->cols * sizeof *xc);
+    for (int t = 0; t < T; t++) memcpy(xc + (size_t)t * W->cols, x + (size_t)t * ldx, (size_t)W->cols * 4);
+    naive(y, mag, xc, q, qd, W, T);
+    free(xc);
+}
+
+static void sweep_dtype(dh_dtype dt) {
+    static const int Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 64, 70};
+    static const int qcols[] = {32, 64, 96, 160, 640, 2048, 4096, 288, 1024, 640, 2048, 288, 160};
+    static const int fcols[] = {1, 7, 15, 16, 17, 37, 100, 257, 1000, 2051, 130, 31, 48};
+    static const int ranges[][2] = {{0, 131}, {3, 70}, {17, 113}, {64, 131}, {0, 50}, {129, 131}};
+    int quant = dt == DT_Q8 || dt == DT_Q4, rows = 131, bad = 0;
+    const kern_ops *avx = kern_avx512();
+    for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
+        int T = Ts[i], cols = quant ? qcols[i] : fcols[i], ldx = quant ? cols : cols + 1;
+        void *store;
+        wmat W = make_w(dt, rows, cols, &store);
+        if (dt == DT_Q8) { /* the extremes of the format, whatever the quantizer produces */
+            wt_q8_block *b = (wt_q8_block *)store;
+            b[0].q[0] = -128, b[0].q[1] = 127, b[(size_t)rows * (cols / 32) - 1].q[31] = -128;
+        }
+        float *x = malloc((size_t)T * ldx * 4), *ref = malloc((size_t)T * rows * 4);
+        int8_t *q = malloc((size_t)T * cols);
+        float *qd = malloc((size_t)T * (cols / 32 + 1) * 4);
+        for (size_t j = 0; j < (size_t)T * ldx; j++) x[j] = frand() * (j % 5 ? 1.0f : 40.0f);
+        if (quant) {
+            for (int t = 0; t < T; t++)
+                kern_portable()->quantize(x + (size_t)t * ldx, cols, q + (size_t)t * cols,
+                                          qd + (size_t)t * (cols / 32));
+            q[0] = -128; /* not a quantizer output, but the kernels take any int8 */
+        }
+        double *want = malloc((size_t)T * rows * 8), *mag = malloc((size_t)T * rows * 8);
+        naive_ld(want, mag, x, ldx, q, qd, &W, T);
+        portable_rows(&W, T, 0, rows, x, ldx, q, qd, ref);
+        for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+            int o0 = ranges[r][0], o1 = ranges[r][1];
+            if (r % 2) /* the portable kernel on half the ranges: it is the slow part */
+                bad += sweep_one(kern_portable(), &W, T, o0, o1, x, ldx, q, qd, want, mag, NULL);
+            if (avx) bad += sweep_one(avx, &W, T, o0, o1, x, ldx, q, qd, want, mag, ref);
+        }
+        free(x), free(ref), free(q), free(qd), free(want), free(mag), free(store);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+}
+
+static void test_f32_kernels_agree_on_every_shape_and_range(void) { sweep_dtype(DT_F32); }
+static void test_bf16_kernels_agree_on_every_shape_and_range(void) { sweep_dtype(DT_BF16); }
+static void test_f16_kernels_agree_on_every_shape_and_range(void) { sweep_dtype(DT_F16); }
+static void test_q8_kernels_agree_on_every_shape_and_range(void) { sweep_dtype(DT_Q8); }
+static void test_q4_kernels_agree_on_every_shape_and_range(void) { sweep_dtype(DT_Q4); }
+
+/* Batch invariance where the AVX-512 q8/q4 kernels process the rows in chunks (a long row:
+ * cols 8192 keeps 64 rows a chunk) and over full and partial 64-row blocks. */
+static void test_long_rows_do_not_depend_on_the_batch(void) {
+    const kern_ops *tables[2] = {kern_portable(), kern_avx512()};
+    static const dh_dtype dts[] = {DT_F32, DT_BF16, DT_Q8, DT_Q4};
+    int rows = 80, cols = 8192, T = 70, bad = 0;
+    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
+        void *store;
+        wmat W = make_w(dts[d], rows, cols, &store);
+        float *x = malloc((size_t)T * cols * 4), *y = malloc((size_t)T * rows * 4),
+              *y1 = malloc((size_t)rows * 4);
+        int8_t *q = malloc((size_t)T * cols);
+        float *qd = malloc((size_t)T * cols / 32 * 4);
+        for (int i = 0; i < T * cols; i++) x[i] = frand();
+        quantize_rows(x, T, cols, q, qd);
+        for (int k = 0; k < 2; k++) {
+            if (!tables[k]) continue;
+            run_kernel(tables[k], y, x, q, qd, &W, T, 0, rows);
+            for (int t = 0; t < T; t += 23) {
+                run_kernel(tables[k], y1, x + (size_t)t * cols, q + (size_t)t * cols,
+                           qd + (size_t)t * (cols / 32), &W, 1, 0, 64);
+                run_kernel(tables[k], y1, x + (size_t)t * cols, q + (size_t)t * cols,
+                           qd + (size_t)t * (cols / 32), &W, 1, 64, rows);
+                for (int o = 0; o < rows; o++)
+                    if (memcmp(y1 + o, y + (size_t)t * rows + o, 4) != 0 && bad++ < 2)
+                        printf("\n  %s %s: row %d of %d, output %d: %.9g alone, %.9g in the batch",
+                               tables[k]->name, wt_dtype_name(dts[d]), t, T, o, y1[o],
+                               y[(size_t)t * rows + o]);
+            }
+        }
+        free(x), free(y), free(y1), free(q), free(qd), free(store);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+}
+
+static void test_threaded_quantized_matmul_equals_one_thread(void) {
+    int rows = 300, cols = 512, T = 9;
+    for (int dt = DT_Q8; dt <= DT_Q4; dt++) {
+        void *store;
+        wmat W = make_w((dh_dtype)dt, rows, cols, &store);
+        float *x = malloc((size_t)T * cols * 4), *y = malloc((size_t)T * rows * 4),
+              *y1 = malloc((size_t)T * rows * 4);
+        int8_t *q = malloc((size_t)T * cols);
+        float *qd = malloc((size_t)T * cols / 32 * 4);
+        for (int i = 0; i < T * cols; i++) x[i] = frand();
+        for (int t = 0; t < T; t++)
+            nn_kernels()->quantize(x + (size_t)t * cols, cols, q + (size_t)t * cols, qd + (size_t)t * (cols / 32));
+        nn_reserve(T, cols);
+        nn_matmul(y, x, &W, T);
+        run_kernel(nn_kernels(), y1, x, q, qd, &W, T, 0, rows);
+        CU_ASSERT_EQUAL(memcmp(y, y1, (size_t)T * rows * 4), 0);
+        free(x), free(y), free(y1), free(q), free(qd), free(store);
+    }
+}
+
+/* ---- quantizers ---- */
+
+static uint32_t fbits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* Rows that exercise the quantizers' corners: zero blocks, exact ties of the rounding,
+ * subnormals, huge values, one dominant value of either sign, repeated maxima, -0. */
+static void corner_row(float *x, int cols, int kind) {
+    for (int j = 0; j < cols; j++) {
+        float v = frand();
+        switch (kind % 8) {
+        case 0: x[j] = v; break;
+        case 1: x[j] = j % 64 < 32 ? 0.0f : v * 1e-3f; break;
+        case 2: x[j] = j % 32 == 0 ? 127.0f : (float)((int)(v * 100)) + 0.5f; break; /* d = 1: ties */
+        case 3: x[j] = v * 1e-39f; break;                                          /* subnormal */
+        case 4: x[j] = v * 3e37f; break;
+        case 5: x[j] = j % 32 == 7 ? -8.0f : v; break;                      /* dominant, negative */
+        case 6: x[j] = j % 32 == 3 || j % 32 == 20 ? (j % 2 ? 5.0f : -5.0f) : v; break; /* tied max */
+        case 7: x[j] = j % 3 ? -0.0f : v * 0.25f; break;
+        }
+        if (kind >= 8 && j == kind * 5 % cols) x[j] = kind % 2 ? NAN : -INFINITY; /* one bad value */
+    }
+}
+
+static void test_avx512_quantize_equals_portable_bit_for_bit(void) {
+    const kern_ops *avx = kern_avx512();
+    if (!avx) return;
+    int cols = 1024, bad = 0;
+    float *x = malloc(cols * sizeof *x), d0[32], d1[32];
+    int8_t q0[1024], q1[1024];
+    for (int kind = 0; kind < 64; kind++) {
+        corner_row(x, cols, kind);
+        kern_portable()->quantize(x, cols, q0, d0);
+        avx->quantize(x, cols, q1, d1);
+        for (int b = 0; b < cols / 32; b++)
+            if (fbits(d0[b]) != fbits(d1[b]) && bad++ < 3)
+                printf("\n  row kind %d block %d: scale %.9g (avx512) vs %.9g (portable)", kind, b,
+                       d1[b], d0[b]);
+        for (int j = 0; j < cols; j++)
+            if (q0[j] != q1[j] && bad++ < 3)
+                printf("\n  row kind %d [%d] = %.9g: q %d (avx512) vs %d (portable), d %.9g", kind, j,
+                       x[j], q1[j], q0[j], d0[j / 32]);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    free(x);
+}
+
+/* The definitions, written out again as the oracle of quant.c's vector code. */
+static void q8_oracle(const float *xb, wt_q8_block *out) {
+    float amax = 0;
+    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(xb[j]));
+    float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+    if (isinf(id)) id = 0;
+    out->d = wt_f32_to_f16(d);
+    for (int j = 0; j < 32; j++) {
+        volatile float p = xb[j] * id;
+        out->q[j] = p == p ? (int8_t)roundf(p) : 0;
+    }
+}
+
+static void q4_oracle(const float *xb, wt_q4_block *out) {
+    float amax = 0, m = 0;
+    for (int j = 0; j < 32; j++)
+        if (fabsf(xb[j]) > amax) amax = fabsf(xb[j]), m = xb[j];
+    float d = m / -8.0f, id = d != 0 ? 1.0f / d : 0.0f;
+    out->d = wt_f32_to_f16(d);
+    for (int j = 0; j < 16; j++) {
+        volatile float p0 = xb[j] * id, p1 = xb[j + 16] * id; /* one rounding each, no fusing */
+        float v0 = p0 + 8.5f, v1 = p1 + 8.5f;
+        int lo = v0 >= 16 ? 15 : v0 >= 0 ? (int)v0 : 0, hi = v1 >= 16 ? 15 : v1 >= 0 ? (int)v1 : 0;
+        out->q[j] = (uint8_t)(lo | (hi << 4));
+    }
+}
+
+static void test_weight_quantizers_match_their_definitions(void) {
+    int cols = 2048, nb = cols / 32, bad = 0;
+    float *x = malloc(cols * sizeof *x);
+    wt_q8_block *a8 = malloc(nb * sizeof *a8), *o8 = malloc(nb * sizeof *o8);
+    wt_q4_block *a4 = malloc(nb * sizeof *a4), *r4 = malloc(nb * sizeof *r4), *o4 = malloc(nb * sizeof *o4);
+    for (int kind = 0; kind < 32; kind++) {
+        corner_row(x, cols, kind);
+        quant_q8_row(x, cols, a8);
+        quant_q4_row(x, cols, a4);
+        quant_q4_row_ref(x, cols, r4);
+        for (int b = 0; b < nb; b++) {
+            q8_oracle(x + b * 32, o8 + b);
+            q4_oracle(x + b * 32, o4 + b);
+        }
+        for (int b = 0; b < nb; b++) {
+            if (memcmp(a8 + b, o8 + b, sizeof *o8) && bad++ < 3)
+                printf("\n  q8 row kind %d block %d differs from the definition (d 0x%04x vs 0x%04x)",
+                       kind, b, a8[b].d, o8[b].d);
+            if ((memcmp(a4 + b, o4 + b, sizeof *o4) || memcmp(r4 + b, o4 + b, sizeof *o4)) && bad++ < 3)
+                printf("\n  q4 row kind %d block %d differs from the definition (d 0x%04x, ref 0x%04x,"
+                       " oracle 0x%04x)", kind, b, a4[b].d, r4[b].d, o4[b].d);
+        }
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    free(x), free(a8), free(o8), free(a4), free(r4), free(o4);
+}
+
+/* |x - x'| per block: q8 within d/2 (plus what storing d as f16 moves: 127 |d - d16|); q4
+ * within |d|/2 (plus 8 |d - d16|), except values beyond 7.5 d on the clamped side (the side
+ * opposite the largest magnitude, which has one step fewer), within |d|. */
+static void test_weight_quantizers_round_trip_within_half_a_step(void) {
+    int cols = 4096, nb = cols / 32, bad = 0;
+    float *x = malloc(cols * sizeof *x), *back = malloc(cols * sizeof *back);
+    wt_q8_block *b8 = malloc(nb * sizeof *b8);
+    wt_q4_block *b4 = malloc(nb * sizeof *b4);
+    double worst8 = 0, worst4 = 0;
+    for (int kind = 0; kind < 8; kind++) { /* finite rows only */
+        if (kind == 3) continue; /* subnormal blocks: the f16 scale underflows, no bound */
+        corner_row(x, cols, kind);
+        for (int dt = DT_Q8; dt <= DT_Q4; dt++) {
+            wmat W = {.dtype = (dh_dtype)dt, .rows = 1, .cols = cols};
+            if (dt == DT_Q8) {
+                quant_q8_row(x, cols, b8);
+                W.p.q8 = b8;
+            } else {
+                quant_q4_row(x, cols, b4);
+                W.p.q4 = b4;
+            }
+            wt_row(&W, 0, back);
+            for (int b = 0; b < nb; b++) {
+                float amax = 0, m = 0;
+                for (int j = 0; j < 32; j++)
+                    if (fabsf(x[b * 32 + j]) > amax) amax = fabsf(x[b * 32 + j]), m = x[b * 32 + j];
+                double d = dt == DT_Q8 ? amax / 127.0 : fabs(m / 8.0);
+                double d16 = fabs(wt_f16_to_f32(dt == DT_Q8 ? b8[b].d : b4[b].d));
+                if (!isfinite(d16)) continue; /* beyond f16's range: the scale is inf */
+                for (int j = b * 32; j < b * 32 + 32; j++) {
+                    double err = fabs((double)x[j] - back[j]), tol;
+                    if (dt == DT_Q8)
+                        tol = d / 2 * (1 + 1e-4) + 127 * fabs(d - d16) + 1e-45;
+                    else {
+                        int clamped = d > 0 && (double)x[j] / (m / -8.0) > 7.5;
+                        tol = (clamped ? d : d / 2) * (1 + 1e-4) + 8 * fabs(d - d16) + 1e-45;
+                    }
+                    double r = err / tol;
+                    if (dt == DT_Q8 ? r > worst8 : r > worst4) *(dt == DT_Q8 ? &worst8 : &worst4) = r;
+                    if (err > tol && bad++ < 3)
+                        printf("\n  %s kind %d [%d] = %.9g comes back as %.9g (d %.9g), tol %.3g",
+                               dt == DT_Q8 ? "q8" : "q4", kind, j, x[j], back[j], d, tol);
+                }
+            }
+        }
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT(worst8 > 0.5 && worst4 > 0.5); /* the bounds are tight, not vacuous */
+    free(x), free(back), free(b8), free(b4);
+}
+
 static int kern_init(void) {
     nn_init(2, 0);
     return 0;
@@ -256,6 +580,16 @@ static CU_TestInfo kern_tests[] = {
     {"threaded matmul equals one thread", test_threaded_matmul_equals_one_thread},
     {"dot and axpy match naive", test_dot_and_axpy_match_naive},
     {"rmsnorm, softmax and swiglu match their formulas", test_rmsnorm_softmax_and_swiglu_match_their_formulas},
+    {"f32 kernels agree on every shape and range", test_f32_kernels_agree_on_every_shape_and_range},
+    {"bf16 kernels agree on every shape and range", test_bf16_kernels_agree_on_every_shape_and_range},
+    {"f16 kernels agree on every shape and range", test_f16_kernels_agree_on_every_shape_and_range},
+    {"q8 kernels agree on every shape and range", test_q8_kernels_agree_on_every_shape_and_range},
+    {"q4 kernels agree on every shape and range", test_q4_kernels_agree_on_every_shape_and_range},
+    {"long rows do not depend on the batch", test_long_rows_do_not_depend_on_the_batch},
+    {"threaded quantized matmul equals one thread", test_threaded_quantized_matmul_equals_one_thread},
+    {"avx512 quantize equals portable bit for bit", test_avx512_quantize_equals_portable_bit_for_bit},
+    {"weight quantizers match their definitions", test_weight_quantizers_match_their_definitions},
+    {"weight quantizers round-trip within half a step", test_weight_quantizers_round_trip_within_half_a_step},
     CU_TEST_INFO_NULL,
 };
 CU_SuiteInfo kern_suite = {"kern", kern_init, kern_clean, NULL, NULL, kern_tests};

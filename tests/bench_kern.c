@@ -1,0 +1,260 @@
+/* bench_kern.c: a micro-benchmark of the matmul kernels (not a unit test; nothing is asserted).
+ *
+ * For each kernel table (portable, avx512), thread count (1, 2) and weight dtype it measures,
+ * through nn_matmul as the model calls it (activation quantization and the thread pool
+ * included):
+ *   - matvec (T = 1) on a 640 x 2048 expert-sized matrix, "hot" (the same matrix again and
+ *     again, so it sits in L2/L3) and "cold" (cycling through 640-row slices of a 1 GiB buffer,
+ *     as decode does through the experts of successive layers), in GB/s of weight bytes;
+ *   - matvec on a 129280 x 2048 lm_head-sized matrix, in GB/s;
+ *   - T = 4 on the cold expert slices (multi-token decode, MTP verification), in GB/s;
+ *   - T = 512 on a 2048 x 2048 matrix (prefill), in GFLOP/s (2 T rows cols / time).
+ * and, before each dtype, the read bandwidth of a 1 GiB array on 1 and 2 threads, the ceiling
+ * that the matvec figures should be compared with. Every figure is the median of --runs (default 7)
+ * timed repetitions; the machine is shared, so medians rather than means or minima, and the
+ * "cores" column says how many cores the process actually got during a row's measurements
+ * (CPU time over wall time: well under 2 on 2 threads means another job held a core).
+ *
+ * Usage: bench_kern [--runs N] [--quick] [--dtype f32|bf16|f16|q8|q4] [--portable-prefill]
+ *   --quick skips the portable kernels; their T = 512 runs only with --portable-prefill (it
+ *   takes seconds a run). The table goes to stderr. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/common.h"
+#include "core/kern.h"
+#include "core/nn.h"
+#include "core/threadpool.h"
+
+#define BIG_BYTES ((size_t)1 << 30)
+#define HIDDEN 2048
+#define EXPERT_ROWS 640
+#define LMHEAD_ROWS 129280
+#define PREFILL_T 512
+#define PREFILL_ROWS 2048
+
+static int g_runs = 7;
+
+static uint64_t rng = 0x9e3779b97f4a7c15ULL;
+static uint64_t next_u64(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+static float frand(void) { return (float)((next_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Fill n bytes of weights of dtype dt with plausible values (no NaN, no subnormals). */
+static void fill_weights(void *p, dh_dtype dt, size_t bytes) {
+    switch (dt) {
+    case DT_F32:
+        for (size_t i = 0; i < bytes / 4; i++) ((float *)p)[i] = frand() * 0.05f;
+        break;
+    case DT_BF16:
+    case DT_F16:
+        for (size_t i = 0; i < bytes / 2; i++) {
+            float f = frand() * 0.05f;
+            ((uint16_t *)p)[i] = dt == DT_BF16 ? wt_f32_to_bf16(f) : wt_f32_to_f16(f);
+        }
+        break;
+    case DT_Q8:
+    case DT_Q4: {
+        size_t bs = dt == DT_Q8 ? sizeof(wt_q8_block) : sizeof(wt_q4_block);
+        uint8_t *b = p;
+        for (size_t i = 0; i + bs <= bytes; i += bs) {
+            uint16_t d = wt_f32_to_f16(0.001f + 0.001f * frand());
+            memcpy(b + i, &d, 2);
+            for (size_t j = 2; j < bs; j += 8) {
+                uint64_t r = next_u64();
+                memcpy(b + i + j, &r, DH_MIN(8, bs - j));
+            }
+        }
+        break;
+    }
+    default: DH_ASSERT(0);
+    }
+}
+
+/* ---- read bandwidth ---- */
+
+typedef struct bw_job {
+    const uint64_t *p;
+    size_t words_per_task;
+    uint64_t sums[64];
+} bw_job;
+
+/* Sum a task's 4 MiB as 8 interleaved streams: one sequential stream per thread leaves
+ * bandwidth unused on this kind of machine (the prefetchers run a few streams at once), and
+ * the matmul kernels read several weight rows at once too. */
+static void bw_task(void *ctx, int task, int thread) {
+    bw_job *j = ctx;
+    enum { STREAMS = 8 };
+    const uint64_t *p = j->p + (size_t)task * j->words_per_task;
+    size_t per = j->words_per_task / STREAMS;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t i = 0; i < per; i += 8)
+        for (int s = 0; s < STREAMS; s++) {
+            const uint64_t *q = p + (size_t)s * per + i;
+            s0 += q[0] ^ q[4];
+            s1 += q[1] ^ q[5];
+            s2 += q[2] ^ q[6];
+            s3 += q[3] ^ q[7];
+        }
+    j->sums[thread] += s0 ^ s1 ^ s2 ^ s3;
+}
+
+/* Seconds of CPU used by the process, all threads. */
+static double cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double read_bandwidth(const uint64_t *buf, int threads) {
+    tp_pool *pool = tp_new(threads);
+    bw_job j = {.p = buf, .words_per_task = ((size_t)4 << 20) / 8};
+    int n_tasks = (int)(BIG_BYTES / ((size_t)4 << 20));
+    double t[64];
+    tp_run(pool, n_tasks, bw_task, &j); /* warm the pages */
+    for (int r = 0; r < g_runs; r++) {
+        double t0 = dh_now();
+        tp_run(pool, n_tasks, bw_task, &j);
+        t[r] = dh_now() - t0;
+    }
+    tp_free(pool);
+    return BIG_BYTES / median(t, g_runs) * 1e-9;
+}
+
+/* ---- products ---- */
+
+/* Median seconds per call of nn_matmul(y, x, W_i, T) over `n` matrices W_i of `rows` rows taken
+ * in turn from `base` (consecutive slices), each run lasting at least min_s seconds. */
+static double time_matmul(dh_dtype dt, const void *base, int rows, int n_slices, int T,
+                          const float *x, float *y, double min_s) {
+    size_t slice = wt_bytes(dt, (size_t)rows, HIDDEN);
+    double t[64];
+    int calls = 0;
+    /* calibrate the number of calls per run */
+    double t0 = dh_now();
+    while (dh_now() - t0 < min_s || calls < 2) {
+        wmat W = {.dtype = dt, .rows = rows, .cols = HIDDEN};
+        W.p.bf16 = (const uint16_t *)((const char *)base + (size_t)(calls % n_slices) * slice);
+        nn_matmul(y, x, &W, T);
+        calls++;
+    }
+    for (int r = 0; r < g_runs; r++) {
+        double s = dh_now();
+        for (int c = 0; c < calls; c++) {
+            wmat W = {.dtype = dt, .rows = rows, .cols = HIDDEN};
+            W.p.bf16 = (const uint16_t *)((const char *)base + (size_t)(c % n_slices) * slice);
+            nn_matmul(y, x, &W, T);
+        }
+        t[r] = (dh_now() - s) / calls;
+    }
+    return median(t, g_runs);
+}
+
+typedef struct bench_opts {
+    int quick;
+    int portable_prefill;
+    int only_dtype; /* -1: all */
+} bench_opts;
+
+/* one table cell: the value, or "-" when not measured */
+static void cell(double v, int width) {
+    if (v > 0)
+        fprintf(stderr, " %*.1f", width, v);
+    else
+        fprintf(stderr, " %*s", width, "-");
+}
+
+static void bench_dtype(dh_dtype dt, void *big, float *x, float *y, const bench_opts *o) {
+    size_t big_bytes = BIG_BYTES - BIG_BYTES % wt_bytes(dt, EXPERT_ROWS, HIDDEN);
+    fill_weights(big, dt, big_bytes);
+    /* the ceiling, measured again for each dtype: other jobs come and go */
+    double bw[2] = {read_bandwidth(big, 1), read_bandwidth(big, 2)};
+    fprintf(stderr, "%-5s read bandwidth of a 1 GiB array: %.1f GB/s on 1 thread, %.1f on 2\n",
+            wt_dtype_name(dt), bw[0], bw[1]);
+    size_t expert = wt_bytes(dt, EXPERT_ROWS, HIDDEN), lmhead = wt_bytes(dt, LMHEAD_ROWS, HIDDEN),
+           prefill = wt_bytes(dt, PREFILL_ROWS, HIDDEN);
+    int n_slices = (int)(big_bytes / expert);
+    for (int portable = 0; portable < 2; portable++) {
+        if (portable && o->quick) continue;
+        for (int threads = 1; threads <= 2; threads++) {
+            nn_init(threads, portable);
+            nn_reserve(PREFILL_T, HIDDEN);
+            double c0 = cpu_seconds(), w0 = dh_now();
+            double hot = expert / time_matmul(dt, big, EXPERT_ROWS, 1, 1, x, y, 0.05) * 1e-9;
+            double cold = expert / time_matmul(dt, big, EXPERT_ROWS, n_slices, 1, x, y, 0.2) * 1e-9;
+            double cold4 =
+                expert / time_matmul(dt, big, EXPERT_ROWS, n_slices, 4, x, y, 0.2) * 1e-9;
+            double lm = 0, gf = 0;
+            if (lmhead <= big_bytes)
+                lm = lmhead / time_matmul(dt, big, LMHEAD_ROWS, 1, 1, x, y, 0.3) * 1e-9;
+            if (!portable || o->portable_prefill) {
+                double s = time_matmul(dt, big, PREFILL_ROWS, (int)(big_bytes / prefill), PREFILL_T,
+                                       x, y, 0.3);
+                gf = 2.0 * PREFILL_T * PREFILL_ROWS * HIDDEN / s * 1e-9;
+            }
+            double cores = (cpu_seconds() - c0) / (dh_now() - w0);
+            fprintf(stderr, "%-5s %-9s %7d %5.2f", wt_dtype_name(dt), nn_kernels()->name, threads,
+                    cores);
+            cell(hot, 10);
+            cell(cold, 11);
+            cell(100 * cold / bw[threads - 1], 6);
+            cell(lm, 9);
+            cell(lm > 0 ? 100 * lm / bw[threads - 1] : 0, 6);
+            cell(cold4, 10);
+            cell(gf, 13);
+            fprintf(stderr, "\n");
+            nn_shutdown();
+        }
+    }
+}
+
+int main(int argc, char **argv) {
+    bench_opts o = {.only_dtype = -1};
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick")) {
+            o.quick = 1;
+        } else if (!strcmp(argv[i], "--portable-prefill")) {
+            o.portable_prefill = 1;
+        } else if (!strcmp(argv[i], "--runs") && i + 1 < argc) {
+            g_runs = atoi(argv[++i]);
+            if (g_runs < 1 || g_runs > 64) g_runs = 7;
+        } else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
+            o.only_dtype = wt_dtype_parse(argv[++i]);
+        } else {
+            fprintf(stderr, "usage: %s [--runs N] [--quick] [--dtype D] [--portable-prefill]\n",
+                    argv[0]);
+            return 2;
+        }
+    }
+    void *big = xmalloc(BIG_BYTES);
+    memset(big, 1, BIG_BYTES);
+    fprintf(stderr, "matvec (T=1) and T=4 in GB/s of weights, %%bw against the read bandwidth "
+                    "on as many threads (measured before each dtype); T=512 in GFLOP/s\n");
+    fprintf(stderr, "%-5s %-9s %7s %5s %10s %11s %6s %9s %6s %10s %13s\n", "dtype", "kernels",
+            "threads", "cores", "expert-hot", "expert-cold", "%bw", "lm_head", "%bw", "T=4 cold",
+            "T=512 GFLOP/s");
+    float *x = xmalloc((size_t)PREFILL_T * HIDDEN * sizeof *x);
+    float *y = xmalloc((size_t)DH_MAX(PREFILL_T * PREFILL_ROWS, LMHEAD_ROWS) * sizeof *y);
+    for (size_t i = 0; i < (size_t)PREFILL_T * HIDDEN; i++) x[i] = frand();
+    for (int dt = 0; dt < DT_COUNT; dt++)
+        if (o.only_dtype < 0 || o.only_dtype == dt) bench_dtype((dh_dtype)dt, big, x, y, &o);
+    free(x);
+    free(y);
+    free(big);
+    return 0;
+}
