@@ -52,6 +52,8 @@ struct fwd_ctx {
     float *ost;                    /* [R, H, Dv + 2] online softmax: max, sum, acc */
     float *cat;                    /* [R, 2D] MTP input */
     int *ab;                       /* [R] absorbed rows */
+    nn_mm *mm;                     /* [H] per-head products of one pass */
+    wmat *w_head;                  /* [H] their weight views */
     uint64_t *route_counts;        /* [n_layers * E] or NULL */
 };
 
@@ -79,11 +81,13 @@ fwd_ctx *fwd_new(const model *m, kv_cache *kv, moe_backend *moe, int max_rows) {
     ALLOC(f->scores, (size_t)nn_threads() * (size_t)f->S);
     ALLOC(f->lat, (size_t)NB * f->C), ALLOC(f->kvx, (size_t)NB * H * (size_t)(f->Dn + f->Dv));
     ALLOC(f->keys, (size_t)NB * H * (size_t)(f->Dn + f->Dr)), ALLOC(f->ost, R * H * (size_t)(f->Dv + 2));
-    ALLOC(f->cat, R * 2 * D), ALLOC(f->ab, R);
+    ALLOC(f->cat, R * 2 * D), ALLOC(f->ab, R), ALLOC(f->mm, H), ALLOC(f->w_head, H);
 #undef ALLOC
     int maxcols = DH_MAX(2 * f->D, DH_MAX(f->Fmax, (int)(H * (size_t)f->Dv)));
     maxcols = DH_MAX(maxcols, DH_MAX(f->C, f->Q));
     nn_reserve(DH_MAX(max_rows, NB), maxcols);
+    /* q8/q4 activations of the largest multi-product: all heads' latents, or two products of h */
+    nn_reserve_act(R * DH_MAX(H * (size_t)f->C, 2 * D));
     return f;
 }
 
@@ -92,7 +96,7 @@ void fwd_free(fwd_ctx *f) {
     void *bufs[] = {f->x,    f->h,    f->a,   f->ysh,  f->q,      f->qg,   f->qlat, f->kva,
                     f->qa,   f->olat, f->og,  f->o,    f->cosv,   f->sinv, f->g,    f->u,
                     f->rlog, f->ridx, f->rw,  f->scores, f->lat,  f->kvx,  f->keys, f->ost,
-                    f->cat,  f->ab};
+                    f->cat,  f->ab,   f->mm,  f->w_head};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(f);
 }
@@ -150,19 +154,21 @@ static void attend_absorbed(fwd_ctx *f, const layer_weights *lw, const fwd_row *
     for (int i = 0; i < nA; i++) memcpy(f->qg + (size_t)i * qw, f->q + (size_t)f->ab[i] * qw, (size_t)qw * sizeof(float));
     // q_abs[h] = W_UK[h]^T q_nope[h]; qa[h] = [q_abs | q_pe]               [nA, H, C + Dr]
     for (int hh = 0; hh < H; hh++) {
-        wmat uk = wt_rows(&lw->attn.w_uk_t, hh * C, C);
-        nn_matmul_ld(f->qa + (size_t)hh * row, H * row, f->qg + (size_t)hh * (Dn + Dr), qw, &uk, nA);
+        f->w_head[hh] = wt_rows(&lw->attn.w_uk_t, hh * C, C);
+        f->mm[hh] = (nn_mm){f->qa + (size_t)hh * row, H * row, f->qg + (size_t)hh * (Dn + Dr), qw, &f->w_head[hh], nA};
         for (int i = 0; i < nA; i++)
             memcpy(f->qa + ((size_t)i * H + hh) * row + C, f->qg + (size_t)i * qw + (size_t)hh * (Dn + Dr) + Dn,
                    (size_t)Dr * sizeof(float));
     }
+    nn_matmul_multi(f->mm, H);
     abs_job j = {.f = f, .rows = rows, .layer = layer, .nA = nA};
     tp_run(nn_pool(), nA * H, abs_task, &j);
     // o[h] = W_UV[h] o_lat[h]                                              [nA, H, Dv]
     for (int hh = 0; hh < H; hh++) {
-        wmat uv = wt_rows(&lw->attn.w_uv, hh * Dv, Dv);
-        nn_matmul_ld(f->og + (size_t)hh * Dv, H * Dv, f->olat + (size_t)hh * C, H * C, &uv, nA);
+        f->w_head[hh] = wt_rows(&lw->attn.w_uv, hh * Dv, Dv);
+        f->mm[hh] = (nn_mm){f->og + (size_t)hh * Dv, H * Dv, f->olat + (size_t)hh * C, H * C, &f->w_head[hh], nA};
     }
+    nn_matmul_multi(f->mm, H);
     for (int i = 0; i < nA; i++)
         memcpy(f->o + (size_t)f->ab[i] * H * Dv, f->og + (size_t)i * H * Dv, (size_t)H * Dv * sizeof(float));
 }
@@ -244,15 +250,18 @@ static void attention(fwd_ctx *f, int layer, const fwd_row *rows, int T, const f
     int H = f->H, C = f->C, Dn = f->Dn, Dr = f->Dr, qw = H * (Dn + Dr), row = C + Dr;
     float eps = f->m->cfg.rms_norm_eps;
     // q = W_Q h, or W_QB norm(W_QA h) with q LoRA                          [T, H, Dn + Dr]
+    // [c_kv | k_pe] = W_DKV h (with the first query product, both reading h)  [T, C + Dr]
+    nn_mm mm[2] = {{f->kva, C + Dr, h, f->D, &w->kv_a_proj_with_mqa, T}};
     if (f->Q > 0) {
-        nn_matmul(f->qlat, h, &w->q_a_proj, T);
+        mm[1] = (nn_mm){f->qlat, f->Q, h, f->D, &w->q_a_proj, T};
+        nn_matmul_multi(mm, 2);
         nn_rmsnorm(f->qlat, f->qlat, w->q_a_layernorm, T, f->Q, eps);
         nn_matmul(f->q, f->qlat, &w->q_b_proj, T);
     } else {
-        nn_matmul(f->q, h, &w->q_proj, T);
+        mm[1] = (nn_mm){f->q, qw, h, f->D, &w->q_proj, T};
+        nn_matmul_multi(mm, 2);
     }
-    // [c_kv | k_pe] = W_DKV h; c_kv = norm(c_kv); rope q_pe and k_pe     [T, C + Dr]
-    nn_matmul(f->kva, h, &w->kv_a_proj_with_mqa, T);
+    // c_kv = norm(c_kv); rope q_pe and k_pe
     for (int t = 0; t < T; t++) {
         float *kr = f->kva + (size_t)t * row;
         nn_rmsnorm(kr, kr, w->kv_a_layernorm, 1, C, eps);

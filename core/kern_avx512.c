@@ -56,9 +56,13 @@ AI const void *w_at(const void *w, dh_dtype dt, size_t i) {
     return dt == DT_F32 ? (const void *)((const float *)w + i) : (const void *)((const uint16_t *)w + i);
 }
 
-/* y[r*ldy + c] = dot(x row r, w row c) for r < R, c < C */
+/* y[r*ldy + c] = dot(x row r, w row c) for r < R, c < C. For R <= 2 (decode: the weights
+ * stream from memory once) each weight row is also prefetched pf rows ahead, one cache line at
+ * a time: rows are short (2-4 KB), so the hardware prefetcher, which does not cross 4 KB pages,
+ * keeps restarting; measured on a 129280 x 1024 bf16 matrix, 2 threads: 17.5 GB/s without,
+ * 25 GB/s with 16 KB ahead (8 KB: 21.5, 32 KB: 19). */
 AI void tile(float *y, int ldy, const float *x, int ldx, const void *w, size_t ldw, dh_dtype dt,
-             int cols, int R, int C) {
+             int cols, int R, int C, int pf) {
     __m512 acc[4][4];
     UNROLL
     for (int r = 0; r < R; r++)
@@ -69,6 +73,9 @@ AI void tile(float *y, int ldy, const float *x, int ldx, const void *w, size_t l
         __m512 xv[4];
         UNROLL
         for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_ps(x + (size_t)r * ldx + k);
+        if (pf > 0 && R <= 2 && (dt == DT_F32 || (k & 31) == 0)) /* one 64-byte line a row */
+            UNROLL
+            for (int c = 0; c < C; c++) _mm_prefetch((const char *)w_at(w, dt, (size_t)(c + pf) * ldw + k), _MM_HINT_T0);
         UNROLL
         for (int c = 0; c < C; c++) {
             __m512 wv = load_w(w_at(w, dt, (size_t)c * ldw + k), dt, 0, 0);
@@ -96,9 +103,9 @@ AI void tile(float *y, int ldy, const float *x, int ldx, const void *w, size_t l
 
 /* tile() with R, C and dt constant, so that each combination is compiled on its own */
 static void tile_any(float *y, int ldy, const float *x, int ldx, const void *w, size_t ldw,
-                     dh_dtype dt, int cols, int R, int C) {
+                     dh_dtype dt, int cols, int R, int C, int pf) {
 #define TILE_CASE(DT, RR, CC) \
-    case (RR) * 8 + (CC): tile(y, ldy, x, ldx, w, ldw, DT, cols, RR, CC); return;
+    case (RR) * 8 + (CC): tile(y, ldy, x, ldx, w, ldw, DT, cols, RR, CC, pf); return;
 #define TILE_DT(DT)                                                                              \
     switch (R * 8 + C) {                                                                         \
         TILE_CASE(DT, 1, 1) TILE_CASE(DT, 1, 2) TILE_CASE(DT, 1, 3) TILE_CASE(DT, 1, 4)          \
@@ -118,9 +125,13 @@ static void tile_any(float *y, int ldy, const float *x, int ldx, const void *w, 
 #undef TILE_CASE
 }
 
+#define PREFETCH_BYTES 16384 /* how far ahead decode prefetches the weights (see tile) */
+
 static void matmul_float(float *y, int ldy, const float *x, int ldx, const wmat *W, int T, int o0,
                          int o1) {
     int cols = W->cols;
+    size_t row_bytes = (size_t)cols * (W->dtype == DT_F32 ? 4 : 2);
+    int pf = (int)((PREFETCH_BYTES + row_bytes - 1) / row_bytes);
     const void *base = W->dtype == DT_F32 ? (const void *)W->p.f32 : (const void *)W->p.bf16;
     for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {
         int oe = DH_MIN(ob + KERN_OBLOCK, o1);
@@ -131,7 +142,7 @@ static void matmul_float(float *y, int ldy, const float *x, int ldx, const wmat 
                 for (int o = ob; o < oe; o += 4)
                     tile_any(y + (size_t)t * ldy + o, ldy, x + (size_t)t * ldx, ldx,
                              w_at(base, W->dtype, (size_t)o * cols), (size_t)cols, W->dtype, cols,
-                             R, DH_MIN(4, oe - o));
+                             R, DH_MIN(4, oe - o), pf);
             }
         }
     }
@@ -139,7 +150,7 @@ static void matmul_float(float *y, int ldy, const float *x, int ldx, const wmat 
 
 static float dot_avx(const float *a, const float *b, int n) {
     float y;
-    tile(&y, 1, a, n, b, (size_t)n, DT_F32, n, 1, 1);
+    tile(&y, 1, a, n, b, (size_t)n, DT_F32, n, 1, 1, 0);
     return y;
 }
 

@@ -4,7 +4,8 @@
  * task computes all T rows for its block, so threads never share an output and the split does
  * not change any result. Small products run on the calling thread: waking the pool costs a
  * few microseconds, more than a 64 x 2048 router product. For q8/q4 weights the activations
- * are quantized once per call, before the tasks, into a buffer sized by nn_reserve.
+ * are quantized once per call, before the product's tasks (on the pool for 16 rows or more),
+ * into a buffer sized by nn_reserve.
  *
  * State is process-wide (one pool, one kernel table, the scratch), set up by nn_init and
  * nn_reserve before the engine runs and used by the engine thread only. */
@@ -69,7 +70,11 @@ void nn_reserve(int rows, int cols) {
         }
         g_scratch_n = need;
     }
-    size_t qn = xmul((size_t)rows, (size_t)cols);
+    nn_reserve_act(xmul((size_t)rows, (size_t)cols));
+}
+
+void nn_reserve_act(size_t qn) {
+    DH_ASSERT(g_pool);
     if (qn > g_q_cap) {
         free(g_q);
         free(g_qd);
@@ -79,40 +84,81 @@ void nn_reserve(int rows, int cols) {
     }
 }
 
+/* the products of one pass: tasks are (product, block of KERN_OBLOCK output rows) */
 typedef struct mm_job {
-    float *y;
-    int ldy;
-    kern_act act;
-    const wmat *W;
-    int T;
+    const nn_mm *mms;
+    kern_act *acts;   /* [n] */
+    int n;
+    int *first;       /* [n + 1] first task of each product */
 } mm_job;
 
 static void mm_task(void *ctx, int task, int thread) {
     mm_job *j = ctx;
-    int o0 = task * KERN_OBLOCK, o1 = DH_MIN(o0 + KERN_OBLOCK, j->W->rows);
-    g_ops->matmul(j->y, j->ldy, &j->act, j->W, j->T, o0, o1, g_scratch[thread]);
+    int i = 0;
+    while (task >= j->first[i + 1]) i++;
+    const nn_mm *m = &j->mms[i];
+    int o0 = (task - j->first[i]) * KERN_OBLOCK, o1 = DH_MIN(o0 + KERN_OBLOCK, m->W->rows);
+    g_ops->matmul(m->y, m->ldy, &j->acts[i], m->W, m->T, o0, o1, g_scratch[thread]);
+}
+
+typedef struct q_job {
+    const nn_mm *m;
+    int8_t *q;
+    float *qd;
+    int per;
+} q_job;
+
+/* quantize rows [task * per, ...) of one product's activations */
+static void q_task(void *ctx, int task, int thread) {
+    (void)thread;
+    q_job *j = ctx;
+    int cols = j->m->W->cols, nb = cols / WT_QBLOCK;
+    for (int t = task * j->per; t < DH_MIN(j->m->T, (task + 1) * j->per); t++)
+        g_ops->quantize(j->m->x + (size_t)t * j->m->ldx, cols, j->q + (size_t)t * cols, j->qd + (size_t)t * nb);
+}
+
+#define MULTI_MAX 256
+
+void nn_matmul_multi(const nn_mm *mms, int n) {
+    DH_ASSERT(g_ops && n <= MULTI_MAX);
+    kern_act acts[MULTI_MAX];
+    int first[MULTI_MAX + 1];
+    double work = 0;
+    size_t qoff = 0;
+    first[0] = 0;
+    for (int i = 0; i < n; i++) {
+        const nn_mm *m = &mms[i];
+        const wmat *W = m->W;
+        DH_ASSERT((size_t)kern_scratch_floats(W->cols) <= g_scratch_n);
+        acts[i] = (kern_act){.x = m->x, .ldx = m->ldx};
+        if ((W->dtype == DT_Q8 || W->dtype == DT_Q4) && m->T > 0) {
+            /* quantized once per product (each row on its own: the same bits whichever thread
+             * does it), on the pool when there are many rows */
+            DH_ASSERT(qoff + (size_t)m->T * W->cols <= g_q_cap && W->cols % WT_QBLOCK == 0);
+            q_job qj = {.m = m, .q = g_q + qoff, .qd = g_qd + qoff / WT_QBLOCK};
+            int tasks = m->T >= 16 ? 4 * tp_threads(g_pool) : 1;
+            qj.per = (m->T + tasks - 1) / tasks;
+            if (tasks > 1) tp_run(g_pool, tasks, q_task, &qj);
+            else q_task(&qj, 0, 0);
+            acts[i].q = qj.q, acts[i].qd = qj.qd;
+            qoff += (size_t)m->T * W->cols;
+        }
+        first[i + 1] = first[i] + (m->T > 0 ? (W->rows + KERN_OBLOCK - 1) / KERN_OBLOCK : 0);
+        work += (double)m->T * W->rows * W->cols;
+    }
+    mm_job j = {.mms = mms, .acts = acts, .n = n, .first = first};
+    /* small work runs on the calling thread: waking the pool costs more */
+    if (work < 256.0 * 1024) {
+        for (int t = 0; t < first[n]; t++) mm_task(&j, t, 0);
+    } else {
+        tp_run(g_pool, first[n], mm_task, &j);
+    }
 }
 
 void nn_matmul_ld(float *y, int ldy, const float *x, int ldx, const wmat *W, int T) {
     if (T <= 0) return;
-    DH_ASSERT(g_ops && (size_t)kern_scratch_floats(W->cols) <= g_scratch_n);
-    mm_job j = {.y = y, .ldy = ldy, .act = {.x = x, .ldx = ldx}, .W = W, .T = T};
-    if (W->dtype == DT_Q8 || W->dtype == DT_Q4) {
-        DH_ASSERT((size_t)T * (size_t)W->cols <= g_q_cap && W->cols % WT_QBLOCK == 0);
-        int nb = W->cols / WT_QBLOCK;
-        for (int t = 0; t < T; t++)
-            g_ops->quantize(x + (size_t)t * ldx, W->cols, g_q + (size_t)t * W->cols,
-                            g_qd + (size_t)t * nb);
-        j.act.q = g_q;
-        j.act.qd = g_qd;
-    }
-    int n_tasks = (W->rows + KERN_OBLOCK - 1) / KERN_OBLOCK;
-    double work = (double)T * W->rows * W->cols;
-    if (work < 256.0 * 1024) {
-        for (int i = 0; i < n_tasks; i++) mm_task(&j, i, 0);
-    } else {
-        tp_run(g_pool, n_tasks, mm_task, &j);
-    }
+    nn_mm m = {.y = y, .ldy = ldy, .x = x, .ldx = ldx, .W = W, .T = T};
+    nn_matmul_multi(&m, 1);
 }
 
 void nn_matmul(float *y, const float *x, const wmat *W, int T) {

@@ -22,11 +22,28 @@ const kern_ops *nn_kernels(void);
  * for widening and for quantized activations). Call at set-up, not per step: it may
  * allocate. */
 void nn_reserve(int rows, int cols);
+/* Make room for n activations in total across the products of one nn_matmul_multi (q8/q4). */
+void nn_reserve_act(size_t n);
+
+/* One product of a batch for nn_matmul_multi: y[T, ldy] = x[T, ldx] . W^T. */
+typedef struct nn_mm {
+    float *y;
+    int ldy;
+    const float *x;
+    int ldx;
+    const wmat *W;
+    int T;
+} nn_mm;
 
 /* y[T, W.rows] = x[T, W.cols] . W^T (x rows contiguous, y rows contiguous). */
 void nn_matmul(float *y, const float *x, const wmat *W, int T);
 /* Same with strides: x rows ldx apart, y rows ldy apart. */
 void nn_matmul_ld(float *y, int ldy, const float *x, int ldx, const wmat *W, int T);
+/* n independent products in one pass of the pool (one fork-join instead of n): the many small
+ * products of a decode step (per-head attention, the experts of a layer) keep both threads
+ * busy. Each result equals its own nn_matmul_ld, bit for bit. For q8/q4 the products' rows
+ * together must fit the nn_reserve'd rows x cols. */
+void nn_matmul_multi(const nn_mm *mms, int n);
 
 /* y = x * rsqrt(mean(x^2) + eps) * w, per row of D (y may alias x). */
 void nn_rmsnorm(float *y, const float *x, const float *w, int T, int D, float eps);

@@ -1,12 +1,13 @@
 /* experts.c: grouped SwiGLU over the hosted experts.
  *
  * A batch arrives as (token, expert, weight) triples. Tokens are grouped by expert (counting
- * sort, so each group keeps token order), each expert's rows are gathered and run through its
- * three products as [n_e, D] matrices on the thread pool, and the outputs are scattered back
- * to their (token, slot). The weighted sum per token then runs in ascending expert index, as
- * DeepSeek's reference accumulates, so the in-process backend and a worker hosting every
- * expert add in the same order. Scratch is sized at creation for max_rows tokens; a step
- * allocates nothing. */
+ * sort, so each group keeps token order) and gathered, and every expert runs its three
+ * products as [n_e, D] matrices: the gate and up products of all the chosen experts in one
+ * pass of the thread pool, the down products in another, so that the work of a layer is split
+ * across threads by output rows, not by expert (a decode step has only K experts of one row
+ * each). The weighted sum per token then runs in ascending expert index, as DeepSeek's
+ * reference accumulates, so the in-process backend and a worker hosting every expert add in
+ * the same order. Scratch is sized at creation for max_rows tokens; a step allocates nothing. */
 #include "experts.h"
 
 #include <stdlib.h>
@@ -18,12 +19,13 @@
 struct experts_host {
     const model *m;
     int max_rows, D, F, E, K;
-    float *xe;      /* [max_rows, D] gathered rows of one expert */
-    float *g, *u;   /* [max_rows, F] */
-    float *ye;      /* [max_rows, D] */
-    float *slots;   /* [max_rows * K, D] output per (token, slot) */
+    float *xe;      /* [max_rows * K, D] rows of every chosen (token, expert), grouped by expert */
+    float *g, *u;   /* [max_rows * K, F] */
+    float *ye;      /* [max_rows * K, D] expert outputs, same order */
     int *count;     /* [E + 1] */
     int *order;     /* [max_rows * K] (token * K + slot), grouped by expert */
+    int *pos;       /* [max_rows * K] inverse: row of (token * K + slot) in ye */
+    nn_mm *mm;      /* [2 * E] products of one pass */
 };
 
 experts_host *experts_new(const model *m, int max_rows) {
@@ -35,30 +37,33 @@ experts_host *experts_new(const model *m, int max_rows) {
     h->F = c->moe_intermediate_size;
     h->E = c->n_routed_experts;
     h->K = c->num_experts_per_tok;
-    size_t R = (size_t)max_rows;
-    h->xe = xmalloc(xmul(R * h->D, sizeof(float)));
-    h->ye = xmalloc(xmul(R * h->D, sizeof(float)));
-    h->g = xmalloc(xmul(R * h->F, sizeof(float)));
-    h->u = xmalloc(xmul(R * h->F, sizeof(float)));
-    h->slots = xmalloc(xmul(R * h->K * h->D, sizeof(float)));
+    size_t RK = (size_t)max_rows * h->K;
+    h->xe = xmalloc(xmul(RK * h->D, sizeof(float)));
+    h->ye = xmalloc(xmul(RK * h->D, sizeof(float)));
+    h->g = xmalloc(xmul(RK * h->F, sizeof(float)));
+    h->u = xmalloc(xmul(RK * h->F, sizeof(float)));
     h->count = xmalloc((size_t)(h->E + 1) * sizeof *h->count);
-    h->order = xmalloc(R * h->K * sizeof *h->order);
+    h->order = xmalloc(RK * sizeof *h->order);
+    h->pos = xmalloc(RK * sizeof *h->pos);
+    h->mm = xmalloc((size_t)2 * DH_MAX(h->E, 1) * sizeof *h->mm);
     nn_reserve(max_rows, DH_MAX(h->D, h->F));
+    nn_reserve_act(2 * RK * (size_t)DH_MAX(h->D, h->F)); /* gate and up of every expert at once */
     return h;
 }
 
 void experts_free(experts_host *h) {
     if (!h) return;
-    free(h->xe), free(h->ye), free(h->g), free(h->u), free(h->slots), free(h->count), free(h->order);
+    free(h->xe), free(h->ye), free(h->g), free(h->u), free(h->count), free(h->order), free(h->pos), free(h->mm);
     free(h);
 }
 
 void experts_ffn(const ffn_weights *f, const float *x, int T, float *y, float *g, float *u) {
-    // g, u = W_gate x, W_up x                                  [T, F]
-    nn_matmul(g, x, &f->gate_proj, T);
-    nn_matmul(u, x, &f->up_proj, T);
+    int D = f->gate_proj.cols, F = f->gate_proj.rows;
+    // g, u = W_gate x, W_up x (one pass of the pool)           [T, F]
+    nn_mm mm[2] = {{g, F, x, D, &f->gate_proj, T}, {u, F, x, D, &f->up_proj, T}};
+    nn_matmul_multi(mm, 2);
     // g = silu(g) * u; y = W_down g                            [T, D]
-    nn_swiglu(g, u, (size_t)T * f->gate_proj.rows);
+    nn_swiglu(g, u, (size_t)T * F);
     nn_matmul(y, g, &f->down_proj, T);
 }
 
@@ -66,7 +71,7 @@ int experts_run(experts_host *h, int layer, const float *x, int T, const int *id
                 int K, float *out) {
     DH_ASSERT(T <= h->max_rows && K <= h->K && layer >= 0 && layer < h->m->n_layers);
     const moe_weights *moe = &h->m->layers[layer].moe;
-    int D = h->D, E = h->E;
+    int D = h->D, F = h->F, E = h->E;
     // group (token, slot) pairs by expert, keeping token order
     memset(h->count, 0, (size_t)(E + 1) * sizeof *h->count);
     for (int i = 0; i < T * K; i++)
@@ -79,21 +84,37 @@ int experts_run(experts_host *h, int layer, const float *x, int T, const int *id
         if (idx[i] >= 0) h->order[h->count[idx[i]]++] = i;
     for (int e = E; e > 0; e--) h->count[e] = h->count[e - 1]; /* back to starts */
     h->count[0] = 0;
-    // per expert: gather, SwiGLU as one product over its tokens, scatter to slots
+    int rows = h->count[E];
+    for (int i = 0; i < rows; i++) {
+        h->pos[h->order[i]] = i;
+        memcpy(h->xe + (size_t)i * D, x + (size_t)(h->order[i] / K) * D, (size_t)D * sizeof(float));
+    }
+    // every chosen expert's SwiGLU, each one product over its tokens; gate and up of all the
+    // experts in one pass of the pool, then the downs in another
+    int n = 0;
     for (int e = 0; e < E; e++) {
-        int n = h->count[e + 1] - h->count[e];
-        if (n == 0) continue;
+        int ne = h->count[e + 1] - h->count[e];
+        if (ne == 0) continue;
         const ffn_weights *f = &moe->experts[e];
         if (!f->gate_proj.rows) {
             log_error("layer %d: expert %d was chosen but is not loaded on this rank", layer, e);
             return DH_EINVAL;
         }
-        const int *ord = h->order + h->count[e];
-        for (int i = 0; i < n; i++) memcpy(h->xe + (size_t)i * D, x + (size_t)(ord[i] / K) * D, (size_t)D * sizeof(float));
-        experts_ffn(f, h->xe, n, h->ye, h->g, h->u);
-        for (int i = 0; i < n; i++) memcpy(h->slots + (size_t)ord[i] * D, h->ye + (size_t)i * D, (size_t)D * sizeof(float));
+        size_t r0 = (size_t)h->count[e];
+        h->mm[n++] = (nn_mm){h->g + r0 * F, F, h->xe + r0 * D, D, &f->gate_proj, ne};
+        h->mm[n++] = (nn_mm){h->u + r0 * F, F, h->xe + r0 * D, D, &f->up_proj, ne};
     }
-    // out[t] = sum_k w[t,k] * slot[t,k], in ascending expert index
+    nn_matmul_multi(h->mm, n);
+    nn_swiglu(h->g, h->u, (size_t)rows * F);
+    n = 0;
+    for (int e = 0; e < E; e++) {
+        int ne = h->count[e + 1] - h->count[e];
+        if (ne == 0) continue;
+        size_t r0 = (size_t)h->count[e];
+        h->mm[n++] = (nn_mm){h->ye + r0 * D, D, h->g + r0 * F, F, &moe->experts[e].down_proj, ne};
+    }
+    nn_matmul_multi(h->mm, n);
+    // out[t] = sum_k w[t,k] * expert_k(x[t]), in ascending expert index
     for (int t = 0; t < T; t++) {
         float *o = out + (size_t)t * D;
         memset(o, 0, (size_t)D * sizeof *o);
@@ -106,7 +127,7 @@ int experts_run(experts_host *h, int layer, const float *x, int T, const int *id
                 if (!(done >> k & 1) && (best < 0 || it[k] < it[best])) best = k;
             if (best < 0) break;
             done |= 1 << best;
-            nn_axpy(o, w[(size_t)t * K + best], h->slots + ((size_t)t * K + best) * D, D);
+            nn_axpy(o, w[(size_t)t * K + best], h->ye + (size_t)h->pos[t * K + best] * D, D);
         }
     }
     return 0;
