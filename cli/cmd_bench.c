@@ -42,47 +42,14 @@ static int cmp_d(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* --- read bandwidth: every thread sums its share of a 1 GiB array --- */
-
-typedef struct bw_job {
-    const float *a;
-    size_t n;
-    int parts;
-    float *sums;
-} bw_job;
-
-static void bw_task(void *ctx, int task, int thread) {
-    (void)thread;
-    bw_job *j = ctx;
-    size_t per = j->n / (size_t)j->parts, off = per * (size_t)task;
-    float s = 0;
-    const int step = 1 << 16;
-    for (size_t i = 0; i < per; i += step) {
-        int m = (int)DH_MIN((size_t)step, per - i);
-        s += nn_kernels()->dot(j->a + off + i, j->a + off + i, m);
-    }
-    j->sums[task] = s;
-}
-
-/* GB/s over several passes, median */
+/* GB/s of this rank's pool over a 1 GiB array, median of reps */
 static double read_bandwidth(int reps) {
-    size_t n = (size_t)1 << 28; /* 1 GiB of floats */
-    float *a = xmalloc(n * sizeof *a);
-    for (size_t i = 0; i < n; i++) a[i] = (float)(i & 1023) * 1e-3f;
-    int parts = nn_threads() * 4;
-    float sums[256];
-    bw_job j = {.a = a, .n = n, .parts = parts, .sums = sums};
-    double *gbs = xmalloc((size_t)reps * sizeof *gbs);
-    for (int r = 0; r < reps; r++) {
-        double t0 = dh_now();
-        tp_run(nn_pool(), parts, bw_task, &j);
-        gbs[r] = (double)n * sizeof *a / (dh_now() - t0) / 1e9;
-    }
-    qsort(gbs, (size_t)reps, sizeof *gbs, cmp_d);
-    double med = gbs[reps / 2];
+    size_t n = (size_t)1 << 30;
+    uint64_t *a = xmalloc(n);
+    for (size_t i = 0; i < n / 8; i++) a[i] = i * 0x9E3779B97F4A7C15ULL;
+    double gbs = nn_read_bandwidth(NULL, a, n, reps);
     free(a);
-    free(gbs);
-    return med;
+    return gbs;
 }
 
 typedef struct bench_args {

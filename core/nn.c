@@ -165,6 +165,54 @@ void nn_matmul(float *y, const float *x, const wmat *W, int T) {
     nn_matmul_ld(y, W->rows, x, W->cols, W, T);
 }
 
+typedef struct bw_job {
+    const uint64_t *p;
+    size_t words_per_task;
+    uint64_t sums[256];
+} bw_job;
+
+static void bw_task(void *ctx, int task, int thread) {
+    bw_job *j = ctx;
+    enum { STREAMS = 8 };
+    const uint64_t *p = j->p + (size_t)task * j->words_per_task;
+    size_t per = j->words_per_task / STREAMS;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t i = 0; i < per; i += 8)
+        for (int s = 0; s < STREAMS; s++) {
+            const uint64_t *q = p + (size_t)s * per + i;
+            s0 += q[0] ^ q[4];
+            s1 += q[1] ^ q[5];
+            s2 += q[2] ^ q[6];
+            s3 += q[3] ^ q[7];
+        }
+    j->sums[thread & 255] += s0 ^ s1 ^ s2 ^ s3; /* keeps the loads from being optimised away */
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, int reps) {
+    size_t task_bytes = (size_t)4 << 20;
+    DH_ASSERT(bytes % task_bytes == 0 && reps > 0 && reps <= 64);
+    if (!pool) pool = g_pool;
+    bw_job *j = xcalloc(1, sizeof *j);
+    j->p = buf;
+    j->words_per_task = task_bytes / 8;
+    int n_tasks = (int)(bytes / task_bytes);
+    double t[64];
+    tp_run(pool, n_tasks, bw_task, j); /* warm the pages */
+    for (int r = 0; r < reps; r++) {
+        double t0 = dh_now();
+        tp_run(pool, n_tasks, bw_task, j);
+        t[r] = dh_now() - t0;
+    }
+    free(j);
+    qsort(t, (size_t)reps, sizeof *t, cmp_double);
+    return (double)bytes / t[reps / 2] * 1e-9;
+}
+
 void nn_rmsnorm(float *y, const float *x, const float *w, int T, int D, float eps) {
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * D;

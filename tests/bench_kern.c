@@ -88,32 +88,6 @@ static void fill_weights(void *p, dh_dtype dt, size_t bytes) {
 
 /* ---- read bandwidth ---- */
 
-typedef struct bw_job {
-    const uint64_t *p;
-    size_t words_per_task;
-    uint64_t sums[64];
-} bw_job;
-
-/* Sum a task's 4 MiB as 8 interleaved streams: one sequential stream per thread leaves
- * bandwidth unused on this kind of machine (the prefetchers run a few streams at once), and
- * the matmul kernels read several weight rows at once too. */
-static void bw_task(void *ctx, int task, int thread) {
-    bw_job *j = ctx;
-    enum { STREAMS = 8 };
-    const uint64_t *p = j->p + (size_t)task * j->words_per_task;
-    size_t per = j->words_per_task / STREAMS;
-    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    for (size_t i = 0; i < per; i += 8)
-        for (int s = 0; s < STREAMS; s++) {
-            const uint64_t *q = p + (size_t)s * per + i;
-            s0 += q[0] ^ q[4];
-            s1 += q[1] ^ q[5];
-            s2 += q[2] ^ q[6];
-            s3 += q[3] ^ q[7];
-        }
-    j->sums[thread] += s0 ^ s1 ^ s2 ^ s3;
-}
-
 /* Seconds of CPU used by the process, all threads. */
 static double cpu_seconds(void) {
     struct timespec ts;
@@ -123,17 +97,9 @@ static double cpu_seconds(void) {
 
 static double read_bandwidth(const uint64_t *buf, int threads) {
     tp_pool *pool = tp_new(threads);
-    bw_job j = {.p = buf, .words_per_task = ((size_t)4 << 20) / 8};
-    int n_tasks = (int)(BIG_BYTES / ((size_t)4 << 20));
-    double t[64];
-    tp_run(pool, n_tasks, bw_task, &j); /* warm the pages */
-    for (int r = 0; r < g_runs; r++) {
-        double t0 = dh_now();
-        tp_run(pool, n_tasks, bw_task, &j);
-        t[r] = dh_now() - t0;
-    }
+    double gbs = nn_read_bandwidth(pool, buf, BIG_BYTES, g_runs);
     tp_free(pool);
-    return BIG_BYTES / median(t, g_runs) * 1e-9;
+    return gbs;
 }
 
 /* ---- products ---- */
