@@ -137,8 +137,20 @@ static const char *weights_name(const rt *R) {
     return wt_dtype_name(R->m->lm_head.dtype); /* the stored format */
 }
 
+/* the share of the forward pass's time in each part since the last call, for the table */
+static void time_shares(const rt *R, double *share) {
+    static double last[FWD_T_COUNT];
+    double t[FWD_T_COUNT], tot = 0;
+    fwd_times(R->f, t);
+    for (int i = 0; i < FWD_T_COUNT; i++) tot += share[i] = t[i] - last[i];
+    for (int i = 0; i < FWD_T_COUNT; i++) share[i] = tot > 0 ? share[i] / tot : 0;
+    memcpy(last, t, sizeof t);
+}
+
 static void report(const rt *R, const bench_args *a, const result *res, int gen, double bw, double wire_per_tok,
                    double xchg_share) {
+    double share[FWD_T_COUNT];
+    time_shares(R, share);
     double bpw = 8.0 * model_active_bytes(R->m) / model_active_params(R->m);
     double bytes_per_step = model_active_bytes(R->m);
     double roof = gen && bw > 0 ? bytes_per_step * (res->med / a->batch) / (bw * 1e9) : NAN;
@@ -146,7 +158,8 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
             nn_threads(), res->med, res->mn, res->mx, res->step_ms);
     if (gen && bw > 0) fprintf(stderr, " roofline %.2f", roof);
     if (R->clustered) fprintf(stderr, " wire %.0f B/tok, exchange %.0f%%", wire_per_tok, 100 * xchg_share);
-    fprintf(stderr, "\n");
+    fprintf(stderr, " [attention %.0f%%, MoE %.0f%%, dense %.0f%%, head %.0f%%]\n", 100 * share[FWD_T_ATTENTION],
+            100 * share[FWD_T_MOE], 100 * share[FWD_T_DENSE], 100 * share[FWD_T_HEAD]);
     if (!a->json) return;
     json_t *j = json_pack("{s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:i, s:i}", "test", res->test, "model",
                           R->o.model_dir, "weights", weights_name(R), "threads", nn_threads(), "bits_per_weight",
@@ -157,6 +170,9 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
         json_object_set_new(j, "bandwidth_gb_s", json_real(bw));
         json_object_set_new(j, "bytes_per_step", json_real(bytes_per_step));
     }
+    json_object_set_new(j, "time_share", json_pack("{s:f, s:f, s:f, s:f}", "attention", share[FWD_T_ATTENTION], "moe",
+                                                   share[FWD_T_MOE], "dense", share[FWD_T_DENSE], "head",
+                                                   share[FWD_T_HEAD]));
     if (R->clustered) {
         json_object_set_new(j, "wire_bytes_per_token", json_real(wire_per_tok));
         json_object_set_new(j, "exchange_share", json_real(xchg_share));
@@ -214,7 +230,8 @@ int cmd_bench(int argc, char **argv) {
     int orc = rt_open_kv(&R, &ro, rows, DH_MAX(a.p, a.n) + 1, a.batch,
                          (size_t)(DH_MAX(a.p, a.n) + KV_BLOCK) * a.batch);
     if (orc) return orc == RT_WORKER ? R.worker_rc : 1;
-    double bw = a.bandwidth ? read_bandwidth(5) : 0;
+    double bw = a.bandwidth ? read_bandwidth(5) : 0, discard[FWD_T_COUNT];
+    time_shares(&R, discard); /* from zero */
     if (bw > 0) fprintf(stderr, "read bandwidth (%d threads, 1 GiB): %.1f GB/s\n", nn_threads(), bw);
     fprintf(stderr, "model %s: %.3f GB of weights read per step (%.3fB active parameters, %.2f bits each)\n",
             R.o.model_dir, model_active_bytes(R.m) / 1e9, model_active_params(R.m) / 1e9,

@@ -55,6 +55,7 @@ struct fwd_ctx {
     nn_mm *mm;                     /* [H] per-head products of one pass */
     wmat *w_head;                  /* [H] their weight views */
     uint64_t *route_counts;        /* [n_layers * E] or NULL */
+    double t[FWD_T_COUNT];         /* seconds per part */
 };
 
 fwd_ctx *fwd_new(const model *m, kv_cache *kv, moe_backend *moe, int max_rows) {
@@ -102,6 +103,8 @@ void fwd_free(fwd_ctx *f) {
 }
 
 void fwd_set_route_counts(fwd_ctx *f, uint64_t *counts) { f->route_counts = counts; }
+
+void fwd_times(const fwd_ctx *f, double *seconds) { memcpy(seconds, f->t, sizeof f->t); }
 
 /* cos/sin of pos * inv_freq[j] for each row, in double then rounded */
 static void rope_tables(fwd_ctx *f, const fwd_row *rows, int T) {
@@ -317,9 +320,12 @@ static int block(fwd_ctx *f, int layer, const fwd_row *rows, int T, int *idx_out
     const layer_weights *lw = &f->m->layers[layer];
     size_t n = (size_t)T * f->D;
     float eps = f->m->cfg.rms_norm_eps;
+    double t0 = dh_now();
     nn_rmsnorm(f->h, f->x, lw->input_layernorm, T, f->D, eps);
     attention(f, layer, rows, T, f->h, f->a);
     for (size_t i = 0; i < n; i++) f->x[i] += f->a[i];
+    double t1 = dh_now();
+    f->t[FWD_T_ATTENTION] += t1 - t0;
     nn_rmsnorm(f->h, f->x, lw->post_attention_layernorm, T, f->D, eps);
     if (lw->is_moe) {
         int rc = moe_layer(f, layer, f->h, T, f->a, idx_out, w_out);
@@ -327,6 +333,7 @@ static int block(fwd_ctx *f, int layer, const fwd_row *rows, int T, int *idx_out
     } else {
         experts_ffn(&lw->mlp, f->h, T, f->a, f->g, f->u);
     }
+    f->t[lw->is_moe ? FWD_T_MOE : FWD_T_DENSE] += dh_now() - t1;
     for (size_t i = 0; i < n; i++) f->x[i] += f->a[i];
     return 0;
 }
@@ -365,7 +372,9 @@ int fwd_step(fwd_ctx *f, const fwd_row *rows, int T, fwd_out *out) {
     }
     if (out && out->hidden) memcpy(out->hidden, f->x, (size_t)T * D * sizeof(float));
     if (out && out->final_norm) nn_rmsnorm(out->final_norm, f->x, m->norm, T, D, m->cfg.rms_norm_eps);
+    double t0 = dh_now();
     head(f, rows, T, m->norm, &m->lm_head, out ? out->logits : NULL);
+    f->t[FWD_T_HEAD] += dh_now() - t0;
     return 0;
 }
 
@@ -385,10 +394,14 @@ int fwd_mtp(fwd_ctx *f, const fwd_row *rows, const float *hidden, int T, float *
         nn_rmsnorm(c + D, hidden + (size_t)t * D, m->norm, 1, D, eps);
         nn_rmsnorm(c + D, c + D, lw->hnorm, 1, D, eps);
     }
+    double t0 = dh_now(), before[FWD_T_COUNT];
+    memcpy(before, f->t, sizeof before);
     nn_matmul(f->x, f->cat, &lw->eh_proj, T);
     rope_tables(f, rows, T);
     int rc = block(f, L, rows, T, NULL, NULL);
     if (rc) return rc;
     head(f, rows, T, lw->shared_head_norm, &lw->shared_head_head, logits);
+    memcpy(f->t, before, sizeof before); /* the MTP block counts as MTP only */
+    f->t[FWD_T_MTP] += dh_now() - t0;
     return 0;
 }

@@ -53,4 +53,8 @@ int fwd_mtp(fwd_ctx *f, const fwd_row *rows, const float *hidden, int T, float *
 
 /* Record tokens routed per (layer, expert) into counts [n_layers * E] (kept; NULL stops). */
 void fwd_set_route_counts(fwd_ctx *f, uint64_t *counts);
+
+/* Seconds spent so far in each part of the forward pass (wall time of the engine thread). */
+enum { FWD_T_ATTENTION, FWD_T_MOE, FWD_T_DENSE, FWD_T_HEAD, FWD_T_MTP, FWD_T_COUNT };
+void fwd_times(const fwd_ctx *f, double *seconds /* [FWD_T_COUNT] */);
 #endif
