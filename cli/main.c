@@ -41,8 +41,11 @@ static int run(const command *c, int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-    /* the commands that run the model link OpenBLAS's choice of kernels: fix it first */
-    for (size_t i = 0; argc > 1 && i < N_COMMANDS; i++)
+    /* the commands that run the model link OpenBLAS's choice of kernels: fix it first (not
+     * for --help, which runs nothing) */
+    int help = 0;
+    for (int i = 2; i < argc; i++) help |= strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0;
+    for (size_t i = 0; argc > 1 && !help && i < N_COMMANDS; i++)
         if (commands[i].runs_model && strcmp(argv[1], commands[i].name) == 0) cpu_fix_openblas(argv);
     const char *level = getenv("DH_LOG_LEVEL");
     if (level) log_set_level(atoi(level));

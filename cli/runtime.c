@@ -54,6 +54,7 @@ int rt_parse_opt(rt_opts *o, int code, const char *arg) {
         o->wire_bf16 = strcmp(arg, "bf16") == 0;
         return 1;
     case 1008: o->portable = 1; return 1;
+    case 1010: o->routing_stats = arg; return 1;
     default: return 0;
     }
 }
@@ -112,7 +113,19 @@ int rt_open_kv(rt *r, const rt_opts *o, int max_rows, int max_seq_len, int n_seq
         cluster_params cp = {.placement_algo = o->placement_algo, .placement_file = o->placement_file,
                              .placement_out = o->placement_out, .timeout = o->worker_timeout,
                              .wire_bf16 = o->wire_bf16, .max_rows = max_rows};
-        if (cluster_start(&r->cl, r->m, &cp) != 0) {
+        double *load = NULL;
+        if (o->routing_stats) {
+            load = xcalloc((size_t)r->m->n_layers * DH_MAX(c->n_routed_experts, 1), sizeof *load);
+            int lrc = ls_load_routing(o->routing_stats, r->m->n_layers, c->n_routed_experts, load);
+            if (lrc == DH_EFORMAT) xchg_abort(1); /* the workers wait for a hello */
+            if (lrc == 0) {
+                cp.load = load;
+                log_info("%s: observed routing counts for the placement", o->routing_stats);
+            }
+        }
+        int crc = cluster_start(&r->cl, r->m, &cp);
+        free(load);
+        if (crc != 0) {
             rt_close(r, 0);
             return 1;
         }
@@ -129,9 +142,24 @@ int rt_open_kv(rt *r, const rt_opts *o, int max_rows, int max_seq_len, int n_seq
     return 0;
 }
 
+/* the routing counts of this run added to those of the --routing-stats file */
+static void save_routing(rt *r) {
+    const char *path = r->o.routing_stats;
+    ls_stats *all = ls_new(r->stats->n_layers, r->stats->n_experts, 0);
+    size_t n = (size_t)all->n_layers * DH_MAX(all->n_experts, 1);
+    double *old = xcalloc(n, sizeof *old);
+    if (ls_load_routing(path, all->n_layers, all->n_experts, old) != DH_EFORMAT) {
+        for (size_t i = 0; i < n; i++) all->routed[i] = (uint64_t)old[i] + r->stats->routed[i];
+        if (ls_save_routing(all, path) == 0) log_info("%s: routing counts saved", path);
+    }
+    free(old);
+    ls_free(all);
+}
+
 void rt_close(rt *r, int print_stats) {
     if (r->clustered && r->cl.stats) cluster_report(&r->cl);
     if (print_stats && r->stats && r->m) ls_print(r->stats, &r->m->cfg, stderr);
+    if (r->o.routing_stats && r->stats && r->m) save_routing(r);
     fwd_free(r->f);
     if (r->clustered) {
         cluster_stop(&r->cl); /* frees the backend and the stats */

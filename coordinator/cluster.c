@@ -74,7 +74,7 @@ static place_plan *make_plan(cluster *c, char *err, size_t errsz) {
         if (!plan) snprintf(err, errsz, "the placement plan %.300s cannot be used (see the coordinator's log)", c->p.placement_file);
     } else {
         place_input in = {.n_layers = L, .n_experts = E, .n_workers = c->n_workers, .is_moe = is_moe,
-                          .domain = m->cfg.expert_domains};
+                          .domain = m->cfg.expert_domains, .load = c->p.load};
         plan = place_compute(c->p.placement_algo, &in);
         if (!plan) snprintf(err, errsz, "cannot place %d experts a layer on %d workers with '%s' (see the coordinator's log)",
                             E, c->n_workers, c->p.placement_algo);
@@ -163,9 +163,11 @@ int cluster_start(cluster *c, const model *m, const cluster_params *p) {
     }
     double wl[1024];
     if (c->n_workers <= 1024) {
-        double bal = place_worker_load(c->plan, NULL, wl);
-        log_info("placement '%s' on %d workers, expected balance %.3f (mean/max experts)", c->plan->algo, c->n_workers, bal);
+        double bal = place_worker_load(c->plan, c->p.load, wl);
+        log_info("placement '%s' on %d workers, expected balance %.3f (mean/max %s)", c->plan->algo, c->n_workers, bal,
+                 c->p.load ? "routed tokens observed before" : "experts");
     }
+    c->p.load = NULL; /* borrowed for the start only */
     c->moe = moe_mpi_new(m, c);
     return 0;
 fail: /* the workers have stopped: nothing more is sent to them */

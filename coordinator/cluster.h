@@ -14,6 +14,7 @@ typedef struct cluster_params {
     double timeout;               /* seconds a worker may take to answer */
     int wire_bf16;                /* activations as bf16 on the wire */
     int max_rows;                 /* tokens per MoE call at most */
+    const double *load;           /* [n_layers * E] observed routed tokens for `balanced`, or NULL */
 } cluster_params;
 
 typedef struct cluster {

@@ -1,6 +1,7 @@
 /* loadstats.c: counters of the cluster's load and their table. */
 #include "loadstats.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,4 +64,57 @@ void ls_print(const ls_stats *s, const model_config *cfg, FILE *f) {
     fprintf(f, "routed choices by domain:");
     for (int d = 0; d < CFG_N_DOMAINS; d++) fprintf(f, " %s %.1f%%", cfg->domain_names[d], 100 * share[d]);
     fprintf(f, "\n");
+}
+
+int ls_save_routing(const ls_stats *s, const char *path) {
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        log_error("%s: cannot write the routing counts: %s", path, strerror(errno));
+        return DH_EIO;
+    }
+    fprintf(f, "darkhorse-routing 1\nlayers %d\nexperts %d\n# layer expert tokens\n", s->n_layers, s->n_experts);
+    for (int l = 0; l < s->n_layers; l++)
+        for (int e = 0; e < s->n_experts; e++)
+            if (s->routed[(size_t)l * s->n_experts + e])
+                fprintf(f, "%d %d %llu\n", l, e, (unsigned long long)s->routed[(size_t)l * s->n_experts + e]);
+    if (fclose(f) != 0) {
+        log_error("%s: write failed", path);
+        return DH_EIO;
+    }
+    return 0;
+}
+
+int ls_load_routing(const char *path, int n_layers, int n_experts, double *counts) {
+    FILE *f = fopen(path, "r");
+    if (!f) return DH_ENOTFOUND;
+    char line[256];
+    int lineno = 0, rc = 0, v, l, e;
+    unsigned long long n;
+    while (!rc && fgets(line, sizeof line, f)) {
+        lineno++;
+        if (line[0] == '#' || line[0] == '\n') continue;
+        if (lineno == 1) {
+            if (sscanf(line, "darkhorse-routing %d", &v) != 1 || v != 1) {
+                log_error("%s:1: not a routing-count file (first line must be 'darkhorse-routing 1')", path);
+                rc = DH_EFORMAT;
+            }
+        } else if (sscanf(line, "layers %d", &v) == 1) {
+            if (v != n_layers) {
+                log_error("%s:%d: counts for %d layers, the model has %d", path, lineno, v, n_layers);
+                rc = DH_EFORMAT;
+            }
+        } else if (sscanf(line, "experts %d", &v) == 1) {
+            if (v != n_experts) {
+                log_error("%s:%d: counts for %d experts a layer, the model has %d", path, lineno, v, n_experts);
+                rc = DH_EFORMAT;
+            }
+        } else if (sscanf(line, "%d %d %llu", &l, &e, &n) == 3 && l >= 0 && l < n_layers && e >= 0 && e < n_experts) {
+            counts[(size_t)l * n_experts + e] += (double)n;
+        } else {
+            log_error("%s:%d: expected 'layer expert tokens'", path, lineno);
+            rc = DH_EFORMAT;
+        }
+    }
+    fclose(f);
+    return rc;
 }

@@ -36,4 +36,11 @@ double ls_balance(const ls_stats *s);
 void ls_domain_share(const ls_stats *s, const model_config *cfg, double *share);
 /* The per-worker table (and a per-domain line) to f. */
 void ls_print(const ls_stats *s, const model_config *cfg, FILE *f);
+
+/* Routed-token counts per (layer, expert) as text ("darkhorse-routing 1", then one line
+ * "layer expert tokens" per non-zero count): written to path, or added from path into
+ * counts[n_layers * n_experts] (checking the sizes). 0, DH_ENOTFOUND (no file: nothing added),
+ * or DH_EIO / DH_EFORMAT with a message naming the file and line. */
+int ls_save_routing(const ls_stats *s, const char *path);
+int ls_load_routing(const char *path, int n_layers, int n_experts, double *counts);
 #endif

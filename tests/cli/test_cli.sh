@@ -82,6 +82,20 @@ if [ "$(cat "$tmp/out")" = "$greedy" ]; then pass "cluster greedy ids equal the 
 grep -q "^layer 1 worker 2:" "$tmp/plan.txt" && pass "--placement-out wrote the plan" || fail "--placement-out"
 expect 0 "--placement FILE with --wire bf16" mpirun -np 3 --oversubscribe "$bin" generate --model "$ref" --ids "$prompt" --temperature 0 --max-tokens 4 --print-ids --placement "$tmp/plan.txt" --wire bf16
 
+# observed routing counts feed the balanced placement
+expect 0 "generate with --routing-stats" "$bin" generate --model "$ref" --ids "$prompt" --temperature 0 --max-tokens 16 --print-ids --routing-stats "$tmp/routing.txt"
+head -1 "$tmp/routing.txt" | grep -q "^darkhorse-routing 1" && [ "$(grep -c '^[0-9]' "$tmp/routing.txt")" -gt 10 ] \
+  && pass "the routing counts were written" || fail "routing counts file"
+balance() { grep -o "balance (mean/max expert tokens): [0-9.]*" "$tmp/err" | awk '{print $NF}'; }
+expect 0 "contiguous, replaying the workload" mpirun -np 3 --oversubscribe "$bin" generate --model "$ref" --ids "$prompt" --temperature 0 --max-tokens 16 --print-ids --placement-algo contiguous
+bc=$(balance)
+expect 0 "balanced from the observed counts" mpirun -np 3 --oversubscribe "$bin" generate --model "$ref" --ids "$prompt" --temperature 0 --max-tokens 16 --print-ids --placement-algo balanced --routing-stats "$tmp/routing.txt"
+bb=$(balance)
+grep_err "observed routing counts for the placement" "the counts were read"
+python3 -c "import sys; sys.exit(0 if float('$bb') >= float('$bc') else 1)" && pass "balanced ($bb) is at least as even as contiguous ($bc)" \
+  || fail "balanced $bb worse than contiguous $bc"
+[ "$(cat "$tmp/out")" = "$greedy" ] && pass "the same greedy ids with the balanced plan" || fail "ids under the balanced plan"
+
 # cluster start-up errors, on every rank
 expect 1 "a plan for another worker count" mpirun -np 4 --oversubscribe "$bin" generate --model "$ref" --ids 1,2 --max-tokens 2 --print-ids --placement "$tmp/plan.txt"
 grep_err "plan is for 2 workers, this job has 3" "the message says why"

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# bench.sh: Darkhorse's speed on this machine against llama.cpp's, as issue 6 sets the goals.
+#
+# genesis-1b in f32, bf16, q8 and q4, and genesis-5b in bf16, q8 and q4 (f32 of 5b does not fit
+# in memory), 2 threads, prompt processing of 512 tokens and generation of 64 (darkhorse bench,
+# llama-bench's definitions), median of 5 runs each, with the read bandwidth measured in the same
+# run. Prints a markdown table with llama.cpp's figures and the ratio.
+#
+#   scripts/bench.sh                  (about 10 minutes; models are created on first use)
+#   DH_BENCH_DIR=DIR                  where genesis-1b/5b are kept (default ~/.cache/darkhorse)
+#   DH_BENCH_REPS=N                   runs per test (default 5)
+#   DH_BENCH_ONLY="1b:q8 5b:q4"       a subset
+#   LLAMA_BENCH_JSONL=FILE            llama.cpp figures measured on this machine
+#                                     (scripts/bench-llamacpp.sh writes it); without it the
+#                                     figures of issue 6 (llama.cpp v0.5.0, llama-bench -t 2
+#                                     -p 512 -n 64 -r 5 on this kind of machine) are used
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j 2 --target darkhorse >/dev/null
+bin=$(pwd)/build/cli/darkhorse
+dir=${DH_BENCH_DIR:-$HOME/.cache/darkhorse}
+reps=${DH_BENCH_REPS:-5}
+only=${DH_BENCH_ONLY:-"1b:f32 1b:bf16 1b:q8 1b:q4 5b:bf16 5b:q8 5b:q4"}
+mkdir -p "$dir"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+for m in 1b 5b; do
+  case " $only " in *" $m:"*) ;; *) continue ;; esac
+  [ -f "$dir/genesis-$m/model.safetensors" ] || "$bin" init-model --preset "genesis-$m" --out "$dir/genesis-$m"
+done
+for cfg in $only; do
+  m=${cfg%%:*} w=${cfg##*:}
+  echo "bench: genesis-$m $w" >&2
+  "$bin" bench --model "$dir/genesis-$m" --weights "$w" -t 2 -p 512 -n 64 -r "$reps" --json 2>>"$out.log" |
+    sed "s/^/genesis-$m /" >>"$out"
+done
+
+python3 - "$out" "${LLAMA_BENCH_JSONL:-}" <<'PY'
+import json, sys
+# llama.cpp v0.5.0 (de3ff81), llama-bench -t 2 -p 512,64 -n 64 -r 5, random-weight GGUFs of the
+# same shapes, on this project's development machines (issue 6): median tok/s
+ref = {("genesis-5b", "bf16"): (64.3, 9.64), ("genesis-5b", "q8"): (64.9, 13.29), ("genesis-5b", "q4"): (75.3, 17.95),
+       ("genesis-1b", "bf16"): (406, 34.3), ("genesis-1b", "q8"): (448, 56.1), ("genesis-1b", "q4"): (445, 68.8)}
+source = "issue 6's figures"
+if sys.argv[2]:
+    ref, source = {}, "llama.cpp measured in this run"
+    for line in open(sys.argv[2]):
+        j = json.loads(line)
+        ref.setdefault((j["model"], j["format"]), [None, None])[0 if j["test"] == "pp512" else 1] = j["tok_s"]
+rows = {}
+for line in open(sys.argv[1]):
+    model, js = line.split(" ", 1)
+    j = json.loads(js)
+    rows.setdefault((model, j["weights"]), {})[j["test"]] = j
+print("| model | format | bits/weight | pp512 tok/s (min-max) | llama.cpp | ratio | tg64 tok/s (min-max) | llama.cpp | ratio | roofline share of tg |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for (model, w), t in rows.items():
+    pp, tg = t.get("pp512"), t.get("tg64")
+    lpp, ltg = ref.get((model, w), (None, None))
+    def cell(x, l):
+        if not x: return "- | - | -"
+        r = "%.2fx" % (x["tok_s_median"] / l) if l else "-"
+        return "%.1f (%.1f-%.1f) | %s | %s" % (x["tok_s_median"], x["tok_s_min"], x["tok_s_max"], l if l else "-", r)
+    share = "%.2f (of %.1f GB/s)" % (tg["roofline_share"], tg["bandwidth_gb_s"]) if tg and "roofline_share" in tg else "-"
+    bpw = (pp or tg)["bits_per_weight"]
+    print("| %s | %s | %.2f | %s | %s | %s |" % (model, w, bpw, cell(pp, lpp), cell(tg, ltg), share))
+print("\nllama.cpp: %s; Darkhorse: median of the runs, 2 threads, this machine." % source)
+PY
