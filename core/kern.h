@@ -5,10 +5,14 @@
  * or the thread that runs it. That makes a row's result independent of what else is in the
  * batch (the serving engine relies on it) and of the thread count. The order, per table:
  *
- * f32, bf16, f16 weights (bf16/f16 widened exactly), and dot: 16 lanes over the input dimension,
- *   lane l accumulating k = l, l + 16, ... in ascending order (the tail in the low lanes), then
- *   the lanes summed in a fixed halving tree (i with i+8, then i+4, i+2, i+1). The portable
- *   table multiplies and adds separately, the AVX-512 table fuses them.
+ * f32, bf16, f16 weights (bf16/f16 widened exactly): one sum per output element, over
+ *   k = 0, 1, ..., cols - 1 in ascending order, from +0. AVX-512: acc = fma(x[t,k], w[o,k], acc),
+ *   one rounding a step. Portable: acc = acc + x[t,k] * w[o,k], the product rounded, then the
+ *   sum. Worst case |error| <= n u / (1 - n u) * sum_k |x[t,k] w[o,k]|, n = cols, u = 2^-24.
+ * dot (and only dot): 16 lanes over the input dimension, lane l accumulating k = l, l + 16, ...
+ *   in ascending order (the tail in the low lanes), then the lanes summed in a fixed halving
+ *   tree (i with i+8, then i+4, i+2, i+1). The portable table multiplies and adds separately,
+ *   the AVX-512 table fuses them. axpy is element-wise: y[i] + a * x[i], fused in AVX-512.
  * q8, q4 weights: the activations are quantized per row (quantize below, identical bits in
  *   both tables); s_b is the exact integer dot of block b (any order of integer additions is
  *   exact). Portable: acc[b % 16] += (d_x[b] * d_w[b]) * (float)s_b, separate multiply and add,
@@ -31,9 +35,9 @@ typedef struct kern_act {
 
 typedef struct kern_ops {
     const char *name; /* "portable", "avx512" */
-    /* y[t*ldy + o] = sum_k x[t, k] * W[o, k] for t < T and o0 <= o < o1. scratch holds
-     * kern_scratch_floats(W->cols) floats, private to the calling thread. For q8/q4 the sum
-     * runs over blocks: d_x[b] * d_w[b] * (exact integer dot of the block), in the order above. */
+    /* y[t*ldy + o] = sum_k x[t, k] * W[o, k] for t < T and o0 <= o < o1, in the order above.
+     * scratch holds kern_scratch_floats(W->cols) floats, private to the calling thread. For
+     * q8/q4 the sum runs over blocks: d_x[b] * d_w[b] * (exact integer dot of the block). */
     void (*matmul)(float *y, int ldy, const kern_act *a, const wmat *W, int T, int o0, int o1,
                    float *scratch);
     /* Quantize one row of cols (a multiple of 32) floats: d = max|x| / 127 per block (NaN
@@ -41,9 +45,9 @@ typedef struct kern_ops {
      * overflows (max|x| < 3.7e-37) and where the product is NaN. Every table gives the same
      * bits. */
     void (*quantize)(const float *x, int cols, int8_t *q, float *d);
-    /* sum_k a[k] * b[k], in the order above */
+    /* sum_k a[k] * b[k], in dot's order above (16 lanes and a tree, not the product's) */
     float (*dot)(const float *a, const float *b, int n);
-    /* y += a * x */
+    /* y[i] += a * x[i], each element on its own */
     void (*axpy)(float *y, float a, const float *x, int n);
 } kern_ops;
 

@@ -1,12 +1,16 @@
 /* kern_avx512.c: AVX-512 kernels for every weight dtype; VNNI int8 products for q8 and q4.
  *
- * f32, bf16, f16: the product is computed in register tiles of up to 4 activation rows by 4
- * weight rows (sixteen 16-lane accumulators), each accumulator running over k in steps of 16
- * with one fused multiply-add, the tail masked, and reduced at the end with the fixed tree of
- * _mm512_reduce_add_ps (kern.h). bf16/f16 weights are widened exactly in registers as they are
- * loaded, whatever T: that reads half the bytes of a widened copy, and measured faster than
- * widening a block into scratch once even at T = 512 (the tiles are limited by L2 traffic,
- * not by the two widening instructions).
+ * f32, bf16, f16: one accumulator per output element, k ascending, one fused multiply-add a
+ * step (kern.h), with 16 outputs in the 16 lanes of a register and x[t,k] broadcast. The
+ * weights, stored [out, in], are transposed 16 rows x 64 bytes at a time in registers, the
+ * 16-bit formats before they are widened (half the shuffles). Two paths give the same bits:
+ *   - small T (decode, up to FSMALL_T rows): no packing; each group of 16 weight rows is
+ *     transposed once for all T rows, streaming from memory with a software prefetch;
+ *   - large T (prefill): each block of 64 rows is widened once into scratch as four 16-output
+ *     panels [k][16], then register tiles of 6 rows x 64 outputs run over it (24 accumulators,
+ *     a broadcast and 4 loads for 24 fused multiply-adds a k: near the FMA peak).
+ * This replaced lanes over k with a horizontal sum per output (kern.h's dot order), whose
+ * register tiles were bound by loads at ~66 GFLOP/s a core for bf16 at T = 512.
  *
  * q8, q4: see the section below; vpdpbusd does 64 int8 multiply-adds per instruction, and
  * the float work is a multiply and a fused multiply-add per output and block of 32.
@@ -31,127 +35,337 @@
 
 /* Small loops over registers must be unrolled, or GCC -O2 keeps the arrays on the stack. */
 #define UNROLL _Pragma("GCC unroll 16")
+#define UNROLL32 _Pragma("GCC unroll 32")
 #define AI static inline __attribute__((always_inline))
 
-/* ---- f32, bf16 and f16 weights ---- */
+/* ---- f32, bf16 and f16 weights ----
+ *
+ * Per output element: acc = fma(x[t,k], w[o,k], acc) for k = 0, 1, ..., cols - 1, from +0.
+ * Lanes run over outputs (16 weight rows in the 16 lanes of an accumulator), so x[t,k] is a
+ * broadcast and no horizontal sum is needed; the weights, stored [out, in], are transposed 16
+ * rows at a time (t16x16). A packed-path tile may leave a partial accumulator in y between two
+ * passes over k: storing and reloading an f32 is exact, so that changes no operation.
+ *
+ * Against the lanes-over-k kernels before them (bench_kern, bf16, alternating runs): T = 512,
+ * 2048 x 2048, 230-260 GFLOP/s on 2 threads (was 118-144); decode from memory on par (T = 1
+ * and 2 on lm_head and expert shapes, 85-100% of the read bandwidth); T = 1 on weights hot in
+ * L3 slower (18 GB/s a core, was 28: the chain of fused multiply-adds, see fsmall). */
 
-#define TBLOCK 64 /* activation rows walked against one KERN_OBLOCK block of weights */
+#define FSMALL_T 8 /* up to this many activation rows the small path (one register tile of T
+                      rows, no packing); measured: it beats packing up to T = 8-12 */
+#define FTILE_R 6  /* a packed-path register tile: 6 activation rows by the 4 panels of a block, */
+#define FTILE_G 4  /* 24 accumulators (measured ~12% faster than 12 x 2; 8 x 3 as fast, but it
+                      leaves one panel of four to a narrower tile) */
+#define FKC 2048   /* k per pass of the packed path: a pass's panel is 64 x 2048 floats, 512 KB, so
+                      it stays in the 2 MB L2 (cols 8192 in one pass: ~30% slower) */
+#define PREFETCH_BYTES 4096 /* how far ahead the small path prefetches (measured 2-16 KB: 4 KB,
+                               by a few %; the old lanes-over-k kernels wanted 16 KB) */
 
-/* 16 weights (or fewer with a mask) as f32; the widening of bf16 and f16 is exact */
-AI __m512 load_w(const void *p, dh_dtype dt, __mmask16 m, int masked) {
+/* Weights transposed per t16x16 call: 16 k of f32, 32 of bf16/f16 (64 bytes of each row). */
+#define KSTEP(dt) ((dt) == DT_F32 ? 16 : 32)
+#define ESIZE(dt) ((dt) == DT_F32 ? 4 : 2)
+
+/* 32 bytes of one weight row, or its first `words` 16-bit words (the rest zero) when masked */
+AI __m256i load_row32(const char *p, int masked, __mmask16 words) {
+    return masked ? _mm256_maskz_loadu_epi16(words, p) : _mm256_loadu_si256((const void *)p);
+}
+
+/* The 16 x 8 dword transpose: lane i of w[j] = dword j of the 32 bytes at p + min(i, n-1) * S
+ * (lanes from n on repeat row n - 1: they exist only at the end of a range and are never
+ * stored). Rows i and i + 4 (i < 4), 8 + i and 12 + i share a register (a masked broadcast
+ * fills the top half: a blend, which runs on two ports where an insert runs on one); two unpack
+ * rounds put 4 rows of one dword in a 128-bit lane; a lane shuffle finishes: 24 shuffles. */
+AI void t16x8(const char *p, size_t S, int n, int masked, __mmask16 words, __m512i w[8]) {
+    __m512i z[8], a[4], pq[2][4];
+    UNROLL
+    for (int h = 0; h < 2; h++)
+        UNROLL
+        for (int i = 0; i < 4; i++) {
+            int lo = 8 * h + i, hi = 8 * h + i + 4;
+            __m256i vl = load_row32(p + (size_t)DH_MIN(lo, n - 1) * S, masked, words);
+            __m256i vh = load_row32(p + (size_t)DH_MIN(hi, n - 1) * S, masked, words);
+            z[4 * h + i] = _mm512_mask_broadcast_i64x4(_mm512_castsi256_si512(vl), 0xf0, vh);
+        }
+    UNROLL
+    for (int h = 0; h < 2; h++) {
+        const __m512i *zh = z + 4 * h;
+        a[0] = _mm512_unpacklo_epi32(zh[0], zh[1]);
+        a[1] = _mm512_unpackhi_epi32(zh[0], zh[1]);
+        a[2] = _mm512_unpacklo_epi32(zh[2], zh[3]);
+        a[3] = _mm512_unpackhi_epi32(zh[2], zh[3]);
+        pq[h][0] = _mm512_unpacklo_epi64(a[0], a[2]);
+        pq[h][1] = _mm512_unpackhi_epi64(a[0], a[2]);
+        pq[h][2] = _mm512_unpacklo_epi64(a[1], a[3]);
+        pq[h][3] = _mm512_unpackhi_epi64(a[1], a[3]);
+    }
+    UNROLL
+    for (int j = 0; j < 4; j++) {
+        w[j] = _mm512_shuffle_i32x4(pq[0][j], pq[1][j], 0x88);
+        w[j + 4] = _mm512_shuffle_i32x4(pq[0][j], pq[1][j], 0xdd);
+    }
+}
+
+/* The same for 64 bytes of each row: lane i of w[j] = dword j (j < 16), masked to the first
+ * `words` words. Both halves of a row's line are read together: rows 4 KB apart share an L1
+ * set, 16 of them overflow its 12 ways, and a half read later would miss. (Two 16 x 8 halves
+ * measured faster than a 16 x 16 transpose in four rounds of shuffles: 48 shuffles and 16
+ * blends instead of 64 shuffles, all on one port.) */
+AI void t16x16(const char *p, size_t S, int n, int masked, __mmask32 words, __m512i w[16]) {
+    t16x8(p, S, n, masked, (__mmask16)words, w);
+    t16x8(p + 32, S, n, masked, (__mmask16)(words >> 16), w + 8);
+}
+
+/* The 16 weights of k = k0 + j (j < KSTEP) in f32, from t16x16's output for k0. A bf16/f16
+ * dword holds the pair k0 + 2i (low half) and k0 + 2i + 1; bf16 widens with a shift or a mask
+ * (transposing the 16-bit pairs before widening halves the shuffles), f16 sorts the halves
+ * (even k to the low 256 bits) and converts. Exact. */
+AI __m512 wk(const __m512i *w, dh_dtype dt, int j) {
     switch (dt) {
     case DT_BF16: {
-        __m256i h = masked ? _mm256_maskz_loadu_epi16(m, p) : _mm256_loadu_si256(p);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+        return _mm512_castsi512_ps(j % 2 ? _mm512_and_si512(w[j / 2], hi)
+                                         : _mm512_slli_epi32(w[j / 2], 16));
     }
     case DT_F16: {
-        __m256i h = masked ? _mm256_maskz_loadu_epi16(m, p) : _mm256_loadu_si256(p);
-        return _mm512_cvtph_ps(h);
+        const __m512i idx = _mm512_setr_epi32(0x00020000, 0x00060004, 0x000a0008, 0x000e000c,
+                                              0x00120010, 0x00160014, 0x001a0018, 0x001e001c,
+                                              0x00030001, 0x00070005, 0x000b0009, 0x000f000d,
+                                              0x00130011, 0x00170015, 0x001b0019, 0x001f001d);
+        __m512i v = _mm512_permutexvar_epi16(idx, w[j / 2]);
+        return _mm512_cvtph_ps(j % 2 ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v));
     }
-    default: return masked ? _mm512_maskz_loadu_ps(m, p) : _mm512_loadu_ps(p);
+    default: return _mm512_castsi512_ps(w[j]);
     }
 }
 
-AI const void *w_at(const void *w, dh_dtype dt, size_t i) {
-    return dt == DT_F32 ? (const void *)((const float *)w + i) : (const void *)((const uint16_t *)w + i);
-}
-
-/* y[r*ldy + c] = dot(x row r, w row c) for r < R, c < C. For R <= 2 (decode: the weights
- * stream from memory once) each weight row is also prefetched pf rows ahead, one cache line at
- * a time: rows are short (2-4 KB), so the hardware prefetcher, which does not cross 4 KB pages,
- * keeps restarting; measured on a 129280 x 1024 bf16 matrix, 2 threads: 17.5 GB/s without,
- * 25 GB/s with 16 KB ahead (8 KB: 21.5, 32 KB: 19). */
-AI void tile(float *y, int ldy, const float *x, int ldx, const void *w, size_t ldw, dh_dtype dt,
-             int cols, int R, int C, int pf) {
-    __m512 acc[4][4];
+/* Small T: R <= FSMALL_T activation rows (ldx apart) against 16 weight rows, lane i's row at
+ * p + i * ls (lanes from n on repeat lane n - 1's row and are not stored), written to
+ * y[r*ldy + i*ys]. One accumulator a row: R chains of fused multiply-adds, whose latency
+ * (4 cycles a k) bounds T = 1 at about 8 bytes of bf16 a cycle, above a core's share of
+ * memory bandwidth. (Two groups side by side, 32 rows, were faster from L2 but slower from
+ * memory: the 32 streams of a thread and its 32 registers of weights.)
+ * With pf, each step prefetches, for each of the 16 rows, the line PREFETCH_BYTES further on
+ * in the order the rows are read: 16 side by side, then the next 16 (rb bytes a row; with ls =
+ * 4 rb the next group's row is the next row, so the address runs on by itself). Rows are short
+ * (2-4 KB), and the hardware prefetcher, which does not cross 4 KB pages, keeps restarting. */
+AI void fsmall(float *y, int ldy, const float *x, int ldx, const char *p, size_t ls, size_t rb,
+               int n, int ys, dh_dtype dt, int cols, int R, int pf) {
+    const int ks = KSTEP(dt), es = ESIZE(dt);
+    const size_t pf_col = PREFETCH_BYTES / 16, wrap = ls == rb ? 15 * rb : 0;
+    __m512 acc[FSMALL_T];
     UNROLL
-    for (int r = 0; r < R; r++)
-        UNROLL
-        for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     int k = 0;
-    for (; k + 16 <= cols; k += 16) {
-        __m512 xv[4];
-        UNROLL
-        for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_ps(x + (size_t)r * ldx + k);
-        if (pf > 0 && R <= 2 && (dt == DT_F32 || (k & 31) == 0)) /* one 64-byte line a row */
+    for (; k + ks <= cols; k += ks) {
+        size_t c = (size_t)k * es;
+        if (pf) {
+            const char *q = p + c + pf_col + (c + pf_col >= rb ? wrap : 0);
             UNROLL
-            for (int c = 0; c < C; c++) _mm_prefetch((const char *)w_at(w, dt, (size_t)(c + pf) * ldw + k), _MM_HINT_T0);
-        UNROLL
-        for (int c = 0; c < C; c++) {
-            __m512 wv = load_w(w_at(w, dt, (size_t)c * ldw + k), dt, 0, 0);
+            for (int i = 0; i < 16; i++) _mm_prefetch(q + (size_t)i * ls, _MM_HINT_T0);
+        }
+        __m512i w[16];
+        t16x16(p + c, ls, n, 0, 0, w);
+        UNROLL32
+        for (int j = 0; j < ks; j++) {
+            __m512 wv = wk(w, dt, j);
             UNROLL
-            for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+            for (int r = 0; r < R; r++)
+                acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[(size_t)r * ldx + k + j]), wv, acc[r]);
         }
     }
-    if (k < cols) {
-        __mmask16 m = (__mmask16)((1u << (cols - k)) - 1);
-        __m512 xv[4];
-        UNROLL
-        for (int r = 0; r < R; r++) xv[r] = _mm512_maskz_loadu_ps(m, x + (size_t)r * ldx + k);
-        UNROLL
-        for (int c = 0; c < C; c++) {
-            __m512 wv = load_w(w_at(w, dt, (size_t)c * ldw + k), dt, m, 1);
+    if (k < cols) { /* the last k < KSTEP: read masked, and only those k computed */
+        int rem = cols - k;
+        __m512i w[16];
+        t16x16(p + (size_t)k * es, ls, n, 1, (__mmask32)((1u << (rem * es / 2)) - 1), w);
+        for (int j = 0; j < rem; j++)
             UNROLL
-            for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
-        }
+            for (int r = 0; r < R; r++)
+                acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[(size_t)r * ldx + k + j]), wk(w, dt, j),
+                                         acc[r]);
     }
+    __mmask16 keep = (__mmask16)((1u << n) - 1);
+    __m512i yi = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+                                                      14, 15),
+                                    _mm512_set1_epi32(ys));
     UNROLL
-    for (int r = 0; r < R; r++)
-        UNROLL
-        for (int c = 0; c < C; c++) y[(size_t)r * ldy + c] = _mm512_reduce_add_ps(acc[r][c]);
+    for (int r = 0; r < R; r++) {
+        if (ys == 1)
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy, keep, acc[r]);
+        else
+            _mm512_mask_i32scatter_ps(y + (size_t)r * ldy, keep, yi, acc[r], 4);
+    }
 }
 
-/* tile() with R, C and dt constant, so that each combination is compiled on its own */
-static void tile_any(float *y, int ldy, const float *x, int ldx, const void *w, size_t ldw,
-                     dh_dtype dt, int cols, int R, int C, int pf) {
-#define TILE_CASE(DT, RR, CC) \
-    case (RR) * 8 + (CC): tile(y, ldy, x, ldx, w, ldw, DT, cols, RR, CC, pf); return;
-#define TILE_DT(DT)                                                                              \
-    switch (R * 8 + C) {                                                                         \
-        TILE_CASE(DT, 1, 1) TILE_CASE(DT, 1, 2) TILE_CASE(DT, 1, 3) TILE_CASE(DT, 1, 4)          \
-        TILE_CASE(DT, 2, 1) TILE_CASE(DT, 2, 2) TILE_CASE(DT, 2, 3) TILE_CASE(DT, 2, 4)          \
-        TILE_CASE(DT, 3, 1) TILE_CASE(DT, 3, 2) TILE_CASE(DT, 3, 3) TILE_CASE(DT, 3, 4)          \
-        TILE_CASE(DT, 4, 1) TILE_CASE(DT, 4, 2) TILE_CASE(DT, 4, 3) TILE_CASE(DT, 4, 4)          \
+/* fsmall with dt and R constant, so that each combination is compiled on its own; whole groups
+ * (n = 16, prefetched) apart from the last of a range, which clamp their row addresses */
+static void fsmall_any(float *y, int ldy, const float *x, int ldx, const char *p, size_t ls,
+                       size_t rb, int n, int ys, dh_dtype dt, int cols, int R) {
+#define FS_CASE(DT, RR)                                                                          \
+    case RR:                                                                                     \
+        if (n == 16)                                                                             \
+            fsmall(y, ldy, x, ldx, p, ls, rb, 16, ys, DT, cols, RR, 1);                          \
+        else                                                                                     \
+            fsmall(y, ldy, x, ldx, p, ls, rb, n, ys, DT, cols, RR, 0);                           \
+        return;
+#define FS_DT(DT)                                                                                \
+    switch (R) {                                                                                 \
+        FS_CASE(DT, 1) FS_CASE(DT, 2) FS_CASE(DT, 3) FS_CASE(DT, 4)                              \
+        FS_CASE(DT, 5) FS_CASE(DT, 6) FS_CASE(DT, 7) FS_CASE(DT, 8)                              \
     default: break;                                                                              \
     }
     switch (dt) {
-    case DT_F32: TILE_DT(DT_F32) break;
-    case DT_BF16: TILE_DT(DT_BF16) break;
-    case DT_F16: TILE_DT(DT_F16) break;
+    case DT_F32: FS_DT(DT_F32) break;
+    case DT_BF16: FS_DT(DT_BF16) break;
+    case DT_F16: FS_DT(DT_F16) break;
     default: break;
     }
     DH_ASSERT(0);
-#undef TILE_DT
-#undef TILE_CASE
+#undef FS_DT
+#undef FS_CASE
 }
 
-#define PREFETCH_BYTES 16384 /* how far ahead decode prefetches the weights (see tile) */
-
-static void matmul_float(float *y, int ldy, const float *x, int ldx, const wmat *W, int T, int o0,
-                         int o1) {
-    int cols = W->cols;
-    size_t row_bytes = (size_t)cols * (W->dtype == DT_F32 ? 4 : 2);
-    int pf = (int)((PREFETCH_BYTES + row_bytes - 1) / row_bytes);
-    const void *base = W->dtype == DT_F32 ? (const void *)W->p.f32 : (const void *)W->p.bf16;
-    for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {
-        int oe = DH_MIN(ob + KERN_OBLOCK, o1);
-        for (int tb = 0; tb < T; tb += TBLOCK) {
-            int te = DH_MIN(tb + TBLOCK, T);
-            for (int t = tb; t < te; t += 4) {
-                int R = DH_MIN(4, te - t);
-                for (int o = ob; o < oe; o += 4)
-                    tile_any(y + (size_t)t * ldy + o, ldy, x + (size_t)t * ldx, ldx,
-                             w_at(base, W->dtype, (size_t)o * cols), (size_t)cols, W->dtype, cols,
-                             R, DH_MIN(4, oe - o), pf);
-            }
+/* Large T: columns [k0, k1) of rows [o, o + n) (n <= 64) of W widened into pk[cg][k][16]
+ * (panel cg holds rows o + 16 cg ..., one 64-byte vector per k, k1 - k0 vectors a panel).
+ * Not prefetched: prefetches compete with the panel's stores for the L1 fill buffers
+ * (measured ~10% slower with). (Fetching the next block into L2 during the tiles of this one,
+ * when a call covers several, measured 0-8% at T = 16-32: not kept, nn.c calls a block at a
+ * time.) */
+AI void fpack(const wmat *W, dh_dtype dt, int o, int n, int k0, int k1, float *pk) {
+    const int cols = W->cols, ks = KSTEP(dt), es = ESIZE(dt);
+    size_t rb = (size_t)cols * es, kn = (size_t)(k1 - k0);
+    const char *base = dt == DT_F32 ? (const char *)W->p.f32 : (const char *)W->p.bf16;
+    for (int cg = 0; cg * 16 < n; cg++) {
+        const char *p = base + (size_t)(o + 16 * cg) * rb;
+        int ng = DH_MIN(16, n - 16 * cg);
+        float *dst = pk + (size_t)cg * kn * 16;
+        int k = k0;
+        for (; k + ks <= k1; k += ks, dst += (size_t)ks * 16) {
+            __m512i w[16];
+            t16x16(p + (size_t)k * es, rb, ng, 0, 0, w);
+            UNROLL32
+            for (int j = 0; j < ks; j++) _mm512_store_ps(dst + (size_t)j * 16, wk(w, dt, j));
+        }
+        if (k < k1) {
+            __m512i w[16];
+            t16x16(p + (size_t)k * es, rb, ng, 1, (__mmask32)((1u << ((k1 - k) * es / 2)) - 1), w);
+            for (int j = 0; j < k1 - k; j++) _mm512_store_ps(dst + (size_t)j * 16, wk(w, dt, j));
         }
     }
 }
 
+static void fpack_any(const wmat *W, int o, int n, int k0, int k1, float *pk) {
+    switch (W->dtype) {
+    case DT_F32: fpack(W, DT_F32, o, n, k0, k1, pk); return;
+    case DT_BF16: fpack(W, DT_BF16, o, n, k0, k1, pk); return;
+    case DT_F16: fpack(W, DT_F16, o, n, k0, k1, pk); return;
+    default: DH_ASSERT(0);
+    }
+}
+
+/* A register tile of the packed path: R activation rows (x: their first k of the pass) by G
+ * panels (ps floats apart), over kn k; the accumulators start at +0 on the first pass, else
+ * from y (the previous pass); the last panel stores only the lanes of `keep`. */
+AI void ftile(float *y, int ldy, const float *x, int ldx, const float *pk, size_t ps, int kn,
+              int first, int R, int G, __mmask16 keep) {
+    __m512 acc[FTILE_R][FTILE_G];
+    UNROLL
+    for (int r = 0; r < R; r++)
+        UNROLL
+        for (int g = 0; g < G; g++)
+            acc[r][g] = first ? _mm512_setzero_ps()
+                              : _mm512_maskz_loadu_ps(g == G - 1 ? keep : 0xffff,
+                                                      y + (size_t)r * ldy + 16 * g);
+    for (int k = 0; k < kn; k++) {
+        __m512 w[FTILE_G];
+        UNROLL
+        for (int g = 0; g < G; g++) w[g] = _mm512_load_ps(pk + (size_t)g * ps + (size_t)k * 16);
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            __m512 xb = _mm512_set1_ps(x[(size_t)r * ldx + k]);
+            UNROLL
+            for (int g = 0; g < G; g++) acc[r][g] = _mm512_fmadd_ps(xb, w[g], acc[r][g]);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        UNROLL
+        for (int g = 0; g < G; g++)
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + 16 * g, g == G - 1 ? keep : 0xffff,
+                                  acc[r][g]);
+}
+
+static void ftile_any(float *y, int ldy, const float *x, int ldx, const float *pk, size_t ps,
+                      int kn, int first, int R, int G, __mmask16 keep) {
+#define FT_CASE(RR, GG) \
+    case (RR) * 8 + (GG): ftile(y, ldy, x, ldx, pk, ps, kn, first, RR, GG, keep); return;
+#define FT_R(RR) FT_CASE(RR, 1) FT_CASE(RR, 2) FT_CASE(RR, 3) FT_CASE(RR, 4)
+    switch (R * 8 + G) {
+        FT_R(1) FT_R(2) FT_R(3) FT_R(4) FT_R(5) FT_R(6)
+    default: break;
+    }
+    DH_ASSERT(0);
+#undef FT_R
+#undef FT_CASE
+}
+
+/* Small T: no packing, each group of 16 weight rows transposed in registers once for all T
+ * rows (one tile). In a whole block of 64 rows, lane i of group j takes row j + 4 i (as the
+ * q8/q4 kernels do): measured a few % faster from memory than 16 consecutive rows. */
+static void matmul_float_small(float *y, int ldy, const float *x, int ldx, const wmat *W, int T,
+                               int o0, int o1) {
+    dh_dtype dt = W->dtype;
+    size_t rb = (size_t)W->cols * ESIZE(dt);
+    const char *base = dt == DT_F32 ? (const char *)W->p.f32 : (const char *)W->p.bf16;
+    for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {
+        int nb = DH_MIN(KERN_OBLOCK, o1 - ob);
+        for (int j = 0; j < (nb + 15) / 16; j++) {
+            if (nb == KERN_OBLOCK)
+                fsmall_any(y + ob + j, ldy, x, ldx, base + (size_t)(ob + j) * rb, 4 * rb, rb, 16,
+                           4, dt, W->cols, T);
+            else
+                fsmall_any(y + ob + 16 * j, ldy, x, ldx, base + (size_t)(ob + 16 * j) * rb, rb, rb,
+                           DH_MIN(16, nb - 16 * j), 1, dt, W->cols, T);
+        }
+    }
+}
+
+/* Large T: each block of 64 rows is packed once a pass of FKC columns into scratch, then tiles
+ * of FTILE_R activation rows run over the pass's panel, which stays in L2. */
+static void matmul_float(float *y, int ldy, const float *x, int ldx, const wmat *W, int T, int o0,
+                         int o1, float *scratch) {
+    if (T <= FSMALL_T) {
+        matmul_float_small(y, ldy, x, ldx, W, T, o0, o1);
+        return;
+    }
+    int cols = W->cols;
+    float *pk = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    DH_ASSERT(pk + (size_t)KERN_OBLOCK * DH_MIN(cols, FKC) <= scratch + kern_scratch_floats(cols));
+    for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {
+        int n = DH_MIN(KERN_OBLOCK, o1 - ob), np = (n + 15) / 16;
+        __mmask16 keep = (__mmask16)((1u << (n - (np - 1) * 16)) - 1);
+        for (int k0 = 0; k0 < cols; k0 += FKC) {
+            int kn = DH_MIN(cols - k0, FKC);
+            fpack_any(W, ob, n, k0, k0 + kn, pk);
+            for (int t = 0; t < T; t += FTILE_R)
+                ftile_any(y + (size_t)t * ldy + ob, ldy, x + (size_t)t * ldx + k0, ldx, pk,
+                          (size_t)kn * 16, kn, k0 == 0, DH_MIN(FTILE_R, T - t), np, keep);
+        }
+    }
+}
+
+/* The order of kern.h's dot: 16 lanes over k, fused, the tail masked, then the halving tree of
+ * _mm512_reduce_add_ps. */
 static float dot_avx(const float *a, const float *b, int n) {
-    float y;
-    tile(&y, 1, a, n, b, (size_t)n, DT_F32, n, 1, 1, 0);
-    return y;
+    __m512 acc = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= n; k += 16)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), acc);
+    if (k < n) {
+        __mmask16 m = (__mmask16)((1u << (n - k)) - 1);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k),
+                              acc);
+    }
+    return _mm512_reduce_add_ps(acc);
 }
 
 static void axpy_avx(float *y, float a, const float *x, int n) {
@@ -552,7 +766,7 @@ static void matmul_avx(float *y, int ldy, const kern_act *a, const wmat *W, int 
             kern_portable()->matmul(y, ldy, a, W, T, o0, o1, scratch);
         return;
     }
-    matmul_float(y, ldy, a->x, a->ldx, W, T, o0, o1);
+    matmul_float(y, ldy, a->x, a->ldx, W, T, o0, o1, scratch);
 }
 
 /* roundf (ties away from zero) of 16 floats, exactly: truncate, then step away from zero

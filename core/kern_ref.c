@@ -1,9 +1,12 @@
 /* kern_ref.c: the portable kernels, in plain C11.
  *
- * They follow the operation order that kern.h fixes (16 lanes over k, then a halving tree),
- * with separate multiply and add, so the AVX-512 kernels agree with them to rounding. They
- * are the fallback on CPUs without AVX-512 and the oracle the SIMD kernels are tested
- * against; they are not tuned beyond letting the compiler vectorise the lane loops. */
+ * They follow the operation orders that kern.h fixes (f32/bf16/f16 products: one sum per
+ * output, k ascending; dot and q8/q4: 16 lanes over k or blocks, then a halving tree), with
+ * separate multiply and add, so the AVX-512 kernels agree with them to rounding. They are the
+ * fallback on CPUs without AVX-512 and the oracle the SIMD kernels are tested against; they are
+ * not tuned beyond giving the compiler 16 independent lanes to vectorise. ISO C11 mode (no GNU
+ * extensions) keeps GCC from contracting a * b + c into an FMA, which would change the
+ * rounding of the portable order. */
 #include <math.h>
 #include <string.h>
 
@@ -81,6 +84,34 @@ static float dot_q4(const int8_t *xq, const float *xd, const wt_q4_block *wb, in
     return reduce16(acc);
 }
 
+/* f32/bf16/f16: 16 weight rows (or fewer) widened into scratch and transposed there to
+ * p[k][16] (in blocks of 64 k, so that the lines written stay in L1), then for each activation
+ * row 16 independent sums, acc[l] = acc[l] + x[k] * p[k][l] for k ascending: the order of
+ * kern.h, with the 16 lanes there for the compiler to vectorise. Scratch: the panel (16 cols
+ * floats), then up to 16 widened rows. */
+static void matmul_float_ref(float *y, int ldy, const kern_act *a, const wmat *W, int T, int o0,
+                             int o1, float *scratch) {
+    int cols = W->cols;
+    float *p = scratch;
+    for (int o = o0; o < o1; o += LANES) {
+        int n = DH_MIN(LANES, o1 - o);
+        const float *row[LANES];
+        for (int l = 0; l < LANES; l++) /* lanes from n on repeat the last row, not stored */
+            row[l] = l < n ? row_f32(W, o + l, scratch + (size_t)(LANES + l) * cols) : row[n - 1];
+        for (int k0 = 0; k0 < cols; k0 += 64)
+            for (int l = 0; l < LANES; l++)
+                for (int k = k0; k < DH_MIN(cols, k0 + 64); k++)
+                    p[(size_t)k * LANES + l] = row[l][k];
+        for (int t = 0; t < T; t++) {
+            const float *x = a->x + (size_t)t * a->ldx;
+            float acc[LANES] = {0};
+            for (int k = 0; k < cols; k++)
+                for (int l = 0; l < LANES; l++) acc[l] += x[k] * p[(size_t)k * LANES + l];
+            for (int l = 0; l < n; l++) y[(size_t)t * ldy + o + l] = acc[l];
+        }
+    }
+}
+
 static void matmul_ref(float *y, int ldy, const kern_act *a, const wmat *W, int T, int o0, int o1,
                        float *scratch) {
     int cols = W->cols;
@@ -97,10 +128,7 @@ static void matmul_ref(float *y, int ldy, const kern_act *a, const wmat *W, int 
             }
         return;
     }
-    for (int o = o0; o < o1; o++) {
-        const float *w = row_f32(W, o, scratch);
-        for (int t = 0; t < T; t++) y[(size_t)t * ldy + o] = dot_ref(a->x + (size_t)t * a->ldx, w, cols);
-    }
+    matmul_float_ref(y, ldy, a, W, T, o0, o1, scratch);
 }
 
 static const kern_ops ref_ops = {

@@ -15,7 +15,14 @@
  * "cores" column says how many cores the process actually got during a row's measurements
  * (CPU time over wall time: well under 2 on 2 threads means another job held a core).
  *
+ * --decode measures instead T = 1 and 2 on the matrices decode streams (genesis-1b's and -5b's
+ * lm_head, 129280 x 1024 and x 2048, and their experts, 384 x 1024 and 640 x 2048), cold;
+ * --sweep measures GFLOP/s against T from 1 to 512 on prefill and expert shapes, where the
+ * kernels' small-T and packed paths meet. Both use the kernels nn_init picks, bf16 unless
+ * --dtype says otherwise (f32, bf16, f16).
+ *
  * Usage: bench_kern [--runs N] [--quick] [--dtype f32|bf16|f16|q8|q4] [--portable-prefill]
+ *                   [--decode | --sweep]
  *   --quick skips the portable kernels; their T = 512 runs only with --portable-prefill (it
  *   takes seconds a run). The table goes to stderr. */
 #include <stdio.h>
@@ -104,17 +111,17 @@ static double read_bandwidth(const uint64_t *buf, int threads) {
 
 /* ---- products ---- */
 
-/* Median seconds per call of nn_matmul(y, x, W_i, T) over `n` matrices W_i of `rows` rows taken
+/* Median seconds per call of nn_matmul(y, x, W_i, T) over `n` matrices W_i of [rows, cols] taken
  * in turn from `base` (consecutive slices), each run lasting at least min_s seconds. */
-static double time_matmul(dh_dtype dt, const void *base, int rows, int n_slices, int T,
-                          const float *x, float *y, double min_s) {
-    size_t slice = wt_bytes(dt, (size_t)rows, HIDDEN);
+static double time_matmul_rc(dh_dtype dt, const void *base, int rows, int cols, int n_slices,
+                             int T, const float *x, float *y, double min_s) {
+    size_t slice = wt_bytes(dt, (size_t)rows, (size_t)cols);
     double t[64];
     int calls = 0;
     /* calibrate the number of calls per run */
     double t0 = dh_now();
     while (dh_now() - t0 < min_s || calls < 2) {
-        wmat W = {.dtype = dt, .rows = rows, .cols = HIDDEN};
+        wmat W = {.dtype = dt, .rows = rows, .cols = cols};
         W.p.bf16 = (const uint16_t *)((const char *)base + (size_t)(calls % n_slices) * slice);
         nn_matmul(y, x, &W, T);
         calls++;
@@ -122,7 +129,7 @@ static double time_matmul(dh_dtype dt, const void *base, int rows, int n_slices,
     for (int r = 0; r < g_runs; r++) {
         double s = dh_now();
         for (int c = 0; c < calls; c++) {
-            wmat W = {.dtype = dt, .rows = rows, .cols = HIDDEN};
+            wmat W = {.dtype = dt, .rows = rows, .cols = cols};
             W.p.bf16 = (const uint16_t *)((const char *)base + (size_t)(c % n_slices) * slice);
             nn_matmul(y, x, &W, T);
         }
@@ -131,10 +138,18 @@ static double time_matmul(dh_dtype dt, const void *base, int rows, int n_slices,
     return median(t, g_runs);
 }
 
+/* the same with cols = HIDDEN */
+static double time_matmul(dh_dtype dt, const void *base, int rows, int n_slices, int T,
+                          const float *x, float *y, double min_s) {
+    return time_matmul_rc(dt, base, rows, HIDDEN, n_slices, T, x, y, min_s);
+}
+
 typedef struct bench_opts {
     int quick;
     int portable_prefill;
     int only_dtype; /* -1: all */
+    int decode;     /* the decode-shape table instead of the main one */
+    int sweep;      /* the T sweep instead of the main table */
 } bench_opts;
 
 /* one table cell: the value, or "-" when not measured */
@@ -189,11 +204,77 @@ static void bench_dtype(dh_dtype dt, void *big, float *x, float *y, const bench_
     }
 }
 
+/* ---- decode shapes and the T sweep (--decode, --sweep) ---- */
+
+/* the matrices decode streams: genesis-1b's and genesis-5b's lm_head, their routed experts */
+static const int decode_shapes[][2] = {{129280, 1024}, {129280, 2048}, {640, 2048}, {384, 1024}};
+
+/* T = 1 and 2 on the decode shapes, cold (cycling through the 1 GiB buffer, several times the
+ * 300 MB L3; an f32 129280 x 2048 matrix is 1 GB on its own), in GB/s of weights, with the
+ * kernels nn_init picks, on 1 and 2 threads. */
+static void bench_decode(dh_dtype dt, void *big, float *x, float *y) {
+    fill_weights(big, dt, BIG_BYTES);
+    double bw[2] = {read_bandwidth(big, 1), read_bandwidth(big, 2)};
+    fprintf(stderr, "%-5s read bandwidth of a 1 GiB array: %.1f GB/s on 1 thread, %.1f on 2\n",
+            wt_dtype_name(dt), bw[0], bw[1]);
+    for (int threads = 1; threads <= 2; threads++) {
+        nn_init(threads, 0);
+        nn_reserve(2, 2048);
+        for (size_t i = 0; i < sizeof decode_shapes / sizeof decode_shapes[0]; i++) {
+            int rows = decode_shapes[i][0], cols = decode_shapes[i][1];
+            size_t bytes = wt_bytes(dt, (size_t)rows, (size_t)cols);
+            int n = (int)(BIG_BYTES / bytes);
+            if (n == 0) continue;
+            fprintf(stderr, "%-5s %-9s %7d %6d x %-5d", wt_dtype_name(dt), nn_kernels()->name,
+                    threads, rows, cols);
+            for (int T = 1; T <= 2; T++) {
+                double gbs = bytes / time_matmul_rc(dt, big, rows, cols, n, T, x, y, 0.3) * 1e-9;
+                cell(gbs, 8);
+                cell(100 * gbs / bw[threads - 1], 6);
+            }
+            fprintf(stderr, "\n");
+        }
+        nn_shutdown();
+    }
+}
+
+/* GFLOP/s (2 T rows cols / time) against T on prefill and expert shapes, cold slices: where
+ * the small-T and the packed paths of the kernels cross. */
+static void bench_sweep(dh_dtype dt, void *big, float *x, float *y) {
+    static const int shapes[][2] = {{2048, 2048}, {640, 2048}, {384, 1024}};
+    static const int Ts[] = {1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64, 128, 512};
+    enum { NT = sizeof Ts / sizeof Ts[0] };
+    fill_weights(big, dt, BIG_BYTES);
+    fprintf(stderr, "%-5s %-9s %7s %-14s", "dtype", "kernels", "threads", "shape");
+    for (int i = 0; i < NT; i++) fprintf(stderr, " %6d", Ts[i]);
+    fprintf(stderr, "   (T; GFLOP/s)\n");
+    for (int threads = 1; threads <= 2; threads++) {
+        nn_init(threads, 0);
+        nn_reserve(PREFILL_T, HIDDEN);
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            int rows = shapes[s][0], cols = shapes[s][1];
+            int n = (int)(BIG_BYTES / wt_bytes(dt, (size_t)rows, (size_t)cols));
+            fprintf(stderr, "%-5s %-9s %7d %6d x %-5d", wt_dtype_name(dt), nn_kernels()->name,
+                    threads, rows, cols);
+            for (int i = 0; i < NT; i++) {
+                double sec = time_matmul_rc(dt, big, rows, cols, n, Ts[i], x, y, 0.1);
+                cell(2.0 * Ts[i] * rows * cols / sec * 1e-9, 6);
+            }
+            fprintf(stderr, "\n");
+        }
+        nn_shutdown();
+    }
+}
+
 int main(int argc, char **argv) {
     bench_opts o = {.only_dtype = -1};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) {
             o.quick = 1;
+        } else if (!strcmp(argv[i], "--decode")) {
+            o.decode = 1;
+        } else if (!strcmp(argv[i], "--sweep")) {
+            o.sweep = 1;
         } else if (!strcmp(argv[i], "--portable-prefill")) {
             o.portable_prefill = 1;
         } else if (!strcmp(argv[i], "--runs") && i + 1 < argc) {
@@ -202,21 +283,36 @@ int main(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
             o.only_dtype = wt_dtype_parse(argv[++i]);
         } else {
-            fprintf(stderr, "usage: %s [--runs N] [--quick] [--dtype D] [--portable-prefill]\n",
+            fprintf(stderr,
+                    "usage: %s [--runs N] [--quick] [--dtype D] [--portable-prefill] "
+                    "[--decode | --sweep]\n",
                     argv[0]);
             return 2;
         }
     }
     void *big = xmalloc(BIG_BYTES);
     memset(big, 1, BIG_BYTES);
+    float *x = xmalloc((size_t)PREFILL_T * HIDDEN * sizeof *x);
+    float *y = xmalloc((size_t)DH_MAX(PREFILL_T * PREFILL_ROWS, 2 * LMHEAD_ROWS) * sizeof *y);
+    for (size_t i = 0; i < (size_t)PREFILL_T * HIDDEN; i++) x[i] = frand();
+    if (o.decode || o.sweep) {
+        if (o.decode)
+            fprintf(stderr, "T=1 and T=2, cold, in GB/s of weights and %%bw against the read "
+                            "bandwidth on as many threads\n%-5s %-9s %7s %-14s %8s %6s %8s %6s\n",
+                    "dtype", "kernels", "threads", "shape", "T=1", "%bw", "T=2", "%bw");
+        for (int dt = 0; dt <= DT_F16; dt++) {
+            if (o.only_dtype >= 0 ? o.only_dtype != dt : dt != DT_BF16) continue;
+            if (o.decode) bench_decode((dh_dtype)dt, big, x, y);
+            else bench_sweep((dh_dtype)dt, big, x, y);
+        }
+        free(x), free(y), free(big);
+        return 0;
+    }
     fprintf(stderr, "matvec (T=1) and T=4 in GB/s of weights, %%bw against the read bandwidth "
                     "on as many threads (measured before each dtype); T=512 in GFLOP/s\n");
     fprintf(stderr, "%-5s %-9s %7s %5s %10s %11s %6s %9s %6s %10s %13s\n", "dtype", "kernels",
             "threads", "cores", "expert-hot", "expert-cold", "%bw", "lm_head", "%bw", "T=4 cold",
             "T=512 GFLOP/s");
-    float *x = xmalloc((size_t)PREFILL_T * HIDDEN * sizeof *x);
-    float *y = xmalloc((size_t)DH_MAX(PREFILL_T * PREFILL_ROWS, LMHEAD_ROWS) * sizeof *y);
-    for (size_t i = 0; i < (size_t)PREFILL_T * HIDDEN; i++) x[i] = frand();
     for (int dt = 0; dt < DT_COUNT; dt++)
         if (o.only_dtype < 0 || o.only_dtype == dt) bench_dtype((dh_dtype)dt, big, x, y, &o);
     free(x);

@@ -1,7 +1,8 @@
 /* test_kern.c: every kernel against a naive double-precision loop, the AVX-512 kernels against
- * the portable ones, and the batch invariance that the serving engine relies on; the activation
- * quantizers against each other bit for bit, and the weight quantizers against their scalar
- * definitions and their round-trip error bounds. */
+ * the portable ones, the f32/bf16/f16 products against their documented operation sequences
+ * (kern.h) bit for bit, and the batch invariance that the serving engine relies on; the
+ * activation quantizers against each other bit for bit, and the weight quantizers against their
+ * scalar definitions and their round-trip error bounds. */
 #include <CUnit/CUnit.h>
 #include <math.h>
 #include <stdio.h>
@@ -85,12 +86,26 @@ static void naive(double *y, double *mag, const float *x, const int8_t *q, const
     free(w);
 }
 
+/* The rounding bound of a product with `cols` inputs, as a fraction of sum_k |x_k w_k|.
+ * f32/bf16/f16: one sum k = 0, 1, ... (kern.h), n = cols roundings of relative size u = 2^-24
+ * at most (a product and a sum each, or one fused step), so the classical bound of recursive
+ * summation, gamma_n = n u / (1 - n u) (Higham, Accuracy and Stability, (3.5)), barring
+ * underflow; the naive loop's own error, in double, is 2^-29 times smaller. q8/q4: the bound
+ * these tests used before for 16 lanes and a tree (unchanged: their order did not change). */
+static double rounding_bound(dh_dtype dt, int cols) {
+    if (dt == DT_F32 || dt == DT_BF16 || dt == DT_F16) {
+        double nu = (double)cols * 0x1p-24;
+        return nu / (1 - nu);
+    }
+    return ((double)cols / 16 + 6) * 2.4e-7;
+}
+
 static int check_close(const char *what, const float *got, const double *want, const double *mag,
-                       size_t n, int cols) {
+                       size_t n, dh_dtype dt, int cols) {
     double worst = 0;
     size_t wi = 0;
     int bad = 0;
-    double g = ((double)cols / 16 + 6) * 2.4e-7; /* f32 rounding over the lanes and the tree */
+    double g = rounding_bound(dt, cols);
     for (size_t i = 0; i < n; i++) {
         double err = fabs(got[i] - want[i]), tol = g * mag[i] + 1e-30;
         if (err / tol > worst) {
@@ -133,7 +148,7 @@ static void check_dtype_against_naive(dh_dtype dt) {
             run_kernel(tables[k], y, x, q, qd, &W, T, 0, rows);
             char what[64];
             snprintf(what, sizeof what, "%s %s T=%d %dx%d", tables[k]->name, wt_dtype_name(dt), T, rows, cols);
-            CU_ASSERT_EQUAL(check_close(what, y, want, mag, (size_t)T * rows, cols), 0);
+            CU_ASSERT_EQUAL(check_close(what, y, want, mag, (size_t)T * rows, dt, cols), 0);
         }
         free(x), free(y), free(q), free(qd), free(want), free(mag), free(store);
     }
@@ -161,7 +176,9 @@ static void test_rows_do_not_depend_on_the_batch(void) {
         quantize_rows(x, Tmax, cols, q, qd);
         for (int k = 0; k < 2; k++) {
             if (!tables[k]) continue;
-            static const int Ts[] = {2, 3, 4, 5, 8, 13, 64, 70};
+            /* both sides of the AVX-512 float kernels' small path (T <= 8) and of the q8/q4
+             * ones' (T <= 4) */
+            static const int Ts[] = {2, 3, 4, 5, 8, 9, 13, 64, 70};
             int bad = 0;
             for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
                 int T = Ts[ti];
@@ -185,18 +202,25 @@ static void test_rows_do_not_depend_on_the_batch(void) {
     }
 }
 
+/* Every float dtype, on the small path (T = 7) and the packed one (T = 20, 2300 inputs: two
+ * passes over k), split over the pool's 2 threads by blocks of 64 rows. */
 static void test_threaded_matmul_equals_one_thread(void) {
-    int rows = 300, cols = 256, T = 7;
-    void *store;
-    wmat W = make_w(DT_BF16, rows, cols, &store);
-    float *x = malloc((size_t)T * cols * 4), *y = malloc((size_t)T * rows * 4), *y1 = malloc((size_t)T * rows * 4);
-    for (int i = 0; i < T * cols; i++) x[i] = frand();
-    nn_reserve(T, cols);
-    nn_matmul(y, x, &W, T); /* large enough to run on the pool */
-    run_kernel(nn_kernels(), y1, x, NULL, NULL, &W, T, 0, rows);
-    CU_ASSERT_EQUAL(memcmp(y, y1, (size_t)T * rows * 4), 0);
+    static const int shapes[][3] = {{7, 300, 256}, {20, 300, 2300}};
+    for (int dt = DT_F32; dt <= DT_F16; dt++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            int T = shapes[s][0], rows = shapes[s][1], cols = shapes[s][2];
+            void *store;
+            wmat W = make_w((dh_dtype)dt, rows, cols, &store);
+            float *x = malloc((size_t)T * cols * 4), *y = malloc((size_t)T * rows * 4),
+                  *y1 = malloc((size_t)T * rows * 4);
+            for (int i = 0; i < T * cols; i++) x[i] = frand();
+            nn_reserve(T, cols);
+            nn_matmul(y, x, &W, T); /* large enough to run on the pool */
+            run_kernel(nn_kernels(), y1, x, NULL, NULL, &W, T, 0, rows);
+            CU_ASSERT_EQUAL(memcmp(y, y1, (size_t)T * rows * 4), 0);
+            free(x), free(y), free(y1), free(store);
+        }
     CU_ASSERT_EQUAL(nn_threads(), 2);
-    free(x), free(y), free(y1), free(store);
 }
 
 static void test_dot_and_axpy_match_naive(void) {
@@ -216,6 +240,75 @@ static void test_dot_and_axpy_match_naive(void) {
             for (int i = 0; i < n; i++) CU_ASSERT(fabsf(y[i] - (y0[i] + 0.5f * a[i])) <= 1e-6f);
         }
     }
+}
+
+/* kern.h's order for f32/bf16/f16 products, written out: k ascending from +0, one fmaf a step
+ * (AVX-512: fmaf is the fused operation, correctly rounded) or a product and a sum (portable:
+ * ISO C mode keeps the compiler from fusing them). */
+static float order_fused(const float *x, const float *w, int n) {
+    float acc = 0.0f;
+    for (int k = 0; k < n; k++) acc = fmaf(x[k], w[k], acc);
+    return acc;
+}
+static float order_separate(const float *x, const float *w, int n) {
+    float acc = 0.0f;
+    for (int k = 0; k < n; k++) {
+        float p = x[k] * w[k];
+        acc = acc + p;
+    }
+    return acc;
+}
+
+/* Every output of both tables equals its written-out sequence bit for bit: the small path
+ * (T <= 8) and the packed one, tails of k of every length, one and several passes over k
+ * (2085 and 4133 inputs), output ranges that are not multiples of 16 or 64, and x rows with a
+ * stride. Stronger than any tolerance: a step out of order, or fused where the order says
+ * separate (or the reverse), changes the low bits (checked by swapping the two sequences). */
+static void test_float_products_are_their_documented_sequences(void) {
+    static const int Ts[] = {1, 2, 3, 8, 9, 13, 20};
+    static const int colss[] = {1, 7, 16, 31, 33, 100, 1000, 2085, 4133};
+    static const int ranges[][2] = {{0, 131}, {5, 70}, {64, 131}, {129, 131}};
+    const kern_ops *tables[2] = {kern_portable(), kern_avx512()};
+    int rows = 131, bad = 0;
+    for (int dt = DT_F32; dt <= DT_F16; dt++)
+        for (size_t c = 0; c < sizeof colss / sizeof colss[0]; c++) {
+            int cols = colss[c], ldx = cols + 3, T = Ts[c % (sizeof Ts / sizeof Ts[0])];
+            if (cols > 2048) T = c % 2 ? 1 : 13; /* the long rows once on each path */
+            void *store;
+            wmat W = make_w((dh_dtype)dt, rows, cols, &store);
+            float *x = malloc((size_t)T * ldx * 4), *w = malloc((size_t)cols * 4);
+            float *y = malloc((size_t)T * rows * 4), *want = malloc((size_t)T * rows * 4);
+            for (size_t i = 0; i < (size_t)T * ldx; i++) x[i] = frand() * (i % 7 ? 1.0f : 300.0f);
+            for (int k = 0; k < 2; k++) {
+                if (!tables[k]) continue;
+                for (int o = 0; o < rows; o++) {
+                    wt_row(&W, o, w);
+                    for (int t = 0; t < T; t++) {
+                        const float *xt = x + (size_t)t * ldx;
+                        want[(size_t)t * rows + o] =
+                            k ? order_fused(xt, w, cols) : order_separate(xt, w, cols);
+                    }
+                }
+                for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+                    int o0 = ranges[r][0], o1 = ranges[r][1];
+                    float *scratch = malloc(kern_scratch_floats(cols) * sizeof(float));
+                    kern_act a = {.x = x, .ldx = ldx};
+                    tables[k]->matmul(y, rows, &a, &W, T, o0, o1, scratch);
+                    free(scratch);
+                    for (int t = 0; t < T; t++)
+                        for (int o = o0; o < o1; o++) {
+                            size_t i = (size_t)t * rows + o;
+                            if (memcmp(y + i, want + i, 4) != 0 && bad++ < 3)
+                                printf("\n  %s %s T=%d cols=%d [%d,%d): y[%d,%d] = %a, the "
+                                       "sequence gives %a", tables[k]->name,
+                                       wt_dtype_name((dh_dtype)dt), T, cols, o0, o1, t, o, y[i],
+                                       want[i]);
+                        }
+                }
+            }
+            free(x), free(w), free(y), free(want), free(store);
+        }
+    CU_ASSERT_EQUAL(bad, 0);
 }
 
 static void test_rmsnorm_softmax_and_swiglu_match_their_formulas(void) {
@@ -256,7 +349,7 @@ static int sweep_one(const kern_ops *k, const wmat *W, int T, int o0, int o1, co
     for (size_t i = 0; i < (size_t)T * ldy; i++) memcpy(y + i, &sentinel, 4);
     kern_act a = {.x = x, .ldx = ldx, .q = q, .qd = qd};
     k->matmul(y, ldy, &a, W, T, o0, o1, scratch);
-    double g = ((double)cols / 16 + 6) * 2.4e-7, worst = 0;
+    double g = rounding_bound(W->dtype, cols), worst = 0;
     int wt = 0, wo = 0;
     for (int t = 0; t < T; t++)
         for (int o = 0; o < ldy; o++) {
@@ -270,7 +363,8 @@ static int sweep_one(const kern_ops *k, const wmat *W, int T, int o0, int o1, co
                 continue;
             }
             size_t i = (size_t)t * rows + o;
-            /* within tol of the truth, and (AVX-512) within 2 tol of the portable kernel */
+            /* within tol of the truth, and (AVX-512) within 2 tol of the portable kernel: both
+             * are within tol of the truth */
             double tol = g * mag[i] + 1e-30, r = fabs(v - want[i]) / tol;
             if (ref) r = DH_MAX(r, fabs((double)v - ref[i]) / (2 * tol));
             if (r > worst) worst = r, wt = t, wo = o;
@@ -352,10 +446,12 @@ static void test_q8_kernels_agree_on_every_shape_and_range(void) { sweep_dtype(D
 static void test_q4_kernels_agree_on_every_shape_and_range(void) { sweep_dtype(DT_Q4); }
 
 /* Batch invariance where the AVX-512 q8/q4 kernels process the rows in chunks (a long row:
- * cols 8192 keeps 64 rows a chunk) and over full and partial 64-row blocks. */
+ * cols 8192 keeps 64 rows a chunk), where the float kernels make several passes over k (the
+ * batch, packed, in 4 passes of 2048; the row alone on the small path), and over full and
+ * partial 64-row blocks. */
 static void test_long_rows_do_not_depend_on_the_batch(void) {
     const kern_ops *tables[2] = {kern_portable(), kern_avx512()};
-    static const dh_dtype dts[] = {DT_F32, DT_BF16, DT_Q8, DT_Q4};
+    static const dh_dtype dts[] = {DT_F32, DT_BF16, DT_F16, DT_Q8, DT_Q4};
     int rows = 80, cols = 8192, T = 70, bad = 0;
     for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
         void *store;
@@ -579,6 +675,8 @@ static CU_TestInfo kern_tests[] = {
     {"rows do not depend on the batch", test_rows_do_not_depend_on_the_batch},
     {"threaded matmul equals one thread", test_threaded_matmul_equals_one_thread},
     {"dot and axpy match naive", test_dot_and_axpy_match_naive},
+    {"f32, bf16 and f16 products are their documented sequences",
+     test_float_products_are_their_documented_sequences},
     {"rmsnorm, softmax and swiglu match their formulas", test_rmsnorm_softmax_and_swiglu_match_their_formulas},
     {"f32 kernels agree on every shape and range", test_f32_kernels_agree_on_every_shape_and_range},
     {"bf16 kernels agree on every shape and range", test_bf16_kernels_agree_on_every_shape_and_range},
