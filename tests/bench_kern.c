@@ -21,6 +21,9 @@
  * kernels' small-T and packed paths meet. Both use the kernels nn_init picks, bf16 unless
  * --dtype says otherwise (f32, bf16, f16).
  *
+ * For f32, an "openblas" row gives cblas_sgemm's GFLOP/s on the same T = 512 product (with the
+ * core type OpenBLAS chose, printed first): the baseline the packed kernels are measured against.
+ *
  * Usage: bench_kern [--runs N] [--quick] [--dtype f32|bf16|f16|q8|q4] [--portable-prefill]
  *                   [--decode | --sweep]
  *   --quick skips the portable kernels; their T = 512 runs only with --portable-prefill (it
@@ -30,10 +33,13 @@
 #include <string.h>
 #include <time.h>
 
+#include <cblas.h>
+
 #include "core/common.h"
 #include "core/kern.h"
 #include "core/nn.h"
 #include "core/threadpool.h"
+#include "core/cpu.h"
 
 #define BIG_BYTES ((size_t)1 << 30)
 #define HIDDEN 2048
@@ -160,6 +166,28 @@ static void cell(double v, int width) {
         fprintf(stderr, " %*s", width, "-");
 }
 
+/* The f32 row of OpenBLAS's cblas_sgemm (Y = X W^T, the same shape and slices as the kernels'
+ * T = 512 column), on its own threads: the baseline for the packed f32 path. */
+static void bench_sgemm(const void *big, const float *x, float *y, int threads, size_t n_slices) {
+    size_t slice = (size_t)PREFILL_ROWS * HIDDEN;
+    openblas_set_num_threads(threads);
+    double t[64];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, PREFILL_T, PREFILL_ROWS, HIDDEN, 1.0f, x,
+                HIDDEN, big, HIDDEN, 0.0f, y, PREFILL_ROWS); /* warm-up: OpenBLAS's threads */
+    for (int r = 0; r < g_runs; r++) {
+        double s = dh_now();
+        const float *w = (const float *)big + (size_t)r % n_slices * slice;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, PREFILL_T, PREFILL_ROWS, HIDDEN, 1.0f,
+                    x, HIDDEN, w, HIDDEN, 0.0f, y, PREFILL_ROWS);
+        t[r] = dh_now() - s;
+    }
+    double gf = 2.0 * PREFILL_T * PREFILL_ROWS * HIDDEN / median(t, g_runs) * 1e-9;
+    fprintf(stderr, "%-5s %-9s %7d %5s", "f32", "openblas", threads, "-");
+    for (int i = 0; i < 6; i++) cell(0, i == 1 ? 11 : i == 0 ? 10 : i == 3 ? 9 : i == 5 ? 10 : 6);
+    cell(gf, 13);
+    fprintf(stderr, "\n");
+}
+
 static void bench_dtype(dh_dtype dt, void *big, float *x, float *y, const bench_opts *o) {
     size_t big_bytes = BIG_BYTES - BIG_BYTES % wt_bytes(dt, EXPERT_ROWS, HIDDEN);
     fill_weights(big, dt, big_bytes);
@@ -200,6 +228,7 @@ static void bench_dtype(dh_dtype dt, void *big, float *x, float *y, const bench_
             cell(gf, 13);
             fprintf(stderr, "\n");
             nn_shutdown();
+            if (dt == DT_F32 && !portable) bench_sgemm(big, x, y, threads, big_bytes / prefill);
         }
     }
 }
@@ -267,6 +296,7 @@ static void bench_sweep(dh_dtype dt, void *big, float *x, float *y) {
 }
 
 int main(int argc, char **argv) {
+    cpu_fix_openblas(argv); /* OpenBLAS's AVX-512 kernels, as darkhorse does (core/cpu.c) */
     bench_opts o = {.only_dtype = -1};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) {
@@ -308,6 +338,7 @@ int main(int argc, char **argv) {
         free(x), free(y), free(big);
         return 0;
     }
+    fprintf(stderr, "OpenBLAS core type: %s\n", openblas_get_corename());
     fprintf(stderr, "matvec (T=1) and T=4 in GB/s of weights, %%bw against the read bandwidth "
                     "on as many threads (measured before each dtype); T=512 in GFLOP/s\n");
     fprintf(stderr, "%-5s %-9s %7s %5s %10s %11s %6s %9s %6s %10s %13s\n", "dtype", "kernels",

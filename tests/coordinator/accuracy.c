@@ -23,6 +23,7 @@
 #include "core/common.h"
 #include "core/nn.h"
 #include "core/sampler.h"
+#include "core/cpu.h"
 
 #define T 24
 
@@ -52,6 +53,7 @@ static void run_close(run *r) {
 }
 
 int main(int argc, char **argv) {
+    cpu_fix_openblas(argv); /* OpenBLAS's AVX-512 kernels, as darkhorse does (core/cpu.c) */
     if (argc < 2) {
         fprintf(stderr, "usage: accuracy MODEL_DIR [N_GEN]\n");
         return 2;

@@ -19,6 +19,7 @@
 #include "proto/exchange.h"
 #include "tests/runner.h"
 #include "worker/worker.h"
+#include "core/cpu.h"
 
 #define T 24
 #define NGEN 12
@@ -187,6 +188,7 @@ static CU_TestInfo cluster_tests[] = {
 };
 
 int main(int argc, char **argv) {
+    cpu_fix_openblas(argv); /* OpenBLAS's AVX-512 kernels, as darkhorse does (core/cpu.c) */
     xchg_init(&argc, &argv);
     if (argc < 2) {
         fprintf(stderr, "usage: mpirun -n N test_cluster MODEL_DIR\n");

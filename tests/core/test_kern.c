@@ -4,6 +4,7 @@
  * activation quantizers against each other bit for bit, and the weight quantizers against their
  * scalar definitions and their round-trip error bounds. */
 #include <CUnit/CUnit.h>
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -309,6 +310,40 @@ static void test_float_products_are_their_documented_sequences(void) {
             free(x), free(w), free(y), free(want), free(store);
         }
     CU_ASSERT_EQUAL(bad, 0);
+}
+
+/* OpenBLAS as an independent oracle: the products of f32 weights, through the kernels nn_init
+ * picked and on 2 threads, against cblas_sgemm on the same inputs (Y = X W^T). sgemm sums in
+ * its own blocked order, so the two agree within twice the bound of any order, 2 gamma_n
+ * sum_k |x_k w_k| per element; the magnitudes come from the double-precision naive loop. */
+static void test_f32_products_agree_with_openblas_sgemm(void) {
+    static const int shapes[][3] = {{1, 129, 2048}, {7, 300, 1000}, {37, 131, 2085}, {512, 200, 2048}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int T = shapes[s][0], rows = shapes[s][1], cols = shapes[s][2];
+        void *store;
+        wmat W = make_w(DT_F32, rows, cols, &store);
+        float *x = malloc((size_t)T * cols * 4), *y = malloc((size_t)T * rows * 4),
+              *ref = malloc((size_t)T * rows * 4);
+        double *want = malloc((size_t)T * rows * sizeof *want), *mag = malloc((size_t)T * rows * sizeof *mag);
+        for (size_t i = 0; i < (size_t)T * cols; i++) x[i] = frand();
+        nn_reserve(T, cols);
+        nn_matmul(y, x, &W, T);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, rows, cols, 1.0f, x, cols, W.p.f32,
+                    cols, 0.0f, ref, rows);
+        naive(want, mag, x, NULL, NULL, &W, T);
+        double g = 2 * rounding_bound(DT_F32, cols), worst = 0;
+        for (size_t i = 0; i < (size_t)T * rows; i++)
+            worst = DH_MAX(worst, fabs((double)y[i] - ref[i]) / (g * mag[i] + 1e-30));
+        if (worst > 1 || getenv("DH_TEST_VERBOSE"))
+            printf("\n  T=%d %dx%d: worst |ours - sgemm| = %.3g of the bound", T, rows, cols, worst);
+        CU_ASSERT(worst <= 1);
+        /* and the sgemm oracle is itself right (it could be broken by a bad core type) */
+        double worst_ref = 0;
+        for (size_t i = 0; i < (size_t)T * rows; i++)
+            worst_ref = DH_MAX(worst_ref, fabs(ref[i] - want[i]) / (g / 2 * mag[i] + 1e-30));
+        CU_ASSERT(worst_ref <= 1);
+        free(x), free(y), free(ref), free(want), free(mag), free(store);
+    }
 }
 
 static void test_rmsnorm_softmax_and_swiglu_match_their_formulas(void) {
@@ -677,6 +712,7 @@ static CU_TestInfo kern_tests[] = {
     {"dot and axpy match naive", test_dot_and_axpy_match_naive},
     {"f32, bf16 and f16 products are their documented sequences",
      test_float_products_are_their_documented_sequences},
+    {"f32 products agree with openblas sgemm", test_f32_products_agree_with_openblas_sgemm},
     {"rmsnorm, softmax and swiglu match their formulas", test_rmsnorm_softmax_and_swiglu_match_their_formulas},
     {"f32 kernels agree on every shape and range", test_f32_kernels_agree_on_every_shape_and_range},
     {"bf16 kernels agree on every shape and range", test_bf16_kernels_agree_on_every_shape_and_range},
