@@ -25,7 +25,7 @@
  * core type OpenBLAS chose, printed first): the baseline the packed kernels are measured against.
  *
  * Usage: bench_kern [--runs N] [--quick] [--dtype f32|bf16|f16|q8|q4] [--portable-prefill]
- *                   [--decode | --sweep]
+ *                   [--decode | --sweep | --blas-invariance]
  *   --quick skips the portable kernels; their T = 512 runs only with --portable-prefill (it
  *   takes seconds a run). The table goes to stderr. */
 #include <stdio.h>
@@ -295,6 +295,40 @@ static void bench_sweep(dh_dtype dt, void *big, float *x, float *y) {
     }
 }
 
+/* --blas-invariance: is OpenBLAS's sgemm batch-invariant? For a few shapes [N, K], each of the
+ * first M rows of X W^T computed in one call of M rows against the same row computed alone
+ * (M = 1): how many of the M N outputs differ in any bit. Our kernels give 0 by construction
+ * (test_kern checks it); this is why the engine does not compute through sgemm. */
+static void bench_blas_invariance(void) {
+    static const int shapes[][2] = {{2048, 2048}, {640, 7168}, {300, 1000}, {129, 2085}};
+    static const int Ms[] = {2, 8, 37, 512};
+    fprintf(stderr, "OpenBLAS %s, %d threads: outputs of a row in a call of M rows that differ "
+                    "from the same row computed alone\n%-12s", openblas_get_corename(),
+            openblas_get_num_threads(), "N x K");
+    for (size_t m = 0; m < sizeof Ms / sizeof Ms[0]; m++) fprintf(stderr, "  M=%-10d", Ms[m]);
+    fprintf(stderr, "\n");
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int N = shapes[s][0], K = shapes[s][1], Mmax = 512;
+        float *x = xmalloc((size_t)Mmax * K * sizeof *x), *w = xmalloc((size_t)N * K * sizeof *w);
+        float *alone = xmalloc((size_t)Mmax * N * sizeof *alone), *y = xmalloc((size_t)Mmax * N * sizeof *y);
+        for (size_t i = 0; i < (size_t)Mmax * K; i++) x[i] = frand();
+        for (size_t i = 0; i < (size_t)N * K; i++) w[i] = frand();
+        for (int r = 0; r < Mmax; r++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, N, K, 1.0f, x + (size_t)r * K, K,
+                        w, K, 0.0f, alone + (size_t)r * N, N);
+        fprintf(stderr, "%5d x %-5d", N, K);
+        for (size_t m = 0; m < sizeof Ms / sizeof Ms[0]; m++) {
+            int M = Ms[m];
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N);
+            size_t differ = 0;
+            for (size_t i = 0; i < (size_t)M * N; i++) differ += memcmp(y + i, alone + i, 4) != 0;
+            fprintf(stderr, "  %5.1f%% %-5s", 100.0 * differ / ((double)M * N), "");
+        }
+        fprintf(stderr, "\n");
+        free(x), free(w), free(alone), free(y);
+    }
+}
+
 int main(int argc, char **argv) {
     cpu_fix_openblas(argv); /* OpenBLAS's AVX-512 kernels, as darkhorse does (core/cpu.c) */
     bench_opts o = {.only_dtype = -1};
@@ -305,6 +339,9 @@ int main(int argc, char **argv) {
             o.decode = 1;
         } else if (!strcmp(argv[i], "--sweep")) {
             o.sweep = 1;
+        } else if (!strcmp(argv[i], "--blas-invariance")) {
+            bench_blas_invariance();
+            return 0;
         } else if (!strcmp(argv[i], "--portable-prefill")) {
             o.portable_prefill = 1;
         } else if (!strcmp(argv[i], "--runs") && i + 1 < argc) {
@@ -315,7 +352,7 @@ int main(int argc, char **argv) {
         } else {
             fprintf(stderr,
                     "usage: %s [--runs N] [--quick] [--dtype D] [--portable-prefill] "
-                    "[--decode | --sweep]\n",
+                    "[--decode | --sweep | --blas-invariance]\n",
                     argv[0]);
             return 2;
         }
