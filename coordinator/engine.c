@@ -262,13 +262,7 @@ static void finish(engine *e, req *r, int reason) {
 }
 
 static void append_text(req *r, const char *s, size_t n) {
-    if (r->len + n + 1 > r->cap) {
-        r->cap = DH_MAX(2 * r->cap, r->len + n + 256);
-        r->text = xrealloc(r->text, r->cap);
-    }
-    memcpy(r->text + r->len, s, n);
-    r->len += n;
-    r->text[r->len] = 0;
+    xappend(&r->text, &r->len, &r->cap, s, n);
 }
 
 /* A new token for r: decode it, look for stop strings, emit what is safe. 1 if r is finished

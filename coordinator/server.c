@@ -259,13 +259,7 @@ static struct evhttp_request *unwatch(srv_req *r) {
 }
 
 static void append_text(srv_req *r, const char *s, size_t n) {
-    if (r->len + n + 1 > r->cap) {
-        r->cap = DH_MAX(2 * r->cap, r->len + n + 256);
-        r->text = xrealloc(r->text, r->cap);
-    }
-    memcpy(r->text + r->len, s, n);
-    r->len += n;
-    r->text[r->len] = 0;
+    xappend(&r->text, &r->len, &r->cap, s, n);
 }
 
 static void finish_ok(srv *s, srv_req *r, const srv_event *ev) {

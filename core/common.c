@@ -71,6 +71,16 @@ char *xstrdup(const char *s) {
     return p;
 }
 
+void xappend(char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
+    if (*len + n + 1 > *cap) {
+        *cap = DH_MAX(2 * *cap, *len + n + 256);
+        *buf = xrealloc(*buf, *cap);
+    }
+    memcpy(*buf + *len, s, n);
+    *len += n;
+    (*buf)[*len] = 0;
+}
+
 size_t xmul(size_t n, size_t size) {
     if (size && n > SIZE_MAX / size) {
         fprintf(stderr, "darkhorse: size overflow (%zu x %zu)\n", n, size);

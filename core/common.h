@@ -33,6 +33,9 @@ void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
+/* Append n bytes of s to the growable string *buf (*len bytes used, *cap allocated; all three
+ * zero to start), keeping it NUL-terminated. */
+void xappend(char **buf, size_t *len, size_t *cap, const char *s, size_t n);
 /* n * size, aborting on overflow */
 size_t xmul(size_t n, size_t size);
 

@@ -469,41 +469,13 @@ AI __m512 q_scales(const uint8_t *p, const qrows *r) {
     return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(s));
 }
 
-/* w[g] = bytes 4g..4g+3 of one q8 block of the 16 rows, as unsigned q + 128. The 16 x 8 dword
- * transpose: rows i and i + 4 (i < 4), and 8 + i and 12 + i, share a register (a masked
- * broadcast fills the top half: a blend, which runs on two ports where an insert runs on one);
- * two unpack rounds put 4 rows of one dword in a 128-bit lane; a lane shuffle finishes. */
+/* w[g] = bytes 4g..4g+3 of one q8 block of the 16 rows, as unsigned q + 128: t16x8's
+ * transpose of the 32 bytes of q in each row, the sign bits flipped. */
 AI void q8_rows(const uint8_t *p, const qrows *r, __m512i w[8]) {
-    const uint8_t *q = p + offsetof(wt_q8_block, q);
-    size_t S = r->stride;
-    __m512i z[8], a[4], pq[2][4];
-    UNROLL
-    for (int i = 0; i < 4; i++) {
-        z[i] = _mm512_mask_broadcast_i64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256((const void *)(q + i * S))), 0xf0,
-            _mm256_loadu_si256((const void *)(q + (i + 4) * S)));
-        z[4 + i] = _mm512_mask_broadcast_i64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256((const void *)(q + (i + 8) * S))), 0xf0,
-            _mm256_loadu_si256((const void *)(q + (i + 12) * S)));
-    }
-    UNROLL
-    for (int h = 0; h < 2; h++) {
-        const __m512i *zh = z + 4 * h;
-        a[0] = _mm512_unpacklo_epi32(zh[0], zh[1]);
-        a[1] = _mm512_unpackhi_epi32(zh[0], zh[1]);
-        a[2] = _mm512_unpacklo_epi32(zh[2], zh[3]);
-        a[3] = _mm512_unpackhi_epi32(zh[2], zh[3]);
-        pq[h][0] = _mm512_unpacklo_epi64(a[0], a[2]);
-        pq[h][1] = _mm512_unpackhi_epi64(a[0], a[2]);
-        pq[h][2] = _mm512_unpacklo_epi64(a[1], a[3]);
-        pq[h][3] = _mm512_unpackhi_epi64(a[1], a[3]);
-    }
+    t16x8((const char *)p + offsetof(wt_q8_block, q), r->stride, 16, 0, 0, w);
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     UNROLL
-    for (int j = 0; j < 4; j++) {
-        w[j] = _mm512_xor_si512(_mm512_shuffle_i32x4(pq[0][j], pq[1][j], 0x88), flip);
-        w[j + 4] = _mm512_xor_si512(_mm512_shuffle_i32x4(pq[0][j], pq[1][j], 0xdd), flip);
-    }
+    for (int j = 0; j < 8; j++) w[j] = _mm512_xor_si512(w[j], flip);
 }
 
 /* 4 x 4 dword transpose within each 128-bit lane: lane L of v[m] holds 4 dwords of row 4L + m;
