@@ -10,10 +10,13 @@
 #   DH_BENCH_DIR=DIR                  where genesis-1b/5b are kept (default ~/.cache/darkhorse)
 #   DH_BENCH_REPS=N                   runs per test (default 5)
 #   DH_BENCH_ONLY="1b:q8 5b:q4"       a subset
-#   LLAMA_BENCH_JSONL=FILE            llama.cpp figures measured on this machine
-#                                     (scripts/bench-llamacpp.sh writes it); without it the
-#                                     figures of issue 6 (llama.cpp v0.5.0, llama-bench -t 2
-#                                     -p 512 -n 64 -r 5 on this kind of machine) are used
+#   DH_BENCH_LLAMA=1                  also measure llama.cpp here, in the same run, on GGUFs of
+#                                     the same shapes (scripts/bench-llamacpp.sh: builds it from
+#                                     the npm registry; the first time adds about 15 minutes)
+#   LLAMA_BENCH_JSONL=FILE            llama.cpp figures measured earlier on this machine (what
+#                                     scripts/bench-llamacpp.sh prints); with neither, the figures
+#                                     of issue 6 (llama.cpp v0.5.0, llama-bench -t 2 -p 512 -n 64
+#                                     -r 5 on this kind of machine, another day) are used
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -25,12 +28,17 @@ reps=${DH_BENCH_REPS:-5}
 only=${DH_BENCH_ONLY:-"1b:f32 1b:bf16 1b:q8 1b:q4 5b:bf16 5b:q8 5b:q4"}
 mkdir -p "$dir"
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+trap 'rm -f "$out" "$out.llama"' EXIT
 
 for m in 1b 5b; do
   case " $only " in *" $m:"*) ;; *) continue ;; esac
   [ -f "$dir/genesis-$m/model.safetensors" ] || "$bin" init-model --preset "genesis-$m" --out "$dir/genesis-$m"
 done
+llama=${LLAMA_BENCH_JSONL:-}
+if [ "${DH_BENCH_LLAMA:-0}" = 1 ]; then
+  DH_BENCH_DIR=$dir DH_BENCH_REPS=$reps DH_BENCH_ONLY=$only scripts/bench-llamacpp.sh >"$out.llama"
+  llama=$out.llama
+fi
 for cfg in $only; do
   m=${cfg%%:*} w=${cfg##*:}
   echo "bench: genesis-$m $w" >&2
@@ -38,7 +46,7 @@ for cfg in $only; do
     sed "s/^/genesis-$m /" >>"$out"
 done
 
-python3 - "$out" "${LLAMA_BENCH_JSONL:-}" <<'PY'
+python3 - "$out" "$llama" <<'PY'
 import json, sys
 # llama.cpp v0.5.0 (de3ff81), llama-bench -t 2 -p 512,64 -n 64 -r 5, random-weight GGUFs of the
 # same shapes, on this project's development machines (issue 6): median tok/s
@@ -46,7 +54,7 @@ ref = {("genesis-5b", "bf16"): (64.3, 9.64), ("genesis-5b", "q8"): (64.9, 13.29)
        ("genesis-1b", "bf16"): (406, 34.3), ("genesis-1b", "q8"): (448, 56.1), ("genesis-1b", "q4"): (445, 68.8)}
 source = "issue 6's figures"
 if sys.argv[2]:
-    ref, source = {}, "llama.cpp measured in this run"
+    ref, source = {}, "llama.cpp de3ff81 measured on this machine (scripts/bench-llamacpp.sh)"
     for line in open(sys.argv[2]):
         j = json.loads(line)
         ref.setdefault((j["model"], j["format"]), [None, None])[0 if j["test"] == "pp512" else 1] = j["tok_s"]
