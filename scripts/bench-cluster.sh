@@ -9,10 +9,7 @@
 # than the in-process engine here; the figures measure the exchange's cost, not a speed-up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j 2 --target darkhorse >/dev/null
-bin=$(pwd)/build/cli/darkhorse
+. scripts/build-darkhorse.sh bench-cluster
 dir=${DH_BENCH_DIR:-$HOME/.cache/darkhorse}
 model=$dir/genesis-1b
 gen=${DH_BENCH_GEN:-16}

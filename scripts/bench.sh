@@ -19,10 +19,7 @@
 #                                     -r 5 on this kind of machine, another day) are used
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j 2 --target darkhorse >/dev/null
-bin=$(pwd)/build/cli/darkhorse
+. scripts/build-darkhorse.sh bench
 dir=${DH_BENCH_DIR:-$HOME/.cache/darkhorse}
 reps=${DH_BENCH_REPS:-5}
 only=${DH_BENCH_ONLY:-"1b:f32 1b:bf16 1b:q8 1b:q4 5b:bf16 5b:q8 5b:q4"}

@@ -8,12 +8,7 @@
 #   DH_DEMO_RANKS=N     ranks for mpirun (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-mkdir -p build
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >build/demo-cmake.log 2>&1 || { cat build/demo-cmake.log; exit 1; }
-echo "demo: building (logs in build/demo-build.log)" >&2
-cmake --build build -j 2 --target darkhorse >build/demo-build.log 2>&1 || { tail -40 build/demo-build.log; exit 1; }
-bin=build/cli/darkhorse
+. scripts/build-darkhorse.sh demo
 model=${DH_DEMO_MODEL:-models-local/genesis-tiny}
 ranks=${DH_DEMO_RANKS:-3}
 prompt=${1:-"Explain in one sentence why experts are spread over several machines."}

@@ -1,0 +1,13 @@
+# build-darkhorse.sh: sourced by the scripts that run darkhorse (demo, benchmarks): installs what
+# is missing, configures build/ (RelWithDebInfo) and builds the darkhorse executable, quietly,
+# showing the log when a step fails; sets `bin` to the executable's absolute path.
+#   . scripts/build-darkhorse.sh NAME     (NAME prefixes the progress line and the log files)
+_dh_name=${1:-build}
+scripts/setup.sh
+mkdir -p build
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >"build/$_dh_name-cmake.log" 2>&1 ||
+  { cat "build/$_dh_name-cmake.log"; exit 1; }
+echo "$_dh_name: building darkhorse (log: build/$_dh_name-build.log)" >&2
+cmake --build build -j 2 --target darkhorse >"build/$_dh_name-build.log" 2>&1 ||
+  { tail -40 "build/$_dh_name-build.log"; exit 1; }
+bin=$(pwd)/build/cli/darkhorse
