@@ -482,7 +482,12 @@ int engine_run(engine *e) {
                 req_free(r);
             }
             e->wait_tail = NULL, e->n_waiting = 0;
-            if (dh_now() > deadline) fail_all(e, DH_ECANCELLED, "the server is shutting down");
+            if (dh_now() > deadline && e->n_run) {
+                log_warn("the shutdown grace ran out: failing %d request%s still running", e->n_run,
+                         e->n_run == 1 ? "" : "s");
+                fail_all(e, DH_ECANCELLED, "the server is shutting down and this request did not finish "
+                                           "within the shutdown grace (--shutdown-grace)");
+            }
             if (e->n_run == 0) {
                 publish(e, -1);
                 return 0;
