@@ -55,6 +55,13 @@ int rt_parse_opt(rt_opts *o, int code, const char *arg) {
         return 1;
     case 1008: o->portable = 1; return 1;
     case 1010: o->routing_stats = arg; return 1;
+    case 1011: {
+        double *cap = NULL;
+        if (strcmp(arg, "measured") != 0 && place_parse_capacity(arg, &cap) < 0) return -1;
+        free(cap);
+        o->worker_capacity = arg;
+        return 1;
+    }
     default: return 0;
     }
 }
@@ -113,7 +120,10 @@ int rt_open_kv(rt *r, const rt_opts *o, int max_rows, int max_seq_len, int n_seq
         cluster_params cp = {.placement_algo = o->placement_algo, .placement_file = o->placement_file,
                              .placement_out = o->placement_out, .timeout = o->worker_timeout,
                              .wire_bf16 = o->wire_bf16, .max_rows = max_rows};
-        double *load = NULL;
+        double *load = NULL, *cap = NULL;
+        if (o->worker_capacity && strcmp(o->worker_capacity, "measured") == 0) cp.capacity_measured = 1;
+        else if (o->worker_capacity) cp.n_capacity = place_parse_capacity(o->worker_capacity, &cap);
+        cp.capacity = cap;
         if (o->routing_stats) {
             load = xcalloc((size_t)r->m->n_layers * DH_MAX(c->n_routed_experts, 1), sizeof *load);
             int lrc = ls_load_routing(o->routing_stats, r->m->n_layers, c->n_routed_experts, load);
@@ -125,6 +135,7 @@ int rt_open_kv(rt *r, const rt_opts *o, int max_rows, int max_seq_len, int n_seq
         }
         int crc = cluster_start(&r->cl, r->m, &cp);
         free(load);
+        free(cap);
         if (crc != 0) {
             rt_close(r, 0);
             return 1;

@@ -20,6 +20,7 @@ typedef struct rt_opts {
     int wire_bf16;
     int portable;              /* force the portable kernels */
     const char *routing_stats; /* routed-token counts: read for `balanced`, updated at exit */
+    const char *worker_capacity; /* "measured" or "S1,S2,...": worker speeds for `balanced` */
 } rt_opts;
 
 /* Long options every model command takes; codes from 1000 up. */
@@ -28,7 +29,8 @@ typedef struct rt_opts {
     {"weights", required_argument, 0, 1002}, {"placement-algo", required_argument, 0, 1003}, \
     {"placement", required_argument, 0, 1004}, {"placement-out", required_argument, 0, 1005}, \
     {"worker-timeout", required_argument, 0, 1006}, {"wire", required_argument, 0, 1007}, \
-    {"portable-kernels", no_argument, 0, 1008}, {"routing-stats", required_argument, 0, 1010}
+    {"portable-kernels", no_argument, 0, 1008}, {"routing-stats", required_argument, 0, 1010}, \
+    {"worker-capacity", required_argument, 0, 1011}
 #define RT_HELP                                                                                  \
     "  --model DIR            checkpoint directory (config.json, *.safetensors)\n"               \
     "  --threads N            threads per rank (default: all cores, shared among local ranks)\n" \
@@ -40,7 +42,9 @@ typedef struct rt_opts {
     "  --wire f32|bf16        activation format between ranks (default f32)\n"                   \
     "  --portable-kernels     use the portable kernels, not AVX-512\n"                          \
     "  --routing-stats FILE   routed tokens per (layer, expert): the balanced placement reads it,\n" \
-    "                         and this run's counts are added to it at exit\n"
+    "                         and this run's counts are added to it at exit\n"                  \
+    "  --worker-capacity C    relative speeds of workers 1..W for the balanced placement:\n"      \
+    "                         'measured' (each worker's expert rate) or a list such as 2,1,1\n"
 
 rt_opts rt_default_opts(void);
 /* Handle a common option: 1 if it was one (0 otherwise), -1 on a bad value (message printed). */

@@ -63,9 +63,46 @@ static void check_hellos(cluster *c, const char *all, const int *lens, char *err
     }
 }
 
+/* The worker speeds `balanced` weighs by (c->capacity, W of them), or none; an error message
+ * into err when --worker-capacity does not fit the job. */
+static void pick_capacity(cluster *c, char *err, size_t errsz) {
+    const cluster_params *p = &c->p;
+    int W = c->n_workers;
+    if (!p->capacity && !p->capacity_measured) return;
+    if (p->placement_file) {
+        snprintf(err, errsz, "--worker-capacity weighs a computed placement, but --placement %.300s fixes it",
+                 p->placement_file);
+        return;
+    }
+    if (strcmp(p->placement_algo, "balanced") != 0) {
+        snprintf(err, errsz, "--worker-capacity weighs the 'balanced' placement; '%.60s' would ignore it",
+                 p->placement_algo);
+        return;
+    }
+    if (p->capacity && p->n_capacity != W) {
+        snprintf(err, errsz, "--worker-capacity gives %d speeds, but this job has %d workers (ranks 1..%d)",
+                 p->n_capacity, W, W);
+        return;
+    }
+    c->capacity = xmalloc((size_t)W * sizeof *c->capacity);
+    char line[512];
+    int at = 0;
+    for (int w = 0; w < W; w++) {
+        c->capacity[w] = p->capacity ? p->capacity[w] : c->worker_gflops[w + 1];
+        if (at < (int)sizeof line - 32) at += snprintf(line + at, sizeof line - at, "%s%.4g", w ? ":" : "", c->capacity[w]);
+    }
+    if (!p->capacity)
+        for (int w = 0; w < W; w++)
+            if (!(c->capacity[w] > 0)) snprintf(err, errsz, "rank %d measured no expert rate to weigh by", w + 1);
+    log_info("worker capacities for the placement, ranks 1..%d: %s%s", W, line,
+             p->capacity ? " (given)" : " (measured expert GFLOP/s)");
+}
+
 static place_plan *make_plan(cluster *c, char *err, size_t errsz) {
     const model *m = c->m;
     int L = m->n_layers, E = m->cfg.n_routed_experts;
+    pick_capacity(c, err, errsz);
+    if (*err) return NULL;
     uint8_t *is_moe = xcalloc((size_t)L, 1);
     for (int l = 0; l < L; l++) is_moe[l] = (uint8_t)m->layers[l].is_moe;
     place_plan *plan;
@@ -74,7 +111,7 @@ static place_plan *make_plan(cluster *c, char *err, size_t errsz) {
         if (!plan) snprintf(err, errsz, "the placement plan %.300s cannot be used (see the coordinator's log)", c->p.placement_file);
     } else {
         place_input in = {.n_layers = L, .n_experts = E, .n_workers = c->n_workers, .is_moe = is_moe,
-                          .domain = m->cfg.expert_domains, .load = c->p.load};
+                          .domain = m->cfg.expert_domains, .load = c->p.load, .capacity = c->capacity};
         plan = place_compute(c->p.placement_algo, &in);
         if (!plan) snprintf(err, errsz, "cannot place %d experts a layer on %d workers with '%s' (see the coordinator's log)",
                             E, c->n_workers, c->p.placement_algo);
@@ -164,16 +201,25 @@ int cluster_start(cluster *c, const model *m, const cluster_params *p) {
     double wl[1024];
     if (c->n_workers <= 1024) {
         double bal = place_worker_load(c->plan, c->p.load, wl);
-        log_info("placement '%s' on %d workers, expected balance %.3f (mean/max %s)", c->plan->algo, c->n_workers, bal,
-                 c->p.load ? "routed tokens observed before" : "experts");
+        if (c->capacity) { /* the balance of the expected time: load / speed */
+            double sum = 0, mx = 0;
+            for (int w = 0; w < c->n_workers; w++) {
+                double t = wl[w] / c->capacity[w];
+                sum += t, mx = DH_MAX(mx, t);
+            }
+            bal = mx > 0 ? sum / c->n_workers / mx : 1.0;
+        }
+        log_info("placement '%s' on %d workers, expected balance %.3f (mean/max %s%s)", c->plan->algo, c->n_workers,
+                 bal, c->p.load ? "routed tokens observed before" : "experts", c->capacity ? " per unit of speed" : "");
     }
-    c->p.load = NULL; /* borrowed for the start only */
+    c->p.load = NULL, c->p.capacity = NULL; /* borrowed for the start only */
     c->moe = moe_mpi_new(m, c);
     return 0;
 fail: /* the workers have stopped: nothing more is sent to them */
     place_free(c->plan);
     ls_free(c->stats);
     free(c->worker_gflops);
+    free(c->capacity);
     memset(c, 0, sizeof *c);
     return 1;
 }
@@ -236,5 +282,6 @@ void cluster_stop(cluster *c) {
     place_free(c->plan);
     ls_free(c->stats);
     free(c->worker_gflops);
+    free(c->capacity);
     memset(c, 0, sizeof *c);
 }

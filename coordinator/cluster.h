@@ -15,6 +15,9 @@ typedef struct cluster_params {
     int wire_bf16;                /* activations as bf16 on the wire */
     int max_rows;                 /* tokens per MoE call at most */
     const double *load;           /* [n_layers * E] observed routed tokens for `balanced`, or NULL */
+    const double *capacity;       /* [n_capacity] relative speeds of workers 1..W for `balanced`, or NULL */
+    int n_capacity;
+    int capacity_measured;        /* `balanced` weighs workers by the expert rates of their hellos */
 } cluster_params;
 
 typedef struct cluster {
@@ -25,6 +28,7 @@ typedef struct cluster {
     const model *m;
     cluster_params p;
     double *worker_gflops;        /* [n_workers + 1] from the hellos */
+    double *capacity;             /* [n_workers] speeds the placement weighed by, or NULL */
 } cluster;
 
 /* On rank 0 of an MPI job of size > 1, with the coordinator's model (routed experts not

@@ -103,6 +103,26 @@ static void balanced_layer(place_plan *p, const place_input *in, int l) {
     free(r), free(wl), free(cnt);
 }
 
+int place_parse_capacity(const char *s, double **cap) {
+    *cap = NULL;
+    int n = 0;
+    for (const char *q = s;; q++) {
+        char *end;
+        errno = 0;
+        double v = strtod(q, &end);
+        if (end == q || errno || !(v > 0) || v > 1e12 || (*end && *end != ',')) {
+            log_error("worker capacity %d in '%s' is not a positive number (want speeds such as 2,1,1)", n + 1, s);
+            free(*cap);
+            *cap = NULL;
+            return -1;
+        }
+        *cap = xrealloc(*cap, (size_t)(n + 1) * sizeof **cap);
+        (*cap)[n++] = v;
+        q = end;
+        if (!*q) return n;
+    }
+}
+
 place_plan *place_compute(const char *algo, const place_input *in) {
     int E = in->n_experts, W = in->n_workers;
     if (W < 1 || E < 1) {

@@ -31,6 +31,10 @@ typedef struct place_input {
 /* Algorithm names, NULL-terminated. */
 extern const char *const place_algos[];
 
+/* Parse worker speeds "S1,S2,...,SW" (positive numbers, relative: only ratios matter) into
+ * *cap (malloc'd): the count, or -1 with a message naming the bad item. */
+int place_parse_capacity(const char *s, double **cap);
+
 /* Compute a plan. NULL (and a message) for an unknown algorithm or impossible input
  * (more workers than experts, no workers). */
 place_plan *place_compute(const char *algo, const place_input *in);

@@ -62,15 +62,20 @@ double worker_expert_gflops(int D, int F) {
     for (size_t i = 0; i < (size_t)T * D; i++) x[i] = (float)(i % 5) * 0.1f;
     wmat W = wt_f32(w, F, D);
     nn_reserve(T, D);
-    int reps = 0;
-    double t0 = dh_now(), dt;
-    do {
-        nn_matmul(y, x, &W, T);
-        reps++;
-        dt = dh_now() - t0;
-    } while (dt < 0.02 && reps < 1000);
+    /* the best of five windows of 20 ms: a busy neighbour only ever slows a window down */
+    double best = 0;
+    for (int win = 0; win < 5; win++) {
+        int reps = 0;
+        double t0 = dh_now(), dt;
+        do {
+            nn_matmul(y, x, &W, T);
+            reps++;
+            dt = dh_now() - t0;
+        } while (dt < 0.02 && reps < 1000);
+        best = DH_MAX(best, 2.0 * T * F * D * reps / dt / 1e9);
+    }
     free(w), free(x), free(y);
-    return 2.0 * T * F * D * reps / dt / 1e9;
+    return best;
 }
 
 static int send_hello(wstate *s) {

@@ -96,6 +96,25 @@ python3 -c "import sys; sys.exit(0 if float('$bb') >= float('$bc') else 1)" && p
   || fail "balanced $bb worse than contiguous $bc"
 [ "$(cat "$tmp/out")" = "$greedy" ] && pass "the same greedy ids with the balanced plan" || fail "ids under the balanced plan"
 
+# worker speeds weigh the balanced placement: a worker three times as fast hosts three quarters
+expect 0 "balanced with --worker-capacity 3,1" mpirun -np 3 --oversubscribe "$bin" generate --model "$ref" --ids "$prompt" --temperature 0 --max-tokens 16 --print-ids --placement-algo balanced --worker-capacity 3,1 --placement-out "$tmp/plan31.txt"
+[ "$(cat "$tmp/out")" = "$greedy" ] && pass "the same greedy ids on a 3:1 plan" || fail "ids under the 3:1 plan"
+grep_err "worker capacities for the placement, ranks 1..2: 3:1 \(given\)" "the capacities used are logged"
+experts_of() { grep "^layer $1 worker $2:" "$tmp/plan31.txt" | cut -d: -f2 | tr ' ' '\n' |
+  awk -F- 'NF==1 && $1!="" {n++} NF==2 {n+=$2-$1+1} END {print n+0}'; }
+[ "$(experts_of 1 1)" = 48 ] && [ "$(experts_of 1 2)" = 16 ] && [ "$(experts_of 2 1)" = 48 ] &&
+  pass "the 3:1 plan gives workers 48 and 16 experts a layer" || fail "the 3:1 plan: $(experts_of 1 1) and $(experts_of 1 2)"
+expect 0 "balanced with --worker-capacity measured" mpirun -np 3 --oversubscribe "$bin" generate --model "$ref" --ids "$prompt" --temperature 0 --max-tokens 16 --print-ids --placement-algo balanced --worker-capacity measured
+grep_err "worker capacities for the placement, ranks 1..2: [0-9.]+:[0-9.]+ \(measured" "the measured rates are used and logged"
+[ "$(cat "$tmp/out")" = "$greedy" ] && pass "the same greedy ids on a measured plan" || fail "ids under the measured plan"
+expect 2 "a capacity that is not a positive number" "$bin" generate --model "$ref" --ids 1,2 --worker-capacity 2,0
+grep_err "worker capacity 2 in '2,0' is not a positive number" "the message names the bad speed"
+expect 1 "more speeds than workers" mpirun -np 3 --oversubscribe "$bin" generate --model "$ref" --ids 1,2 --max-tokens 2 --print-ids --placement-algo balanced --worker-capacity 1,2,3
+grep_err "gives 3 speeds, but this job has 2 workers" "the message gives both counts"
+[ "$(grep -c "cluster cannot start" "$tmp/err")" -eq 3 ] && pass "every rank says why" || fail "not every rank said why"
+expect 1 "speeds for a placement that ignores them" mpirun -np 3 --oversubscribe "$bin" generate --model "$ref" --ids 1,2 --max-tokens 2 --print-ids --worker-capacity 1,2
+grep_err "weighs the 'balanced' placement; 'contiguous' would ignore it" "the message names the algorithm"
+
 # cluster start-up errors, on every rank
 expect 1 "a plan for another worker count" mpirun -np 4 --oversubscribe "$bin" generate --model "$ref" --ids 1,2 --max-tokens 2 --print-ids --placement "$tmp/plan.txt"
 grep_err "plan is for 2 workers, this job has 3" "the message says why"

@@ -79,6 +79,28 @@ static void test_balanced_evens_out_a_skewed_load(void) {
     place_free(b), place_free(c), place_free(w);
 }
 
+static void test_worker_capacities_parse_and_bad_ones_are_errors(void) {
+    double *cap;
+    CU_ASSERT_EQUAL(place_parse_capacity("2,1,0.5", &cap), 3);
+    CU_ASSERT(cap[0] == 2.0 && cap[1] == 1.0 && cap[2] == 0.5);
+    free(cap);
+    CU_ASSERT_EQUAL(place_parse_capacity("7", &cap), 1);
+    free(cap);
+    static const char *bad[] = {"", ",", "1,", ",1", "1,,2", "0,1", "-1,2", "1,x", "2e", "nan", "inf", "1;2", "1e13"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CU_ASSERT_EQUAL(place_parse_capacity(bad[i], &cap), -1);
+        CU_ASSERT_PTR_NULL(cap);
+    }
+    /* a worker three times as fast takes three quarters of equal experts */
+    double three[2] = {3.0, 1.0};
+    place_input in = input(64, 2, NULL);
+    in.capacity = three;
+    place_plan *p = place_compute("balanced", &in);
+    CU_ASSERT_EQUAL(count_on(p, 1, 1), 48);
+    CU_ASSERT_EQUAL(count_on(p, 4, 2), 16);
+    place_free(p);
+}
+
 static void test_impossible_inputs_are_errors(void) {
     place_input in = input(8, 9, NULL);
     CU_ASSERT_PTR_NULL(place_compute("contiguous", &in)); /* more workers than experts */
@@ -144,6 +166,7 @@ static CU_TestInfo placement_tests[] = {
     {"every algorithm covers every expert once", test_every_algorithm_covers_every_expert_once},
     {"contiguous and round-robin lay experts out as named", test_contiguous_and_round_robin_lay_experts_out_as_named},
     {"balanced evens out a skewed load", test_balanced_evens_out_a_skewed_load},
+    {"worker capacities parse, and bad ones are errors", test_worker_capacities_parse_and_bad_ones_are_errors},
     {"impossible inputs are errors", test_impossible_inputs_are_errors},
     {"the text format round-trips, replicas included", test_text_format_round_trips_with_replicas},
     {"hand-written plans load and bad ones say why", test_hand_written_plans_load_and_bad_ones_say_why},
