@@ -20,6 +20,15 @@ if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_
 echo "demo: mpirun -np $ranks: rank 0 coordinates, ranks 1..$((ranks - 1)) host the experts" >&2
 echo "demo: the weights are random, so the text is too; the machinery is real" >&2
 echo "prompt: $prompt"
+# the text streams to stdout; the ranks' log and the load table (stderr) follow it, so that
+# they do not break into the middle of the text
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 echo -n "output:"
+rc=0
 mpirun -np "$ranks" --oversubscribe "$bin" generate --model "$model" --prompt "$prompt" \
-  --max-tokens 40 --temperature 0.8 --seed 42
+  --max-tokens 40 --temperature 0.8 --seed 42 2>"$log" || rc=$?
+echo
+echo "--- the cluster's log and load table:" >&2
+cat "$log" >&2
+exit $rc
