@@ -394,6 +394,13 @@ static int prompt_ids(srv *s, const api_request *ar, int **ids, int *n, api_erro
         *n = ar->n_prompt_ids;
         return 0;
     }
+    /* a prompt too long for the context by its bytes alone is refused before it is tokenized,
+     * so that a large body does not hold up this thread (every stream's events) */
+    size_t mb = tok_max_token_bytes(s->tok), least = mb ? (ar->prompt_len + mb - 1) / mb : 0;
+    if (least > (size_t)s->p.max_context)
+        return api_fail(err, 400, "invalid_request_error", "context_length_exceeded", what,
+                        "the %s (%zu bytes, so at least %zu tokens) exceeds the context limit of %d tokens", what,
+                        ar->prompt_len, least, s->p.max_context);
     size_t len = 0, off = 0;
     int rc = tok_encode(s->tok, ar->prompt, ar->prompt_len, ids, &len, &off);
     if (rc == DH_EINVAL)

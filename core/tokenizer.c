@@ -88,6 +88,7 @@ struct tokenizer {
     unsigned char *dec_pool;  /* decoded bytes of every id, back to back */
     uint32_t *dec_off;        /* [vocab_size] */
     uint32_t *dec_len;        /* [vocab_size], UINT32_MAX: no token has this id */
+    size_t max_token_bytes;   /* the longest dec_len */
 };
 
 /* ---- UTF-8 ------------------------------------------------------------------------------- */
@@ -651,6 +652,8 @@ size_t tok_stream_flush(tok_stream *s, char *out, size_t cap) {
 
 int tok_vocab_size(const tokenizer *t) { return t->vocab_size; }
 
+size_t tok_max_token_bytes(const tokenizer *t) { return t->max_token_bytes; }
+
 int tok_token_id(const tokenizer *t, const char *piece) {
     for (size_t i = 0; i < t->n_added; i++)
         if (strcmp(t->added_content[i], piece) == 0) return t->added_id[i];
@@ -877,6 +880,7 @@ static void build_decoder(tokenizer *t) {
             b = (int)plen[id];
         }
         t->dec_len[id] = (uint32_t)b;
+        t->max_token_bytes = DH_MAX(t->max_token_bytes, (size_t)b);
         at += (size_t)b;
     }
     free(piece);

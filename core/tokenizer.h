@@ -40,6 +40,11 @@ int tok_decode(const tokenizer *t, const int *ids, size_t n, char **out, size_t 
 size_t tok_utf8_check(const char *s, size_t len);
 
 int tok_vocab_size(const tokenizer *t); /* max id + 1 over vocab and added tokens */
+/* The most bytes of text one token stands for (128 for DeepSeek-V3). The normalizer is the
+ * identity and each token covers the bytes it decodes to (add_prefix_space only adds), so a
+ * text of n bytes encodes to at least n / this many tokens: a bound that rejects a prompt that
+ * cannot fit a context without tokenizing it. */
+size_t tok_max_token_bytes(const tokenizer *t);
 /* Id of an added token or vocab entry by its text (as written in tokenizer.json, so a vocab
  * entry is spelled in byte-level characters: "Ġthe"), -1 if none. Added tokens win. */
 int tok_token_id(const tokenizer *t, const char *piece);

@@ -225,6 +225,14 @@ if [ "$mode" = local ]; then
   # --- a small server: 429 with Retry-After; a disconnect frees its slot; the grace runs out
   start small "$bin" serve --model "$tmp/m" --port 0 --ctx 600 --max-seqs 1 --max-batch-tokens 16 --max-queue 1 \
     --shutdown-grace 1 --threads 1
+  # a prompt longer than the context by its bytes alone (at most 128 bytes a token) is refused
+  # before it is tokenized, and the message says so
+  python3 -c 'import json; print(json.dumps({"prompt": "word " * 20000, "max_tokens": 5}))' >"$tmp/long.json"
+  [ "$(call POST /v1/completions --data-binary @"$tmp/long.json")" = 400 ] || fail "a 100 KB prompt: not 400"
+  [ "$(json "$tmp/body" 'd["error"]["code"]+" "+d["error"]["message"]')" = \
+    "context_length_exceeded the prompt (100000 bytes, so at least 782 tokens) exceeds the context limit of 600 tokens" ] ||
+    fail "a 100 KB prompt: $(cat "$tmp/body")"
+  ok "a prompt too long by its bytes alone: 400 before tokenizing"
   long_body='{"prompt":"x","max_tokens":550,"temperature":0,"ignore_eos":true'
   curl -s -N -m 300 -o "$tmp/a" "$URL/v1/completions" -d "$long_body,\"stream\":true}" &
   curl_a=$!

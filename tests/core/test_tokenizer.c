@@ -423,6 +423,17 @@ static void test_tok_ids_and_vocab_size(void) {
     CU_ASSERT_EQUAL(tok_decode(g_tok, ids, 6, &out, NULL), 0);
     CU_ASSERT_STRING_EQUAL(out, "<｜begin▁of▁sentence｜>Hello, world!<｜end▁of▁sentence｜>");
     free(out);
+    /* the longest entries of DeepSeek-V3's vocabulary are 128 spaces ("Ġ" x 128) and 128 dots;
+     * 1280 dots cannot take fewer than 10 tokens */
+    CU_ASSERT_EQUAL(tok_max_token_bytes(g_tok), 128);
+    char dots[1281];
+    memset(dots, '.', 1280);
+    dots[1280] = 0;
+    int *d;
+    size_t nd;
+    CU_ASSERT_EQUAL_FATAL(tok_encode(g_tok, dots, 1280, &d, &nd, NULL), 0);
+    CU_ASSERT(nd >= 10);
+    free(d);
 }
 
 static void test_tok_embedded_json_is_the_vendored_file(void) {
