@@ -200,15 +200,7 @@ int cluster_start(cluster *c, const model *m, const cluster_params *p) {
     }
     double wl[1024];
     if (c->n_workers <= 1024) {
-        double bal = place_worker_load(c->plan, c->p.load, wl);
-        if (c->capacity) { /* the balance of the expected time: load / speed */
-            double sum = 0, mx = 0;
-            for (int w = 0; w < c->n_workers; w++) {
-                double t = wl[w] / c->capacity[w];
-                sum += t, mx = DH_MAX(mx, t);
-            }
-            bal = mx > 0 ? sum / c->n_workers / mx : 1.0;
-        }
+        double bal = place_worker_load(c->plan, c->p.load, c->capacity, wl);
         log_info("placement '%s' on %d workers, expected balance %.3f (mean/max %s%s)", c->plan->algo, c->n_workers,
                  bal, c->p.load ? "routed tokens observed before" : "experts", c->capacity ? " per unit of speed" : "");
     }

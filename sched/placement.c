@@ -335,7 +335,7 @@ place_plan *place_load(const char *path, int n_layers, int n_experts, int n_work
     return p;
 }
 
-double place_worker_load(const place_plan *p, const double *load, double *wl) {
+double place_worker_load(const place_plan *p, const double *load, const double *capacity, double *wl) {
     memset(wl, 0, (size_t)p->n_workers * sizeof *wl);
     for (int l = 0; l < p->n_layers; l++)
         for (int e = 0; e < p->n_experts; e++) {
@@ -346,8 +346,9 @@ double place_worker_load(const place_plan *p, const double *load, double *wl) {
         }
     double mx = 0, sum = 0;
     for (int w = 0; w < p->n_workers; w++) {
-        mx = DH_MAX(mx, wl[w]);
-        sum += wl[w];
+        double t = capacity ? wl[w] / capacity[w] : wl[w];
+        mx = DH_MAX(mx, t);
+        sum += t;
     }
     return mx > 0 ? sum / p->n_workers / mx : 1.0;
 }

@@ -58,6 +58,8 @@ int place_save(const place_plan *p, const char *path);
 place_plan *place_load(const char *path, int n_layers, int n_experts, int n_workers, const uint8_t *is_moe);
 
 /* Expected load per worker under the plan: load[W] (replicas share their expert's load
- * equally). Returns max/mean balance in [0, 1] (1 = perfectly even; mean/max). */
-double place_worker_load(const place_plan *p, const double *expert_load, double *worker_load);
+ * equally). Returns the balance in [0, 1] (1 = perfectly even): mean/max of the load, or of
+ * load / capacity[w] when capacity (W speeds) is given. */
+double place_worker_load(const place_plan *p, const double *expert_load, const double *capacity,
+                         double *worker_load);
 #endif

@@ -67,7 +67,7 @@ static void test_balanced_evens_out_a_skewed_load(void) {
     place_input in = input(64, 4, load);
     place_plan *b = place_compute("balanced", &in), *c = place_compute("contiguous", &in);
     double wl[4];
-    double bb = place_worker_load(b, load, wl), bc = place_worker_load(c, load, wl);
+    double bb = place_worker_load(b, load, NULL, wl), bc = place_worker_load(c, load, NULL, wl);
     CU_ASSERT(bb > 0.95); /* the hot experts spread over the workers */
     CU_ASSERT(bc < 0.5);  /* contiguous puts all eight on worker 1 */
     /* capacity: a worker twice as fast takes about twice the load */
@@ -98,6 +98,10 @@ static void test_worker_capacities_parse_and_bad_ones_are_errors(void) {
     place_plan *p = place_compute("balanced", &in);
     CU_ASSERT_EQUAL(count_on(p, 1, 1), 48);
     CU_ASSERT_EQUAL(count_on(p, 4, 2), 16);
+    double wl[2];
+    CU_ASSERT_DOUBLE_EQUAL(place_worker_load(p, NULL, three, wl), 1.0, 1e-12); /* 48/3 = 16/1 */
+    CU_ASSERT_DOUBLE_EQUAL(place_worker_load(p, NULL, NULL, wl), 0.5 * (48 + 16) / 48.0, 1e-12);
+    CU_ASSERT_DOUBLE_EQUAL(wl[0], 4 * 48, 1e-9); /* four MoE layers */
     place_free(p);
 }
 
