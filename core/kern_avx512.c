@@ -65,6 +65,15 @@
 #define KSTEP(dt) ((dt) == DT_F32 ? 16 : 32)
 #define ESIZE(dt) ((dt) == DT_F32 ? 4 : 2)
 
+/* Lane i of v to y[i * ys] for the lanes in keep: a masked store when ys = 1, else a scatter
+ * (yidx: lane i holds i * ys). The small paths' outputs, 16 weight rows side by side. */
+AI void store_lanes(float *y, __mmask16 keep, int ys, __m512i yidx, __m512 v) {
+    if (ys == 1)
+        _mm512_mask_storeu_ps(y, keep, v);
+    else
+        _mm512_mask_i32scatter_ps(y, keep, yidx, v, 4);
+}
+
 /* 32 bytes of one weight row, or its first `words` 16-bit words (the rest zero) when masked */
 AI __m256i load_row32(const char *p, int masked, __mmask16 words) {
     return masked ? _mm256_maskz_loadu_epi16(words, p) : _mm256_loadu_si256((const void *)p);
@@ -188,12 +197,7 @@ AI void fsmall(float *y, int ldy, const float *x, int ldx, const char *p, size_t
                                                       14, 15),
                                     _mm512_set1_epi32(ys));
     UNROLL
-    for (int r = 0; r < R; r++) {
-        if (ys == 1)
-            _mm512_mask_storeu_ps(y + (size_t)r * ldy, keep, acc[r]);
-        else
-            _mm512_mask_i32scatter_ps(y + (size_t)r * ldy, keep, yi, acc[r], 4);
-    }
+    for (int r = 0; r < R; r++) store_lanes(y + (size_t)r * ldy, keep, ys, yi, acc[r]);
 }
 
 /* fsmall with dt and R constant, so that each combination is compiled on its own; whole groups
@@ -556,12 +560,8 @@ AI void q_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
         }
     }
     UNROLL
-    for (int r = 0; r < R; r++) {
-        if (rw->ystep == 1)
-            _mm512_mask_storeu_ps(y + (size_t)r * ldy, rw->keep, acc[r]);
-        else
-            _mm512_mask_i32scatter_ps(y + (size_t)r * ldy, rw->keep, rw->yidx, acc[r], 4);
-    }
+    for (int r = 0; r < R; r++)
+        store_lanes(y + (size_t)r * ldy, rw->keep, rw->ystep, rw->yidx, acc[r]);
 }
 
 static void q_small_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr,

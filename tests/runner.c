@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/cpu.h"
+
 #ifndef DH_TEST_DATA
 #error "DH_TEST_DATA must name tests/data"
 #endif
@@ -66,6 +68,7 @@ void *dh_test_read_file(const char *path, size_t *len) {
 }
 
 int dh_test_main(int argc, char **argv, CU_SuiteInfo *suites) {
+    cpu_fix_openblas(argv); /* OpenBLAS's AVX-512 kernels, as darkhorse does (core/cpu.c) */
     if (CU_initialize_registry() != CUE_SUCCESS) return 2;
     if (argc > 1) {
         CU_SuiteInfo one[2] = {CU_SUITE_INFO_NULL, CU_SUITE_INFO_NULL};

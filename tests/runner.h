@@ -4,8 +4,9 @@
 #include <CUnit/CUnit.h>
 
 /* Run every suite of `suites` (a CU_SuiteInfo array ended by CU_SUITE_INFO_NULL), or only the
- * one named by argv[1]. Returns 0 when every assertion passed, 1 otherwise: the exit code of
- * the test executable (CU_get_error() does not count failed assertions). */
+ * one named by argv[1], first re-executing with OpenBLAS's AVX-512 kernels as darkhorse does
+ * (cpu_fix_openblas). Returns 0 when every assertion passed, 1 otherwise: the exit code of the
+ * test executable (CU_get_error() does not count failed assertions). */
 int dh_test_main(int argc, char **argv, CU_SuiteInfo *suites);
 /* tests/data/<rel> as an absolute path, in a static buffer overwritten by the next call. */
 const char *dh_test_data(const char *rel);
