@@ -14,9 +14,7 @@ dir=${DH_BENCH_DIR:-$HOME/.cache/darkhorse}
 model=$dir/genesis-1b
 gen=${DH_BENCH_GEN:-16}
 reps=${DH_BENCH_REPS:-3}
-mkdir -p "$dir"
-[ -f "$model/model.safetensors" ] || "$bin" init-model --preset genesis-1b --out "$model"
-if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+ensure_model genesis-1b "$model"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for b in 1 16 64; do

@@ -34,9 +34,7 @@ trap 'rmdir "$cg" 2>/dev/null || true' EXIT
 . scripts/build-darkhorse.sh bench-unequal
 dir=${DH_BENCH_DIR:-$HOME/.cache/darkhorse}
 model=$dir/genesis-1b
-mkdir -p "$dir"
-[ -f "$model/model.safetensors" ] || "$bin" init-model --preset genesis-1b --out "$model"
-if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+ensure_model genesis-1b "$model"
 fast=$(python3 -c "import sys; print('%g' % (1 / float(sys.argv[1])))" "$share")
 args=(bench --model "$model" -p 0 -n 16 -b 64 -r "$reps" --no-bandwidth --json)
 log=$(mktemp)

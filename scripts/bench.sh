@@ -29,7 +29,7 @@ trap 'rm -f "$out" "$out.llama"' EXIT
 
 for m in 1b 5b; do
   case " $only " in *" $m:"*) ;; *) continue ;; esac
-  [ -f "$dir/genesis-$m/model.safetensors" ] || "$bin" init-model --preset "genesis-$m" --out "$dir/genesis-$m"
+  ensure_model "genesis-$m" "$dir/genesis-$m"
 done
 llama=${LLAMA_BENCH_JSONL:-}
 if [ "${DH_BENCH_LLAMA:-0}" = 1 ]; then

@@ -12,11 +12,7 @@ cd "$(dirname "$0")/.."
 model=${DH_DEMO_MODEL:-models-local/genesis-tiny}
 ranks=${DH_DEMO_RANKS:-3}
 prompt=${1:-"Explain in one sentence why experts are spread over several machines."}
-if [ ! -f "$model/model.safetensors" ]; then
-  echo "demo: creating a genesis-tiny checkpoint in $model" >&2
-  "$bin" init-model --preset genesis-tiny --out "$model"
-fi
-if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+ensure_model genesis-tiny "$model"
 echo "demo: mpirun -np $ranks: rank 0 coordinates, ranks 1..$((ranks - 1)) host the experts" >&2
 echo "demo: the weights are random, so the text is too; the machinery is real" >&2
 echo "prompt: $prompt"
