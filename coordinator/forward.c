@@ -23,7 +23,7 @@
 #include "coordinator/router.h"
 #include "core/common.h"
 #include "core/nn.h"
-#include "worker/experts.h"
+#include "core/experts.h"
 
 #define NB 64 /* key positions expanded at once in the naive form */
 

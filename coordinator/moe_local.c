@@ -4,7 +4,7 @@
 
 #include "coordinator/moe_backend.h"
 #include "core/common.h"
-#include "worker/experts.h"
+#include "core/experts.h"
 
 typedef struct moe_local {
     moe_backend base;   /* first: the backend pointer is the struct pointer */

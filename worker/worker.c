@@ -24,7 +24,7 @@
 #include "darkhorse.pb-c.h"
 #include "proto/exchange.h"
 #include "proto/messages.h"
-#include "worker/experts.h"
+#include "core/experts.h"
 
 typedef struct wstate {
     const worker_opts *o;

@@ -1,4 +1,5 @@
-/* experts.c: grouped SwiGLU over the hosted experts.
+/* experts.c: grouped SwiGLU over the hosted experts (used by worker ranks and by the
+ * coordinator's in-process backend alike; see experts.h).
  *
  * A batch arrives as (token, expert, weight) triples. Tokens are grouped by expert (counting
  * sort, so each group keeps token order) and gathered, and every expert runs its three

@@ -1,5 +1,9 @@
 /* experts.h: the routed experts a rank hosts, run over a batch of tokens (experts_ prefix).
  *
+ * The expert math lives in core/ because both sides of the wire run it: a worker rank over its
+ * share of the plan, and the coordinator in process (coordinator/moe_local.c) and for the
+ * shared experts. coordinator/ and worker/ meet only through proto/.
+ *
  * Dims legend: T tokens, D hidden, K chosen experts per token, F expert FFN width. */
 #ifndef DH_EXPERTS_H
 #define DH_EXPERTS_H
