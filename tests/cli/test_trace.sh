@@ -191,6 +191,31 @@ for x, y in zip(a, b):
     assert x[:8] == y[:8], (x, y)
     assert all(abs(float(p) - float(q)) <= 1e-5 for p, q in zip(x[8:], y[8:])), (x, y)
 ' "$tmp/live1.txt" "$tmp/live3.txt"
+expect 0 "generate without --trace-out" "$bin" generate --model "$ref" --ids "$prompt" --max-tokens 6 --temperature 0 \
+  --print-ids --threads 1
+cmp -s "$tmp/out" <("$bin" generate --model "$ref" --ids "$prompt" --max-tokens 6 --temperature 0 --print-ids --threads 1 \
+  --trace-out "$tmp/again.dhtrace" 2>/dev/null) && pass "recording leaves the generated ids alone" ||
+  fail "the generated ids differ with --trace-out"
+# the MTP block runs in logits --mtp-out: its layer (trace layer 2) is recorded for positions 0..T-2
+expect 0 "logits --mtp-out --trace-out" "$bin" logits --model "$ref" --ids "$prompt" --out "$tmp/l.f32" --mtp-out "$tmp/m.f32" \
+  --threads 1 --trace-out "$tmp/mtp.dhtrace" --routing-stats "$tmp/rs-mtp.txt"
+"$tool" dump "$tmp/mtp.dhtrace" >"$tmp/mtp.txt"
+py "the MTP block's choices fill their layer, counted as --routing-stats counts them" '
+import sys
+rows = [r.split() for r in open(sys.argv[1]).read().split("\n") if r]
+T = max(int(r[2]) for r in rows) + 1
+mtp = {int(r[2]): [int(x) for x in r[4:8]] for r in rows if r[3] == "2"}
+assert all(min(mtp[p]) >= 0 for p in range(T - 1)) and mtp[T - 1] == [-1] * 4, mtp
+counts = {}
+for r in rows:
+    for e in r[4:8]:
+        if int(e) >= 0: counts[(int(r[3]) + 1, int(e))] = counts.get((int(r[3]) + 1, int(e)), 0) + 1
+want = {}
+for line in open(sys.argv[2]):
+    p = line.split()
+    if len(p) == 3 and p[0].isdigit(): want[(int(p[0]), int(p[1]))] = int(p[2])
+assert counts == want, "trace counts differ from --routing-stats"
+' "$tmp/mtp.txt" "$tmp/rs-mtp.txt"
 expect 1 "--trace-out into a folder that does not exist" "$bin" generate --model "$ref" --ids 1,2 --max-tokens 1 \
   --temperature 0 --print-ids --threads 1 --trace-out "$tmp/no/such/dir/t.dhtrace"
 grep_err "$tmp/no/such/dir/t.dhtrace" "the message names the file"
