@@ -13,24 +13,7 @@
 #           bytes follow the wire layout, and bad plans are refused.
 set -u
 bin=$1 tool=$2 data=$3 traces=$4
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-fails=0
-pass() { echo "ok   $*"; }
-fail() { echo "FAIL $*"; fails=$((fails + 1)); }
-# expect STATUS "description" command...: the command's exit status must be STATUS
-expect() {
-  local want=$1 what=$2
-  shift 2
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local got=$?
-  if [ "$got" -eq "$want" ]; then pass "$what"; else fail "$what (exit $got, wanted $want)"; tail -5 "$tmp/err"; fi
-}
+. "$(dirname "$0")/lib.sh"
 # grep_err PATTERN "description": the last command's stderr must match (fixed string)
 grep_err() { if grep -Fq -- "$1" "$tmp/err"; then pass "$2"; else fail "$2: no '$1' in stderr"; tail -3 "$tmp/err"; fi; }
 # py "description" SCRIPT ARGS...: a Python check that exits 0 when it holds
@@ -73,29 +56,29 @@ def edit(path, line, fn):
     ls[line - 1] = fn(ls[line - 1])
     open(path, "w").write("\n".join(ls))
 '
-broken trunc "$edit"'edit("alpha/expert_weights_2.txt", 2, lambda s: s[:s.rindex("\t")])'
-expect 1 "import: a truncated line is an error" "$bin" trace import --esft "$tmp/trunc" --out "$tmp/x.dhtrace" --top-k 2 --experts 4
-grep_err "alpha/expert_weights_2.txt:2: 2 ids and 1 weights" "the message names the file and line"
+# bad_import NAME "what" PYTHON MESSAGE: the good folder changed by PYTHON must fail to import
+# with MESSAGE (the file, line and token at fault) on stderr
+bad_import() {
+  broken "$1" "$3"
+  expect 1 "import: $2 is an error" "$bin" trace import --esft "$tmp/$1" --out "$tmp/x.dhtrace" --top-k 2 --experts 4
+  grep_err "$4" "the message says where: $4"
+}
+bad_import trunc "a truncated line" "$edit"'edit("alpha/expert_weights_2.txt", 2, lambda s: s[:s.rindex("\t")])' \
+  "alpha/expert_weights_2.txt:2: 2 ids and 1 weights"
 grep_err "token 0 is incomplete" "the message names the token"
 [ ! -e "$tmp/x.dhtrace" ] && pass "nothing is written on an error" || fail "a trace was written despite the error"
-broken range "$edit"'edit("beta/expert_weights_1.txt", 1, lambda s: "0\t2\t4" + s[5:])'
-expect 1 "import: an id out of range is an error" "$bin" trace import --esft "$tmp/range" --out "$tmp/x.dhtrace" --top-k 2 --experts 4
-grep_err "beta/expert_weights_1.txt:1: token 1, slot 0: expert id '4' is not an integer in 0..3" "the message names file, line, token and id"
-broken dup "$edit"'edit("alpha/expert_weights_1.txt", 1, lambda s: "0\t0" + s[3:])'
-expect 1 "import: an id twice in a token is an error" "$bin" trace import --esft "$tmp/dup" --out "$tmp/x.dhtrace" --top-k 2 --experts 4
-grep_err "alpha/expert_weights_1.txt:1: token 0: expert 0 appears twice" "the message names the token"
-broken nan "$edit"'edit("beta/expert_weights_2.txt", 1, lambda s: s.replace("0.7", "nan"))'
-expect 1 "import: a weight that is not finite is an error" "$bin" trace import --esft "$tmp/nan" --out "$tmp/x.dhtrace" --top-k 2 --experts 4
-grep_err "beta/expert_weights_2.txt:1: token 1, slot 0: weight 'nan'" "the message names the weight"
-broken len "$edit"'edit("alpha/expert_weights_2.txt", 1, lambda s: "1\t2\t\t0.4\t0.4")'
-expect 1 "import: layers of different lengths are an error" "$bin" trace import --esft "$tmp/len" --out "$tmp/x.dhtrace" --top-k 2 --experts 4
-grep_err "alpha/expert_weights_2.txt:1: 1 tokens, but line 1 of" "the message names both files and the line"
-broken missing 'import os; os.rename("beta/expert_weights_2.txt", "beta/expert_weights_3.txt")'
-expect 1 "import: a missing layer file is an error" "$bin" trace import --esft "$tmp/missing" --out "$tmp/x.dhtrace" --top-k 2 --experts 4
-grep_err "beta/expert_weights_2.txt: missing" "the message names the missing file"
-broken fewer 'import os; os.remove("beta/expert_weights_2.txt")'
-expect 1 "import: domains with different layer counts are an error" "$bin" trace import --esft "$tmp/fewer" --out "$tmp/x.dhtrace" --top-k 2 --experts 4
-grep_err "1 layers, but" "the message names the counts"
+bad_import range "an id out of range" "$edit"'edit("beta/expert_weights_1.txt", 1, lambda s: "0\t2\t4" + s[5:])' \
+  "beta/expert_weights_1.txt:1: token 1, slot 0: expert id '4' is not an integer in 0..3"
+bad_import dup "an id twice in a token" "$edit"'edit("alpha/expert_weights_1.txt", 1, lambda s: "0\t0" + s[3:])' \
+  "alpha/expert_weights_1.txt:1: token 0: expert 0 appears twice"
+bad_import nan "a weight that is not finite" "$edit"'edit("beta/expert_weights_2.txt", 1, lambda s: s.replace("0.7", "nan"))' \
+  "beta/expert_weights_2.txt:1: token 1, slot 0: weight 'nan'"
+bad_import len "layers of different lengths" "$edit"'edit("alpha/expert_weights_2.txt", 1, lambda s: "1\t2\t\t0.4\t0.4")' \
+  "alpha/expert_weights_2.txt:1: 1 tokens, but line 1 of"
+bad_import missing "a missing layer file" 'import os; os.rename("beta/expert_weights_2.txt", "beta/expert_weights_3.txt")' \
+  "beta/expert_weights_2.txt: missing"
+bad_import fewer "domains with different layer counts" 'import os; os.remove("beta/expert_weights_2.txt")' \
+  "1 layers, but"
 expect 2 "import without --out is a usage error" "$bin" trace import --esft "$good"
 
 # ---- round trip: import, info, dump

@@ -45,6 +45,16 @@ static place_plan *make_plan(int n_layers, const unsigned *hosts) {
     return p;
 }
 
+/* Replay t against p (both freed here); the result's workers are the caller's to free. */
+static sim_result replay(trace *t, place_plan *p, const sim_params *sp) {
+    sim_result r;
+    int rc = sim_run(t, p, sp, &r);
+    place_free(p);
+    trace_free(t);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    return r;
+}
+
 static const unsigned contiguous[4] = {1, 1, 2, 2}; /* experts 0, 1 on worker 1; 2, 3 on worker 2 */
 
 /* D 8, F 4, f32: a row costs 2*8 + 8*4 = 48 bytes out, 32 back. Rates chosen so times are
@@ -64,11 +74,8 @@ static void test_simulate_prefill_cuts_concatenated_tokens_into_whole_steps(void
      * step 2: w2 takes 2,3 | 3 = 3, w1 takes 1 = 1: 1.5; fan-out 1, 2 */
     static const int lens[2] = {2, 3};
     static const int ids[5][2] = {{0, 1}, {0, 2}, {2, 3}, {1, 3}, {0, 1}};
-    trace *t = make_trace(2, lens, ids);
-    place_plan *p = make_plan(1, contiguous);
     sim_params sp = hand_params(SIM_PREFILL, 2);
-    sim_result r;
-    CU_ASSERT_EQUAL_FATAL(sim_run(t, p, &sp, &r), 0);
+    sim_result r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
     CU_ASSERT_EQUAL(r.steps, 2);
     CU_ASSERT_EQUAL(r.tokens, 4);
     CLOSE(r.imbalance_mean, 1.5);
@@ -86,8 +93,6 @@ static void test_simulate_prefill_cuts_concatenated_tokens_into_whole_steps(void
     CLOSE(r.step_ms_mean, 1858);
     CU_ASSERT_EQUAL(r.workers[1].hosted, 2);
     sim_result_free(&r);
-    place_free(p);
-    trace_free(t);
 }
 
 /* sA = a0..a3 all (0,1); sB = b0 (2,3) b1 (2,3) b2 (0,2) b3 (1,3); sC = c0 (2,3) c1 (0,1) */
@@ -103,11 +108,8 @@ static void test_simulate_decode_staggers_the_first_batch_and_replaces_finished_
      * step 5: sA finished, nothing left to start: the replay ends.
      * imbalance mean 6 / 4 = 1.5; p99 over sorted 1, 1.5, 1.5, 2 at h = 0.99 * 3 = 2.97:
      * 1.5 + 0.97 * 0.5 = 1.985; fan-out 10 / 8; rows 3 + 3 + 2 + 2 = 10, 80 bytes each, 8 tokens */
-    trace *t = make_trace(3, dec_lens, dec_ids);
-    place_plan *p = make_plan(1, contiguous);
     sim_params sp = hand_params(SIM_DECODE, 2);
-    sim_result r;
-    CU_ASSERT_EQUAL_FATAL(sim_run(t, p, &sp, &r), 0);
+    sim_result r = replay(make_trace(3, dec_lens, dec_ids), make_plan(1, contiguous), &sp);
     CU_ASSERT_EQUAL(r.steps, 4);
     CU_ASSERT_EQUAL(r.tokens, 8);
     CLOSE(r.imbalance_mean, 1.5);
@@ -117,22 +119,15 @@ static void test_simulate_decode_staggers_the_first_batch_and_replaces_finished_
     CU_ASSERT_EQUAL(r.workers[1].pairs, 3 + 3 + 2 + 4);
     CU_ASSERT_EQUAL(r.workers[2].pairs, 1 + 1 + 2 + 0);
     sim_result_free(&r);
-    place_free(p);
-    trace_free(t);
 }
 
 static void test_simulate_decode_needs_a_full_first_batch(void) {
     /* three sequences cannot fill B = 4 concurrent users: no step */
-    trace *t = make_trace(3, dec_lens, dec_ids);
-    place_plan *p = make_plan(1, contiguous);
     sim_params sp = hand_params(SIM_DECODE, 4);
-    sim_result r;
-    CU_ASSERT_EQUAL_FATAL(sim_run(t, p, &sp, &r), 0);
+    sim_result r = replay(make_trace(3, dec_lens, dec_ids), make_plan(1, contiguous), &sp);
     CU_ASSERT_EQUAL(r.steps, 0);
     CU_ASSERT_EQUAL(r.tokens, 0);
     sim_result_free(&r);
-    place_free(p);
-    trace_free(t);
 }
 
 static void test_simulate_replicas_under_turns_take_tokens_in_turn_across_steps(void) {
@@ -144,12 +139,9 @@ static void test_simulate_replicas_under_turns_take_tokens_in_turn_across_steps(
     static const int lens[1] = {4};
     static const int ids[4][2] = {{0, 1}, {1, 2}, {0, 3}, {0, 1}};
     static const unsigned replicated[4] = {3, 1, 2, 2};
-    trace *t = make_trace(1, lens, ids);
-    place_plan *p = make_plan(1, replicated);
     sim_params sp = hand_params(SIM_PREFILL, 2);
     sp.dispatch = DISP_TURNS;
-    sim_result r;
-    CU_ASSERT_EQUAL_FATAL(sim_run(t, p, &sp, &r), 0);
+    sim_result r = replay(make_trace(1, lens, ids), make_plan(1, replicated), &sp);
     CU_ASSERT_EQUAL(r.steps, 2);
     CLOSE(r.imbalance_mean, 1.25);
     CLOSE(r.fanout_mean, 5.0 / 4);
@@ -158,8 +150,6 @@ static void test_simulate_replicas_under_turns_take_tokens_in_turn_across_steps(
     CU_ASSERT_EQUAL(r.workers[1].hosted, 2);  /* experts 0 and 1 */
     CU_ASSERT_EQUAL(r.workers[2].hosted, 3);  /* 0, 2 and 3 */
     sim_result_free(&r);
-    place_free(p);
-    trace_free(t);
 }
 
 static void test_simulate_model_layers_take_trace_layer_floor_j_l_over_m(void) {
@@ -177,15 +167,12 @@ static void test_simulate_model_layers_take_trace_layer_floor_j_l_over_m(void) {
     static const uint8_t is_moe[4] = {0, 1, 1, 1};
     sim_params sp = hand_params(SIM_PREFILL, 2);
     sp.is_moe = is_moe;
-    sim_result r;
-    CU_ASSERT_EQUAL_FATAL(sim_run(t, p, &sp, &r), 0);
+    sim_result r = replay(t, p, &sp);
     CU_ASSERT_EQUAL(r.steps, 1);
     CU_ASSERT_EQUAL(r.workers[1].pairs, 2 * 2 * 2); /* 2 tokens x 2 experts x 2 layers */
     CU_ASSERT_EQUAL(r.workers[2].pairs, 2 * 2 * 1);
     CLOSE(r.imbalance_mean, 2.0);  /* every (layer, step) has all its pairs on one worker */
     sim_result_free(&r);
-    place_free(p);
-    trace_free(t);
 }
 
 static void test_simulate_quantile_interpolates_linearly(void) {
