@@ -237,14 +237,24 @@ static void fill(trace *t, Darkhorse__RouteRecord **recs, int n_recs, const seqm
     }
 }
 
-/* Build the trace from the header and the unpacked records. */
-static trace *assemble(const Darkhorse__TraceHeader *h, Darkhorse__RouteRecord **recs, int n_recs) {
+/* Build the trace from the header and the unpacked records; NULL (logged) when the positions
+ * leave gaps far larger than the tokens recorded (a corrupt file would ask for gigabytes). */
+static trace *assemble(const char *path, const Darkhorse__TraceHeader *h, Darkhorse__RouteRecord **recs, int n_recs) {
     seqmap map;
     map_init(&map, 64);
     int n_spans;
     span *sp = find_spans(recs, n_recs, &map, &n_spans);
-    size_t N = 0;
+    size_t N = 0, recorded = 0;
     for (int i = 0; i < n_spans; i++) N += (size_t)(sp[i].end - sp[i].start);
+    for (int r = 0; r < n_recs; r++)
+        for (size_t s = 0; s < recs[r]->n_seqs; s++) recorded += recs[r]->seqs[s]->n_tokens;
+    if (N > recorded + ((size_t)1 << 24)) { /* positions far apart: corrupt, not worth gigabytes */
+        log_error("%s: the records' positions span %zu tokens but hold %zu: sequences with huge gaps", path, N,
+                  recorded);
+        free(sp);
+        map_free(&map);
+        return NULL;
+    }
     trace *t = trace_new((int)h->layers, (int)h->experts, (int)h->top_k, n_spans, N);
     snprintf(t->source, sizeof t->source, "%s", h->source ? h->source : "");
     t->hidden_size = (int)h->hidden_size, t->ffn_size = (int)h->ffn_size, t->weight_unit = h->weight_unit;
@@ -292,7 +302,7 @@ trace *tf_read(const char *path) {
         n_recs++;
         if (check_record(path, n_recs, h, recs[n_recs - 1]) != 0) goto out;
     }
-    t = assemble(h, recs, n_recs);
+    t = assemble(path, h, recs, n_recs);
 out:
     for (int i = 0; i < n_recs; i++) darkhorse__route_record__free_unpacked(recs[i], NULL);
     free(recs);

@@ -17,7 +17,8 @@ trace *tf_read(const char *path);
 
 /* Write the whole trace t to path, gzip-compressed, one record per sequence. Weights are
  * stored as integers of t->weight_unit when it is > 0 (exact for rounded source weights),
- * else as floats. 0, or DH_EIO with a message. */
+ * else as floats. Every (token, layer) must be recorded (no id -1). 0, or DH_EIO / DH_EINVAL
+ * with a message. */
 int tf_write(const trace *t, const char *path);
 
 /* The appending writer of live recording. Each record is flushed when added, so a crash
