@@ -443,7 +443,10 @@ static int cmd_trace_info(int argc, char **argv) {
     int D = t->n_domains, L = t->n_layers, E = t->n_experts;
     int *dseq = xcalloc((size_t)D, sizeof *dseq);
     size_t *dtok = xcalloc((size_t)D, sizeof *dtok);
-    for (int s = 0; s < t->n_seqs; s++) dseq[t->seqs[s].domain]++, dtok[t->seqs[s].domain] += (size_t)t->seqs[s].n_tokens;
+    for (int s = 0; s < t->n_seqs; s++) {
+        dseq[t->seqs[s].domain]++;
+        dtok[t->seqs[s].domain] += (size_t)t->seqs[s].n_tokens;
+    }
     uint64_t *load = xmalloc((size_t)E * sizeof *load), *pairs = xmalloc((size_t)E * E * sizeof *pairs);
     layer_stats *ls = xmalloc((size_t)L * sizeof *ls);
     double skew_mean = 0, pair_mean = 0;
@@ -468,7 +471,10 @@ static int cmd_trace_info(int argc, char **argv) {
         json_array_append_new(doms, o);
     }
     json_object_set_new(j, "domains", doms);
-    for (int l = 0; l < L; l++) json_array_append_new(sk, json_real(ls[l].skew)), json_array_append_new(pt, json_real(ls[l].pair_top5));
+    for (int l = 0; l < L; l++) {
+        json_array_append_new(sk, json_real(ls[l].skew));
+        json_array_append_new(pt, json_real(ls[l].pair_top5));
+    }
     json_object_set_new(j, "skew", sk);
     json_object_set_new(j, "skew_mean", json_real(skew_mean));
     json_object_set_new(j, "pair_top5_share", pt);

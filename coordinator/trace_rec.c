@@ -108,7 +108,8 @@ static int sequence_of(trec *r, const fwd_row *rows, int a, int b, int mtp_only,
     slot_state *st = &r->slots[s];
     if (mtp_only) {
         if (!st->known) {
-            if (!r->warned_mtp++) log_warn("%s: MTP rows of a sequence never seen by the main model: not recorded", r->path);
+            if (!r->warned_mtp++)
+                log_warn("%s: MTP rows of a sequence never seen by the main model: not recorded", r->path);
             return -1;
         }
     } else {

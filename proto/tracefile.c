@@ -337,7 +337,8 @@ static int put_msg(tf_writer *w, size_t n) {
                             (unsigned char)(n >> 24)};
     if (n > TF_MAX_MSG || gzwrite(w->g, len, 4) != 4 || (n && gzwrite(w->g, w->pack, (unsigned)n) != (int)n)) {
         int zerr;
-        log_error("%s: cannot write the trace: %s", w->path, n > TF_MAX_MSG ? "record too large" : gzerror(w->g, &zerr));
+        log_error("%s: cannot write the trace: %s", w->path,
+                  n > TF_MAX_MSG ? "record too large" : gzerror(w->g, &zerr));
         w->failed = 1;
         return DH_EIO;
     }

@@ -128,7 +128,8 @@ static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, 
     if (pairs) {
         int mx = 0;
         for (int w = 1; w <= W; w++) mx = DH_MAX(mx, st->load[w]);
-        if (st->n_imb == st->cap_imb) st->imb = xrealloc(st->imb, (st->cap_imb = 2 * st->cap_imb + 256) * sizeof *st->imb);
+        if (st->n_imb == st->cap_imb)
+            st->imb = xrealloc(st->imb, (st->cap_imb = 2 * st->cap_imb + 256) * sizeof *st->imb);
         st->imb[st->n_imb++] = mx / ((double)pairs / W);
     }
     double worst = 0, act = (double)sp->wire_bytes * sp->hidden_size;
