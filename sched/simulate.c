@@ -15,7 +15,7 @@
  * is the SwiGLU's flops per (token, expert): three [D, F] products of 2 flops a term, the rate
  * moe_mpi.c's deadline assumes. The coordinator's own work (attention, shared experts, head)
  * is not modelled. Entries with id -1 (a layer a live trace did not record) are skipped, and a
- * (layer, step) with no pairs at all counts in neither imbalance nor fan-out. */
+ * (layer, step) with no pairs at all counts in neither imbalance, fan-out, bytes nor time. */
 #include "simulate.h"
 
 #include <math.h>
@@ -132,6 +132,7 @@ static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, 
             st->imb = xrealloc(st->imb, (st->cap_imb = 2 * st->cap_imb + 256) * sizeof *st->imb);
         st->imb[st->n_imb++] = mx / ((double)pairs / W);
     }
+    if (!pairs) return 0; /* a layer the trace did not record (-1): no exchange at all */
     double worst = 0, act = (double)sp->wire_bytes * sp->hidden_size;
     for (int w = 1; w <= W; w++) {
         double req = st->rows[w] * (K * 8.0 + act), rep = st->rows[w] * act;
