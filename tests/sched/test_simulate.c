@@ -175,6 +175,25 @@ static void test_simulate_model_layers_take_trace_layer_floor_j_l_over_m(void) {
     sim_result_free(&r);
 }
 
+static void test_simulate_skips_what_a_live_trace_did_not_record(void) {
+    /* 2 layers, the second never recorded (ids -1, as the MTP block's when it does not run):
+     * t0 (0,1) t1 (0,2) in layer 0 only. One step: loads 3, 1 -> 1.5; fan-out 1, 2; 3 rows of
+     * 80 bytes for 2 tokens; 1858 ms (see the prefill test); layer 1 adds nothing anywhere. */
+    trace *t = trace_new(2, 4, 2, 1, 2);
+    t->n_domains = 1;
+    t->seqs[0] = (trace_seq){.n_tokens = 2};
+    static const int16_t ids[8] = {0, 1, -1, -1, 0, 2, -1, -1}; /* [token][layer][k] */
+    memcpy(t->ids, ids, sizeof ids);
+    sim_params sp = hand_params(SIM_PREFILL, 2);
+    sim_result r = replay(t, make_plan(2, contiguous), &sp);
+    CU_ASSERT_EQUAL(r.steps, 1);
+    CLOSE(r.imbalance_mean, 1.5);
+    CLOSE(r.fanout_mean, 1.5);
+    CLOSE(r.bytes_per_token, 3 * 80 / 2.0);
+    CLOSE(r.step_ms_mean, 1858);
+    sim_result_free(&r);
+}
+
 static void test_simulate_quantile_interpolates_linearly(void) {
     double v[5] = {5, 1, 4, 2, 3};                 /* sorted 1..5; h = 0.99 * 4 = 3.96 */
     CLOSE(sim_quantile(v, 5, 0.99), 4.96);
@@ -189,6 +208,7 @@ static CU_TestInfo simulate_tests[] = {
     {"decode needs a full first batch", test_simulate_decode_needs_a_full_first_batch},
     {"replicas under turns take tokens in turn across steps", test_simulate_replicas_under_turns_take_tokens_in_turn_across_steps},
     {"model MoE layers take trace layer floor(j L / M)", test_simulate_model_layers_take_trace_layer_floor_j_l_over_m},
+    {"what a live trace did not record is skipped", test_simulate_skips_what_a_live_trace_did_not_record},
     {"the p99 interpolates linearly between ranks", test_simulate_quantile_interpolates_linearly},
     CU_TEST_INFO_NULL,
 };
