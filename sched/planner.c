@@ -1,0 +1,236 @@
+/* planner.c: plans from a routing trace (see planner.h).
+ *
+ * Every algorithm plans each trace layer once and copies the result to every plan layer that
+ * takes that trace layer (a model with more MoE layers than the trace shares them). The
+ * classic three reuse placement.c on the trace's loads; eplb and affinity may replicate;
+ * domain is a greedy packing that keeps a domain's experts together while a worker stays
+ * within 5% of its share of the load: the slack is the price of gathering, and the number
+ * that docs/placement.md judges it by. */
+#include "planner.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+#include "sched/eplb.h"
+
+const char *const planner_algos[] = {"contiguous", "round-robin", "balanced", "eplb", "affinity", "domain", NULL};
+
+#define DOMAIN_SLACK 0.05
+
+planner_params planner_default_params(int n_workers) {
+    planner_params pp = {.algo = NULL, .n_workers = n_workers};
+    pp.aff = aff_default_params();
+    return pp;
+}
+
+/* The domain each expert of trace layer lt leans to: the largest share of a domain's load. */
+static void lean_domain(const plan_data *d, int lt, int *dom) {
+    int E = d->n_experts, L = d->n_layers;
+    for (int e = 0; e < E; e++) {
+        double best = -1;
+        dom[e] = 0;
+        for (int k = 0; k < d->n_domains; k++) {
+            const double *dl = d->dom_load + ((size_t)k * L + lt) * E;
+            double tot = 0;
+            for (int i = 0; i < E; i++) tot += dl[i];
+            double sh = tot > 0 ? dl[e] / tot : 0;
+            if (sh > best) best = sh, dom[e] = k;
+        }
+    }
+}
+
+/* domain: heaviest expert first; to the worker holding most of its domain's load so far if
+ * that worker stays within (1 + slack) of its share of the layer's load, else the lightest. */
+static void domain_layer(place_plan *p, int pl, const plan_data *d, int lt, const planner_params *pp) {
+    int E = d->n_experts, W = pp->n_workers, slots = pp->slots;
+    const double *load = d->load + (size_t)lt * E;
+    int *dom = xmalloc((size_t)E * sizeof *dom), *cnt = xcalloc((size_t)W, sizeof *cnt);
+    double *wl = xcalloc((size_t)W, sizeof *wl), *wd = xcalloc((size_t)W * d->n_domains, sizeof *wd);
+    char *done = xcalloc((size_t)E, 1);
+    double total = 0, capsum = 0;
+    for (int e = 0; e < E; e++) total += load[e];
+    for (int w = 0; w < W; w++) capsum += pp->capacity ? pp->capacity[w] : 1;
+    lean_domain(d, lt, dom);
+    for (int i = 0; i < E; i++) {
+        int e = -1;
+        for (int j = 0; j < E; j++)
+            if (!done[j] && (e < 0 || load[j] > load[e])) e = j;
+        done[e] = 1;
+        int home = -1, light = -1;
+        for (int w = 0; w < W; w++) {
+            if (cnt[w] >= slots) continue;
+            double cap = pp->capacity ? pp->capacity[w] : 1;
+            if (home < 0 || wd[(size_t)w * d->n_domains + dom[e]] > wd[(size_t)home * d->n_domains + dom[e]]) home = w;
+            if (light < 0 || wl[w] / cap < wl[light] / (pp->capacity ? pp->capacity[light] : 1)) light = w;
+        }
+        double share = total * (pp->capacity ? pp->capacity[home] : 1) / capsum;
+        int w = wd[(size_t)home * d->n_domains + dom[e]] > 0 && wl[home] + load[e] <= (1 + DOMAIN_SLACK) * share ? home : light;
+        cnt[w]++, wl[w] += load[e], wd[(size_t)w * d->n_domains + dom[e]] += load[e];
+        int rank = w + 1;
+        place_set(p, pl, e, &rank, 1);
+    }
+    free(dom), free(cnt), free(wl), free(wd), free(done);
+}
+
+/* One trace layer's plan written into plan layer pl: 0, or a DH_E code. */
+static int plan_layer(place_plan *p, int pl, const plan_data *d, int lt, const planner_params *pp, int kind) {
+    int E = d->n_experts, W = pp->n_workers;
+    const double *load = d->load + (size_t)lt * E;
+    if (kind <= 2) { /* contiguous, round-robin, balanced: placement.c on this layer's loads */
+        uint8_t one = 1;
+        place_input in = {.n_layers = 1, .n_experts = E, .n_workers = W, .is_moe = &one, .load = load,
+                          .capacity = pp->capacity};
+        place_plan *q = place_compute(planner_algos[kind], &in);
+        if (!q) return DH_EINVAL;
+        for (int e = 0; e < E; e++) {
+            int n;
+            const int *ws = place_get(q, 0, e, &n);
+            place_set(p, pl, e, ws, n);
+        }
+        place_free(q);
+        return 0;
+    }
+    if (kind == 3) {
+        eplb_layer(p, pl, load, E, W, pp->slots, pp->capacity);
+        return 0;
+    }
+    if (kind == 5) {
+        domain_layer(p, pl, d, lt, pp);
+        return 0;
+    }
+    aff_params ap = pp->aff;
+    ap.n_workers = W, ap.slots = pp->slots, ap.capacity = pp->capacity;
+    aff_state *a = aff_new(d, lt, &ap, NULL, 0);
+    if (!a) return DH_EINVAL;
+    aff_search(a);
+    aff_write(a, p, pl);
+    aff_free(a);
+    return 0;
+}
+
+/* Checks shared by compute and migrate; fills the effective slots and layer map. */
+static int check(const plan_data *d, planner_params *pp, int *L, const uint8_t **is_moe, int **map) {
+    int E = d->n_experts, W = pp->n_workers;
+    if (W < 1 || W > E || W > 64) {
+        log_error("placement: %d workers for %d experts a layer (want 1..min(E, 64))", W, E);
+        return DH_EINVAL;
+    }
+    if (!pp->slots) pp->slots = (E + W - 1) / W;
+    if ((long long)pp->slots * W < E) {
+        log_error("placement: %d slots on each of %d workers cannot host %d experts (want --slots >= %d)",
+                  pp->slots, W, E, (E + W - 1) / W);
+        return DH_EINVAL;
+    }
+    *L = pp->is_moe ? pp->n_layers : d->n_layers;
+    *map = xmalloc((size_t)*L * sizeof **map);
+    for (int l = 0; l < *L; l++) (*map)[l] = pp->is_moe ? (pp->is_moe[l] ? pp->trace_layer[l] : -1) : l;
+    uint8_t *all = NULL;
+    if (!pp->is_moe) {
+        all = xmalloc((size_t)*L);
+        memset(all, 1, (size_t)*L);
+    }
+    *is_moe = pp->is_moe ? pp->is_moe : all;
+    return 0;
+}
+
+place_plan *planner_compute(const plan_data *d, const planner_params *pp_in) {
+    planner_params pp = *pp_in;
+    const char *algo = pp.algo ? pp.algo : PLANNER_DEFAULT_ALGO;
+    int kind = -1;
+    for (int i = 0; planner_algos[i]; i++)
+        if (!strcmp(algo, planner_algos[i])) kind = i;
+    if (kind < 0) {
+        log_error("placement: unknown algorithm '%s' (contiguous, round-robin, balanced, eplb, affinity, domain)", algo);
+        return NULL;
+    }
+    int L, *map;
+    const uint8_t *is_moe;
+    if (check(d, &pp, &L, &is_moe, &map)) return NULL;
+    place_plan *p = place_new(L, d->n_experts, pp.n_workers);
+    snprintf(p->algo, sizeof p->algo, "%s", algo);
+    int rc = 0;
+    for (int l = 0; l < L && !rc; l++) {
+        if (map[l] < 0) continue;
+        int prev = -1; /* an earlier plan layer with the same trace layer */
+        for (int j = 0; j < l && prev < 0; j++)
+            if (map[j] == map[l]) prev = j;
+        if (prev < 0) {
+            log_debug("placement: layer %d (trace layer %d) by %s", l, map[l], algo);
+            rc = plan_layer(p, l, d, map[l], &pp, kind);
+            continue;
+        }
+        for (int e = 0; e < d->n_experts; e++) {
+            int n;
+            const int *ws = place_get(p, prev, e, &n);
+            int tmp[64];
+            memcpy(tmp, ws, (size_t)n * sizeof *tmp);
+            place_set(p, l, e, tmp, n);
+        }
+    }
+    if (is_moe != pp.is_moe) free((void *)is_moe);
+    free(map);
+    if (rc) place_free(p), p = NULL;
+    return p;
+}
+
+int planner_added(const place_plan *from, const place_plan *to) {
+    int added = 0;
+    for (int l = 0; l < to->n_layers; l++)
+        for (int e = 0; e < to->n_experts; e++) {
+            int n, m;
+            const int *a = place_get(to, l, e, &n), *b = place_get(from, l, e, &m);
+            for (int i = 0; i < n; i++) {
+                int found = 0;
+                for (int j = 0; j < m; j++) found |= a[i] == b[j];
+                added += !found;
+            }
+        }
+    return added;
+}
+
+place_plan *planner_migrate(const plan_data *d, const planner_params *pp_in, const place_plan *from,
+                            int max_moves, int *made) {
+    planner_params pp = *pp_in;
+    *made = 0;
+    int L, *map;
+    const uint8_t *is_moe;
+    if (check(d, &pp, &L, &is_moe, &map)) return NULL;
+    place_plan *p = NULL;
+    aff_state **st = xcalloc((size_t)L, sizeof *st);
+    double *gain = xcalloc((size_t)L, sizeof *gain);
+    int *cost = xcalloc((size_t)L, sizeof *cost), ok = 1;
+    if (from->n_layers != L || from->n_experts != d->n_experts || from->n_workers != pp.n_workers ||
+        place_validate(from, is_moe) != 0) {
+        log_error("placement: the plan to migrate from is for %d layers, %d experts, %d workers; this is %d, %d, %d",
+                  from->n_layers, from->n_experts, from->n_workers, L, d->n_experts, pp.n_workers);
+        ok = 0;
+    }
+    aff_params ap = pp.aff;
+    ap.n_workers = pp.n_workers, ap.slots = pp.slots, ap.capacity = pp.capacity;
+    for (int l = 0; l < L && ok; l++) {
+        if (map[l] < 0) continue;
+        if (!(st[l] = aff_new(d, map[l], &ap, from, l))) ok = 0;
+        else gain[l] = aff_best_move(st[l], &cost[l]);
+    }
+    // the best move of all layers each time, while the budget allows it
+    while (ok) {
+        int best = -1;
+        for (int l = 0; l < L; l++)
+            if (st[l] && gain[l] > 1e-12 && *made + cost[l] <= max_moves && (best < 0 || gain[l] > gain[best])) best = l;
+        if (best < 0) break;
+        aff_apply_best(st[best]);
+        *made += cost[best];
+        gain[best] = aff_best_move(st[best], &cost[best]);
+    }
+    if (ok) {
+        p = place_new(L, d->n_experts, pp.n_workers);
+        snprintf(p->algo, sizeof p->algo, "migrate");
+        for (int l = 0; l < L; l++)
+            if (st[l]) aff_write(st[l], p, l);
+    }
+    for (int l = 0; l < L; l++) aff_free(st[l]);
+    free(st), free(gain), free(cost), free(map);
+    if (is_moe != pp.is_moe) free((void *)is_moe);
+    return p;
+}
