@@ -26,6 +26,7 @@ static const command commands[] = {
     {"serve", cmd_serve, 1, "serve the OpenAI-compatible HTTP API (continuous batching)"},
     {"bench", cmd_bench, 1, "measure prompt processing and generation speed"},
     {"quantize", cmd_quantize, 0, "store a checkpoint with q8 or q4 weights"},
+    {"trace", cmd_trace, 0, "import a routing trace, or describe one"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

@@ -30,12 +30,13 @@ typedef struct trace {
     int top_k;          /* K */
     int hidden_size;    /* D of the model that routed, 0 if unknown */
     int ffn_size;       /* expert FFN width, 0 if unknown */
+    float weight_unit;  /* > 0: the weights are multiples of it (stored as integers on disk) */
     int n_domains;
     char domain_names[TRACE_MAX_DOMAINS][TRACE_NAME_MAX];
     int n_seqs;
     trace_seq *seqs;    /* [n_seqs], in file order */
     size_t n_tokens;    /* N */
-    int16_t *ids;       /* [N, L, K]: ids[(t * L + l) * K + k] */
+    int16_t *ids;       /* [N, L, K]: ids[(t * L + l) * K + k]; -1: not recorded */
     float *weights;     /* [N, L, K] gate weights, same order */
 } trace;
 

@@ -11,6 +11,7 @@ packages=(
   libevent-dev                              # HTTP server
   libcunit1-dev                             # unit tests
   libjansson-dev                            # JSON
+  zlib1g-dev                                # gzip-compressed routing traces
   libonig-dev                               # Unicode regexes of the tokenizer (what HF tokenizers uses)
   curl python3                               # HTTP tests; python3 compares float files in CLI tests
 )
