@@ -24,7 +24,7 @@
 
 struct aff_state {
     int E, W, slots;
-    double lambda;
+    double lambda, dshare;
     int max_passes;
     uint64_t host[64];  /* workers (bit w = rank w + 1) of each expert */
     int cnt[64];        /* copies per worker */
@@ -46,8 +46,8 @@ struct aff_state {
 };
 
 aff_params aff_default_params(void) {
-    return (aff_params){.n_workers = 0, .slots = 0, .capacity = NULL, .lambda = 4.0, .hub = 1,
-                        .max_tokens = 4096, .max_steps = 512, .max_passes = 8};
+    return (aff_params){.n_workers = 0, .slots = 0, .capacity = NULL, .lambda = 4.0, .decode_share = 0.5, .hub = 1,
+                        .max_tokens = 2048, .max_steps = 1024, .max_passes = 6};
 }
 
 /* Workers a token visits: experts with one copy fix them; a replicated expert adds a worker
@@ -76,7 +76,7 @@ static double step_imb(const aff_state *a, const double *sw, double tot) {
 
 double aff_objective(const aff_state *a) {
     int n_pre = a->ns - a->n_dec;
-    double imb = a->n_dec && n_pre ? 0.5 * (a->imb_dec / a->n_dec + a->imb_pre / n_pre)
+    double imb = a->n_dec && n_pre ? a->dshare * a->imb_dec / a->n_dec + (1 - a->dshare) * a->imb_pre / n_pre
                : a->n_dec ? a->imb_dec / a->n_dec : n_pre ? a->imb_pre / n_pre : 1.0;
     return (a->tw_sum > 0 ? a->fan_sum / a->tw_sum : 0) + a->lambda * imb;
 }
@@ -138,7 +138,7 @@ static double try_move(aff_state *a, int e1, int w1, int e2, int w2, int apply) 
         }
     }
     int n_pre = a->ns - a->n_dec;
-    double di = a->n_dec && n_pre ? 0.5 * (di_dec / a->n_dec + di_pre / n_pre)
+    double di = a->n_dec && n_pre ? a->dshare * di_dec / a->n_dec + (1 - a->dshare) * di_pre / n_pre
               : a->n_dec ? di_dec / a->n_dec : n_pre ? di_pre / n_pre : 0;
     if (apply) {
         a->imb_dec += di_dec, a->imb_pre += di_pre;
@@ -162,6 +162,7 @@ static double scan_from(aff_state *a, int e1, int w1, int first, double best, in
         }
         for (int e2 = 0; e2 < a->E; e2++) {
             if (e2 == e1 || !(a->host[e2] & BIT(w2)) || (a->host[e2] & BIT(w1))) continue;
+            if (first && (e2 < e1 || (e2 == e1 && w2 < w1))) continue; /* seen from (e2, w2) */
             double g = try_move(a, e1, w1, e2, w2, 0);
             if (g > best + 1e-12) {
                 best = g, *cost = 2;
@@ -259,9 +260,19 @@ static void initial_pack(aff_state *a, const double *load, const int *cnt) {
     }
 }
 
-/* The sampled tokens, their lists per expert, and the sampled steps' counts. */
+static uint64_t next_rand(uint64_t *s) { /* splitmix64 */
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* The sampled tokens, their lists per expert, and the steps' counts. The steps are
+ * resampled rather than the replay's own: a plan fitted to a few hundred exact steps learns
+ * their noise (it judged 0.02 better on its own steps than on held-out ones), and fresh
+ * draws of the same kind of step average it out. */
 static void take_data(aff_state *a, const plan_data *d, int lt, const aff_params *p) {
-    int N = d->n_tokens, E = a->E;
+    int N = d->n_tokens, E = a->E, rng_start = 0;
     const uint64_t *mask = d->mask + (size_t)lt * N;
     a->nt = DH_MIN(N, p->max_tokens);
     a->tm = xmalloc((size_t)a->nt * sizeof *a->tm);
@@ -282,21 +293,25 @@ static void take_data(aff_state *a, const plan_data *d, int lt, const aff_params
             a->tl[a->tl_first[e] + fill[e]++] = i;
         }
     free(fill);
-    // steps: decode and prefill sampled in proportion, evenly spaced within each
-    int n_pre = d->n_steps - d->n_decode, S = d->n_steps;
-    a->ns = DH_MIN(S, p->max_steps);
-    a->n_dec = S ? (int)((long long)a->ns * d->n_decode / S) : 0;
-    if (d->n_decode && !a->n_dec && a->ns > 1) a->n_dec = 1;
-    if (n_pre && a->n_dec == a->ns && a->ns > 1) a->n_dec--;
+    // steps: resampled from the replay's own, half decode-like, half prefill-like (below)
+    int n_pre = d->n_steps - d->n_decode;
+    a->n_dec = d->n_decode ? (n_pre ? p->max_steps / 2 : p->max_steps) : 0;
+    a->ns = a->n_dec + (n_pre ? p->max_steps - a->n_dec : 0);
     a->C = xcalloc((size_t)a->ns * E + 1, sizeof *a->C);
     a->Sw = xcalloc((size_t)a->ns * a->W + 1, sizeof *a->Sw);
     a->tot = xcalloc((size_t)a->ns + 1, sizeof *a->tot);
     a->imb = xcalloc((size_t)a->ns + 1, sizeof *a->imb);
+    uint64_t rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)lt; /* fixed: plans are reproducible */
     for (int i = 0; i < a->ns; i++) {
-        int dec = i < a->n_dec, n_i = dec ? a->n_dec : a->ns - a->n_dec, j = dec ? i : i - a->n_dec;
-        int s = dec ? (int)((long long)j * d->n_decode / n_i) : d->n_decode + (int)((long long)j * n_pre / n_i);
-        for (int k = d->step_first[s]; k < d->step_first[s + 1]; k++) {
-            int t = d->step_tok[k];
+        for (int b = 0; b < d->batch; b++) {
+            int t;
+            if (i < a->n_dec) { /* slot b of a random decode step: mostly other sequences */
+                int s = (int)(next_rand(&rng) % (uint64_t)d->n_decode);
+                t = d->step_tok[d->step_first[s] + b];
+            } else { /* B consecutive tokens from a random start, as prefill takes them */
+                if (b == 0) rng_start = (int)(next_rand(&rng) % (uint64_t)(N - d->batch + 1));
+                t = rng_start + b;
+            }
             for (uint64_t x = mask[t]; x; x &= x - 1) a->C[(size_t)i * E + __builtin_ctzll(x)] += d->weight[t];
             a->tot[i] += d->weight[t] * __builtin_popcountll(mask[t]);
         }
@@ -311,7 +326,7 @@ aff_state *aff_new(const plan_data *d, int lt, const aff_params *p, const place_
         return NULL;
     }
     aff_state *a = xcalloc(1, sizeof *a);
-    a->E = E, a->W = W, a->slots = p->slots, a->lambda = p->lambda, a->max_passes = p->max_passes;
+    a->E = E, a->W = W, a->slots = p->slots, a->lambda = p->lambda, a->dshare = p->decode_share, a->max_passes = p->max_passes;
     for (int w = 0; w < W; w++) a->cap[w] = p->capacity ? p->capacity[w] : 1.0, a->capsum += a->cap[w];
     take_data(a, d, lt, p);
     const double *load = d->load + (size_t)lt * E;

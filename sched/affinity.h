@@ -22,6 +22,7 @@ typedef struct aff_params {
     int slots;              /* copies per worker at most; W * slots >= E */
     const double *capacity; /* [W] relative speeds, or NULL: equal */
     double lambda;          /* weight of the imbalance term (fan-out is about 1..W) */
+    double decode_share;    /* the imbalance term: this share decode steps, the rest prefill */
     int hub;                /* replica counts: 0 EPLB's rule (highest load per replica), 1 the
                                hottest experts on every worker first */
     int max_tokens;         /* tokens sampled for the fan-out term (evenly spaced) */
