@@ -55,6 +55,7 @@ int rt_parse_opt(rt_opts *o, int code, const char *arg) {
         return 1;
     case 1008: o->portable = 1; return 1;
     case 1010: o->routing_stats = arg; return 1;
+    case 1012: o->trace_out = arg; return 1;
     case 1011: {
         double *cap = NULL;
         if (strcmp(arg, "measured") != 0 && place_parse_capacity(arg, &cap) < 0) return -1;
@@ -148,6 +149,13 @@ int rt_open_kv(rt *r, const rt_opts *o, int max_rows, int max_seq_len, int n_seq
     }
     r->f = fwd_new(r->m, r->kv, r->moe, max_rows);
     fwd_set_route_counts(r->f, r->stats->routed);
+    if (o->trace_out) {
+        if (!(r->rec = trec_open(o->trace_out, r->m, max_rows))) {
+            rt_close(r, 0);
+            return 1;
+        }
+        fwd_set_route_hook(r->f, trec_route, r->rec);
+    }
     log_info("loaded %s in %.2f s: %.2f GB of weights, %s kernels, %d threads", o->model_dir, r->load_s,
              model_weight_bytes(r->m) / 1e9, nn_kernels()->name, nn_threads());
     return 0;
@@ -171,6 +179,7 @@ void rt_close(rt *r, int print_stats) {
     if (r->clustered && r->cl.stats) cluster_report(&r->cl);
     if (print_stats && r->stats && r->m) ls_print(r->stats, &r->m->cfg, stderr);
     if (r->o.routing_stats && r->stats && r->m) save_routing(r);
+    trec_close(r->rec);
     fwd_free(r->f);
     if (r->clustered) {
         cluster_stop(&r->cl); /* frees the backend and the stats */

@@ -55,6 +55,9 @@ struct fwd_ctx {
     nn_mm *mm;                     /* [H] per-head products of one pass */
     wmat *w_head;                  /* [H] their weight views */
     uint64_t *route_counts;        /* [n_layers * E] or NULL */
+    fwd_route_fn route_fn;         /* routing observer or NULL, with its context */
+    void *route_ctx;
+    const fwd_row *rows;           /* the current step's rows, for the observer */
     double t[FWD_T_COUNT];         /* seconds per part */
 };
 
@@ -103,6 +106,8 @@ void fwd_free(fwd_ctx *f) {
 }
 
 void fwd_set_route_counts(fwd_ctx *f, uint64_t *counts) { f->route_counts = counts; }
+
+void fwd_set_route_hook(fwd_ctx *f, fwd_route_fn fn, void *ctx) { f->route_fn = fn, f->route_ctx = ctx; }
 
 void fwd_times(const fwd_ctx *f, double *seconds) { memcpy(seconds, f->t, sizeof f->t); }
 
@@ -301,6 +306,7 @@ static int moe_layer(fwd_ctx *f, int layer, const float *h, int T, float *out, i
         if (f->route_counts)
             for (int k = 0; k < K; k++) f->route_counts[(size_t)layer * E + f->ridx[t * K + k]]++;
     }
+    if (f->route_fn) f->route_fn(f->route_ctx, layer, f->rows, T, f->ridx, f->rw);
     if (idx_out) memcpy(idx_out, f->ridx, (size_t)T * K * sizeof *idx_out);
     if (w_out) memcpy(w_out, f->rw, (size_t)T * K * sizeof *w_out);
     // routed experts on the backend; the shared experts meanwhile
@@ -357,6 +363,7 @@ int fwd_step(fwd_ctx *f, const fwd_row *rows, int T, fwd_out *out) {
         wt_row(&m->embed_tokens, rows[t].token, f->x + (size_t)t * D);
     }
     rope_tables(f, rows, T);
+    f->rows = rows;
     int moe_i = 0;
     for (int l = 0; l < L; l++) {
         int *ri = NULL;
@@ -375,6 +382,7 @@ int fwd_step(fwd_ctx *f, const fwd_row *rows, int T, fwd_out *out) {
     double t0 = dh_now();
     head(f, rows, T, m->norm, &m->lm_head, out ? out->logits : NULL);
     f->t[FWD_T_HEAD] += dh_now() - t0;
+    if (f->route_fn) f->route_fn(f->route_ctx, -1, rows, T, NULL, NULL);
     return 0;
 }
 
@@ -398,8 +406,10 @@ int fwd_mtp(fwd_ctx *f, const fwd_row *rows, const float *hidden, int T, float *
     memcpy(before, f->t, sizeof before);
     nn_matmul(f->x, f->cat, &lw->eh_proj, T);
     rope_tables(f, rows, T);
+    f->rows = rows;
     int rc = block(f, L, rows, T, NULL, NULL);
     if (rc) return rc;
+    if (f->route_fn) f->route_fn(f->route_ctx, -1, rows, T, NULL, NULL);
     head(f, rows, T, lw->shared_head_norm, &lw->shared_head_head, logits);
     memcpy(f->t, before, sizeof before); /* the MTP block counts as MTP only */
     f->t[FWD_T_MTP] += dh_now() - t0;

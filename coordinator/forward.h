@@ -54,6 +54,13 @@ int fwd_mtp(fwd_ctx *f, const fwd_row *rows, const float *hidden, int T, float *
 /* Record tokens routed per (layer, expert) into counts [n_layers * E] (kept; NULL stops). */
 void fwd_set_route_counts(fwd_ctx *f, uint64_t *counts);
 
+/* A routing observer (live trace recording): called after the router of every MoE layer
+ * (model layer index `layer`, the MTP block's too) with the step's rows and their chosen
+ * experts idx [T, K] and gate weights w [T, K], borrowed for the call; then once with layer
+ * -1 (idx, w NULL) when the step (fwd_step or fwd_mtp) is done. It must not change anything. */
+typedef void (*fwd_route_fn)(void *ctx, int layer, const fwd_row *rows, int T, const int *idx, const float *w);
+void fwd_set_route_hook(fwd_ctx *f, fwd_route_fn fn, void *ctx); /* NULL fn stops */
+
 /* Seconds spent so far in each part of the forward pass (wall time of the engine thread). */
 enum { FWD_T_ATTENTION, FWD_T_MOE, FWD_T_DENSE, FWD_T_HEAD, FWD_T_MTP, FWD_T_COUNT };
 void fwd_times(const fwd_ctx *f, double *seconds /* [FWD_T_COUNT] */);

@@ -79,13 +79,14 @@ static int next_msg(const char *path, const unsigned char *buf, size_t len, size
                     const unsigned char **msg, size_t *mlen) {
     if (*off == len) return 0;
     if (len - *off < 4) {
-        log_warn("%s: record %d is truncated (%zu bytes of its length): ignored", path, index, len - *off);
+        log_warn("%s: record %d is truncated (%zu bytes of its length): ignored, %d whole record%s read", path,
+                 index, len - *off, index - 1, index == 2 ? "" : "s");
         return -1;
     }
     uint32_t n = get_u32le(buf + *off);
     if (n > len - *off - 4) {
         log_warn("%s: record %d is truncated (%zu of %u bytes): ignored, %d whole record%s read", path, index,
-                 len - *off - 4, n, index, index == 1 ? "" : "s");
+                 len - *off - 4, n, index - 1, index == 2 ? "" : "s");
         return -1;
     }
     *msg = buf + *off + 4, *mlen = n;

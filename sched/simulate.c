@@ -1,0 +1,224 @@
+/* simulate.c: the trace replay (see simulate.h and docs/placement.md).
+ *
+ * A step is a list of B token indices into the trace, made by a cursor over the selected
+ * sequences (prefill) or by B slots (decode). For each MoE layer j of the plan, the step's
+ * [B, K] expert ids of trace layer floor(j * L / M) go through disp_assign() with the plan, as
+ * in the coordinator; the (token, slot) -> worker answer gives:
+ *   load[w]   pairs of worker w            -> imbalance max(load) / mean(load)
+ *   fan-out   distinct workers of a token  -> mean over (token, layer)
+ *   rows[w]   tokens with a slot on w      -> bytes as moe_mpi.c packs them: request
+ *             rows * (K * 8 + D * wire), ids int32 and weights f32 per slot; reply rows * D * wire
+ *   time      max over w of 2 * latency + (request + reply) * 8 / bandwidth
+ *             + load[w] * 6 * D * F / rate[w]
+ * The time model is a star: each worker has its own link to the coordinator, and the
+ * exchange waits for the slowest worker (moe_mpi.c's finish waits for every reply). 6 * D * F
+ * is the SwiGLU's flops per (token, expert): three [D, F] products of 2 flops a term, the rate
+ * moe_mpi.c's deadline assumes. The coordinator's own work (attention, shared experts, head)
+ * is not modelled. Entries with id -1 (a layer a live trace did not record) are skipped, and a
+ * (layer, step) with no pairs at all counts in neither imbalance nor fan-out. */
+#include "simulate.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+
+sim_params sim_default_params(void) {
+    return (sim_params){.batch = 64, .mode = SIM_DECODE, .half = TRACE_SEQS_ALL, .dispatch = DISP_SMART,
+                        .wire_bytes = 4, .link_gbps = SIM_DEFAULT_LINK_GBPS, .link_us = SIM_DEFAULT_LINK_US};
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+double sim_quantile(double *v, size_t n, double q) {
+    if (n == 0) return 0;
+    qsort(v, n, sizeof *v, cmp_double);
+    double h = q * (double)(n - 1);
+    size_t lo = (size_t)floor(h);
+    if (lo + 1 >= n) return v[n - 1];
+    return v[lo] + (h - (double)lo) * (v[lo + 1] - v[lo]);
+}
+
+/* The step maker: B token indices per step. */
+typedef struct stepper {
+    const trace *t;
+    const int *order;   /* selected sequences, replay order */
+    int n_order;
+    int B;
+    sim_mode mode;
+    int next;           /* prefill: the sequence of order[] being cut; decode: the next to start */
+    int off;            /* prefill: the next token of order[next] */
+    int *slot_seq;      /* [B] decode: sequence of each slot */
+    int *slot_off;      /* [B] decode: next token of each slot */
+} stepper;
+
+static void stepper_init(stepper *s, const trace *t, const int *order, int n, int B, sim_mode mode) {
+    *s = (stepper){.t = t, .order = order, .n_order = n, .B = B, .mode = mode};
+    s->slot_seq = xcalloc((size_t)B, sizeof *s->slot_seq);
+    s->slot_off = xcalloc((size_t)B, sizeof *s->slot_off);
+    if (mode == SIM_DECODE) {
+        for (int k = 0; k < B; k++) {
+            s->slot_seq[k] = k < n ? order[k] : -1;
+            if (k < n) s->slot_off[k] = (int)((long long)k * t->seqs[order[k]].n_tokens / B);
+        }
+        s->next = DH_MIN(B, n);
+    }
+}
+
+static void stepper_free(stepper *s) { free(s->slot_seq), free(s->slot_off); }
+
+/* The next step's B token indices into tok[]: 1, or 0 when it cannot be filled. */
+static int next_step(stepper *s, size_t *tok) {
+    const trace *t = s->t;
+    if (s->mode == SIM_PREFILL) {
+        for (int i = 0; i < s->B; i++) {
+            while (s->next < s->n_order && s->off >= t->seqs[s->order[s->next]].n_tokens) s->next++, s->off = 0;
+            if (s->next >= s->n_order) return 0;
+            tok[i] = t->seqs[s->order[s->next]].first + (size_t)s->off++;
+        }
+        return 1;
+    }
+    for (int k = 0; k < s->B; k++) { /* replace finished sequences first: the step must be whole */
+        while (s->slot_seq[k] >= 0 && s->slot_off[k] >= t->seqs[s->slot_seq[k]].n_tokens) {
+            s->slot_seq[k] = s->next < s->n_order ? s->order[s->next++] : -1;
+            s->slot_off[k] = 0;
+        }
+        if (s->slot_seq[k] < 0) return 0;
+    }
+    for (int k = 0; k < s->B; k++) tok[k] = t->seqs[s->slot_seq[k]].first + (size_t)s->slot_off[k]++;
+    return 1;
+}
+
+/* Scratch and running sums of one replay. */
+typedef struct sim_run_state {
+    int W, K, B;
+    int *idx, *wk;        /* [B, K] */
+    int *load, *rows;     /* [W + 1] */
+    double *imb;          /* imbalance of every (layer, step) */
+    size_t n_imb, cap_imb;
+    double fan_sum;
+    uint64_t fan_n;
+    double bytes;
+} sim_run_state;
+
+/* One (layer, step): assign, count, and return the predicted exchange seconds. */
+static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, int pl, const sim_params *sp,
+                         sim_result *r) {
+    int W = st->W, K = st->K, B = st->B;
+    disp_assign(d, p, pl, st->idx, B, K, st->wk);
+    memset(st->load, 0, (size_t)(W + 1) * sizeof *st->load);
+    memset(st->rows, 0, (size_t)(W + 1) * sizeof *st->rows);
+    uint64_t pairs = 0;
+    for (int t = 0; t < B; t++) {
+        const int *tw = st->wk + (size_t)t * K;
+        int distinct = 0;
+        for (int k = 0; k < K; k++) {
+            if (tw[k] < 0) continue;
+            st->load[tw[k]]++, pairs++;
+            int first = 1;
+            for (int k2 = 0; k2 < k; k2++) first &= tw[k2] != tw[k];
+            if (first) st->rows[tw[k]]++, distinct++;
+        }
+        if (distinct) st->fan_sum += distinct, st->fan_n++;
+    }
+    if (pairs) {
+        int mx = 0;
+        for (int w = 1; w <= W; w++) mx = DH_MAX(mx, st->load[w]);
+        if (st->n_imb == st->cap_imb) st->imb = xrealloc(st->imb, (st->cap_imb = 2 * st->cap_imb + 256) * sizeof *st->imb);
+        st->imb[st->n_imb++] = mx / ((double)pairs / W);
+    }
+    double worst = 0, act = (double)sp->wire_bytes * sp->hidden_size;
+    for (int w = 1; w <= W; w++) {
+        double req = st->rows[w] * (K * 8.0 + act), rep = st->rows[w] * act;
+        double rate = (sp->worker_gflops ? sp->worker_gflops[w - 1] : SIM_DEFAULT_GFLOPS) * 1e9;
+        double s = 2 * sp->link_us * 1e-6 + (req + rep) * 8 / (sp->link_gbps * 1e9) +
+                   st->load[w] * 6.0 * sp->hidden_size * sp->ffn_size / rate;
+        worst = DH_MAX(worst, s);
+        sim_worker *sw = &r->workers[w];
+        sw->pairs += (uint64_t)st->load[w], sw->rows += (uint64_t)st->rows[w];
+        sw->bytes_in += (uint64_t)req, sw->bytes_out += (uint64_t)rep, sw->busy_s += s;
+        st->bytes += req + rep;
+    }
+    return worst;
+}
+
+int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_result *r) {
+    memset(r, 0, sizeof *r);
+    int W = p->n_workers, K = t->top_k, B = sp->batch, L = t->n_layers, M = 0;
+    if (p->n_experts != t->n_experts || B < 1 || W < 1) {
+        log_error("simulate: the plan is for %d experts and the trace has %d (batch %d, %d workers)", p->n_experts,
+                  t->n_experts, B, W);
+        return DH_EINVAL;
+    }
+    int *moe = xmalloc((size_t)p->n_layers * sizeof *moe); /* plan layer of MoE layer j */
+    for (int l = 0; l < p->n_layers; l++)
+        if (!sp->is_moe || sp->is_moe[l]) moe[M++] = l;
+    if (M == 0) {
+        log_error("simulate: the plan has no MoE layers");
+        free(moe);
+        return DH_EINVAL;
+    }
+    r->n_workers = W;
+    r->workers = xcalloc((size_t)W + 1, sizeof *r->workers);
+    for (int j = 0; j < M; j++)
+        for (int e = 0; e < p->n_experts; e++) {
+            int n;
+            const int *ws = place_get(p, moe[j], e, &n);
+            for (int i = 0; i < n; i++) r->workers[ws[i]].hosted++;
+        }
+    int *order = xmalloc((size_t)DH_MAX(t->n_seqs, 1) * sizeof *order);
+    int n_order = trace_select(t, sp->half, order);
+    stepper s;
+    stepper_init(&s, t, order, n_order, B, sp->mode);
+    sim_run_state st = {.W = W, .K = K, .B = B};
+    st.idx = xmalloc((size_t)B * K * sizeof *st.idx), st.wk = xmalloc((size_t)B * K * sizeof *st.wk);
+    st.load = xmalloc((size_t)(W + 1) * sizeof *st.load), st.rows = xmalloc((size_t)(W + 1) * sizeof *st.rows);
+    size_t *tok = xmalloc((size_t)B * sizeof *tok);
+    disp_state *d = disp_new(sp->dispatch, p->n_layers, p->n_experts, W);
+    double time_sum = 0;
+    while (next_step(&s, tok)) {
+        double step_s = 0;
+        for (int j = 0; j < M; j++) {
+            int l = trace_layer_for(j, M, L);
+            for (int i = 0; i < B; i++)
+                for (int k = 0; k < K; k++) st.idx[i * K + k] = t->ids[(tok[i] * L + l) * K + k];
+            step_s += layer_step(&st, d, p, moe[j], sp, r);
+        }
+        time_sum += step_s;
+        r->steps++;
+    }
+    r->tokens = r->steps * B;
+    double sum = 0;
+    for (size_t i = 0; i < st.n_imb; i++) sum += st.imb[i];
+    r->imbalance_mean = st.n_imb ? sum / (double)st.n_imb : 0;
+    r->imbalance_p99 = sim_quantile(st.imb, st.n_imb, 0.99);
+    r->fanout_mean = st.fan_n ? st.fan_sum / (double)st.fan_n : 0;
+    r->bytes_per_token = r->tokens ? st.bytes / (double)r->tokens : 0;
+    r->step_ms_mean = r->steps ? time_sum * 1e3 / (double)r->steps : 0;
+    disp_free(d);
+    stepper_free(&s);
+    free(st.idx), free(st.wk), free(st.load), free(st.rows), free(st.imb), free(tok), free(order), free(moe);
+    return 0;
+}
+
+void sim_result_free(sim_result *r) {
+    free(r->workers);
+    r->workers = NULL;
+}
+
+void sim_print_workers(const sim_result *r, FILE *f) {
+    uint64_t total = 0;
+    for (int w = 1; w <= r->n_workers; w++) total += r->workers[w].pairs;
+    fprintf(f, "worker  experts  expert-tok  share   rows      MB-in    MB-out   busy-ms/step\n");
+    for (int w = 1; w <= r->n_workers; w++) {
+        const sim_worker *sw = &r->workers[w];
+        fprintf(f, "%6d  %7d  %10llu  %5.3f  %9llu  %8.1f  %8.1f  %8.3f\n", w, sw->hosted,
+                (unsigned long long)sw->pairs, total ? (double)sw->pairs / (double)total : 0.0,
+                (unsigned long long)sw->rows, sw->bytes_in / 1e6, sw->bytes_out / 1e6,
+                r->steps ? sw->busy_s * 1e3 / (double)r->steps : 0.0);
+    }
+}
