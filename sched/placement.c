@@ -88,12 +88,13 @@ static void balanced_layer(place_plan *p, const place_input *in, int l) {
     for (int e = 0; e < E; e++) r[e] = (ranked){in->load ? in->load[(size_t)l * E + e] : 1.0, e};
     qsort(r, (size_t)E, sizeof *r, cmp_ranked);
     for (int i = 0; i < E; i++) {
-        int best = 0;
+        int best = -1;
         double bt = 0;
         for (int w = 0; w < W; w++) {
+            if (in->slots > 0 && cnt[w] >= in->slots && in->slots * W >= E) continue;
             double cap = in->capacity ? in->capacity[w] : 1.0;
             double t = (wl[w] + r[i].load) / (cap > 0 ? cap : 1e-9);
-            if (w == 0 || t < bt || (t == bt && cnt[w] < cnt[best])) best = w, bt = t;
+            if (best < 0 || t < bt || (t == bt && cnt[w] < cnt[best])) best = w, bt = t;
         }
         wl[best] += r[i].load;
         cnt[best]++;

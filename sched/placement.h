@@ -26,6 +26,7 @@ typedef struct place_input {
     const double *capacity;   /* [W] relative speed of each worker; NULL: equal */
     const float *bias;        /* [n_layers * E] e_score_correction_bias (may be NULL) */
     const int *domain;        /* [E] domain id per expert (may be NULL) */
+    int slots;                /* balanced: at most this many experts per worker; 0: no limit */
 } place_input;
 
 /* Algorithm names, NULL-terminated. */

@@ -80,7 +80,7 @@ static int plan_layer(place_plan *p, int pl, const plan_data *d, int lt, const p
     if (kind <= 2) { /* contiguous, round-robin, balanced: placement.c on this layer's loads */
         uint8_t one = 1;
         place_input in = {.n_layers = 1, .n_experts = E, .n_workers = W, .is_moe = &one, .load = load,
-                          .capacity = pp->capacity};
+                          .capacity = pp->capacity, .slots = pp->slots};
         place_plan *q = place_compute(planner_algos[kind], &in);
         if (!q) return DH_EINVAL;
         for (int e = 0; e < E; e++) {
