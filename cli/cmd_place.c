@@ -168,7 +168,6 @@ int cmd_place(int argc, char **argv) {
     pp.algo = o.algo, pp.slots = o.slots, pp.capacity = cap;
     pp.n_layers = n_layers, pp.is_moe = is_moe, pp.trace_layer = map;
     if (o.lambda >= 0) pp.aff.lambda = o.lambda;
-    if (getenv("DH_DSHARE")) pp.aff.decode_share = atof(getenv("DH_DSHARE")); /* DEV */
     if (o.replicas) pp.aff.hub = !strcmp(o.replicas, "hub");
     if (o.from) {
         uint8_t *all = NULL;
