@@ -202,5 +202,6 @@ moe_backend *moe_mpi_new(const model *m, cluster *c) {
     b->st = xcalloc((size_t)b->P, sizeof *b->st);
     b->req = xcalloc(3 + (size_t)b->P, sizeof *b->req);
     b->disp = disp_new(DISP_SMART, m->n_layers, b->E, b->W);
+    disp_set_capacity(b->disp, c->capacity); /* the speeds the plan weighed by, if any */
     return &b->base;
 }

@@ -24,35 +24,23 @@ void eplb_replicate(const double *load, int E, int n_phys, int *cnt) {
     }
 }
 
-typedef struct item {
-    double w;
-    int i;
-} item;
-
-static int cmp_item(const void *a, const void *b) {
-    const item *x = a, *y = b;
-    if (x->w != y->w) return x->w > y->w ? -1 : 1;
-    return x->i - y->i;
-}
-
 void eplb_pack(const double *w, int n, int W, int per_pack, const double *cap, int *pack) {
     DH_ASSERT(n == W * per_pack);
-    item *it = xmalloc((size_t)n * sizeof *it);
+    int *order = xmalloc((size_t)n * sizeof *order);
     double *pw = xcalloc((size_t)W, sizeof *pw);
     int *pn = xcalloc((size_t)W, sizeof *pn);
-    for (int i = 0; i < n; i++) it[i] = (item){w[i], i};
-    qsort(it, (size_t)n, sizeof *it, cmp_item);
+    place_order_by_load(w, n, order);
     for (int j = 0; j < n; j++) {
-        int best = -1;
+        int best = -1, i = order[j];
         for (int k = 0; k < W; k++) {
             if (pn[k] >= per_pack) continue;
             if (best < 0 || pw[k] / (cap ? cap[k] : 1) < pw[best] / (cap ? cap[best] : 1)) best = k;
         }
-        pack[it[j].i] = best;
-        pw[best] += it[j].w;
+        pack[i] = best;
+        pw[best] += w[i];
         pn[best]++;
     }
-    free(it), free(pw), free(pn);
+    free(order), free(pw), free(pn);
 }
 
 int eplb_layer(place_plan *p, int l, const double *load, int E, int W, int slots, const double *cap) {

@@ -36,6 +36,10 @@ extern const char *const place_algos[];
  * *cap (malloc'd): the count, or -1 with a message naming the bad item. */
 int place_parse_capacity(const char *s, double **cap);
 
+/* Indices 0..n-1 by decreasing load[i], ties to the lower index, into order[n]: the order
+ * in which the greedy packings take experts. */
+void place_order_by_load(const double *load, int n, int *order);
+
 /* Compute a plan. NULL (and a message) for an unknown algorithm or impossible input
  * (more workers than experts, no workers). */
 place_plan *place_compute(const char *algo, const place_input *in);

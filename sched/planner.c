@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "core/threadpool.h"
 #include "sched/eplb.h"
 
 const char *const planner_algos[] = {"contiguous", "round-robin", "balanced", "eplb", "affinity", "domain", NULL};
@@ -47,17 +48,14 @@ static void domain_layer(place_plan *p, int pl, const plan_data *d, int lt, cons
     const double *load = d->load + (size_t)lt * E;
     int *dom = xmalloc((size_t)E * sizeof *dom), *cnt = xcalloc((size_t)W, sizeof *cnt);
     double *wl = xcalloc((size_t)W, sizeof *wl), *wd = xcalloc((size_t)W * d->n_domains, sizeof *wd);
-    char *done = xcalloc((size_t)E, 1);
+    int *order = xmalloc((size_t)E * sizeof *order);
     double total = 0, capsum = 0;
     for (int e = 0; e < E; e++) total += load[e];
     for (int w = 0; w < W; w++) capsum += pp->capacity ? pp->capacity[w] : 1;
     lean_domain(d, lt, dom);
+    place_order_by_load(load, E, order);
     for (int i = 0; i < E; i++) {
-        int e = -1;
-        for (int j = 0; j < E; j++)
-            if (!done[j] && (e < 0 || load[j] > load[e])) e = j;
-        done[e] = 1;
-        int home = -1, light = -1;
+        int e = order[i], home = -1, light = -1;
         for (int w = 0; w < W; w++) {
             if (cnt[w] >= slots) continue;
             double cap = pp->capacity ? pp->capacity[w] : 1;
@@ -70,7 +68,7 @@ static void domain_layer(place_plan *p, int pl, const plan_data *d, int lt, cons
         int rank = w + 1;
         place_set(p, pl, e, &rank, 1);
     }
-    free(dom), free(cnt), free(wl), free(wd), free(done);
+    free(dom), free(cnt), free(wl), free(wd), free(order);
 }
 
 /* One trace layer's plan written into plan layer pl: 0, or a DH_E code. */
@@ -99,14 +97,30 @@ static int plan_layer(place_plan *p, int pl, const plan_data *d, int lt, const p
         domain_layer(p, pl, d, lt, pp);
         return 0;
     }
-    aff_params ap = pp->aff;
-    ap.n_workers = W, ap.slots = pp->slots, ap.capacity = pp->capacity;
-    aff_state *a = aff_new(d, lt, &ap, NULL, 0);
-    if (!a) return DH_EINVAL;
-    aff_search(a);
-    aff_write(a, p, pl);
-    aff_free(a);
-    return 0;
+    return DH_EINVAL; /* affinity: searched in parallel by search_layers */
+}
+
+/* The affinity searches of every trace layer, on two threads (the layers are independent and
+ * each search is deterministic, so the plan does not depend on the thread count). */
+typedef struct search_job {
+    const plan_data *d;
+    aff_params ap;
+    aff_state **st;         /* [L trace] the searched layers */
+    const uint8_t *want;    /* [L trace] the layers some plan layer takes */
+} search_job;
+
+static void search_one(void *ctx, int lt, int thread) {
+    (void)thread;
+    search_job *j = ctx;
+    if (!j->want[lt]) return;
+    j->st[lt] = aff_new(j->d, lt, &j->ap, NULL, 0);
+    if (j->st[lt]) aff_search(j->st[lt]);
+}
+
+static void search_layers(search_job *j, int n) {
+    tp_pool *tp = tp_new(2);
+    tp_run(tp, n, search_one, j);
+    tp_free(tp);
 }
 
 /* Checks shared by compute and migrate; fills the effective slots and layer map. */
@@ -149,9 +163,25 @@ place_plan *planner_compute(const plan_data *d, const planner_params *pp_in) {
     if (check(d, &pp, &L, &is_moe, &map)) return NULL;
     place_plan *p = place_new(L, d->n_experts, pp.n_workers);
     snprintf(p->algo, sizeof p->algo, "%s", algo);
-    int rc = 0;
+    int rc = 0, Lt = d->n_layers;
+    aff_state **st = xcalloc((size_t)Lt, sizeof *st);
+    if (kind == 4) {
+        uint8_t *want = xcalloc((size_t)Lt, 1);
+        for (int l = 0; l < L; l++)
+            if (map[l] >= 0) want[map[l]] = 1;
+        search_job j = {.d = d, .ap = pp.aff, .st = st, .want = want};
+        j.ap.n_workers = pp.n_workers, j.ap.slots = pp.slots, j.ap.capacity = pp.capacity;
+        search_layers(&j, Lt);
+        for (int lt = 0; lt < Lt; lt++)
+            if (want[lt] && !st[lt]) rc = DH_EINVAL;
+        free(want);
+    }
     for (int l = 0; l < L && !rc; l++) {
         if (map[l] < 0) continue;
+        if (kind == 4) {
+            aff_write(st[map[l]], p, l);
+            continue;
+        }
         int prev = -1; /* an earlier plan layer with the same trace layer */
         for (int j = 0; j < l && prev < 0; j++)
             if (map[j] == map[l]) prev = j;
@@ -168,6 +198,8 @@ place_plan *planner_compute(const plan_data *d, const planner_params *pp_in) {
             place_set(p, l, e, tmp, n);
         }
     }
+    for (int lt = 0; lt < Lt; lt++) aff_free(st[lt]);
+    free(st);
     if (is_moe != pp.is_moe) free((void *)is_moe);
     free(map);
     if (rc) place_free(p), p = NULL;

@@ -11,16 +11,7 @@
 #include "sched/planin.h"
 #include "sched/planner.h"
 #include "tests/runner.h"
-
-static int count_on(const place_plan *p, int l, int w) {
-    int c = 0;
-    for (int e = 0; e < p->n_experts; e++) {
-        int n;
-        const int *ws = place_get(p, l, e, &n);
-        for (int i = 0; i < n; i++) c += ws[i] == w;
-    }
-    return c;
-}
+#include "tests/sched/sched_test.h"
 
 static int hosts_are(const place_plan *p, int l, int e, const int *want, int n_want) {
     int n;
@@ -143,7 +134,7 @@ static void test_every_trace_algorithm_gives_a_valid_plan_within_its_slots(void)
             CU_ASSERT_EQUAL(place_validate(p, all), 0);
             for (int l = 0; l < 2; l++)
                 for (int w = 1; w <= 2; w++) {
-                    int c = count_on(p, l, w);
+                    int c = sched_test_count_on(p, l, w);
                     if (c > slots) fprintf(stderr, "%s: layer %d rank %d hosts %d > %d\n", planner_algos[a], l, w, c, slots);
                     CU_ASSERT(c <= slots);
                 }
@@ -240,7 +231,7 @@ static void test_balanced_ignores_the_alf_bias(void) {
         const int *a = place_get(plain, 1, e, &n), *b = place_get(biased, 1, e, &m);
         CU_ASSERT(n == 1 && m == 1 && a[0] == b[0]);
     }
-    CU_ASSERT_EQUAL(count_on(biased, 1, 1), 4);
+    CU_ASSERT_EQUAL(sched_test_count_on(biased, 1, 1), 4);
     place_free(plain), place_free(biased);
 }
 
