@@ -25,7 +25,7 @@ static void usage(FILE *f) {
             "                       [--from PLAN --max-moves M] [--batch B] [--lambda X] [--replicas hub|eplb] --out PLAN\n"
             "       darkhorse place --model DIR --workers W [--algo contiguous|round-robin|balanced] --out PLAN\n\n"
             "Writes a placement plan. Algorithms: contiguous, round-robin, balanced, eplb, affinity (the\n"
-            "default), domain; docs/placement.md says what each does. --slots N: at most N experts per\n"
+            "default); docs/placement.md says what each does. --slots N: at most N experts per\n"
             "worker and layer (default ceil(E/W)); every slot beyond that is room for a replica.\n"
             "--batch B (64), --lambda X (affinity's weight on balance against fan-out) and --replicas\n"
             "(which experts affinity replicates) are research knobs; the defaults are the tuned ones.\n");

@@ -2,10 +2,9 @@
  *
  * Every algorithm plans each trace layer once and copies the result to every plan layer that
  * takes that trace layer (a model with more MoE layers than the trace shares them). The
- * classic three reuse placement.c on the trace's loads; eplb and affinity may replicate;
- * domain is a greedy packing that keeps a domain's experts together while a worker stays
- * within 5% of its share of the load: the slack is the price of gathering, and the number
- * that docs/placement.md judges it by. */
+ * classic three reuse placement.c on the trace's loads; eplb and affinity may replicate.
+ * A `domain` algorithm (each domain's experts gathered on few workers) was tried and removed:
+ * affinity reached its fan-out with far better balance (docs/placement.md). */
 #include "planner.h"
 
 #include <stdlib.h>
@@ -15,60 +14,12 @@
 #include "core/threadpool.h"
 #include "sched/eplb.h"
 
-const char *const planner_algos[] = {"contiguous", "round-robin", "balanced", "eplb", "affinity", "domain", NULL};
-
-#define DOMAIN_SLACK 0.05
+const char *const planner_algos[] = {"contiguous", "round-robin", "balanced", "eplb", "affinity", NULL};
 
 planner_params planner_default_params(int n_workers) {
     planner_params pp = {.algo = NULL, .n_workers = n_workers};
     pp.aff = aff_default_params();
     return pp;
-}
-
-/* The domain each expert of trace layer lt leans to: the largest share of a domain's load. */
-static void lean_domain(const plan_data *d, int lt, int *dom) {
-    int E = d->n_experts, L = d->n_layers;
-    for (int e = 0; e < E; e++) {
-        double best = -1;
-        dom[e] = 0;
-        for (int k = 0; k < d->n_domains; k++) {
-            const double *dl = d->dom_load + ((size_t)k * L + lt) * E;
-            double tot = 0;
-            for (int i = 0; i < E; i++) tot += dl[i];
-            double sh = tot > 0 ? dl[e] / tot : 0;
-            if (sh > best) best = sh, dom[e] = k;
-        }
-    }
-}
-
-/* domain: heaviest expert first; to the worker holding most of its domain's load so far if
- * that worker stays within (1 + slack) of its share of the layer's load, else the lightest. */
-static void domain_layer(place_plan *p, int pl, const plan_data *d, int lt, const planner_params *pp) {
-    int E = d->n_experts, W = pp->n_workers, slots = pp->slots;
-    const double *load = d->load + (size_t)lt * E;
-    int *dom = xmalloc((size_t)E * sizeof *dom), *cnt = xcalloc((size_t)W, sizeof *cnt);
-    double *wl = xcalloc((size_t)W, sizeof *wl), *wd = xcalloc((size_t)W * d->n_domains, sizeof *wd);
-    int *order = xmalloc((size_t)E * sizeof *order);
-    double total = 0, capsum = 0;
-    for (int e = 0; e < E; e++) total += load[e];
-    for (int w = 0; w < W; w++) capsum += pp->capacity ? pp->capacity[w] : 1;
-    lean_domain(d, lt, dom);
-    place_order_by_load(load, E, order);
-    for (int i = 0; i < E; i++) {
-        int e = order[i], home = -1, light = -1;
-        for (int w = 0; w < W; w++) {
-            if (cnt[w] >= slots) continue;
-            double cap = pp->capacity ? pp->capacity[w] : 1;
-            if (home < 0 || wd[(size_t)w * d->n_domains + dom[e]] > wd[(size_t)home * d->n_domains + dom[e]]) home = w;
-            if (light < 0 || wl[w] / cap < wl[light] / (pp->capacity ? pp->capacity[light] : 1)) light = w;
-        }
-        double share = total * (pp->capacity ? pp->capacity[home] : 1) / capsum;
-        int w = wd[(size_t)home * d->n_domains + dom[e]] > 0 && wl[home] + load[e] <= (1 + DOMAIN_SLACK) * share ? home : light;
-        cnt[w]++, wl[w] += load[e], wd[(size_t)w * d->n_domains + dom[e]] += load[e];
-        int rank = w + 1;
-        place_set(p, pl, e, &rank, 1);
-    }
-    free(dom), free(cnt), free(wl), free(wd), free(order);
 }
 
 /* One trace layer's plan written into plan layer pl: 0, or a DH_E code. */
@@ -91,10 +42,6 @@ static int plan_layer(place_plan *p, int pl, const plan_data *d, int lt, const p
     }
     if (kind == 3) {
         eplb_layer(p, pl, load, E, W, pp->slots, pp->capacity);
-        return 0;
-    }
-    if (kind == 5) {
-        domain_layer(p, pl, d, lt, pp);
         return 0;
     }
     return DH_EINVAL; /* affinity: searched in parallel by search_layers */
@@ -155,7 +102,7 @@ place_plan *planner_compute(const plan_data *d, const planner_params *pp_in) {
     for (int i = 0; planner_algos[i]; i++)
         if (!strcmp(algo, planner_algos[i])) kind = i;
     if (kind < 0) {
-        log_error("placement: unknown algorithm '%s' (contiguous, round-robin, balanced, eplb, affinity, domain)", algo);
+        log_error("placement: unknown algorithm '%s' (contiguous, round-robin, balanced, eplb, affinity)", algo);
         return NULL;
     }
     int L, *map;

@@ -2,8 +2,7 @@
  * place`, and the migration-aware re-plan that the live cluster calls.
  *
  * Algorithms: contiguous, round-robin, balanced (placement.h, on the trace's loads), eplb
- * (eplb.h), affinity (affinity.h; the default) and domain (each domain's experts gathered on
- * as few workers as a 5% balance slack allows). docs/placement.md compares them. */
+ * (eplb.h) and affinity (affinity.h; the default). docs/placement.md compares them. */
 #ifndef DH_PLANNER_H
 #define DH_PLANNER_H
 #include <stdint.h>

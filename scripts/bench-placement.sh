@@ -48,7 +48,6 @@ run contiguous 4 18 smart --algo contiguous
 run balanced 4 18 smart --algo balanced
 run eplb-turns 4 18 turns --algo eplb
 run eplb-smart 4 18 smart --algo eplb
-run domain 4 18 smart --algo domain
 run default 4 18 smart
 for arg in "$@"; do
   case $arg in
