@@ -164,6 +164,9 @@ int cmd_place(int argc, char **argv) {
     }
     if (o.model && model_layers(o.model, t->n_experts, t->n_layers, &n_layers, &is_moe, &map) != 0) goto out;
     if (!(d = pin_from_trace(t, half, share, o.batch))) goto out;
+    if (d->n_decode == 0)
+        log_warn("%s: fewer than %d sequences (%s): no decode steps to balance%s (a smaller --batch gives some)",
+                 o.trace, o.batch, trace_half_name(half), d->n_steps ? "" : ", nor prefill steps");
     planner_params pp = planner_default_params(o.workers);
     pp.algo = o.algo, pp.slots = o.slots, pp.capacity = cap;
     pp.n_layers = n_layers, pp.is_moe = is_moe, pp.trace_layer = map;
