@@ -10,6 +10,7 @@
 #include "sched/eplb.h"
 #include "sched/planin.h"
 #include "sched/planner.h"
+#include "sched/simulate.h"
 #include "tests/runner.h"
 #include "tests/sched/sched_test.h"
 
@@ -235,7 +236,37 @@ static void test_balanced_ignores_the_alf_bias(void) {
     place_free(plain), place_free(biased);
 }
 
+/* The planner balances the steps a replay judges: as many decode and prefill steps as
+ * simulate replays for the same half and batch, and the same tokens in its first decode step
+ * (the staggered start: slot k at token floor(k * T_k / B) of the k-th sequence). */
+static void test_planning_steps_are_the_replays(void) {
+    trace *t = small_trace();
+    place_plan *p = place_new(2, 8, 1);
+    for (int l = 0; l < 2; l++)
+        for (int e = 0; e < 8; e++) place_set(p, l, e, (int[]){1}, 1);
+    for (int h = 0; h < 3; h++)
+        for (int B = 4; B <= 16; B += 6) {
+            plan_data *d = pin_from_trace(t, (trace_half)h, NULL, B);
+            sim_params sp = sim_default_params();
+            sp.batch = B, sp.half = (trace_half)h, sp.hidden_size = 8, sp.ffn_size = 4, sp.wire_bytes = 4;
+            sim_result r[2];
+            for (int m = 0; m < 2; m++) {
+                sp.mode = m ? SIM_PREFILL : SIM_DECODE;
+                CU_ASSERT_EQUAL_FATAL(sim_run(t, p, &sp, &r[m]), 0);
+            }
+            CU_ASSERT_EQUAL(d->n_decode, r[0].steps);
+            CU_ASSERT_EQUAL(d->n_steps - d->n_decode, r[1].steps);
+            int order[40], n = trace_select(t, (trace_half)h, order);
+            for (int k = 0; k < B && k < n && d->n_decode > 0; k++) /* sequences of 12 tokens, in replay order */
+                CU_ASSERT_EQUAL(d->step_tok[k], k * 12 + k * 12 / B);
+            sim_result_free(&r[0]), sim_result_free(&r[1]);
+            pin_free(d);
+        }
+    place_free(p), trace_free(t);
+}
+
 static CU_TestInfo planner_tests[] = {
+    {"the planning steps are the replay's", test_planning_steps_are_the_replays},
     {"eplb replicates and packs as worked by hand", test_eplb_replicates_and_packs_as_worked_by_hand},
     {"eplb packs without replicas and by capacity", test_eplb_packs_without_replicas_and_by_capacity},
     {"the smart choice on a hand-made step", test_smart_choice_on_a_hand_made_step},
