@@ -12,4 +12,5 @@ int cmd_bench(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_trace(int argc, char **argv);
 int cmd_simulate(int argc, char **argv);
+int cmd_place(int argc, char **argv);
 #endif

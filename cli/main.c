@@ -28,6 +28,7 @@ static const command commands[] = {
     {"quantize", cmd_quantize, 0, "store a checkpoint with q8 or q4 weights"},
     {"trace", cmd_trace, 0, "import a routing trace, or describe one"},
     {"simulate", cmd_simulate, 0, "replay a routing trace against a placement plan"},
+    {"place", cmd_place, 0, "plan which workers host which experts, from a routing trace"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

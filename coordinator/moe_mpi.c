@@ -1,7 +1,9 @@
 /* moe_mpi.c: the expert backend that sends tokens to the worker ranks.
  *
- * start(): each chosen (token, expert) goes to a worker hosting that expert (for a replicated
- * expert, its replicas take its tokens in turn, so they share the load); each token is sent
+ * start(): each chosen (token, expert) goes to a worker hosting that expert; for a replicated
+ * expert, sched/dispatch.c chooses the replica (DISP_SMART: one on a worker this token already
+ * visits, else the least loaded in this step; the same rule `simulate --dispatch smart`
+ * replays), so that the choice is a pure function of the step and the plan. Each token is sent
  * once to each worker that got at least one of its slots, with the K slots (the expert id where
  * that worker computes it, -1 elsewhere), the K gate weights and the activation row. The
  * header all-to-all, the payload all-to-all-v and the status receives are posted, and start
@@ -21,6 +23,7 @@
 #include "coordinator/cluster.h"
 #include "core/common.h"
 #include "proto/exchange.h"
+#include "sched/dispatch.h"
 
 typedef struct moe_mpi {
     moe_backend base;   /* first */
@@ -40,7 +43,7 @@ typedef struct moe_mpi {
     xchg_header *hs;        /* [P] */
     xchg_status *st;        /* [P] */
     MPI_Request *req;       /* [3 + P]: header, payload, reply, statuses 1..W */
-    uint32_t *rr;           /* [n_layers * E] replica turn of each expert */
+    disp_state *disp;       /* the replica choice (sched/dispatch.h) */
     double t_start, deadline;
 } moe_mpi;
 
@@ -60,15 +63,9 @@ static int mpi_start(moe_backend *base, int layer, const float *x, int T, const 
     // choose a worker for every (token, slot); list each worker's tokens
     int *pairs = xcalloc((size_t)W + 1, sizeof *pairs);
     memset(b->n_w, 0, (size_t)(W + 1) * sizeof *b->n_w);
+    disp_assign(b->disp, plan, layer, idx, T, K, b->slot_w);
     for (int t = 0; t < T; t++) {
-        for (int k = 0; k < K; k++) {
-            int e = idx[t * K + k], n;
-            const int *ws = place_get(plan, layer, e, &n);
-            DH_ASSERT(n > 0);
-            int wk = n == 1 ? ws[0] : ws[b->rr[(size_t)layer * b->E + e]++ % (uint32_t)n];
-            b->slot_w[t * K + k] = wk;
-            pairs[wk]++;
-        }
+        for (int k = 0; k < K; k++) pairs[b->slot_w[t * K + k]]++;
         for (int wk = 1; wk <= W; wk++)
             for (int k = 0; k < K; k++)
                 if (b->slot_w[t * K + k] == wk) {
@@ -179,7 +176,8 @@ static void mpi_destroy(moe_backend *base) {
     moe_mpi *b = (moe_mpi *)base;
     free(b->slot_w), free(b->n_w), free(b->tok), free(b->sendbuf), free(b->recvbuf);
     free(b->sc), free(b->sd), free(b->rc), free(b->rd), free(b->hs), free(b->hcounts), free(b->st);
-    free(b->req), free(b->rr);
+    free(b->req);
+    disp_free(b->disp);
     free(b);
 }
 
@@ -203,6 +201,7 @@ moe_backend *moe_mpi_new(const model *m, cluster *c) {
     b->hs = xcalloc((size_t)b->P, sizeof *b->hs), b->hcounts = xcalloc(4 * (size_t)b->P, sizeof(int));
     b->st = xcalloc((size_t)b->P, sizeof *b->st);
     b->req = xcalloc(3 + (size_t)b->P, sizeof *b->req);
-    b->rr = xcalloc((size_t)m->n_layers * b->E, sizeof *b->rr);
+    b->disp = disp_new(DISP_SMART, m->n_layers, b->E, b->W);
+    disp_set_capacity(b->disp, c->capacity); /* the speeds the plan weighed by, if any */
     return &b->base;
 }

@@ -7,7 +7,7 @@
  *               kept across steps: its replicas take its tokens in turn.
  *   DISP_SMART  per token: a replica on a worker this token already visits in this layer, else
  *               the least loaded replica in this step; the rows are taken in their order in the
- *               step (docs/placement.md).
+ *               step, after every pair whose expert has one worker (docs/placement.md).
  * Knows no MPI: plain numbers in, worker ranks out. */
 #ifndef DH_DISPATCH_H
 #define DH_DISPATCH_H
@@ -26,6 +26,10 @@ typedef struct disp_state disp_state; /* owned by the thread that dispatches */
  * step's per-worker loads). */
 disp_state *disp_new(disp_rule rule, int n_layers, int n_experts, int n_workers);
 void disp_free(disp_state *d); /* NULL ok */
+
+/* Weigh "least loaded" by worker speeds cap[W] (ranks 1..W; NULL: equal), as
+ * --worker-capacity weighs the plan. The array is copied. */
+void disp_set_capacity(disp_state *d, const double *cap);
 
 /* Assign one layer's step: T tokens with K chosen experts each, idx [T, K] (entries < 0 are
  * skipped). worker[T, K] receives the chosen rank (1..W) of each (token, slot), -1 for skipped

@@ -80,27 +80,35 @@ static int cmp_ranked(const void *a, const void *b) {
     return x->e - y->e;
 }
 
+void place_order_by_load(const double *load, int n, int *order) {
+    ranked *r = xmalloc(((size_t)n + 1) * sizeof *r);
+    for (int i = 0; i < n; i++) r[i] = (ranked){load[i], i};
+    qsort(r, (size_t)n, sizeof *r, cmp_ranked);
+    for (int i = 0; i < n; i++) order[i] = r[i].e;
+    free(r);
+}
+
 static void balanced_layer(place_plan *p, const place_input *in, int l) {
     int E = in->n_experts, W = in->n_workers;
-    ranked *r = xmalloc((size_t)E * sizeof *r);
-    double *wl = xcalloc((size_t)W, sizeof *wl);
-    int *cnt = xcalloc((size_t)W, sizeof *cnt);
-    for (int e = 0; e < E; e++) r[e] = (ranked){in->load ? in->load[(size_t)l * E + e] : 1.0, e};
-    qsort(r, (size_t)E, sizeof *r, cmp_ranked);
+    double *ld = xmalloc((size_t)E * sizeof *ld), *wl = xcalloc((size_t)W, sizeof *wl);
+    int *order = xmalloc((size_t)E * sizeof *order), *cnt = xcalloc((size_t)W, sizeof *cnt);
+    for (int e = 0; e < E; e++) ld[e] = in->load ? in->load[(size_t)l * E + e] : 1.0;
+    place_order_by_load(ld, E, order);
     for (int i = 0; i < E; i++) {
-        int best = 0;
+        int best = -1, e = order[i];
         double bt = 0;
         for (int w = 0; w < W; w++) {
+            if (in->slots > 0 && cnt[w] >= in->slots && in->slots * W >= E) continue;
             double cap = in->capacity ? in->capacity[w] : 1.0;
-            double t = (wl[w] + r[i].load) / (cap > 0 ? cap : 1e-9);
-            if (w == 0 || t < bt || (t == bt && cnt[w] < cnt[best])) best = w, bt = t;
+            double t = (wl[w] + ld[e]) / (cap > 0 ? cap : 1e-9);
+            if (best < 0 || t < bt || (t == bt && cnt[w] < cnt[best])) best = w, bt = t;
         }
-        wl[best] += r[i].load;
+        wl[best] += ld[e];
         cnt[best]++;
         int rank = best + 1;
-        place_set(p, l, r[i].e, &rank, 1);
+        place_set(p, l, e, &rank, 1);
     }
-    free(r), free(wl), free(cnt);
+    free(ld), free(wl), free(order), free(cnt);
 }
 
 int place_parse_capacity(const char *s, double **cap) {

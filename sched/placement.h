@@ -26,6 +26,7 @@ typedef struct place_input {
     const double *capacity;   /* [W] relative speed of each worker; NULL: equal */
     const float *bias;        /* [n_layers * E] e_score_correction_bias (may be NULL) */
     const int *domain;        /* [E] domain id per expert (may be NULL) */
+    int slots;                /* balanced: at most this many experts per worker; 0: no limit */
 } place_input;
 
 /* Algorithm names, NULL-terminated. */
@@ -34,6 +35,10 @@ extern const char *const place_algos[];
 /* Parse worker speeds "S1,S2,...,SW" (positive numbers, relative: only ratios matter) into
  * *cap (malloc'd): the count, or -1 with a message naming the bad item. */
 int place_parse_capacity(const char *s, double **cap);
+
+/* Indices 0..n-1 by decreasing load[i], ties to the lower index, into order[n]: the order
+ * in which the greedy packings take experts. */
+void place_order_by_load(const double *load, int n, int *order);
 
 /* Compute a plan. NULL (and a message) for an unknown algorithm or impossible input
  * (more workers than experts, no workers). */

@@ -7,6 +7,7 @@
 #include "core/common.h"
 #include "sched/placement.h"
 #include "tests/runner.h"
+#include "tests/sched/sched_test.h"
 
 static const uint8_t is_moe[5] = {0, 1, 1, 1, 1}; /* one dense layer, like genesis */
 
@@ -14,7 +15,7 @@ static place_input input(int E, int W, const double *load) {
     return (place_input){.n_layers = 5, .n_experts = E, .n_workers = W, .is_moe = is_moe, .load = load};
 }
 
-static int count_on(const place_plan *p, int l, int w) {
+int sched_test_count_on(const place_plan *p, int l, int w) {
     int c = 0;
     for (int e = 0; e < p->n_experts; e++) {
         int n;
@@ -38,7 +39,7 @@ static void test_every_algorithm_covers_every_expert_once(void) {
             for (int l = 1; l < 5; l++) {
                 int total = 0, lo = 1 << 30, hi = 0;
                 for (int w = 1; w <= in.n_workers; w++) {
-                    int c = count_on(p, l, w);
+                    int c = sched_test_count_on(p, l, w);
                     total += c, lo = DH_MIN(lo, c), hi = DH_MAX(hi, c);
                 }
                 CU_ASSERT_EQUAL(total, in.n_experts); /* no replicas from these algorithms */
@@ -75,7 +76,7 @@ static void test_balanced_evens_out_a_skewed_load(void) {
     place_input in2 = input(64, 2, NULL);
     in2.capacity = cap;
     place_plan *w = place_compute("balanced", &in2);
-    CU_ASSERT(count_on(w, 1, 1) >= 42 && count_on(w, 1, 1) <= 43);
+    CU_ASSERT(sched_test_count_on(w, 1, 1) >= 42 && sched_test_count_on(w, 1, 1) <= 43);
     place_free(b), place_free(c), place_free(w);
 }
 
@@ -96,8 +97,8 @@ static void test_worker_capacities_parse_and_bad_ones_are_errors(void) {
     place_input in = input(64, 2, NULL);
     in.capacity = three;
     place_plan *p = place_compute("balanced", &in);
-    CU_ASSERT_EQUAL(count_on(p, 1, 1), 48);
-    CU_ASSERT_EQUAL(count_on(p, 4, 2), 16);
+    CU_ASSERT_EQUAL(sched_test_count_on(p, 1, 1), 48);
+    CU_ASSERT_EQUAL(sched_test_count_on(p, 4, 2), 16);
     double wl[2];
     CU_ASSERT_DOUBLE_EQUAL(place_worker_load(p, NULL, three, wl), 1.0, 1e-12); /* 48/3 = 16/1 */
     CU_ASSERT_DOUBLE_EQUAL(place_worker_load(p, NULL, NULL, wl), 0.5 * (48 + 16) / 48.0, 1e-12);
