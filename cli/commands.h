@@ -10,4 +10,5 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_hosts(int argc, char **argv);
 #endif

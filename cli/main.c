@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "core/common.h"
 #include "core/cpu.h"
+#include "core/version.h"
 #include "proto/exchange.h"
 
 typedef struct command {
@@ -26,12 +27,14 @@ static const command commands[] = {
     {"serve", cmd_serve, 1, "serve the OpenAI-compatible HTTP API (continuous batching)"},
     {"bench", cmd_bench, 1, "measure prompt processing and generation speed"},
     {"quantize", cmd_quantize, 0, "store a checkpoint with q8 or q4 weights"},
+    {"hosts", cmd_hosts, 1, "check every rank of a pool: host, version, model, speed, can it serve"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
 static void usage(FILE *f) {
     fprintf(f, "usage: darkhorse <command> [options]   (darkhorse <command> --help for its options)\n\n"
-               "Distributed expert-parallel inference for DeepSeek-V3-style MoE models.\n\ncommands:\n");
+               "Distributed expert-parallel inference for DeepSeek-V3-style MoE models (version %s).\n\n"
+               "commands:\n", DH_VERSION);
     for (size_t i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
 }
 
@@ -55,6 +58,9 @@ int main(int argc, char **argv) {
         if (xchg_rank() == 0) usage(stderr);
     } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         if (xchg_rank() == 0) usage(stdout);
+        rc = 0;
+    } else if (strcmp(argv[1], "--version") == 0) {
+        if (xchg_rank() == 0) printf("darkhorse %s\n", DH_VERSION);
         rc = 0;
     } else {
         size_t i = 0;
