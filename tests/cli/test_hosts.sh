@@ -6,20 +6,7 @@
 # itself cannot load; the --hostfile form that runs mpirun itself; the usage errors.
 set -u
 bin=$1 data=$2 version=$3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-pass() { echo "ok   $*"; }
-fail() { echo "FAIL $*"; fails=$((fails + 1)); }
-# expect STATUS "description" command...: the exit status must be STATUS ("nonzero": any but 0)
-expect() {
-  local want=$1 what=$2
-  shift 2
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local got=$? ok=0
-  if [ "$want" = nonzero ]; then [ "$got" -ne 0 ] && ok=1; else [ "$got" -eq "$want" ] && ok=1; fi
-  if [ "$ok" = 1 ]; then pass "$what"; else fail "$what (exit $got, wanted $want)"; tail -5 "$tmp/err"; fi
-}
+. "$(dirname "$0")/lib.sh"
 # field N KEY: the value of KEY= on the line of rank N of the last stdout
 field() { awk -v r="rank=$1" -v k="$2=" '$1 == r { for (i = 2; i <= NF; i++) if (index($i, k) == 1) print substr($i, length(k) + 1) }' "$tmp/out"; }
 # lines N: stdout has exactly N lines, ranks 0..N-1 in order
@@ -46,14 +33,14 @@ check '[ "$(field 0 expert_gflops)" = - ] && awk "BEGIN { exit !($(field 1 exper
   "the workers measure an expert rate, the coordinator does not"
 check '[ "$(field 1 host)" = "$(hostname)" ] && [ "$(field 1 cores)" = "$(nproc --all 2>/dev/null || nproc)" ] && awk "BEGIN { exit !($(field 1 mem_total_gb) > 0) }"' \
   "host, cores and memory are this machine's"
-grep -q "3 ranks on 1 hosts, every one can serve" "$tmp/err" && pass "the verdict on stderr" || fail "no verdict on stderr: $(cat "$tmp/err")"
+grep_err "3 ranks on 1 hosts, every one can serve" "the verdict on stderr"
 
 # one rank with a wrong model path (MPMD: ranks 0-1 one --model, rank 2 another)
 expect nonzero "a wrong model path on rank 2 fails the check" "${mpi[@]}" -np 2 "$bin" hosts --model "$ref" : -np 1 "$bin" hosts --model "$tmp/nonexistent"
 lines 3 "still one line per rank"
 check 'grep -q "^rank=2 .* model=- .*serve=no reason=.*$tmp/nonexistent" "$tmp/out"' "rank 2's line says it cannot serve and names the path"
 check '[ "$(grep -c " serve=yes$" "$tmp/out")" -eq 2 ]' "ranks 0 and 1 can serve"
-grep -q "1 of 3 ranks would be refused at start-up; the first: rank 2" "$tmp/err" && pass "stderr says why" || fail "stderr: $(tail -3 "$tmp/err")"
+grep_err "1 of 3 ranks would be refused at start-up; the first: rank 2" "stderr says why"
 
 # a different checkpoint at the path on rank 2: same shapes, another routed_scaling_factor
 mkdir -p "$tmp/other" && cp "$ref/model.safetensors" "$tmp/other/"
@@ -82,7 +69,6 @@ expect 1 "hosts alone with a missing model" "$bin" hosts --model "$tmp/nonexiste
 expect 2 "hosts without --model" "$bin" hosts
 expect 2 "-np without --hostfile" "$bin" hosts -np 2 --model "$ref"
 expect 2 "--hostfile under mpirun" "${mpi[@]}" -np 1 "$bin" hosts --hostfile "$tmp/hostfile" --model "$ref"
-grep -q "already under mpirun" "$tmp/err" && pass "the message says why" || fail "no reason: $(tail -2 "$tmp/err")"
+grep_err "already under mpirun" "the message says why"
 
-[ "$fails" -eq 0 ] && echo "all passed" || echo "$fails failed"
-[ "$fails" -eq 0 ]
+finish

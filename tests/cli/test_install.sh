@@ -12,11 +12,7 @@
 # built-in tokenizer (tests/data/tokenizer), the version given by CMake.
 set -u
 cmake=$1 build=$(cd "$2" && pwd) src=$(cd "$3" && pwd) version=$4
-tmp=$(mktemp -d /tmp/darkhorse-install.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-pass() { echo "ok   $*"; }
-fail() { echo "FAIL $*"; fails=$((fails + 1)); }
+. "$(dirname "$0")/lib.sh"
 case "$tmp/" in "$src/"* | "$build/"*) echo "FAIL the temporary directory $tmp is inside a tree to hide"; exit 1 ;; esac
 
 # install, and what it put there
@@ -114,5 +110,4 @@ PY
 [ "$(code mpirun)" = 0 ] && [ "$(cat "$w/mpi.out")" = "$greedy" ] && pass "under mpirun -np 3 the installed binary gives the same ids" ||
   { fail "mpirun: exit $(code mpirun), ids '$(cat "$w/mpi.out")'"; tail -5 "$w/mpi.err"; }
 
-[ "$fails" -eq 0 ] && echo "all passed" || echo "$fails failed"
-[ "$fails" -eq 0 ]
+finish
