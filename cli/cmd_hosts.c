@@ -180,7 +180,8 @@ static int report(const char *all, const int *lens, int P, const char *dir) {
         fprintf(stderr, "darkhorse: hosts: %d of %d ranks would be refused at start-up; the first: %s\n", refused, P,
                 first);
     else
-        fprintf(stderr, "darkhorse: hosts: %d ranks on %d hosts, every one can serve %s\n", P, hosts, dir);
+        fprintf(stderr, "darkhorse: hosts: %d rank%s on %d host%s, every one can serve %s\n", P, P > 1 ? "s" : "", hosts,
+                hosts > 1 ? "s" : "", dir);
     for (int r = 0; r < P; r++) darkhorse__hello__free_unpacked(h[r], NULL);
     free(h);
     return refused ? 1 : 0;

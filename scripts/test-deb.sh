@@ -10,7 +10,7 @@
 #  4. from the installed files only, with an empty environment: darkhorse --version (must be
 #     the project's version), --help, a greedy generate on tests/data/ref-tiny copied into the
 #     root (ids compared with DeepSeek's reference), init-model genesis-tiny + generate from a
-#     text prompt (the built-in tokenizer), and `darkhorse hosts` under mpirun -np 3.
+#     text prompt and tokenize (the built-in tokenizer), and `darkhorse hosts` under mpirun -np 3.
 # Mounts happen in a mount namespace of their own (unshare), so nothing stays mounted if the
 # script is interrupted, and the temporary root is removed at exit.
 set -euo pipefail
@@ -85,7 +85,12 @@ echo "ok: the reference's greedy ids"
 echo "== env -i darkhorse init-model --preset genesis-tiny, then generate --prompt (the built-in tokenizer)"
 env -i /usr/bin/darkhorse init-model --preset genesis-tiny --out /tmp/tiny 2>/dev/null
 ls /tmp/tiny
-env -i /usr/bin/darkhorse generate --model /tmp/tiny --prompt "Hello" --max-tokens 8 --temperature 0 --ignore-eos 2>/dev/null | od -c | head -3
+text=\$(env -i /usr/bin/darkhorse generate --model /tmp/tiny --prompt "Hello" --max-tokens 8 --temperature 0 --ignore-eos 2>/tmp/gen.err) || { cat /tmp/gen.err; exit 1; }
+echo "generated (random weights): \$text"
+echo "== env -i darkhorse tokenize --text 'Hello!' (Hugging Face: 19923 3, tests/data/tokenizer/chat_cases.jsonl)"
+got=\$(env -i /usr/bin/darkhorse tokenize --text 'Hello!')
+echo "\$got"
+[ "\$got" = "19923 3" ] || { echo "FAIL: wanted 19923 3"; exit 1; }
 echo "== mpirun -np 3 darkhorse hosts --model /tmp/ref-tiny"
 env -i OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PATH=/usr/bin:/bin \
   mpirun -np 3 --oversubscribe /usr/bin/darkhorse hosts --model /tmp/ref-tiny 2>/tmp/hosts.err || { cat /tmp/hosts.err; exit 1; }

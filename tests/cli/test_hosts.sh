@@ -33,7 +33,7 @@ check '[ "$(field 0 expert_gflops)" = - ] && awk "BEGIN { exit !($(field 1 exper
   "the workers measure an expert rate, the coordinator does not"
 check '[ "$(field 1 host)" = "$(hostname)" ] && [ "$(field 1 cores)" = "$(nproc --all 2>/dev/null || nproc)" ] && awk "BEGIN { exit !($(field 1 mem_total_gb) > 0) }"' \
   "host, cores and memory are this machine's"
-grep_err "3 ranks on 1 hosts, every one can serve" "the verdict on stderr"
+grep_err "3 ranks on 1 host, every one can serve" "the verdict on stderr"
 
 # one rank with a wrong model path (MPMD: ranks 0-1 one --model, rank 2 another)
 expect nonzero "a wrong model path on rank 2 fails the check" "${mpi[@]}" -np 2 "$bin" hosts --model "$ref" : -np 1 "$bin" hosts --model "$tmp/nonexistent"

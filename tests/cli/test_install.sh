@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# test_install.sh CMAKE BUILD_DIR SOURCE_DIR VERSION: `cmake --install` into a temporary prefix,
+# test_install.sh CMAKE BUILD_DIR SOURCE_DIR VERSION SANITIZED: `cmake --install` into a temporary prefix,
 # then the installed binary run from another directory with an empty environment and the source
 # and build trees out of reach.
 #
@@ -8,10 +8,12 @@
 # cases copied to a temporary directory first. Where strace exists, every file the binary opens
 # or stats is also listed, and none may be under either tree. Without root (no unshare) the
 # strace check alone runs; with neither, the test is skipped (exit 77).
+# The environment is empty (env -i) but for mpirun's PATH and root pair, and, when SANITIZED is
+# ON, the sanitizers' own options (Open MPI's leaks suppressed, from a copy of tests/lsan.supp).
 # Oracles: DeepSeek's reference greedy ids for tests/data/ref-tiny, Hugging Face's ids for the
 # built-in tokenizer (tests/data/tokenizer), the version given by CMake.
 set -u
-cmake=$1 build=$(cd "$2" && pwd) src=$(cd "$3" && pwd) version=$4
+cmake=$1 build=$(cd "$2" && pwd) src=$(cd "$3" && pwd) version=$4 sanitized=$5
 . "$(dirname "$0")/lib.sh"
 case "$tmp/" in "$src/"* | "$build/"*) echo "FAIL the temporary directory $tmp is inside a tree to hide"; exit 1 ;; esac
 
@@ -44,6 +46,11 @@ with open(sys.argv[3], "w") as f:
     for c in cases: f.write(json.dumps(c["ids"]) + "\n")
 PY
 
+san=
+case "$sanitized" in ON | 1 | TRUE | true)
+  cp "$src/tests/lsan.supp" "$tmp/lsan.supp"
+  san="ASAN_OPTIONS=detect_leaks=1:fast_unwind_on_malloc=0 LSAN_OPTIONS=suppressions=$tmp/lsan.supp:print_suppressions=0 UBSAN_OPTIONS=halt_on_error=1" ;;
+esac
 # The runs, in $tmp/work, with env -i. Written once, run under whichever isolation is available.
 mkdir -p "$tmp/work"
 cat >"$tmp/runs.sh" <<EOF
@@ -53,13 +60,13 @@ bin=$prefix/bin/darkhorse
 if [ "\${HIDDEN:-0}" = 1 ]; then
   [ -e "$src/CMakeLists.txt" ] || [ -e "$build/CMakeCache.txt" ] && echo "FAIL the trees are still visible" || echo "ok   the source and build trees are out of reach here"
 fi
-env -i \$bin --version >version.out 2>version.err; echo "version \$?"
-env -i \$bin --help >help.out 2>help.err; echo "help \$?"
-env -i \$bin generate --model "$tmp/model" --ids $prompt --temperature 0 --max-tokens $n_greedy --print-ids >gen.out 2>gen.err; echo "generate \$?"
-env -i \$bin tokenize --jsonl <"$tmp/tok.in" >tok.out 2>tok.err; echo "tokenize \$?"
-env -i \$bin hosts --model "$tmp/model" >hosts.out 2>hosts.err; echo "hosts \$?"
+env -i $san \$bin --version >version.out 2>version.err; echo "version \$?"
+env -i $san \$bin --help >help.out 2>help.err; echo "help \$?"
+env -i $san \$bin generate --model "$tmp/model" --ids $prompt --temperature 0 --max-tokens $n_greedy --print-ids >gen.out 2>gen.err; echo "generate \$?"
+env -i $san \$bin tokenize --jsonl <"$tmp/tok.in" >tok.out 2>tok.err; echo "tokenize \$?"
+env -i $san \$bin hosts --model "$tmp/model" >hosts.out 2>hosts.err; echo "hosts \$?"
 # the workers too run the installed binary: mpirun needs PATH and, as root, its two variables
-env -i PATH=/usr/bin:/bin OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+env -i $san PATH=/usr/bin:/bin OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
   mpirun -np 3 --oversubscribe \$bin generate --model "$tmp/model" --ids $prompt --temperature 0 --max-tokens $n_greedy \
   --print-ids >mpi.out 2>mpi.err; echo "mpirun \$?"
 EOF
