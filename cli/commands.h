@@ -4,11 +4,11 @@
 #define DH_COMMANDS_H
 
 int cmd_init_model(int argc, char **argv);
+int cmd_hosts(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
-int cmd_hosts(int argc, char **argv);
 #endif

@@ -25,9 +25,9 @@ static const command commands[] = {
     {"generate", cmd_generate, 1, "generate text or token ids from a prompt"},
     {"tokenize", cmd_tokenize, 0, "turn text into token ids with a tokenizer.json"},
     {"serve", cmd_serve, 1, "serve the OpenAI-compatible HTTP API (continuous batching)"},
+    {"hosts", cmd_hosts, 1, "check every rank of a pool: host, version, model, speed, can it serve"},
     {"bench", cmd_bench, 1, "measure prompt processing and generation speed"},
     {"quantize", cmd_quantize, 0, "store a checkpoint with q8 or q4 weights"},
-    {"hosts", cmd_hosts, 1, "check every rank of a pool: host, version, model, speed, can it serve"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

@@ -5,7 +5,21 @@
 # worker, a placement plan that does not fit the job.
 set -u
 bin=$1 data=$2
-. "$(dirname "$0")/lib.sh"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+pass() { echo "ok   $*"; }
+fail() { echo "FAIL $*"; fails=$((fails + 1)); }
+# expect STATUS "description" command...: the command's exit status must be STATUS
+expect() {
+  local want=$1 what=$2
+  shift 2
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  local got=$?
+  if [ "$got" -eq "$want" ]; then pass "$what"; else fail "$what (exit $got, wanted $want)"; tail -5 "$tmp/err"; fi
+}
+# grep_err PATTERN "description": the last command's stderr must match
+grep_err() { if grep -Eq "$1" "$tmp/err"; then pass "$2"; else fail "$2: no /$1/ in stderr"; tail -5 "$tmp/err"; fi; }
 # compare A B ATOL RTOL: float32 files equal within |a-b| <= atol + rtol|b|
 compare() {
   python3 - "$@" <<'PY'
@@ -113,4 +127,4 @@ cp "$ref/config.json" "$tmp/other/config.json"
 expect 1 "a worker with another checkpoint" mpirun -np 1 --oversubscribe "$bin" generate --model "$ref" --ids 1,2 --print-ids : -np 1 "$bin" generate --model "$tmp/other" --ids 1,2 --print-ids
 grep_err "has a different model" "the identity mismatch is named"
 
-finish
+[ $fails -eq 0 ] && echo "PASS" || { echo "$fails FAILED"; exit 1; }

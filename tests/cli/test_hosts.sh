@@ -7,6 +7,15 @@
 set -u
 bin=$1 data=$2 version=$3
 . "$(dirname "$0")/lib.sh"
+# expect_fail "description" command...: the command must exit non-zero (which code, mpirun decides)
+expect_fail() {
+  local what=$1
+  shift
+  "$@" >"$tmp/out" 2>"$tmp/err" && { fail "$what (exit 0)"; return; }
+  pass "$what"
+}
+# grep_err PATTERN "description": the last command's stderr must match
+grep_err() { if grep -Eq "$1" "$tmp/err"; then pass "$2"; else fail "$2: no /$1/ in stderr"; tail -5 "$tmp/err"; fi; }
 # field N KEY: the value of KEY= on the line of rank N of the last stdout
 field() { awk -v r="rank=$1" -v k="$2=" '$1 == r { for (i = 2; i <= NF; i++) if (index($i, k) == 1) print substr($i, length(k) + 1) }' "$tmp/out"; }
 # lines N: stdout has exactly N lines, ranks 0..N-1 in order
@@ -36,7 +45,7 @@ check '[ "$(field 1 host)" = "$(hostname)" ] && [ "$(field 1 cores)" = "$(nproc 
 grep_err "3 ranks on 1 host, every one can serve" "the verdict on stderr"
 
 # one rank with a wrong model path (MPMD: ranks 0-1 one --model, rank 2 another)
-expect nonzero "a wrong model path on rank 2 fails the check" "${mpi[@]}" -np 2 "$bin" hosts --model "$ref" : -np 1 "$bin" hosts --model "$tmp/nonexistent"
+expect_fail "a wrong model path on rank 2 fails the check" "${mpi[@]}" -np 2 "$bin" hosts --model "$ref" : -np 1 "$bin" hosts --model "$tmp/nonexistent"
 lines 3 "still one line per rank"
 check 'grep -q "^rank=2 .* model=- .*serve=no reason=.*$tmp/nonexistent" "$tmp/out"' "rank 2's line says it cannot serve and names the path"
 check '[ "$(grep -c " serve=yes$" "$tmp/out")" -eq 2 ]' "ranks 0 and 1 can serve"
@@ -46,11 +55,11 @@ grep_err "1 of 3 ranks would be refused at start-up; the first: rank 2" "stderr 
 mkdir -p "$tmp/other" && cp "$ref/model.safetensors" "$tmp/other/"
 python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['routed_scaling_factor'] = c.get('routed_scaling_factor', 1.0) + 1.0; json.dump(c, open(sys.argv[2], 'w'), indent=2)" \
   "$ref/config.json" "$tmp/other/config.json"
-expect nonzero "a different model on rank 2 fails the check" "${mpi[@]}" -np 2 "$bin" hosts --model "$ref" : -np 1 "$bin" hosts --model "$tmp/other"
+expect_fail "a different model on rank 2 fails the check" "${mpi[@]}" -np 2 "$bin" hosts --model "$ref" : -np 1 "$bin" hosts --model "$tmp/other"
 check 'grep -q "^rank=2 .*serve=no reason=.*different model" "$tmp/out" && [ "$(field 2 model)" != "$(field 0 model)" ]' "rank 2 has another identity and is refused for it"
 
 # rank 0 itself cannot load: refused; the others are checked for their own state only
-expect nonzero "a wrong model path on rank 0 fails the check" "${mpi[@]}" -np 1 "$bin" hosts --model "$tmp/nonexistent" : -np 2 "$bin" hosts --model "$ref"
+expect_fail "a wrong model path on rank 0 fails the check" "${mpi[@]}" -np 1 "$bin" hosts --model "$tmp/nonexistent" : -np 2 "$bin" hosts --model "$ref"
 check 'grep -q "^rank=0 .*serve=no" "$tmp/out" && [ "$(grep -c " serve=yes$" "$tmp/out")" -eq 2 ]' "rank 0 refused, ranks 1 and 2 fine on their own"
 
 # --hostfile: hosts runs mpirun itself (with a relative model path, made absolute for the ranks)
@@ -59,7 +68,7 @@ expect 0 "hosts --hostfile runs mpirun over the hostfile's 3 slots" bash -c 'cd 
 lines 3 "one line per slot"
 expect 0 "hosts --hostfile -np 2" "$bin" hosts --hostfile "$tmp/hostfile" -np 2 --model "$ref"
 lines 2 "-np 2 gives two lines"
-expect nonzero "hosts --hostfile with a missing model" "$bin" hosts --hostfile "$tmp/hostfile" -np 2 --model "$tmp/nonexistent"
+expect_fail "hosts --hostfile with a missing model" "$bin" hosts --hostfile "$tmp/hostfile" -np 2 --model "$tmp/nonexistent"
 
 # alone, and the usage errors
 expect 0 "hosts without mpirun" "$bin" hosts --model "$ref"
@@ -71,4 +80,4 @@ expect 2 "-np without --hostfile" "$bin" hosts -np 2 --model "$ref"
 expect 2 "--hostfile under mpirun" "${mpi[@]}" -np 1 "$bin" hosts --hostfile "$tmp/hostfile" --model "$ref"
 grep_err "already under mpirun" "the message says why"
 
-finish
+[ $fails -eq 0 ] && echo "PASS" || { echo "$fails FAILED"; exit 1; }

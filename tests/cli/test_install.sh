@@ -117,4 +117,4 @@ PY
 [ "$(code mpirun)" = 0 ] && [ "$(cat "$w/mpi.out")" = "$greedy" ] && pass "under mpirun -np 3 the installed binary gives the same ids" ||
   { fail "mpirun: exit $(code mpirun), ids '$(cat "$w/mpi.out")'"; tail -5 "$w/mpi.err"; }
 
-finish
+[ $fails -eq 0 ] && echo "PASS" || { echo "$fails FAILED"; exit 1; }
