@@ -4,6 +4,7 @@
 #define DH_COMMANDS_H
 
 int cmd_init_model(int argc, char **argv);
+int cmd_hosts(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);

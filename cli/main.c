@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "core/common.h"
 #include "core/cpu.h"
+#include "core/version.h"
 #include "proto/exchange.h"
 
 typedef struct command {
@@ -24,6 +25,7 @@ static const command commands[] = {
     {"generate", cmd_generate, 1, "generate text or token ids from a prompt"},
     {"tokenize", cmd_tokenize, 0, "turn text into token ids with a tokenizer.json"},
     {"serve", cmd_serve, 1, "serve the OpenAI-compatible HTTP API (continuous batching)"},
+    {"hosts", cmd_hosts, 1, "check every rank of a pool: host, version, model, speed, can it serve"},
     {"bench", cmd_bench, 1, "measure prompt processing and generation speed"},
     {"quantize", cmd_quantize, 0, "store a checkpoint with q8 or q4 weights"},
     {"trace", cmd_trace, 0, "import a routing trace, or describe one"},
@@ -34,7 +36,8 @@ static const command commands[] = {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: darkhorse <command> [options]   (darkhorse <command> --help for its options)\n\n"
-               "Distributed expert-parallel inference for DeepSeek-V3-style MoE models.\n\ncommands:\n");
+               "Distributed expert-parallel inference for DeepSeek-V3-style MoE models (version %s).\n\n"
+               "commands:\n", DH_VERSION);
     for (size_t i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
 }
 
@@ -58,6 +61,9 @@ int main(int argc, char **argv) {
         if (xchg_rank() == 0) usage(stderr);
     } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         if (xchg_rank() == 0) usage(stdout);
+        rc = 0;
+    } else if (strcmp(argv[1], "--version") == 0) {
+        if (xchg_rank() == 0) printf("darkhorse %s\n", DH_VERSION);
         rc = 0;
     } else {
         size_t i = 0;

@@ -69,7 +69,7 @@ int rt_parse_opt(rt_opts *o, int code, const char *arg) {
 
 /* Threads per rank: all cores in-process and on the coordinator (it works while the workers
  * wait and the reverse); the cores shared among the workers of this node otherwise. */
-static int default_threads(int requested) {
+int rt_default_threads(int requested) {
     if (requested > 0) return requested;
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     int cores = n > 0 ? (int)n : 1, P = xchg_size();
@@ -89,7 +89,7 @@ int rt_open_kv(rt *r, const rt_opts *o, int max_rows, int max_seq_len, int n_seq
         fprintf(stderr, "darkhorse: --model DIR is required\n");
         return 1;
     }
-    nn_init(default_threads(o->threads), o->portable);
+    nn_init(rt_default_threads(o->threads), o->portable);
     r->clustered = xchg_size() > 1;
     if (r->clustered && xchg_rank() > 0) {
         worker_opts wo = {.model_dir = o->model_dir, .weights = o->weights};

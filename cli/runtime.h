@@ -51,6 +51,9 @@ typedef struct rt_opts {
     "                         gzip when FILE ends in .gz)\n"
 
 rt_opts rt_default_opts(void);
+/* Threads for this rank's pool: requested if > 0; else all cores on rank 0 (or alone), and the
+ * cores shared among the local workers on the others. */
+int rt_default_threads(int requested);
 /* Handle a common option: 1 if it was one (0 otherwise), -1 on a bad value (message printed). */
 int rt_parse_opt(rt_opts *o, int code, const char *arg);
 

@@ -33,6 +33,24 @@ static void send_verdict(const char *err) {
     free(buf);
 }
 
+int cluster_check_hello(const Darkhorse__Hello *h, uint64_t model_hash, const char *model_dir, char *err,
+                        size_t errsz) {
+    if (h->error_code) {
+        snprintf(err, errsz, "rank %d (%.100s): %.400s", h->rank, h->hostname, h->error);
+    } else if (h->protocol_version != XCHG_PROTOCOL) {
+        snprintf(err, errsz, "rank %d (%.100s) speaks protocol %u, the coordinator %d: mixed darkhorse versions",
+                 h->rank, h->hostname, h->protocol_version, XCHG_PROTOCOL);
+    } else if (h->model_hash != model_hash) {
+        snprintf(err, errsz,
+                 "rank %d (%.100s) has a different model at %.300s (identity %016llx, the coordinator's %016llx): "
+                 "the same checkpoint must be at that path on every host",
+                 h->rank, h->hostname, model_dir, (unsigned long long)h->model_hash, (unsigned long long)model_hash);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 /* Check the workers' hellos; an error message into err (empty if all is well). */
 static void check_hellos(cluster *c, const char *all, const int *lens, char *err, size_t errsz) {
     size_t off = (size_t)lens[0];
@@ -42,22 +60,10 @@ static void check_hellos(cluster *c, const char *all, const int *lens, char *err
             if (!*err) snprintf(err, errsz, "rank %d sent a malformed hello", r);
             continue;
         }
-        if (*err) {
-        } else if (h->error_code) {
-            snprintf(err, errsz, "rank %d (%.100s): %.400s", r, h->hostname, h->error);
-        } else if (h->protocol_version != XCHG_PROTOCOL) {
-            snprintf(err, errsz, "rank %d (%.100s) speaks protocol %u, the coordinator %d: mixed darkhorse versions",
-                     r, h->hostname, h->protocol_version, XCHG_PROTOCOL);
-        } else if (h->model_hash != c->m->config_hash) {
-            snprintf(err, errsz,
-                     "rank %d (%.100s) has a different model at %.300s (identity %016llx, the coordinator's %016llx): "
-                     "the same checkpoint must be at that path on every host",
-                     r, h->hostname, c->m->dir, (unsigned long long)h->model_hash,
-                     (unsigned long long)c->m->config_hash);
-        }
+        if (!*err) cluster_check_hello(h, c->m->config_hash, c->m->dir, err, errsz);
         c->worker_gflops[r] = h->expert_gflops;
-        log_info("rank %d on %s: %d threads, %s kernels, expert FFN %.1f GFLOP/s, %.1f of %.1f GB free", r,
-                 h->hostname, h->threads, h->kernels, h->expert_gflops, h->mem_available_bytes / 1e9,
+        log_info("rank %d on %s: darkhorse %s, %d threads, %s kernels, expert FFN %.1f GFLOP/s, %.1f of %.1f GB free",
+                 r, h->hostname, h->version, h->threads, h->kernels, h->expert_gflops, h->mem_available_bytes / 1e9,
                  h->mem_total_bytes / 1e9);
         darkhorse__hello__free_unpacked(h, NULL);
     }

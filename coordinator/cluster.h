@@ -35,6 +35,12 @@ typedef struct cluster {
  * loaded): gather the workers' hellos, check them, place the experts, start the workers and
  * print their memory table. 0, or 1 after every rank was told why the cluster cannot start. */
 int cluster_start(cluster *c, const model *m, const cluster_params *p);
+/* Whether the rank that sent hello h may join a cluster whose coordinator loaded the model at
+ * model_dir with identity model_hash: 0, or 1 with the reason in err. These are the checks
+ * cluster_start makes of every worker (its own error, the protocol version, the model). */
+struct Darkhorse__Hello;
+int cluster_check_hello(const struct Darkhorse__Hello *h, uint64_t model_hash, const char *model_dir, char *err,
+                        size_t errsz);
 /* Fetch every worker's counters into c->stats. 0 or DH_ETIMEOUT. */
 int cluster_report(cluster *c);
 /* Apply a new plan while serving (workers remap their experts). 0 or an error (logged). */

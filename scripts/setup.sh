@@ -14,6 +14,7 @@ packages=(
   zlib1g-dev                                # gzip-compressed routing traces
   libonig-dev                               # Unicode regexes of the tokenizer (what HF tokenizers uses)
   curl python3                               # HTTP tests; python3 compares float files in CLI tests
+  debootstrap                               # scripts/test-deb.sh: a clean Debian root for the .deb
 )
 
 missing=()

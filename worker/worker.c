@@ -21,6 +21,7 @@
 #include "core/common.h"
 #include "core/model.h"
 #include "core/nn.h"
+#include "core/version.h"
 #include "darkhorse.pb-c.h"
 #include "proto/exchange.h"
 #include "proto/messages.h"
@@ -78,31 +79,40 @@ double worker_expert_gflops(int D, int F) {
     return best;
 }
 
-static int send_hello(wstate *s) {
+unsigned char *worker_hello_pack(const char *model_dir, int measure, size_t *len) {
     Darkhorse__Hello h = DARKHORSE__HELLO__INIT;
     char host[256] = "?", err[512] = "";
     gethostname(host, sizeof host);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
     h.protocol_version = XCHG_PROTOCOL;
-    h.rank = s->rank;
+    h.version = DH_VERSION;
+    h.rank = xchg_rank();
     h.hostname = host;
+    h.cores = cores > 0 ? (int32_t)cores : 0;
     mem_info(&h.mem_total_bytes, &h.mem_available_bytes);
     h.threads = nn_threads();
     h.kernels = (char *)nn_kernels()->name;
     model_params p = model_default_params();
     p.dense = 0, p.experts = 0;
-    model *meta = model_load(s->o->model_dir, &p);
+    model *meta = model_load(model_dir, &p);
     if (meta) {
         h.model_hash = meta->config_hash;
-        h.expert_gflops = worker_expert_gflops(meta->cfg.hidden_size, meta->cfg.moe_intermediate_size);
+        if (measure) h.expert_gflops = worker_expert_gflops(meta->cfg.hidden_size, meta->cfg.moe_intermediate_size);
     } else {
-        snprintf(err, sizeof err, "cannot load the checkpoint %s on host %s (see that rank's log)", s->o->model_dir, host);
+        snprintf(err, sizeof err, "cannot load the checkpoint %s on host %s (see that rank's log)", model_dir, host);
         h.error_code = DH_ENOTFOUND;
         h.error = err;
     }
     model_free(meta);
-    size_t len = darkhorse__hello__get_packed_size(&h);
-    unsigned char *buf = xmalloc(len + 1);
+    *len = darkhorse__hello__get_packed_size(&h);
+    unsigned char *buf = xmalloc(*len + 1);
     darkhorse__hello__pack(&h, buf);
+    return buf;
+}
+
+static int send_hello(wstate *s) {
+    size_t len;
+    unsigned char *buf = worker_hello_pack(s->o->model_dir, 1, &len);
     int rc = xchg_gather(buf, (int)len, NULL, NULL, 0);
     free(buf);
     return rc;
