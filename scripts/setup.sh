@@ -13,6 +13,7 @@ packages=(
   libjansson-dev                            # JSON
   libonig-dev                               # Unicode regexes of the tokenizer (what HF tokenizers uses)
   curl python3                               # HTTP tests; python3 compares float files in CLI tests
+  iproute2                                  # ip netns and tc: scripts/netns-cluster.sh and its test
 )
 
 missing=()
