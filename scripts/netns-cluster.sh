@@ -17,11 +17,13 @@
 #     namespaces' addresses, and plm_rsh_agent is a generated script that "logs in" to host
 #     10.213.0.I by `ip netns exec dh-TAG-r{I-1} sh -c COMMAND` (what ssh would run), so each
 #     orted, and the ranks it starts, live in their own namespace. Tree spawn is off: mpirun
-#     starts every orted itself;
+#     starts every orted itself; --leave-session-attached keeps each orted the child of its
+#     agent (not daemonized), so mpirun notices one that dies at start-up instead of waiting
+#     for it forever, and its errors reach stderr;
 #   - --mca btl tcp,self and btl_tcp_if_include / oob_tcp_if_include 10.213.0.0/24: all MPI
 #     traffic, the runtime's own included, goes through the shaped veths (no shared memory).
 # Everything is torn down on exit, on Ctrl-C or SIGTERM, and when mpirun fails: the processes
-# left in the namespaces (orted daemonizes) are killed, then the namespaces deleted, which
+# left in the namespaces are killed, then the namespaces deleted, which
 # deletes their veths and bridge. The exit status is mpirun's (130/143 after a signal).
 # DH_NETNS_MPIRUN_ARGS: extra mpirun options, split on whitespace.
 set -uo pipefail
@@ -163,7 +165,7 @@ chmod +x "$tmp/agent"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # shellcheck disable=SC2086 # DH_NETNS_MPIRUN_ARGS is split on whitespace, as documented
 ip netns exec "$pfx-r0" mpirun -np "$n" --hostfile "$tmp/hostfile" --bind-to none \
-  --mca plm_rsh_agent "$tmp/agent" --mca plm_rsh_no_tree_spawn 1 \
+  --mca plm_rsh_agent "$tmp/agent" --mca plm_rsh_no_tree_spawn 1 --leave-session-attached \
   --mca btl tcp,self --mca btl_tcp_if_include "$subnet" --mca oob_tcp_if_include "$subnet" \
   ${DH_NETNS_MPIRUN_ARGS:-} "$@" &
 mpirun_pid=$!
