@@ -19,7 +19,7 @@
 #     orted, and the ranks it starts, live in their own namespace. Tree spawn is off: mpirun
 #     starts every orted itself; --leave-session-attached keeps each orted the child of its
 #     agent (not daemonized), so mpirun notices one that dies at start-up instead of waiting
-#     for it forever, and its errors reach stderr;
+#     for it forever, and its errors reach stderr; each host has its own TMPDIR (see below);
 #   - --mca btl tcp,self and btl_tcp_if_include / oob_tcp_if_include 10.213.0.0/24: all MPI
 #     traffic, the runtime's own included, goes through the shaped veths (no shared memory).
 # Everything is torn down on exit, on Ctrl-C or SIGTERM, and when mpirun fails: the processes
@@ -157,12 +157,21 @@ cat >"$tmp/agent" <<EOF
 while [ \$# -gt 0 ]; do case "\$1" in -*) shift ;; *) break ;; esac; done
 host=\$1; shift
 case "\$host" in 10.213.0.*) ;; *) echo "netns-cluster agent: unknown host \$host" >&2; exit 255 ;; esac
-exec ip netns exec "$pfx-r\$((\${host##*.} - 1))" /bin/sh -c "\$*"
+r=\$((\${host##*.} - 1))
+export TMPDIR="$tmp/r\$r" # the host's own /tmp for Open MPI's session directory
+mkdir -p "\$TMPDIR"
+exec ip netns exec "$pfx-r\$r" /bin/sh -c "\$*"
 EOF
 chmod +x "$tmp/agent"
 
 # --- mpirun ---
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# Each host gets its own TMPDIR, as separate machines have their own /tmp: Open MPI names its
+# session directory after the host name, which the namespaces share, and orteds starting at
+# once then race to create the same one (one fails: "mkdir ... File exists"). Inside $tmp,
+# what killed daemons leave there goes with it.
+export TMPDIR=$tmp/r0
+mkdir -p "$TMPDIR"
 # shellcheck disable=SC2086 # DH_NETNS_MPIRUN_ARGS is split on whitespace, as documented
 ip netns exec "$pfx-r0" mpirun -np "$n" --hostfile "$tmp/hostfile" --bind-to none \
   --mca plm_rsh_agent "$tmp/agent" --mca plm_rsh_no_tree_spawn 1 --leave-session-attached \
