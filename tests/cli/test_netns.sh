@@ -71,9 +71,8 @@ echo "ok (${SECONDS} s): mpirun failed with status $rc and nothing is left"
 
 # 3. Ctrl-C in the middle of a generation (python resets SIGINT, which bash ignores in jobs
 # started with &, so the script sees it as it would from a terminal)
-"$bin" init-model --preset genesis-tiny --out "$tmp/m" >/dev/null 2>&1 || fail "init-model"
 python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])' \
-  "$script" -n 3 --rate 100mbit --name "${tag}c" -- "$bin" generate --model "$tmp/m" --ids 1,2,3 \
+  "$script" -n 3 --rate 100mbit --name "${tag}c" -- "$bin" generate --model "$tmp/ref" --ids 1,2,3 \
   --max-tokens 100000 --ignore-eos --print-ids --temperature 0 >/dev/null 2>"$tmp/err" &
 job=$!
 for _ in $(seq 1 300); do
