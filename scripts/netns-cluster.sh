@@ -103,7 +103,7 @@ run() {
 }
 
 # the token bucket: rate RATE, burst 2 ms of it but at least 64 KiB (a veth passes GSO frames
-# of up to 64 KiB, and a frame larger than the bucket waits forever), queue 50 ms
+# of up to 64 KiB, and tbf has to hold a whole frame), queue 50 ms
 shape() {
   local ns=$1 dev=$2 bps burst
   [ "$rate" = none ] && return 0
