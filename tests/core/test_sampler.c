@@ -136,7 +136,7 @@ static void test_philox_matches_the_published_vectors(void) {
 
 /* The layout of a draw (counter = position, choice, purpose, 0; key = seed low, high; the top
  * 53 bits of words 0 and 1): expected values from a separate Python Philox written from the
- * paper, itself checked against the vectors above. */
+ * paper, itself checked against the vectors above (tests/core/philox_ref.py prints them). */
 static void test_a_draw_matches_an_independent_computation(void) {
     static const struct {
         uint64_t seed;
