@@ -186,7 +186,7 @@ int cmd_generate(int argc, char **argv) {
     double t1 = dh_now(), t2 = t1;
     int steps = 0;
     for (int pos = T; n_out < g.max_tokens; pos++) {
-        int next = sampler_sample(smp, logits);
+        int next = sampler_sample(smp, logits, 0, pos, SAMPLER_TOKEN); /* the token at pos */
         if (next == eos && !g.ignore_eos) break;
         out_ids[n_out++] = next;
         if (!g.print_ids) {

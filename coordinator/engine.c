@@ -11,7 +11,8 @@
  * its prompt, then prompt chunks of the running sequences still prefilling, in admission
  * order, until max_batch_tokens rows. Prompt rows use the naive attention form and decode rows
  * the absorbed one, and the kernels are batch invariant, so a request's tokens do not depend
- * on what else is in the step.
+ * on what else is in the step. Sampling is keyed by the position of the token drawn (core/
+ * sampler.c), not by a stream that advances per step, so the same holds for seeded sampling.
  *
  * Text: every sampled token goes through the request's streaming decoder (complete UTF-8
  * characters only); the decoded text is held back by up to (longest stop string - 1) bytes so
@@ -523,7 +524,9 @@ int engine_run(engine *e) {
         for (int t = 0; t < T; t++) {
             if (!(e->rows[t].flags & FWD_LOGITS)) continue;
             req *r = e->row_req[t];
-            int tok = sampler_sample(r->smp, e->logits + (size_t)li++ * V);
+            /* the token's position: after the prompt and the tokens generated so far */
+            int tok = sampler_sample(r->smp, e->logits + (size_t)li++ * V, 0, r->n_prompt + r->n_gen,
+                                     SAMPLER_TOKEN);
             if (on_token(e, r, tok)) {
                 for (int i = 0; i < e->n_run; i++)
                     if (e->run[i] == r) {

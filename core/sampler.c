@@ -4,8 +4,22 @@
  * softmax of what is left, then one draw. Nothing sorts the whole vocabulary in the common
  * cases: top-k takes the k best with a bounded min-heap; top-p without top-k first looks at the
  * 1024 best and sorts all 129280 only when those do not hold top_p of the probability (a very
- * flat distribution); plain temperature sampling draws from the softmax directly. The random stream is xoshiro256** seeded through splitmix64, so
- * a seed gives the same tokens on every machine. */
+ * flat distribution); plain temperature sampling draws from the softmax directly. Candidates
+ * are sorted by heapsort in the sampler's own buffer: glibc's qsort would malloc a copy.
+ *
+ * Randomness (DESIGN.md): the uniform number behind a draw is Philox-4x32-10 of the counter
+ * (position, choice, purpose, 0) under the key (seed low word, seed high word). Nothing else
+ * goes in, and nothing is kept between draws, so the token at a position is the same whether
+ * the request ran alone, batched, resumed after a failure or behind a speculative draft, and
+ * however many draws came before it. Why Philox rather than a hash of the tuple (SplitMix64)
+ * or Threefry: its 4x32 counter and 2x32 key hold the four fields and the 64-bit seed word for
+ * word, so distinct keys are distinct inputs with no ad-hoc mixing that could collide, and a
+ * fixed key is a bijection of counters; it passes TestU01's BigCrush (Salmon et al., "Parallel
+ * random numbers: as easy as 1, 2, 3", SC 2011); it has published known-answer vectors to test
+ * against (Random123's kat_vectors); and it is the generator of cuRAND and PyTorch's CUDA
+ * backend, so a GPU could reproduce our draws. Threefry would do as well but costs 20 rounds of
+ * 64-bit adds and rotations; Philox's 10 rounds of 32x32 multiplies are nothing next to a
+ * forward step. */
 #include "sampler.h"
 
 #include <math.h>
@@ -23,7 +37,6 @@ typedef struct cand {
 struct sampler {
     sampler_params p;
     int vocab;
-    uint64_t s[4];
     cand *c;   /* [vocab] */
     float *pr; /* [vocab] */
 };
@@ -35,13 +48,31 @@ static uint64_t splitmix64(uint64_t *x) {
     return z ^ (z >> 31);
 }
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+/* Philox-4x32 constants: the round multipliers and the Weyl key increments (Salmon et al.) */
+#define PHILOX_M0 0xD2511F53u
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
 
-static uint64_t next_u64(sampler *s) {
-    uint64_t r = rotl(s->s[1] * 5, 7) * 9, t = s->s[1] << 17;
-    s->s[2] ^= s->s[0], s->s[3] ^= s->s[1], s->s[1] ^= s->s[2], s->s[0] ^= s->s[3];
-    s->s[2] ^= t, s->s[3] = rotl(s->s[3], 45);
-    return r;
+void sampler_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]) {
+    uint32_t x0 = ctr[0], x1 = ctr[1], x2 = ctr[2], x3 = ctr[3], k0 = key[0], k1 = key[1];
+    for (int r = 0; r < 10; r++) {
+        if (r > 0) k0 += PHILOX_W0, k1 += PHILOX_W1; /* the key schedule: bumped before rounds 2..10 */
+        uint64_t p0 = (uint64_t)PHILOX_M0 * x0, p1 = (uint64_t)PHILOX_M1 * x2;
+        uint32_t y0 = (uint32_t)(p1 >> 32) ^ x1 ^ k0, y1 = (uint32_t)p1;
+        uint32_t y2 = (uint32_t)(p0 >> 32) ^ x3 ^ k1, y3 = (uint32_t)p0;
+        x0 = y0, x1 = y1, x2 = y2, x3 = y3;
+    }
+    out[0] = x0, out[1] = x1, out[2] = x2, out[3] = x3;
+}
+
+double sampler_uniform(uint64_t seed, int choice, int position, sampler_purpose purpose) {
+    DH_ASSERT(choice >= 0 && position >= 0);
+    uint32_t ctr[4] = {(uint32_t)position, (uint32_t)choice, (uint32_t)purpose, 0};
+    uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)}, out[4];
+    sampler_philox4x32(ctr, key, out);
+    uint64_t bits = (uint64_t)out[0] | (uint64_t)out[1] << 32;
+    return (double)(bits >> 11) * (1.0 / 9007199254740992.0); /* the top 53 bits, times 2^-53 */
 }
 
 uint64_t sampler_random_seed(void) {
@@ -59,8 +90,6 @@ sampler *sampler_new(int vocab, sampler_params p) {
     sampler *s = xcalloc(1, sizeof *s);
     s->p = p;
     s->vocab = vocab;
-    uint64_t x = p.seed;
-    for (int i = 0; i < 4; i++) s->s[i] = splitmix64(&x);
     s->c = xmalloc((size_t)vocab * sizeof *s->c);
     s->pr = xmalloc((size_t)vocab * sizeof *s->pr);
     return s;
@@ -83,11 +112,6 @@ int sampler_argmax(const float *x, int n) {
 /* better: higher logit, then lower id */
 static int better(const cand *a, const cand *b) { return a->logit > b->logit || (a->logit == b->logit && a->id < b->id); }
 
-static int cmp_cand(const void *pa, const void *pb) {
-    const cand *a = pa, *b = pb;
-    return better(a, b) ? -1 : better(b, a) ? 1 : 0;
-}
-
 /* min-heap on `better` of at most k entries: c[0] is the worst kept */
 static void sift_down(cand *h, int n, int i) {
     for (;;) {
@@ -100,10 +124,23 @@ static void sift_down(cand *h, int n, int i) {
     }
 }
 
+static void heapify(cand *h, int n) {
+    for (int i = n / 2 - 1; i >= 0; i--) sift_down(h, n, i);
+}
+
+/* a heap of n, best first, in place: the worst kept goes to the end, n - 1 times */
+static void heap_sort(cand *h, int n) {
+    for (int i = n - 1; i > 0; i--) {
+        cand t = h[0];
+        h[0] = h[i], h[i] = t;
+        sift_down(h, i, 0);
+    }
+}
+
 /* the k best of logits into s->c[0..k), unsorted (a min-heap) */
 static void best_k(sampler *s, const float *logits, int k) {
     for (int i = 0; i < k; i++) s->c[i] = (cand){logits[i], i};
-    for (int i = k / 2 - 1; i >= 0; i--) sift_down(s->c, k, i);
+    heapify(s->c, k);
     for (int i = k; i < s->vocab; i++) {
         cand x = {logits[i], i};
         if (better(&x, &s->c[0])) {
@@ -113,9 +150,9 @@ static void best_k(sampler *s, const float *logits, int k) {
     }
 }
 
-/* one draw from weights w[0..n) of total tot; returns an index */
-static int draw(sampler *s, const float *w, int n, double tot) {
-    double r = (double)(next_u64(s) >> 11) * (1.0 / 9007199254740992.0) * tot;
+/* the index that u in [0, 1) picks from weights w[0..n) of total tot */
+static int draw(double u, const float *w, int n, double tot) {
+    double r = u * tot;
     for (int i = 0; i < n; i++) {
         r -= w[i];
         if (r < 0) return i;
@@ -125,9 +162,10 @@ static int draw(sampler *s, const float *w, int n, double tot) {
 
 #define TOP_P_CANDIDATES 1024 /* without top-k, top-p looks here first */
 
-int sampler_sample(sampler *s, const float *logits) {
+int sampler_sample(sampler *s, const float *logits, int choice, int position, sampler_purpose purpose) {
     int V = s->vocab;
     if (s->p.temperature <= 0) return sampler_argmax(logits, V);
+    double u = sampler_uniform(s->p.seed, choice, position, purpose);
     double inv_t = 1.0 / s->p.temperature;
     int k = s->p.top_k > 0 && s->p.top_k < V ? s->p.top_k : 0;
     int top_p = s->p.top_p > 0 && s->p.top_p < 1;
@@ -135,7 +173,7 @@ int sampler_sample(sampler *s, const float *logits) {
         float mx = logits[sampler_argmax(logits, V)];
         double sum = 0;
         for (int i = 0; i < V; i++) sum += s->pr[i] = (float)exp(((double)logits[i] - mx) * inv_t);
-        return draw(s, s->pr, V, sum);
+        return draw(u, s->pr, V, sum);
     }
     // candidates: the k best; without top-k, the best TOP_P_CANDIDATES when they hold top_p of
     // the mass (almost always: distributions are peaked), else all of them
@@ -146,14 +184,15 @@ int sampler_sample(sampler *s, const float *logits) {
         for (int i = 0; i < V; i++) all += exp(((double)logits[i] - mx) * inv_t);
     }
     best_k(s, logits, n);
-    qsort(s->c, (size_t)n, sizeof *s->c, cmp_cand);
+    heap_sort(s->c, n);
     double sum = 0;
     for (int i = 0; i < n; i++) sum += s->pr[i] = (float)exp(((double)s->c[i].logit - s->c[0].logit) * inv_t);
     double total = k ? sum : all; /* both relative to the best logit */
     if (!k && n < V && sum < s->p.top_p * total) { /* the mass is spread wide: use every token */
         n = V;
         for (int i = 0; i < V; i++) s->c[i] = (cand){logits[i], i};
-        qsort(s->c, (size_t)n, sizeof *s->c, cmp_cand);
+        heapify(s->c, n);
+        heap_sort(s->c, n);
         sum = 0;
         for (int i = 0; i < n; i++) sum += s->pr[i] = (float)exp(((double)s->c[i].logit - s->c[0].logit) * inv_t);
         total = sum;
@@ -172,5 +211,5 @@ int sampler_sample(sampler *s, const float *logits) {
     }
     double tot = 0;
     for (int i = 0; i < keep; i++) tot += s->pr[i];
-    return s->c[draw(s, s->pr, keep, tot)].id;
+    return s->c[draw(u, s->pr, keep, tot)].id;
 }

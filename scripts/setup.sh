@@ -15,6 +15,7 @@ packages=(
   libonig-dev                               # Unicode regexes of the tokenizer (what HF tokenizers uses)
   curl python3                               # HTTP tests; python3 compares float files in CLI tests
   debootstrap                               # scripts/test-deb.sh: a clean Debian root for the .deb
+  iproute2                                  # ip netns and tc: scripts/netns-cluster.sh and its test
 )
 
 missing=()

@@ -1,5 +1,7 @@
-/* test_engine.c: continuous batching. Concurrent greedy requests give exactly what each gives
- * alone; stop strings, max_tokens, cancellation, the queue and context limits, shutdown. */
+/* test_engine.c: continuous batching. Concurrent greedy and seeded requests give exactly what
+ * each gives alone, and what a plain decode loop gives; a seeded request resumed from its
+ * tokens so far goes on as it would have; stop strings, max_tokens, cancellation, the queue
+ * and context limits, shutdown. */
 #include <CUnit/CUnit.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +41,7 @@ typedef struct harness {
     result res[64];
     int outstanding;  /* stop the engine when it reaches 0 */
     uint64_t cancel_after_text; /* cancel this id on its first text */
+    sampler_params sampling;    /* of every request; request i has seed sampling.seed + i */
 } harness;
 
 static void on_event(void *ctx, const engine_event *ev) {
@@ -87,19 +90,22 @@ static int prompt_of(int i, int *out) {
 static int64_t submit(harness *h, int i, int max_tokens, const char *const *stop, int n_stop) {
     int prompt[64];
     engine_request q = {.prompt = prompt, .n_prompt = prompt_of(i, prompt), .max_tokens = max_tokens,
-                        .sampling = {.temperature = 0}, .stop = stop, .n_stop = n_stop, .ignore_eos = 1,
+                        .sampling = h->sampling, .stop = stop, .n_stop = n_stop, .ignore_eos = 1,
                         .user = &h->res[i]};
+    q.sampling.seed += (uint64_t)i;
     char err[256];
     int64_t id = engine_submit(h->e, &q, err, sizeof err);
     if (id > 0) h->outstanding++;
     return id;
 }
 
-static void test_concurrent_greedy_requests_equal_each_alone(void) {
+/* NREQ requests sampled with sp, each alone, then all at once */
+static void check_batched_equal_each_alone(sampler_params sp) {
     static result alone[NREQ];
     for (int i = 0; i < NREQ; i++) {
         harness h;
         h_open(&h, 4, 32, 64, 4096);
+        h.sampling = sp;
         CU_ASSERT(submit(&h, i, 20, NULL, 0) > 0);
         CU_ASSERT_EQUAL(engine_run(h.e), 0);
         alone[i] = h.res[i];
@@ -110,6 +116,7 @@ static void test_concurrent_greedy_requests_equal_each_alone(void) {
      * decode rows of other requests, and requests wait for slots */
     harness h;
     h_open(&h, 6, 13, 64, 4096);
+    h.sampling = sp;
     for (int i = 0; i < NREQ; i++) CU_ASSERT(submit(&h, i, 20, NULL, 0) > 0);
     CU_ASSERT_EQUAL(engine_run(h.e), 0);
     for (int i = 0; i < NREQ; i++) {
@@ -126,6 +133,94 @@ static void test_concurrent_greedy_requests_equal_each_alone(void) {
     CU_ASSERT_EQUAL(m.kv_used_tokens, 0); /* every sequence gave its blocks back */
     CU_ASSERT_EQUAL(m.ttft.n, NREQ);
     h_close(&h);
+}
+
+static void test_concurrent_greedy_requests_equal_each_alone(void) {
+    check_batched_equal_each_alone((sampler_params){.temperature = 0});
+}
+
+/* flat enough that most draws matter: a random-weight model's 512 tokens are near equally likely */
+static const sampler_params seeded = {.temperature = 1, .top_p = 0.95f, .top_k = 0, .seed = 1000};
+
+static void test_concurrent_seeded_requests_equal_each_alone(void) {
+    check_batched_equal_each_alone(seeded);
+}
+
+/* The plain decode loop of one request on its own cache: the prompt in prompt rows, then
+ * given[0..n_given) as decode rows in one step (a resume: DESIGN.md's row forms), then one
+ * token per step, sampled at its position, until out[0..n) is full (out[i] = given[i] for
+ * i < n_given). */
+static void decode_alone(const int *prompt, int n_prompt, const int *given, int n_given, sampler_params sp,
+                         int *out, int n) {
+    enum { ROWS = 64 };
+    DH_ASSERT(n_prompt + n <= ROWS && n_given < n);
+    kv_cache *kv = kv_new(g_m->n_layers, g_m->cfg.kv_lora_rank + g_m->cfg.qk_rope_head_dim, 256, 1, 256);
+    moe_backend *moe = moe_local_new(g_m, ROWS);
+    fwd_ctx *f = fwd_new(g_m, kv, moe, ROWS);
+    sampler *smp = sampler_new(g_m->cfg.vocab_size, sp);
+    float *logits = xmalloc((size_t)g_m->cfg.vocab_size * sizeof *logits);
+    fwd_row rows[ROWS];
+    int seq = kv_seq_open(kv), T = 0;
+    CU_ASSERT_FATAL(seq >= 0 && kv_seq_reserve(kv, seq, n_prompt + n) == 0);
+    for (int t = 0; t < n_prompt; t++) rows[T++] = (fwd_row){seq, t, prompt[t], FWD_NAIVE};
+    CU_ASSERT_EQUAL(fwd_step(f, rows, T, &(fwd_out){0}), 0);
+    // the last prompt token and the given tokens as decode rows; the last one's logits
+    T = 0;
+    for (int i = -1; i < n_given; i++) rows[T++] = (fwd_row){seq, n_prompt + i, i < 0 ? prompt[n_prompt - 1] : given[i], 0};
+    rows[T - 1].flags = FWD_LOGITS;
+    if (n_given) memcpy(out, given, (size_t)n_given * sizeof *out);
+    for (int i = n_given; i < n; i++) {
+        CU_ASSERT_EQUAL(fwd_step(f, rows, T, &(fwd_out){.logits = logits}), 0);
+        out[i] = sampler_sample(smp, logits, 0, n_prompt + i, SAMPLER_TOKEN);
+        rows[0] = (fwd_row){seq, n_prompt + i, out[i], FWD_LOGITS}, T = 1;
+    }
+    free(logits);
+    sampler_free(smp);
+    fwd_free(f);
+    moe_free(moe);
+    kv_free(kv);
+}
+
+/* A seeded request's tokens are a function of its prompt, its seed and the positions alone:
+ * the engine (batched with others) gives what the plain loop gives, and a loop resumed from
+ * the first k tokens goes on with exactly the tokens the uninterrupted one drew. A generator
+ * whose state advanced with every draw would start the resumed request's stream over. */
+static void test_a_resumed_seeded_request_goes_on_as_before(void) {
+    enum { N = 24, REQ = 5 };
+    int prompt[64], full[N], resumed[N];
+    int n_prompt = prompt_of(REQ, prompt);
+    sampler_params sp = seeded;
+    sp.seed += REQ; /* as submit() seeds request REQ */
+    decode_alone(prompt, n_prompt, NULL, 0, sp, full, N);
+    // the engine, with other requests in the step, agrees with the plain loop
+    harness h;
+    h_open(&h, 4, 16, 64, 4096);
+    h.sampling = seeded;
+    for (int i = 0; i < 6; i++) CU_ASSERT(submit(&h, i, N, NULL, 0) > 0);
+    CU_ASSERT_EQUAL(engine_run(h.e), 0);
+    char *text;
+    tok_decode(g_tok, full, N, &text, NULL);
+    if (strcmp(h.res[REQ].text, text) != 0)
+        printf("\n  the plain loop: \"%s\"\n  the engine: \"%s\"\n", text, h.res[REQ].text);
+    CU_ASSERT_STRING_EQUAL(h.res[REQ].text, text);
+    free(text);
+    h_close(&h);
+    int distinct = 0;
+    for (int i = 0; i < N; i++) {
+        int seen = 0;
+        for (int j = 0; j < i; j++) seen |= full[j] == full[i];
+        distinct += !seen;
+    }
+    CU_ASSERT(distinct > N / 2); /* sampling, not a greedy loop */
+    for (int k = 1; k < N; k += 7) {
+        decode_alone(prompt, n_prompt, full, k, sp, resumed, N);
+        for (int i = k; i < N; i++)
+            if (resumed[i] != full[i]) {
+                printf("\n  resumed after %d tokens: token %d is %d, uninterrupted %d\n", k, i, resumed[i], full[i]);
+                CU_FAIL("the resumed request drew differently");
+                break;
+            }
+    }
 }
 
 static void test_a_stop_string_ends_the_text_before_it(void) {
@@ -223,6 +318,8 @@ static int engine_clean(void) {
 
 static CU_TestInfo engine_tests[] = {
     {"16 concurrent greedy requests equal each alone", test_concurrent_greedy_requests_equal_each_alone},
+    {"16 concurrent seeded requests equal each alone", test_concurrent_seeded_requests_equal_each_alone},
+    {"a resumed seeded request goes on as before", test_a_resumed_seeded_request_goes_on_as_before},
     {"a stop string ends the text before it", test_a_stop_string_ends_the_text_before_it},
     {"cancelling frees the sequence at once", test_cancelling_frees_the_sequence_at_once},
     {"queue and context limits are refused", test_queue_and_context_limits_are_refused},

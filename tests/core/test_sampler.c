@@ -1,4 +1,6 @@
-/* test_sampler.c: greedy, top-k, top-p and temperature sampling against their definitions. */
+/* test_sampler.c: greedy, top-k, top-p and temperature sampling against their definitions; the
+ * counter-based generator against Philox's published vectors, its statistics, and the rule
+ * that a draw depends only on (seed, choice, position, purpose). */
 #include <CUnit/CUnit.h>
 #include <math.h>
 #include <stdio.h>
@@ -19,7 +21,7 @@ static void test_greedy_is_the_argmax_with_ties_to_the_lower_id(void) {
     fill(4);
     logits[77] = logits[1234] = 100;
     sampler *s = sampler_new(V, (sampler_params){.temperature = 0, .seed = 1});
-    CU_ASSERT_EQUAL(sampler_sample(s, logits), 77);
+    CU_ASSERT_EQUAL(sampler_sample(s, logits, 0, 0, SAMPLER_TOKEN), 77);
     sampler_free(s);
 }
 
@@ -28,12 +30,13 @@ static void test_a_seed_gives_the_same_tokens(void) {
     int a[50], b[50];
     sampler_params p = {.temperature = 1, .top_p = 0.9f, .top_k = 0, .seed = 42};
     sampler *s1 = sampler_new(V, p), *s2 = sampler_new(V, p);
-    for (int i = 0; i < 50; i++) a[i] = sampler_sample(s1, logits), b[i] = sampler_sample(s2, logits);
+    for (int i = 0; i < 50; i++)
+        a[i] = sampler_sample(s1, logits, 0, i, SAMPLER_TOKEN), b[i] = sampler_sample(s2, logits, 0, i, SAMPLER_TOKEN);
     CU_ASSERT_EQUAL(memcmp(a, b, sizeof a), 0);
     p.seed = 43;
     sampler *s3 = sampler_new(V, p);
     int differ = 0;
-    for (int i = 0; i < 50; i++) differ |= sampler_sample(s3, logits) != a[i];
+    for (int i = 0; i < 50; i++) differ |= sampler_sample(s3, logits, 0, i, SAMPLER_TOKEN) != a[i];
     CU_ASSERT(differ);
     sampler_free(s1), sampler_free(s2), sampler_free(s3);
 }
@@ -50,7 +53,7 @@ static void test_top_k_draws_only_from_the_k_best(void) {
     sampler *s = sampler_new(V, (sampler_params){.temperature = 1.5f, .top_p = 1, .top_k = 7, .seed = 3});
     int seen[7] = {0}, outside = 0;
     for (int i = 0; i < 2000; i++) {
-        int r = rank_of(sampler_sample(s, logits));
+        int r = rank_of(sampler_sample(s, logits, 0, i, SAMPLER_TOKEN));
         if (r < 7) seen[r]++;
         else outside++;
     }
@@ -80,7 +83,7 @@ static void check_top_p(double spread, double top_p) {
     sampler *s = sampler_new(V, (sampler_params){.temperature = 1, .top_p = (float)top_p, .top_k = 0, .seed = 9});
     int outside = 0, max_rank = 0;
     for (int i = 0; i < 3000; i++) {
-        int r = rank_of(sampler_sample(s, logits));
+        int r = rank_of(sampler_sample(s, logits, 0, i, SAMPLER_TOKEN));
         outside += r >= n;
         if (r > max_rank) max_rank = r;
     }
@@ -103,7 +106,7 @@ static void test_temperature_sampling_follows_the_softmax(void) {
     sampler *s = sampler_new(V, (sampler_params){.temperature = 1, .top_p = 1, .top_k = 0, .seed = 5});
     int n20 = 0, other = 0;
     for (int i = 0; i < 4000; i++) {
-        int t = sampler_sample(s, logits);
+        int t = sampler_sample(s, logits, 0, i, SAMPLER_TOKEN);
         n20 += t == 20;
         other += t != 10 && t != 20;
     }
@@ -112,12 +115,166 @@ static void test_temperature_sampling_follows_the_softmax(void) {
     sampler_free(s);
 }
 
+/* Random123's tests/kat_vectors, the three "philox4x32 10" lines: counter, key, expected */
+static void test_philox_matches_the_published_vectors(void) {
+    static const uint32_t kat[3][10] = {
+        {0, 0, 0, 0, 0, 0, 0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8},
+        {0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff,
+         0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd},
+        {0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344, 0xa4093822, 0x299f31d0,
+         0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1},
+    };
+    for (int v = 0; v < 3; v++) {
+        uint32_t out[4];
+        sampler_philox4x32(kat[v], kat[v] + 4, out);
+        for (int w = 0; w < 4; w++) {
+            if (out[w] != kat[v][6 + w]) printf("\n  vector %d word %d: %08x, expected %08x\n", v, w, out[w], kat[v][6 + w]);
+            CU_ASSERT_EQUAL(out[w], kat[v][6 + w]);
+        }
+    }
+}
+
+/* The layout of a draw (counter = position, choice, purpose, 0; key = seed low, high; the top
+ * 53 bits of words 0 and 1): expected values from a separate Python Philox written from the
+ * paper, itself checked against the vectors above (tests/core/philox_ref.py prints them). */
+static void test_a_draw_matches_an_independent_computation(void) {
+    static const struct {
+        uint64_t seed;
+        int choice, position;
+        sampler_purpose purpose;
+        uint64_t bits53;
+    } want[] = {
+        {42, 0, 0, SAMPLER_TOKEN, 0xefea927739d5eULL},
+        {42, 0, 7, SAMPLER_TOKEN, 0xd0f0990ab77b0ULL},
+        {42, 1, 7, SAMPLER_TOKEN, 0x123f93dac0b64cULL},
+        {42, 0, 7, SAMPLER_SPEC_ACCEPT, 0xa503869c98f18ULL},
+        {0x123456789abcdef0ULL, 3, 100000, SAMPLER_TOKEN, 0x496530e840a19ULL},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        double u = sampler_uniform(want[i].seed, want[i].choice, want[i].position, want[i].purpose);
+        uint64_t bits = (uint64_t)(u * 9007199254740992.0); /* exact: u is a multiple of 2^-53 */
+        if (bits != want[i].bits53) printf("\n  case %zu: %llx, expected %llx\n", i, (unsigned long long)bits,
+                                           (unsigned long long)want[i].bits53);
+        CU_ASSERT_EQUAL(bits, want[i].bits53);
+    }
+}
+
+#define NU (1 << 18)
+#define BINS 256
+
+/* the i-th of NU draws along one field of the key, the others fixed */
+static double along(int field, int i) {
+    switch (field) {
+    case 0: return sampler_uniform(42, 0, i, SAMPLER_TOKEN);
+    case 1: return sampler_uniform((uint64_t)i, 0, 5, SAMPLER_TOKEN);
+    case 2: return sampler_uniform((uint64_t)i << 32, 0, 5, SAMPLER_TOKEN); /* the seed's high word */
+    default: return sampler_uniform(42, i, 5, SAMPLER_TOKEN);
+    }
+}
+
+/* Chi-square of NU draws in 256 bins, by their top 8 bits and by their lowest 8 of 53 (255
+ * degrees of freedom: mean 255, sd 22.6), their mean, and the correlation of neighbours. A
+ * generator that returned its counter scaled would be too even (chi-square near 0) and
+ * correlated; one with weak bits or a short period, far too uneven. The bounds are 4.5 sd. */
+static void test_draws_are_uniform_along_every_key_field(void) {
+    static int hi[BINS], lo[BINS];
+    static const char *name[] = {"position", "seed (low word)", "seed (high word)", "choice"};
+    for (int field = 0; field < 4; field++) {
+        memset(hi, 0, sizeof hi), memset(lo, 0, sizeof lo);
+        double sum = 0, sxy = 0, sxx = 0, prev = along(field, NU);
+        for (int i = 0; i < NU; i++) {
+            double u = along(field, i);
+            uint64_t b = (uint64_t)(u * 9007199254740992.0);
+            hi[b >> 45]++, lo[b & 255]++;
+            sum += u, sxy += (u - 0.5) * (prev - 0.5), sxx += (u - 0.5) * (u - 0.5), prev = u;
+        }
+        double e = (double)NU / BINS, chi_hi = 0, chi_lo = 0;
+        for (int k = 0; k < BINS; k++) chi_hi += (hi[k] - e) * (hi[k] - e) / e, chi_lo += (lo[k] - e) * (lo[k] - e) / e;
+        double mean = sum / NU, corr = sxy / sxx, sd_mean = sqrt(1.0 / 12 / NU), sd_corr = 1 / sqrt((double)NU);
+        int ok = chi_hi > 153 && chi_hi < 357 && chi_lo > 153 && chi_lo < 357 && fabs(mean - 0.5) < 4.5 * sd_mean &&
+                 fabs(corr) < 4.5 * sd_corr;
+        if (!ok)
+            printf("\n  along the %s: chi-square %.1f (top bits), %.1f (low bits), bounds (153, 357); mean %.5f; "
+                   "neighbour correlation %.5f, bound %.5f\n",
+                   name[field], chi_hi, chi_lo, mean, corr, 4.5 * sd_corr);
+        CU_ASSERT(ok);
+    }
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Keys that differ in one field give unrelated streams: no value of one appears in another
+ * (also at shifted positions, which catches a key that adds its fields), and streams are
+ * uncorrelated position by position. */
+static void test_distinct_keys_give_distinct_streams(void) {
+    enum { NS = 6, NP = 2000 };
+    static const struct {
+        uint64_t seed;
+        int choice;
+        sampler_purpose purpose;
+    } key[NS] = {{7, 0, SAMPLER_TOKEN}, {8, 0, SAMPLER_TOKEN}, {7ULL << 32, 0, SAMPLER_TOKEN},
+                 {7, 1, SAMPLER_TOKEN}, {7, 0, SAMPLER_SPEC_ACCEPT}, {6, 1, SAMPLER_TOKEN}};
+    static double u[NS][NP], all[NS * NP];
+    for (int k = 0; k < NS; k++)
+        for (int p = 0; p < NP; p++) all[k * NP + p] = u[k][p] = sampler_uniform(key[k].seed, key[k].choice, p, key[k].purpose);
+    qsort(all, NS * NP, sizeof *all, cmp_double);
+    int dup = 0;
+    for (int i = 1; i < NS * NP; i++) dup += all[i] == all[i - 1];
+    CU_ASSERT_EQUAL(dup, 0); /* 12000 values of 53 bits: a repeat by chance has odds ~1e-8 */
+    for (int a = 0; a < NS; a++)
+        for (int b = a + 1; b < NS; b++) {
+            double sxy = 0, sxx = 0, syy = 0;
+            for (int p = 0; p < NP; p++) {
+                double x = u[a][p] - 0.5, y = u[b][p] - 0.5;
+                sxy += x * y, sxx += x * x, syy += y * y;
+            }
+            double r = sxy / sqrt(sxx * syy);
+            if (fabs(r) >= 0.1) printf("\n  streams %d and %d: correlation %.3f (sd %.3f)\n", a, b, r, 1 / sqrt(NP));
+            CU_ASSERT(fabs(r) < 0.1); /* 4.5 sd */
+        }
+}
+
+/* The token at a position is the same from a fresh sampler, or after 100 draws at other
+ * positions, choices and purposes over other logits, in any order. */
+static void test_a_draw_depends_only_on_its_key(void) {
+    enum { NP = 64 };
+    sampler_params p = {.temperature = 1, .top_p = 0.9f, .top_k = 0, .seed = 2026};
+    int alone[NP], later[NP], distinct = 0;
+    fill(1); /* flat: hundreds of tokens in the nucleus, so a different draw gives a different token */
+    for (int pos = 0; pos < NP; pos++) {
+        sampler *s = sampler_new(V, p);
+        alone[pos] = sampler_sample(s, logits, 0, 1000 + pos, SAMPLER_TOKEN);
+        sampler_free(s);
+    }
+    sampler *s = sampler_new(V, p);
+    fill(3);
+    for (int i = 0; i < 100; i++) sampler_sample(s, logits, i % 3, i, i % 2 ? SAMPLER_SPEC_ACCEPT : SAMPLER_TOKEN);
+    fill(1);
+    for (int pos = NP - 1; pos >= 0; pos--) later[pos] = sampler_sample(s, logits, 0, 1000 + pos, SAMPLER_TOKEN);
+    sampler_free(s);
+    for (int i = 0; i < NP; i++) {
+        int seen = 0;
+        for (int j = 0; j < i; j++) seen |= alone[j] == alone[i];
+        distinct += !seen;
+    }
+    CU_ASSERT(distinct > NP / 2); /* the positions really draw different tokens */
+    CU_ASSERT_EQUAL(memcmp(alone, later, sizeof alone), 0);
+}
+
 static CU_TestInfo sampler_tests[] = {
     {"greedy is the argmax, ties to the lower id", test_greedy_is_the_argmax_with_ties_to_the_lower_id},
     {"a seed gives the same tokens", test_a_seed_gives_the_same_tokens},
     {"top-k draws only from the k best", test_top_k_draws_only_from_the_k_best},
     {"top-p draws only from the nucleus", test_top_p_draws_only_from_the_nucleus},
     {"temperature sampling follows the softmax", test_temperature_sampling_follows_the_softmax},
+    {"Philox matches the published vectors", test_philox_matches_the_published_vectors},
+    {"a draw matches an independent computation", test_a_draw_matches_an_independent_computation},
+    {"draws are uniform along every key field", test_draws_are_uniform_along_every_key_field},
+    {"distinct keys give distinct streams", test_distinct_keys_give_distinct_streams},
+    {"a draw depends only on its key", test_a_draw_depends_only_on_its_key},
     CU_TEST_INFO_NULL,
 };
 CU_SuiteInfo sampler_suite = {"sampler", NULL, NULL, NULL, NULL, sampler_tests};
