@@ -2,8 +2,9 @@
 #include "tests/runner.h"
 
 extern CU_SuiteInfo placement_suite;
+extern CU_SuiteInfo migrate_suite;
 
 int main(int argc, char **argv) {
-    CU_SuiteInfo suites[] = {placement_suite, CU_SUITE_INFO_NULL};
+    CU_SuiteInfo suites[] = {placement_suite, migrate_suite, CU_SUITE_INFO_NULL};
     return dh_test_main(argc, argv, suites);
 }
