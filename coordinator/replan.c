@@ -61,7 +61,7 @@ struct rp {
     void *user;           /* the requester, or NULL for a re-plan of its own (--replan-every) */
     double t_asked;
     rp_result res;
-    double median_before, worst;
+    double median_before, worst_before, worst; /* step times: before the request, and since */
     int watch_left;       /* steps still watched after a switch */
     char steps_log[2048]; /* the watched steps' times, ms */
     size_t log_len;
@@ -115,11 +115,13 @@ void rp_get_metrics(rp *r, rp_metrics *out) {
     pthread_mutex_unlock(&r->mu);
 }
 
-static double median_of_last(const rp *r, int k) {
+/* the median of the last k step times; *worst their maximum */
+static double median_of_last(const rp *r, int k, double *worst) {
     k = DH_MIN(k, r->n_times);
+    *worst = 0;
     if (k == 0) return 0;
     double v[STEP_RING];
-    for (int i = 0; i < k; i++) v[i] = r->times[(r->t_head - i + STEP_RING) % STEP_RING];
+    for (int i = 0; i < k; i++) v[i] = r->times[(r->t_head - i + STEP_RING) % STEP_RING], *worst = DH_MAX(*worst, v[i]);
     for (int i = 1; i < k; i++) /* insertion sort: 100 numbers */
         for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
             double t = v[j];
@@ -135,8 +137,9 @@ static void watch_done(rp *r) {
     double ratio = r->median_before > 0 ? r->worst / r->median_before : 0;
     log_info("re-plan step times, ms, from the request to %d steps after the switch: %.*s", WATCH_AFTER,
              (int)r->log_len, r->steps_log);
-    log_info("re-plan: the longest step was %.1f ms, %.2fx the median %.1f ms of the %d steps before",
-             r->worst * 1e3, ratio, r->median_before * 1e3, DH_MIN(MEDIAN_OF, r->n_times));
+    log_info("re-plan: the longest step was %.1f ms, %.2fx the median %.1f ms of the %d steps before (the longest "
+             "of those: %.1f ms, %.2fx)", r->worst * 1e3, ratio, r->median_before * 1e3, DH_MIN(MEDIAN_OF, r->n_times),
+             r->worst_before * 1e3, r->median_before > 0 ? r->worst_before / r->median_before : 0);
     pthread_mutex_lock(&r->mu);
     r->met.step_ratio = ratio;
     pthread_mutex_unlock(&r->mu);
@@ -208,7 +211,7 @@ static void start(rp *r, void *user) {
     r->user = user;
     r->t_asked = dh_now();
     if (r->watch_left) watch_done(r);
-    r->median_before = median_of_last(r, MEDIAN_OF);
+    r->median_before = median_of_last(r, MEDIAN_OF, &r->worst_before);
     r->worst = 0, r->log_len = 0;
     pthread_mutex_lock(&r->mu);
     r->met.running = 1;

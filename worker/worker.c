@@ -445,10 +445,21 @@ static void wait_header(wstate *s, MPI_Request *req) {
     xchg_wait_idle(req);
 }
 
+/* At shutdown: a helper still running stops and is joined, and nothing more is sent (the
+ * coordinator no longer listens; a Ready it never took is cancelled). */
 static void prep_free(wstate *s) {
     prep *p = &s->pr;
-    join_prep(s);
-    if (p->ready_live) xchg_wait(&p->ready_req, 1, 0);
+    if (p->thread_live) {
+        atomic_store(&p->cancel, 1);
+        pthread_join(p->thread, NULL);
+        p->thread_live = 0;
+    }
+    if (p->ready_live) {
+        int flag = 0;
+        MPI_Test(&p->ready_req, &flag, MPI_STATUS_IGNORE);
+        if (!flag) MPI_Cancel(&p->ready_req);
+        if (!flag) MPI_Wait(&p->ready_req, MPI_STATUS_IGNORE);
+    }
     free(p->ready_buf);
     model_free(p->m);
     free(p->host);

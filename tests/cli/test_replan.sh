@@ -1,56 +1,67 @@
 #!/usr/bin/env bash
 # test_replan.sh DARKHORSE live|fail|every: live re-placement of `mpirun -np 3 darkhorse serve`
-# on a genesis-tiny checkpoint, with real clients on 127.0.0.1.
+# with real clients on 127.0.0.1. The model is tests/data/ref-tiny (hidden 64, vocab 512: fast
+# enough for the sanitizer build) with the vendored DeepSeek-V3 tokenizer.json beside it (serve
+# wants one; prompts are given as token ids). Every cluster starts from a lopsided plan (worker 1
+# hosts 48 of the 64 experts of each MoE layer), so that any traffic makes a re-plan worth it.
 #
-#   live   in one process without a key, POST /admin/replan is 403 and says why, and 8 greedy
-#          requests (prompts given as token ids) give the reference texts. Then the cluster,
-#          whose workers wait 0.5 s before mapping (the test hook DH_FAULT_MAP_DELAY, a slow
-#          disk): the same 8 requests, with two re-plans asked at once in their middle: one is
-#          409, the other answers 200 with moved >= 1 and generation 2 while the
-#          requests still run, and every request ends with the reference text. /metrics says
-#          generation 2 and the moves; a re-plan right after, with no new traffic, moves nothing
-#          (200, moved 0, a reason); a wrong key is 401; SIGTERM to rank 0 ends the job with 0.
-#   fail   a cluster whose rank 2 cannot map (the test hook DH_FAULT_MAP_FAIL=2): 8 requests
-#          give their texts on plan generation 1; the same 8 with a re-plan in their middle: it
-#          answers 500 replan_failed naming rank 2 and the reason, the requests end with the same
-#          texts, the plan stays generation 1, /metrics counts the failure and gives the reason,
-#          the log says it, and the next re-plan is refused the same way (not 409: nothing is
-#          left running).
-#   every  --replan-every 10 --max-moves 4: the 8 requests of the reference (in one process)
-#          give the same texts while the cluster re-plans by itself, at most 4 moves each time.
+#   live   8 greedy requests give the reference texts on the first plan; the same 8 again,
+#          with a re-plan asked in their middle: 200, generation 2, moved >= 1, the imbalance
+#          lower, tokens still to come when it answered; every request ends with its reference
+#          text. /metrics and the
+#          log say generation 2 and the moves; two re-plans after the requests: the second,
+#          with no step between, moves nothing (200, moved 0, a reason); a wrong key is 401,
+#          GET 405; SIGTERM to rank 0 ends the job with 0.
+#   fail   a cluster whose rank 2 cannot map (the test hook DH_FAULT_MAP_FAIL=2) and whose
+#          workers wait 1 s before mapping (DH_FAULT_MAP_DELAY, a slow disk): 8 requests give
+#          their texts on plan generation 1; the same 8 again, with two re-plans asked at once:
+#          one is 409 replan_in_progress, the other 500 replan_failed naming rank 2 and why; the
+#          requests end with the same texts, the plan stays generation 1, /metrics counts the
+#          failure and gives the reason, the log says it; a request after is answered alike, and
+#          the next re-plan fails the same way (not 409: nothing is left running).
+#   every  in one process without a key, POST /admin/replan is 403 and says why, and the 8
+#          requests give the reference texts; the cluster with --replan-every 10 --max-moves 4
+#          gives the same texts while it re-plans by itself, at most 4 moves each time.
 #
 # Greedy ids must not change with the plan (docs/cluster.md: a plan moves logits by float
-# rounding only); the texts are compared, decoded from those ids. Loops are bounded in count
-# and time, and nothing asserts on timing.
+# rounding only); the texts decoded from them are compared, with their token counts. Loops are
+# bounded in count and time, and nothing asserts on timing.
 set -u
 bin=$1 mode=$2
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/serve_lib.sh"
 
 N=8
-MAX_TOKENS=100
+MAX_TOKENS=250 # ref-tiny's context is 256
 
-# start_all NAME: the N requests at once, in the background; finish_all NAME: wait for them (at
-# most 300 s each, curl's own limit), check them, their texts into $tmp/NAME.<i>.txt
+# start_all NAME: the N requests at once, from one curl (so that they start together however
+# loaded the machine is), in the background; finish_all NAME: wait for them (at most 300 s),
+# check them, and write their texts into $tmp/NAME.<i>.txt
 start_all() {
   local i
-  req_pids=()
   for i in $(seq 1 $N); do
-    curl -s -m 300 -o "$tmp/$1.$i.json" -w '%{http_code}' "$URL/v1/completions" -H "$AUTH" \
-      -d "{\"prompt\":[$((100 + i)),$((2000 + 7 * i)),$((3000 + i)),42,$((50000 + i))],\"max_tokens\":$MAX_TOKENS,\"temperature\":0,\"ignore_eos\":true}" \
-      >"$tmp/$1.$i.code" &
-    pids+=("$!")
-    req_pids+=("$!")
-  done
+    printf 'url = "%s/v1/completions"\nheader = "%s"\noutput = "%s"\n' "$URL" "$AUTH" "$tmp/$1.$i.json"
+    printf 'silent\nmax-time = 300\nwrite-out = "%%{http_code}\\n"\n'
+    printf 'data = "{\\"prompt\\":[%d,%d,%d,42,%d],\\"max_tokens\\":%d,\\"temperature\\":0,\\"ignore_eos\\":true}"\n' \
+      $((100 + i)) $((200 + 7 * i)) $((300 + i)) $((450 + i)) $MAX_TOKENS
+    [ "$i" -lt $N ] && echo next
+  done >"$tmp/$1.curl"
+  curl -s -Z --parallel-immediate --parallel-max $N -K "$tmp/$1.curl" >"$tmp/$1.codes" 2>"$tmp/$1.curl.err" &
+  all_pid=$!
+  pids+=("$all_pid")
 }
 finish_all() {
-  local i
-  wait "${req_pids[@]}"
-  for i in $(seq 1 $N); do
-    [ "$(cat "$tmp/$1.$i.code")" = 200 ] || fail "$1: request $i: $(cat "$tmp/$1.$i.code") $(cat "$tmp/$1.$i.json")"
-    [ "$(json "$tmp/$1.$i.json" 'd["usage"]["completion_tokens"]')" = $MAX_TOKENS ] || fail "$1: request $i is short"
-    json "$tmp/$1.$i.json" 'repr(d["choices"][0]["text"])' >"$tmp/$1.$i.txt"
-  done
+  wait "$all_pid"
+  python3 - "$tmp" "$1" $N $MAX_TOKENS <<'PY' || fail "$1: the requests did not all complete (see above)"
+import json, sys
+tmp, name, n, want = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+codes = open("%s/%s.codes" % (tmp, name)).read().split()
+assert codes == ["200"] * n, "statuses %s" % codes
+for i in range(1, n + 1):
+    d = json.load(open("%s/%s.%d.json" % (tmp, name, i)))
+    assert d["usage"]["completion_tokens"] == want, "request %d: %s" % (i, d["usage"])
+    open("%s/%s.%d.txt" % (tmp, name, i), "w").write(repr(d["choices"][0]["text"]) + "\n")
+PY
 }
 same_texts() { # same_texts A B: request by request
   local i
@@ -61,15 +72,21 @@ same_texts() { # same_texts A B: request by request
 }
 replan() { call POST /admin/replan -H "$AUTH"; }
 
-"$bin" init-model --preset genesis-tiny --out "$tmp/m" >/dev/null 2>&1 || fail "init-model"
-cluster() { # cluster NAME [serve options]: mpirun -np 3 with the key
+mkdir "$tmp/m"
+cp "$here/../data/ref-tiny/config.json" "$here/../data/ref-tiny/model.safetensors" \
+  "$here/../../models/deepseek-v3/tokenizer.json" "$tmp/m/" || fail "copying the model"
+{
+  printf 'darkhorse-placement 1\nworkers 2\nexperts 64\nalgo lopsided\n'
+  for l in 1 2 3; do printf 'layer %d worker 1: 0-47\nlayer %d worker 2: 48-63\n' $l $l; done
+} >"$tmp/lopsided.plan"
+cluster() { # cluster NAME [serve options]: mpirun -np 3 with the key, from the lopsided plan
   local name=$1; shift
-  start "$name" mpirun -np 3 --oversubscribe "$bin" serve --model "$tmp/m" --port 0 --api-key "$KEY" --ctx 512 \
-    --max-seqs $N --threads 1 --worker-timeout 30 "$@"
+  start "$name" mpirun -np 3 --oversubscribe "$bin" serve --model "$tmp/m" --port 0 --api-key "$KEY" --ctx 256 \
+    --max-seqs $N --threads 1 --worker-timeout 30 --placement "$tmp/lopsided.plan" "$@"
 }
 reference() { # the texts of one process into ref.*
-  start local "$bin" serve --model "$tmp/m" --port 0 --ctx 512 --max-seqs $N --threads 1
-  if [ "$mode" = live ]; then
+  start local "$bin" serve --model "$tmp/m" --port 0 --ctx 256 --max-seqs $N --threads 1
+  if [ "$mode" = every ]; then
     [ "$(call POST /admin/replan -H "$AUTH")" = 403 ] || fail "no key configured: $(cat "$tmp/body")"
     [ "$(json "$tmp/body" 'd["error"]["code"]')" = admin_disabled ] && grep -q -- "--api-key" "$tmp/body" ||
       fail "the 403 does not say why: $(cat "$tmp/body")"
@@ -82,31 +99,18 @@ reference() { # the texts of one process into ref.*
 }
 
 if [ "$mode" = live ]; then
-  reference
-  DH_FAULT_MAP_DELAY=0.5 cluster live
+  cluster live
   mpirun_pid=$SRV
-  [ "$(metric darkhorse_plan_generation)" = 1 ] || fail "the first plan is not generation 1"
+  start_all ref
+  finish_all ref
+  [ "$(metric darkhorse_plan_generation)" = 1 ] || fail "the reference ran on another plan than the first"
   start_all live
   for _ in $(seq 1 600); do [ "$(quick_metric darkhorse_running_sequences)" = $N ] && break; sleep 0.05; done
   [ "$(quick_metric darkhorse_running_sequences)" = $N ] || fail "the $N requests did not all start within 30 s"
-  # two re-plans asked at once: whichever the server takes first runs (its workers wait 0.5 s before
-  # mapping), the other is refused
-  for k in a b; do
-    curl -s -m 300 -o "$tmp/rp.$k.json" -w '%{http_code}' -X POST "$URL/admin/replan" -H "$AUTH" >"$tmp/rp.$k.code" &
-    rp_pids+=("$!")
-    pids+=("$!")
-  done
-  wait "${rp_pids[@]}"
+  [ "$(replan)" = 200 ] || fail "the re-plan: $(cat "$tmp/body")"
+  cp "$tmp/body" "$tmp/rp1.json"
   generated=$(metric darkhorse_generation_tokens_total) # read after the answer: at most what there was then
-  codes="$(cat "$tmp/rp.a.code") $(cat "$tmp/rp.b.code")"
-  case "$codes" in
-  "200 409") won=a lost=b ;;
-  "409 200") won=b lost=a ;;
-  *) fail "two re-plans at once: $codes: $(cat "$tmp/rp.a.json") $(cat "$tmp/rp.b.json")" ;;
-  esac
-  [ "$(json "$tmp/rp.$lost.json" 'd["error"]["code"]')" = replan_in_progress ] || fail "409 body: $(cat "$tmp/rp.$lost.json")"
-  ok "two re-plans asked at once: one runs, the other is 409 replan_in_progress"
-  rp1=$tmp/rp.$won.json
+  rp1=$tmp/rp1.json
   [ "$(json "$rp1" 'd["generation"]')" = 2 ] || fail "generation after the re-plan: $(cat "$rp1")"
   moved=$(json "$rp1" 'd["moved"]')
   [ "$moved" -ge 1 ] || fail "the re-plan moved nothing: $(cat "$rp1")"
@@ -147,11 +151,29 @@ elif [ "$mode" = fail ]; then
   start_all ref
   finish_all ref
   start_all after
-  wait_metric darkhorse_running_sequences $N
-  [ "$(replan)" = 500 ] || fail "a re-plan that a worker cannot map: $(cat "$tmp/body")"
-  [ "$(json "$tmp/body" 'd["error"]["code"]')" = replan_failed ] || fail "500 body: $(cat "$tmp/body")"
-  grep -q "rank 2" "$tmp/body" && grep -q "could not map" "$tmp/body" && grep -q "DH_FAULT_MAP_FAIL" "$tmp/body" ||
-    fail "the 500 does not say which rank and why: $(cat "$tmp/body")"
+  for _ in $(seq 1 600); do [ "$(quick_metric darkhorse_running_sequences)" = $N ] && break; sleep 0.05; done
+  # two re-plans asked at once: whichever the server takes first runs (its workers wait 1 s before
+  # mapping), the other is refused
+  rp_pids=()
+  for k in a b; do
+    curl -s -m 300 -o "$tmp/rp.$k.json" -w '%{http_code}' -X POST "$URL/admin/replan" -H "$AUTH" >"$tmp/rp.$k.code" &
+    rp_pids+=("$!")
+    pids+=("$!")
+  done
+  wait "${rp_pids[@]}"
+  codes="$(cat "$tmp/rp.a.code") $(cat "$tmp/rp.b.code")"
+  case "$codes" in
+  "500 409") ran=a refused=b ;;
+  "409 500") ran=b refused=a ;;
+  *) fail "two re-plans at once: $codes: $(cat "$tmp/rp.a.json") $(cat "$tmp/rp.b.json")" ;;
+  esac
+  [ "$(json "$tmp/rp.$refused.json" 'd["error"]["code"]')" = replan_in_progress ] ||
+    fail "409 body: $(cat "$tmp/rp.$refused.json")"
+  ok "two re-plans asked at once: one runs, the other is 409 replan_in_progress"
+  body=$tmp/rp.$ran.json
+  [ "$(json "$body" 'd["error"]["code"]')" = replan_failed ] || fail "500 body: $(cat "$body")"
+  grep -q "rank 2" "$body" && grep -q "could not map" "$body" && grep -q "DH_FAULT_MAP_FAIL" "$body" ||
+    fail "the 500 does not say which rank and why: $(cat "$body")"
   ok "a re-plan rank 2 cannot map: 500 replan_failed, naming rank 2 and the reason"
   finish_all after
   same_texts ref after
@@ -163,7 +185,7 @@ elif [ "$mode" = fail ]; then
   grep -q "re-plan failed, plan generation 1 stays in use: .*rank 2" "$log_of" || fail "the log does not say why"
   grep -q "rank 1\] info: .*plan attempt 1 cancelled" "$log_of" || fail "rank 1 did not drop the plan it mapped"
   ok "the plan stays generation 1; /metrics and the log say why"
-  [ "$(call POST /v1/completions -H "$AUTH" -d '{"prompt":[101,2007,3001,42,50001],"max_tokens":'$MAX_TOKENS',"temperature":0,"ignore_eos":true}')" = 200 ] ||
+  [ "$(call POST /v1/completions -H "$AUTH" -d '{"prompt":[101,207,301,42,451],"max_tokens":'$MAX_TOKENS',"temperature":0,"ignore_eos":true}')" = 200 ] ||
     fail "a request after the failed re-plan"
   json "$tmp/body" 'repr(d["choices"][0]["text"])' | cmp -s - "$tmp/ref.1.txt" || fail "a request after: another text"
   [ "$(replan)" = 500 ] || fail "the next re-plan: $(cat "$tmp/body")"
