@@ -41,7 +41,7 @@ job=$!
 for _ in $(seq 1 1200); do grep -q "listening on" "$tmp/serve.err" && break; sleep 0.1; done
 url=http://127.0.0.1:$(grep -o "listening on http://127.0.0.1:[0-9]*" "$tmp/serve.err" | sed 's/.*://')
 steps() { curl -s "$url/metrics" | sed -n 's/^darkhorse_engine_steps_total //p'; }
-tokens=$((gap * (replans + 1) + 200))
+tokens=$((gap * (replans + 1) + 300))
 for i in $(seq 1 "$seqs"); do
   curl -s -o /dev/null -m 3600 "$url/v1/completions" -H "Authorization: Bearer $key" \
     -d "{\"prompt\":[$((1000 + i)),$((20000 + i)),7,$((90000 + i))],\"max_tokens\":$tokens,\"temperature\":0,\"ignore_eos\":true}" &
@@ -52,7 +52,7 @@ for r in $(seq 1 "$replans"); do
   for _ in $(seq 1 36000); do [ "$(steps)" -ge "$want" ] && break; sleep 0.1; done
   echo "re-plan $r at step $(steps): $(curl -s -m 3600 -X POST "$url/admin/replan" -H "Authorization: Bearer $key")"
 done
-for _ in $(seq 1 36000); do [ "$(steps)" -ge $((gap * replans + 40)) ] && break; sleep 0.1; done
+for _ in $(seq 1 36000); do [ "$(steps)" -ge $((gap * replans + 150)) ] && break; sleep 0.1; done
 grep -E "re-plan step times|the longest step|placements moved|mapped the new plan" "$tmp/serve.err" | sed 's/^\[rank 0\] info: [a-z_.]*:[0-9]*: //'
 lscpu | grep 'Model name' || true
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) (other work on this machine)"
