@@ -58,7 +58,7 @@ static void usage(FILE *f) {
             "  --replan-every N       under mpirun: re-place the experts every N steps from the routing\n"
             "                         of the last --replan-window steps (default 0: only on\n"
             "                         POST /admin/replan, which needs --api-key)\n"
-            "  --replan-window N      steps of routing a re-plan is made from (default 256)\n"
+            "  --replan-window N      steps of routing a re-plan is made from (default 256, at most 4096)\n"
             "  --max-moves M          (layer, expert) placements one re-plan may add (default: no bound)\n"
             RT_HELP);
 }
@@ -104,7 +104,7 @@ static int parse_args(int argc, char **argv, serve_opts *o, rt_opts *ro) {
         case 'K': r = parse_long("--kv-tokens", optarg, 16, 1L << 30, &o->kv_tokens); break;
         case 'B': r = parse_long("--max-body", optarg, 1024, 1L << 30, &o->max_body); break;
         case 'R': r = parse_long("--replan-every", optarg, 0, 1L << 40, &o->replan_every); break;
-        case 'W': r = parse_long("--replan-window", optarg, 1, 1 << 16, &o->replan_window); break;
+        case 'W': r = parse_long("--replan-window", optarg, 1, 4096, &o->replan_window); break;
         case 'M': r = parse_long("--max-moves", optarg, 0, 1 << 30, &o->max_moves); break;
         case 'g':
             o->grace = strtod(optarg, &end);
