@@ -9,7 +9,9 @@
  * status is 0. Worker ranks ignore SIGTERM and SIGINT, so that a signal forwarded by mpirun to
  * every rank leaves them serving until the coordinator shuts them down (see docs/serving.md
  * for stopping a cluster). When the cluster fails (a worker lost), the requests in flight get
- * their error responses, written out for up to 2 s, before the job is ended. */
+ * their error responses, written out for up to 2 s, before the job is ended. In a cluster the
+ * engine's tick drives live re-placement (coordinator/replan.h): every --replan-every steps,
+ * and on POST /admin/replan. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -31,6 +33,7 @@
 typedef struct serve_opts {
     const char *host, *api_key, *served_name;
     long port, max_seqs, max_batch_tokens, max_queue, ctx, kv_tokens, max_body;
+    long replan_every, replan_window, max_moves;
     double grace;
 } serve_opts;
 
@@ -51,7 +54,13 @@ static void usage(FILE *f) {
             "  --kv-tokens N          KV cache positions shared by all sequences (default\n"
             "                         max(ctx, 1024 x max-seqs))\n"
             "  --max-body N           request body limit in bytes, beyond it 413 (default 4194304)\n"
-            "  --shutdown-grace S     seconds requests in flight may finish after SIGTERM (default 30)\n" RT_HELP);
+            "  --shutdown-grace S     seconds requests in flight may finish after SIGTERM (default 30)\n"
+            "  --replan-every N       under mpirun: re-place the experts every N steps from the routing\n"
+            "                         of the last --replan-window steps (default 0: only on\n"
+            "                         POST /admin/replan, which needs --api-key)\n"
+            "  --replan-window N      steps of routing a re-plan is made from (default 256, at most 4096)\n"
+            "  --max-moves M          (layer, expert) placements one re-plan may add (default: no bound)\n"
+            RT_HELP);
 }
 
 static int parse_long(const char *name, const char *arg, long lo, long hi, long *out) {
@@ -74,6 +83,8 @@ static int parse_args(int argc, char **argv, serve_opts *o, rt_opts *ro) {
         {"max-queue", required_argument, 0, 'q'},      {"ctx", required_argument, 0, 'c'},
         {"kv-tokens", required_argument, 0, 'K'},      {"max-body", required_argument, 0, 'B'},
         {"shutdown-grace", required_argument, 0, 'g'}, {"help", no_argument, 0, 'h'},
+        {"replan-every", required_argument, 0, 'R'},   {"replan-window", required_argument, 0, 'W'},
+        {"max-moves", required_argument, 0, 'M'},
         RT_LONGOPTS,                                   {0, 0, 0, 0}};
     int c, r = 0;
     char *end;
@@ -92,6 +103,9 @@ static int parse_args(int argc, char **argv, serve_opts *o, rt_opts *ro) {
         case 'c': r = parse_long("--ctx", optarg, 2, 1 << 24, &o->ctx); break;
         case 'K': r = parse_long("--kv-tokens", optarg, 16, 1L << 30, &o->kv_tokens); break;
         case 'B': r = parse_long("--max-body", optarg, 1024, 1L << 30, &o->max_body); break;
+        case 'R': r = parse_long("--replan-every", optarg, 0, 1L << 40, &o->replan_every); break;
+        case 'W': r = parse_long("--replan-window", optarg, 1, 4096, &o->replan_window); break;
+        case 'M': r = parse_long("--max-moves", optarg, 0, 1 << 30, &o->max_moves); break;
         case 'g':
             o->grace = strtod(optarg, &end);
             if (*end || end == optarg || !(o->grace >= 0 && o->grace <= 86400)) {
@@ -151,14 +165,28 @@ static int serve(rt *R, const serve_opts *o) {
     engine *e = engine_new(R->m, R->f, R->kv, tok, R->stats, &ep, srv_emit, s);
     log_info("KV cache: %zu positions (%.2f GB), %ld sequences, %ld rows per step", kv_total_tokens(R->kv),
              kv_total_tokens(R->kv) * (double)kv_bytes_per_token(R->kv) / 1e9, o->max_seqs, o->max_batch_tokens);
+    rp *replan = NULL;
+    if (R->clustered) {
+        rp_params rpp = rp_default_params();
+        rpp.every = (int)DH_MIN(o->replan_every, INT_MAX), rpp.window = (int)o->replan_window;
+        rpp.max_moves = (int)o->max_moves;
+        replan = rp_new(&R->cl, &rpp, srv_replan_done, s);
+        engine_set_tick(e, rp_tick, replan);
+        srv_set_replan(s, replan);
+    } else if (o->replan_every) {
+        log_warn("--replan-every is for a cluster (mpirun -np N, N >= 2): ignored in one process");
+    }
     int rc = 1;
     if (srv_start(s, e) == 0) {
         int erc = engine_run(e);
+        rp_free(replan, erc != 0); /* a re-plan in flight: cancelled, its requester answered */
+        replan = NULL;
         srv_finish(s, erc, FLUSH_S);
         if (erc) rt_step_failed(R, erc); /* in a cluster: ends the job, no return */
         else log_info("stopped: every request answered");
         rc = erc ? 1 : 0;
     }
+    rp_free(replan, 0);
     engine_free(e);
     srv_free(s);
     tok_free(tok);
@@ -167,7 +195,7 @@ static int serve(rt *R, const serve_opts *o) {
 
 int cmd_serve(int argc, char **argv) {
     serve_opts o = {.host = "127.0.0.1", .port = 8080, .max_seqs = 16, .max_batch_tokens = 256, .max_queue = 64,
-                    .ctx = 4096, .max_body = 4 << 20, .grace = 30};
+                    .ctx = 4096, .max_body = 4 << 20, .grace = 30, .replan_window = 256, .max_moves = -1};
     rt_opts ro = rt_default_opts();
     int r = parse_args(argc, argv, &o, &ro);
     if (r) return r == 1 ? 0 : r;

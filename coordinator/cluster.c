@@ -5,12 +5,19 @@
  * experts (an algorithm, or a plan file checked against the job), broadcast a Verdict that
  * either starts every rank or stops every rank with the same message, broadcast the plan,
  * gather Ready reports and print each rank's memory. A worker that does not answer within
- * the deadline aborts the job rather than leaving ranks waiting. */
+ * the deadline aborts the job rather than leaving ranks waiting.
+ *
+ * A live re-plan is the same plan broadcast after a PREPARE header, but nothing waits for it:
+ * each worker maps the new plan while serving the old one and sends its Ready on its own
+ * (tag XCHG_TAG_READY), which cluster_replan_poll picks up between steps. Readies carry the
+ * attempt number, so that a late answer to a cancelled attempt is recognised and dropped. The
+ * old plan is freed only at commit, once every worker has said it is ready. */
 #include "cluster.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/common.h"
@@ -20,6 +27,7 @@
 
 #define START_DEADLINE 120.0 /* seconds for every worker to say hello */
 #define LOAD_DEADLINE 1800.0 /* seconds for every worker to map (or quantize) its experts */
+#define REPLAN_DEADLINE 600.0 /* seconds for every worker to map a new plan while it serves */
 
 static void send_verdict(const char *err) {
     Darkhorse__Verdict v = DARKHORSE__VERDICT__INIT;
@@ -211,6 +219,9 @@ int cluster_start(cluster *c, const model *m, const cluster_params *p) {
                  bal, c->p.load ? "routed tokens observed before" : "experts", c->capacity ? " per unit of speed" : "");
     }
     c->p.load = NULL, c->p.capacity = NULL; /* borrowed for the start only */
+    c->generation = 1;
+    c->next_ready = xcalloc((size_t)c->n_workers + 1, sizeof *c->next_ready);
+    c->next_hosted = xcalloc((size_t)c->n_workers + 1, sizeof *c->next_hosted);
     c->moe = moe_mpi_new(m, c);
     return 0;
 fail: /* the workers have stopped: nothing more is sent to them */
@@ -222,11 +233,11 @@ fail: /* the workers have stopped: nothing more is sent to them */
     return 1;
 }
 
-static void send_op(int op) {
+static void send_op(int op, int64_t step) {
     int P = xchg_size();
     xchg_header *hs = xcalloc((size_t)P, sizeof *hs);
     int *counts = xcalloc(4 * (size_t)P, sizeof *counts);
-    for (int r = 1; r < P; r++) hs[r].op = op;
+    for (int r = 1; r < P; r++) hs[r].op = op, hs[r].step = step;
     MPI_Request req;
     xchg_iheader(hs, NULL, counts, &req);
     xchg_wait(&req, 1, 0);
@@ -234,7 +245,7 @@ static void send_op(int op) {
 }
 
 int cluster_report(cluster *c) {
-    send_op(XCHG_OP_REPORT);
+    send_op(XCHG_OP_REPORT, 0);
     Darkhorse__LoadReport mine = DARKHORSE__LOAD_REPORT__INIT;
     unsigned char own[64];
     size_t len = darkhorse__load_report__get_packed_size(&mine);
@@ -261,23 +272,119 @@ int cluster_report(cluster *c) {
     return 0;
 }
 
-int cluster_replan(cluster *c, place_plan *plan) {
-    send_op(XCHG_OP_PLAN);
-    place_free(c->plan);
-    c->plan = plan;
-    char err[512] = "";
-    if (broadcast_plan(c, err, sizeof err) != 0) {
-        log_error("a worker could not apply the new plan: %s", err);
-        return DH_EPEER;
+int cluster_replan_begin(cluster *c, place_plan *plan) {
+    DH_ASSERT(!c->next && plan->n_workers == c->n_workers);
+    c->attempt++;
+    send_op(XCHG_OP_PREPARE, c->attempt);
+    size_t len;
+    char *buf = (char *)msg_plan_pack(plan, &len);
+    int n = (int)len, rc = xchg_bcast(&buf, &n, dh_now() + c->p.timeout);
+    free(buf);
+    if (rc) {
+        log_error("the workers did not take the new plan within %.1f s", c->p.timeout);
+        place_free(plan);
+        return DH_ETIMEOUT;
     }
+    c->next = plan;
+    memset(c->next_ready, 0, (size_t)c->n_workers + 1);
+    c->next_deadline = dh_now() + REPLAN_DEADLINE;
+    log_info("plan attempt %lld: the workers map the new plan while serving", (long long)c->attempt);
     return 0;
+}
+
+/* One Ready from rank r (len bytes at buf): 1 if it says r mapped the current attempt, -1 if
+ * it says r failed (err), 0 if it answers an earlier, cancelled attempt. */
+static int take_ready(cluster *c, int r, const unsigned char *buf, int len, char *err, size_t errsz) {
+    Darkhorse__Ready *rd = darkhorse__ready__unpack(NULL, (size_t)len, buf);
+    if (!rd) {
+        snprintf(err, errsz, "rank %d sent a malformed Ready", r);
+        return -1;
+    }
+    int got = 0;
+    if ((int64_t)rd->attempt != c->attempt) {
+        log_info("rank %d answered plan attempt %llu late (now %lld): dropped", r, (unsigned long long)rd->attempt,
+                 (long long)c->attempt);
+    } else if (rd->error_code) {
+        snprintf(err, errsz, "rank %d: %.400s", r, rd->error);
+        got = -1;
+    } else {
+        c->next_hosted[r] = rd->experts_hosted;
+        log_info("rank %d mapped the new plan: %u experts, %u new, in %.2f s", r, rd->experts_hosted,
+                 rd->experts_gained, rd->map_seconds);
+        got = 1;
+    }
+    darkhorse__ready__free_unpacked(rd, NULL);
+    return got;
+}
+
+int cluster_replan_poll(cluster *c, char *err, size_t errsz) {
+    DH_ASSERT(c->next);
+    for (;;) {
+        int flag = 0, len = 0;
+        MPI_Status st;
+        MPI_Iprobe(MPI_ANY_SOURCE, XCHG_TAG_READY, MPI_COMM_WORLD, &flag, &st);
+        if (!flag) break;
+        MPI_Get_count(&st, MPI_BYTE, &len);
+        unsigned char *buf = xmalloc((size_t)len + 1);
+        MPI_Recv(buf, len, MPI_BYTE, st.MPI_SOURCE, XCHG_TAG_READY, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        int got = take_ready(c, st.MPI_SOURCE, buf, len, err, errsz);
+        free(buf);
+        if (got < 0) return DH_EPEER;
+        if (got > 0) c->next_ready[st.MPI_SOURCE] = 1;
+    }
+    char late[256] = "";
+    for (int r = 1; r <= c->n_workers; r++)
+        if (!c->next_ready[r]) snprintf(late + strlen(late), sizeof late - strlen(late), "%s%d", *late ? ", " : "", r);
+    if (!*late) return 1;
+    if (dh_now() <= c->next_deadline) return 0;
+    snprintf(err, errsz, "rank %s did not map the new plan within %.0f s", late, REPLAN_DEADLINE);
+    return DH_ETIMEOUT;
+}
+
+void cluster_replan_commit(cluster *c) {
+    DH_ASSERT(c->next);
+    for (int r = 1; r <= c->n_workers; r++) DH_ASSERT(c->next_ready[r]); /* never before every worker said so */
+    send_op(XCHG_OP_COMMIT, c->attempt);
+    place_free(c->plan);
+    c->plan = c->next;
+    c->next = NULL;
+    c->generation++;
+    for (int r = 1; r <= c->n_workers; r++) c->stats->workers[r].experts_hosted = c->next_hosted[r];
+    log_info("plan generation %llu in use (attempt %lld)", (unsigned long long)c->generation, (long long)c->attempt);
+}
+
+void cluster_replan_cancel(cluster *c) {
+    DH_ASSERT(c->next);
+    send_op(XCHG_OP_CANCEL, c->attempt);
+    place_free(c->next);
+    c->next = NULL;
+    log_info("plan attempt %lld cancelled: generation %llu stays in use", (long long)c->attempt,
+             (unsigned long long)c->generation);
+}
+
+int cluster_replan(cluster *c, place_plan *plan) {
+    int rc = cluster_replan_begin(c, plan);
+    if (rc) return rc;
+    char err[600] = "";
+    struct timespec ms = {0, 1000000L};
+    while ((rc = cluster_replan_poll(c, err, sizeof err)) == 0) nanosleep(&ms, NULL);
+    if (rc == 1) {
+        cluster_replan_commit(c);
+        return 0;
+    }
+    log_error("the new plan was not applied: %s", err);
+    cluster_replan_cancel(c);
+    return rc;
 }
 
 void cluster_stop(cluster *c) {
     if (!c->stats) return;
-    send_op(XCHG_OP_SHUTDOWN);
+    if (c->next) cluster_replan_cancel(c);
+    send_op(XCHG_OP_SHUTDOWN, 0);
     moe_free(c->moe);
     place_free(c->plan);
+    free(c->next_ready);
+    free(c->next_hosted);
     ls_free(c->stats);
     free(c->worker_gflops);
     free(c->capacity);

@@ -22,7 +22,13 @@ typedef struct cluster_params {
 
 typedef struct cluster {
     int n_workers;
-    place_plan *plan;
+    place_plan *plan;             /* in use (owned); read by the MPI backend at every layer */
+    uint64_t generation;          /* plans put in use: 1 at start, +1 at every switch */
+    place_plan *next;             /* being prepared by the workers (owned), or NULL */
+    int64_t attempt;              /* number of the last PREPARE (a cancelled one included) */
+    uint8_t *next_ready;          /* [n_workers + 1] the worker has mapped next */
+    uint32_t *next_hosted;        /* [n_workers + 1] experts it hosts under next */
+    double next_deadline;
     ls_stats *stats;              /* owned */
     moe_backend *moe;             /* the MPI expert backend, owned */
     const model *m;
@@ -43,9 +49,23 @@ int cluster_check_hello(const struct Darkhorse__Hello *h, uint64_t model_hash, c
                         size_t errsz);
 /* Fetch every worker's counters into c->stats. 0 or DH_ETIMEOUT. */
 int cluster_report(cluster *c);
-/* Apply a new plan while serving (workers remap their experts). 0 or an error (logged). */
+/* A live re-plan in two phases, on the thread that drives the forward pass, between steps:
+ * begin sends the plan (taken, owned by c from now on, freed on every path), each worker maps
+ * it while serving the old one; poll (non-blocking, at every step boundary) gathers their
+ * answers: 1 when every worker is ready, 0 while some are mapping, DH_EPEER when one failed or
+ * DH_ETIMEOUT when one took longer than the re-plan deadline (err says which rank and why).
+ * Then commit switches every layer to the new plan at once and frees the old one, or cancel
+ * keeps the old one and frees the new one. Exactly one of them ends every begun re-plan;
+ * begin returns 0, or DH_ETIMEOUT (logged) when the workers did not take the plan, and the
+ * plan is then freed and nothing is to be ended. */
+int cluster_replan_begin(cluster *c, place_plan *plan);
+int cluster_replan_poll(cluster *c, char *err, size_t errsz);
+void cluster_replan_commit(cluster *c);
+void cluster_replan_cancel(cluster *c);
+/* The four in one, waiting: 0 once plan (taken) is in use; else an error (logged) and the old
+ * plan stays in use. */
 int cluster_replan(cluster *c, place_plan *plan);
-/* Tell the workers to stop, free everything. */
+/* Tell the workers to stop (cancelling a re-plan in progress), free everything. */
 void cluster_stop(cluster *c);
 
 /* The MPI expert backend over plan (borrowed; may be swapped by cluster_replan). */

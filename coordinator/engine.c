@@ -65,6 +65,7 @@ struct engine {
     int n_cancels, cap_cancels;
     uint64_t next_id;
     int stopping;
+    int woken;            /* engine_wake since the last idle wait */
     double stop_deadline;
     engine_metrics met;
     ls_stats *snap;       /* copy of stats, refreshed each step */
@@ -78,6 +79,9 @@ struct engine {
     float *logits;        /* [max_seqs, V] */
     int *route;           /* [moe layers, max_batch_tokens, K] */
     int n_moe;
+    engine_tick_fn tick;
+    void *tick_ctx;
+    double last_step_s;
 };
 
 static const double hist_le[ENGINE_HIST_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -210,6 +214,17 @@ void engine_stop(engine *e, double grace_s) {
     } else {
         e->stop_deadline = DH_MIN(e->stop_deadline, dh_now()); /* asked twice: no more grace */
     }
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void engine_set_tick(engine *e, engine_tick_fn tick, void *ctx) {
+    e->tick = tick, e->tick_ctx = ctx;
+}
+
+void engine_wake(engine *e) {
+    pthread_mutex_lock(&e->mu);
+    e->woken = 1;
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->mu);
 }
@@ -496,15 +511,17 @@ int engine_run(engine *e) {
         }
         admit(e);
         publish(e, -1);
+        if (e->tick) e->tick(e->tick_ctx, e->met.steps, e->last_step_s); /* only this thread writes steps */
         if (e->n_run == 0) {
             pthread_mutex_lock(&e->mu);
-            if (!e->in_head && !e->n_cancels && !e->stopping) {
+            if (!e->in_head && !e->n_cancels && !e->stopping && !e->woken) {
                 struct timespec ts;
                 clock_gettime(CLOCK_REALTIME, &ts);
                 ts.tv_nsec += 100 * 1000000L;
                 if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
                 pthread_cond_timedwait(&e->wake, &e->mu, &ts);
             }
+            e->woken = 0;
             pthread_mutex_unlock(&e->mu);
             continue;
         }
@@ -535,6 +552,7 @@ int engine_run(engine *e) {
                     }
             }
         }
-        publish(e, dh_now() - t0);
+        e->last_step_s = dh_now() - t0;
+        publish(e, e->last_step_s);
     }
 }

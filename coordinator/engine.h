@@ -95,6 +95,16 @@ void engine_get_metrics(engine *e, engine_metrics *out);
  * expert), per-worker counters) into out, made by ls_new with the same sizes as the engine's. */
 void engine_get_stats(engine *e, ls_stats *out);
 
+/* Called on the engine thread at every step boundary (before the next step is composed) and
+ * about every 100 ms while idle, without the engine's lock: the place for work that must not
+ * fall inside a step, such as switching the cluster's plan. steps: forward steps so far;
+ * step_s: the last one's time. */
+typedef void (*engine_tick_fn)(void *ctx, uint64_t steps, double step_s);
+/* Before engine_run: tick (with ctx, kept) at every boundary. */
+void engine_set_tick(engine *e, engine_tick_fn tick, void *ctx);
+/* Thread-safe. Run the tick soon, even when idle. */
+void engine_wake(engine *e);
+
 /* Run on the engine thread until engine_stop and every request is finished. 0, or the forward
  * pass's error (a lost worker): every request in flight has then had an ERROR event. */
 int engine_run(engine *e);

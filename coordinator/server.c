@@ -33,6 +33,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/thread.h>
+#include <jansson.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -51,16 +52,17 @@
 #define SRV_IDLE_TIMEOUT_S 60  /* reading a request, keep-alive idle, a client not reading */
 #define SRV_MAX_HEADERS 65536  /* bytes of request line and headers */
 
-enum { P_COMPLETIONS, P_CHAT, P_MODELS, P_HEALTH, P_METRICS, P_OTHER, N_PATHS };
+enum { P_COMPLETIONS, P_CHAT, P_MODELS, P_HEALTH, P_METRICS, P_REPLAN, P_OTHER, N_PATHS };
 static const char *const path_names[N_PATHS] = {"/v1/completions", "/v1/chat/completions", "/v1/models",
-                                                "/health", "/metrics", "other"};
+                                                "/health", "/metrics", "/admin/replan", "other"};
+enum { SRV_EV_REPLAN = 100 }; /* an event kind beside ENGINE_EV_*: the re-planner's answer */
 
-typedef struct srv_req { /* a request accepted into the engine; HTTP thread only */
+typedef struct srv_req { /* a request accepted into the engine or the re-planner; HTTP thread only */
     srv *s;
     struct evhttp_request *req;      /* NULL once answered or once the client went away */
     struct evhttp_connection *evcon; /* its connection while req is set */
-    uint64_t id;                     /* the engine's id */
-    int path;                        /* P_COMPLETIONS or P_CHAT */
+    uint64_t id;                     /* the engine's id (0 for a re-plan) */
+    int path;                        /* P_COMPLETIONS, P_CHAT or P_REPLAN */
     char id_str[48];
     api_meta meta;
     int stream, include_usage;
@@ -77,6 +79,7 @@ typedef struct srv_event { /* an engine event, copied for the HTTP thread */
     int finish, prompt_tokens, completion_tokens, code;
     double share[CFG_N_DOMAINS];
     char *error;
+    rp_result replan;                /* SRV_EV_REPLAN */
     struct srv_event *next;
 } srv_event;
 
@@ -85,6 +88,7 @@ struct srv {
     const model *m;
     const tokenizer *tok;
     engine *e;
+    rp *replan;            /* NULL: not a cluster */
     const char *domain_names[CFG_N_DOMAINS];
     struct event_base *base;
     struct evhttp *http;
@@ -117,8 +121,10 @@ static const char *reason_of(int status) {
     case 200: return "OK";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
     case 413: return "Payload Too Large";
     case 429: return "Too Many Requests";
     case 503: return "Service Unavailable";
@@ -157,7 +163,15 @@ static void reply_error(srv *s, struct evhttp_request *req, int path, const api_
 }
 
 /* The one place where DH_E* codes become HTTP statuses. */
-static void error_of_code(int code, const char *msg, api_error *err) {
+static void error_of_code(int path, int code, const char *msg, api_error *err) {
+    if (path == P_REPLAN) {
+        switch (code) {
+        case DH_EBUSY: api_fail(err, 409, "invalid_request_error", "replan_in_progress", NULL, "%s", msg); break;
+        case DH_ECANCELLED: api_fail(err, 503, "server_error", "shutting_down", NULL, "%s", msg); break;
+        default: api_fail(err, 500, "server_error", "replan_failed", NULL, "%s (%s)", msg, dh_strerror(code)); break;
+        }
+        return;
+    }
     switch (code) {
     case DH_EINVAL: /* engine_submit's: the context or the KV cache */
         api_fail(err, 400, "invalid_request_error", "context_length_exceeded", "max_tokens", "%s", msg);
@@ -226,7 +240,7 @@ static void on_close(struct evhttp_connection *evcon, void *arg) {
     }
     r->evcon = NULL;
     r->s->disconnects++;
-    engine_cancel(r->s->e, r->id);
+    if (r->id) engine_cancel(r->s->e, r->id); /* a re-plan goes on: nobody waits for its answer */
 }
 
 /* Watch the connection of a request that waits for the engine: no read timeout meanwhile (a
@@ -299,8 +313,34 @@ static void finish_error(srv *s, srv_req *r, const api_error *err) {
     evhttp_send_reply_end(unwatch(r));
 }
 
+/* the re-planner's answer to POST /admin/replan: 200 with the plan's generation and moves
+ * (a reason when nothing moved), or the error that kept the old plan */
+static void replan_answer(srv *s, srv_req *r, const rp_result *res) {
+    if (!r->req) return; /* the client went away */
+    if (res->code) {
+        api_error err;
+        error_of_code(r->path, res->code, res->reason, &err);
+        reply_error(s, unwatch(r), r->path, &err);
+        return;
+    }
+    json_t *o = json_pack("{s:I, s:i, s:f, s:f, s:f}", "generation", (json_int_t)res->generation, "moved", res->moved,
+                          "imbalance_before", res->imbalance_before, "imbalance_after", res->imbalance_after,
+                          "seconds", res->seconds);
+    DH_ASSERT(o != NULL);
+    if (!res->moved) json_object_set_new(o, "reason", json_string(res->reason));
+    char *json = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    DH_ASSERT(json != NULL);
+    reply_json(s, unwatch(r), r->path, 200, json);
+}
+
 static void on_event(srv *s, srv_event *ev) {
     srv_req *r = ev->r;
+    if (ev->kind == SRV_EV_REPLAN) {
+        replan_answer(s, r, &ev->replan);
+        req_release(r);
+        return;
+    }
     if (ev->kind == ENGINE_EV_TEXT) {
         if (!r->req) return;
         if (!r->stream) {
@@ -316,7 +356,7 @@ static void on_event(srv *s, srv_event *ev) {
         finish_ok(s, r, ev);
     } else if (r->req) {
         api_error err;
-        error_of_code(ev->code, ev->error, &err);
+        error_of_code(r->path, ev->code, ev->error, &err);
         if (ev->code != DH_ECANCELLED) log_warn("request %s failed: %s", r->id_str, ev->error);
         finish_error(s, r, &err);
     }
@@ -327,6 +367,21 @@ static void event_free_(srv_event *ev) {
     free(ev->text);
     free(ev->error);
     free(ev);
+}
+
+static void queue_event(srv *s, srv_event *x) {
+    pthread_mutex_lock(&s->mu);
+    if (s->q_tail) s->q_tail->next = x;
+    else s->q_head = x;
+    s->q_tail = x;
+    pthread_mutex_unlock(&s->mu);
+    event_active(s->wake, EV_READ, 0);
+}
+
+void srv_replan_done(void *ctx, void *user, const rp_result *res) {
+    srv_event *x = xcalloc(1, sizeof *x);
+    x->kind = SRV_EV_REPLAN, x->r = user, x->replan = *res;
+    queue_event(ctx, x);
 }
 
 void srv_emit(void *ctx, const engine_event *ev) {
@@ -346,12 +401,7 @@ void srv_emit(void *ctx, const engine_event *ev) {
         x->code = ev->code;
         x->error = xstrdup(ev->error ? ev->error : "the request failed");
     }
-    pthread_mutex_lock(&s->mu);
-    if (s->q_tail) s->q_tail->next = x;
-    else s->q_head = x;
-    s->q_tail = x;
-    pthread_mutex_unlock(&s->mu);
-    event_active(s->wake, EV_READ, 0);
+    queue_event(s, x);
 }
 
 /* --- endpoints --- */
@@ -450,7 +500,7 @@ static void handle_generate(srv *s, struct evhttp_request *req, int path) {
     char msg[256] = "";
     int64_t id = engine_submit(s->e, &q, msg, sizeof msg);
     if (id < 0) {
-        error_of_code((int)id, msg, &err);
+        error_of_code(path, (int)id, msg, &err);
         free(r);
         goto fail_ids;
     }
@@ -481,6 +531,40 @@ fail:
     reply_error(s, req, path, &err);
 }
 
+/* POST /admin/replan: only with an API key; handed to the re-planner on the engine thread,
+ * answered when it has answered (srv_replan_done) */
+static void handle_replan(srv *s, struct evhttp_request *req) {
+    int path = P_REPLAN;
+    api_error err;
+    if (!s->p.api_key) {
+        api_fail(&err, 403, "invalid_request_error", "admin_disabled", NULL,
+                 "POST /admin/replan needs the server to have an API key (--api-key KEY or DARKHORSE_API_KEY): "
+                 "without one, anybody who can reach this port could move the experts");
+    } else if (!authorized(s, req, &err)) {
+    } else if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+        api_fail(&err, 405, "invalid_request_error", "method_not_allowed", NULL, "/admin/replan takes POST");
+    } else if (s->stopping) {
+        api_fail(&err, 503, "server_error", "shutting_down", NULL, "the server is shutting down");
+    } else if (!s->replan) {
+        api_fail(&err, 400, "invalid_request_error", "not_a_cluster", NULL,
+                 "this server runs every expert in its own process (not under mpirun): there is nothing to re-place");
+    } else {
+        srv_req *r = xcalloc(1, sizeof *r);
+        r->s = s, r->req = req, r->evcon = evhttp_request_get_connection(req), r->path = path;
+        int rc = rp_request(s->replan, r);
+        if (rc == 0) {
+            inflight_add(s, r);
+            watch(r);
+            engine_wake(s->e);
+            return;
+        }
+        free(r);
+        error_of_code(path, rc, "another re-plan is in progress; ask again when it has answered", &err);
+    }
+    reply_error(s, req, path, &err);
+}
+
 static char *health_json(const srv *s) {
     const char *state = !s->stopping ? "ok" : s->engine_rc ? "failed" : "stopping";
     char buf[96];
@@ -504,7 +588,9 @@ static void on_request(struct evhttp_request *req, void *arg) {
     int path = path_of(p), post = path == P_COMPLETIONS || path == P_CHAT;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     api_error err;
-    if (strncmp(p, "/v1/", 4) == 0 && !authorized(s, req, &err)) {
+    if (path == P_REPLAN) {
+        handle_replan(s, req);
+    } else if (strncmp(p, "/v1/", 4) == 0 && !authorized(s, req, &err)) {
         reply_error(s, req, path, &err);
     } else if (path == P_OTHER) {
         api_fail(&err, 404, "invalid_request_error", "not_found", NULL, "no such endpoint: %.200s", p);
@@ -666,6 +752,33 @@ static void metrics_cluster(srv *s, struct evbuffer *b) {
     evbuffer_add_printf(b, "darkhorse_moe_wait_seconds_total %.9g\n", st->wait_s);
 }
 
+static void metrics_replan(srv *s, struct evbuffer *b) {
+    rp_metrics m;
+    rp_get_metrics(s->replan, &m);
+    gauge(b, "darkhorse_plan_generation", "placement plans put in use: 1 at start, +1 at every live re-plan",
+          (double)m.generation);
+    family(b, "darkhorse_replans_total", "counter",
+           "live re-plans by outcome: applied, unchanged (nothing worth moving), failed (the old plan stayed)");
+    evbuffer_add_printf(b, "darkhorse_replans_total{result=\"applied\"} %llu\n", (unsigned long long)m.applied);
+    evbuffer_add_printf(b, "darkhorse_replans_total{result=\"unchanged\"} %llu\n", (unsigned long long)m.unchanged);
+    evbuffer_add_printf(b, "darkhorse_replans_total{result=\"failed\"} %llu\n", (unsigned long long)m.failed);
+    counter(b, "darkhorse_replan_moves_total", "(layer, expert) placements added to workers by live re-plans", m.moves);
+    gauge(b, "darkhorse_replan_last_moved", "placements the last re-plan added", m.last_moved);
+    gauge(b, "darkhorse_replan_imbalance_before",
+          "last re-plan: its window's load under the old plan, max/mean worker load per MoE layer", m.imbalance_before);
+    gauge(b, "darkhorse_replan_imbalance_after", "last re-plan: the same load under the new plan", m.imbalance_after);
+    gauge(b, "darkhorse_replan_step_ratio",
+          "last switch: longest step from the request to 20 steps after, over the median of the 100 before",
+          m.step_ratio);
+    gauge(b, "darkhorse_replan_in_progress", "1 while a re-plan is being mapped by the workers", m.running);
+    family(b, "darkhorse_replan_last_error_info", "gauge", "why the last failed re-plan failed (absent if none did)");
+    if (*m.last_error) {
+        char lv[700];
+        label_value(lv, sizeof lv, m.last_error);
+        evbuffer_add_printf(b, "darkhorse_replan_last_error_info{reason=\"%s\"} 1\n", lv);
+    }
+}
+
 static void metrics_text(srv *s, struct evbuffer *b) {
     char lv[256];
     label_value(lv, sizeof lv, s->p.served_name);
@@ -675,6 +788,7 @@ static void metrics_text(srv *s, struct evbuffer *b) {
     metrics_http(s, b);
     metrics_engine(s, b);
     metrics_cluster(s, b);
+    if (s->replan) metrics_replan(s, b);
 }
 
 /* --- the HTTP thread --- */
@@ -705,7 +819,7 @@ static void answer_leftovers(srv *s) {
         srv_req *r = s->inflight;
         if (r->req) {
             api_error err;
-            error_of_code(s->engine_rc ? s->engine_rc : DH_ECANCELLED,
+            error_of_code(r->path, s->engine_rc ? s->engine_rc : DH_ECANCELLED,
                           s->engine_rc ? "the cluster failed" : "the server stopped before this request ran", &err);
             finish_error(s, r, &err);
         }
@@ -824,6 +938,8 @@ int srv_start(srv *s, engine *e) {
 }
 
 int srv_port(const srv *s) { return s->port; }
+
+void srv_set_replan(srv *s, rp *r) { s->replan = r; }
 
 void srv_finish(srv *s, int engine_rc, double flush_s) {
     if (!s->thread_started) return;

@@ -2,7 +2,7 @@
  *
  * libevent's evhttp on a thread of its own serves POST /v1/completions and
  * /v1/chat/completions (whole or as server-sent events), GET /v1/models, /health and /metrics
- * (Prometheus text). The engine runs on the caller's thread (engine_run): requests go to it by
+ * (Prometheus text), and in a cluster POST /admin/replan. The engine runs on the caller's thread (engine_run): requests go to it by
  * engine_submit, its events come back through srv_emit and a queue to the HTTP thread, which
  * writes the responses. SIGTERM and SIGINT stop the server gracefully: no new connections, the
  * requests in flight finish within the shutdown grace or fail with a clear error, and
@@ -13,6 +13,7 @@
 #include <stddef.h>
 
 #include "coordinator/engine.h"
+#include "coordinator/replan.h"
 #include "core/model.h"
 #include "core/tokenizer.h"
 
@@ -35,6 +36,12 @@ srv *srv_new(const srv_params *p, const model *m, const tokenizer *tok);
 /* The engine's emit callback (engine_emit_fn) with ctx = the server: copies the event to the
  * HTTP thread. Called on the engine thread. */
 void srv_emit(void *ctx, const engine_event *ev);
+/* Serve POST /admin/replan with r (kept; it must outlive the server). Before srv_start; without
+ * it the endpoint says that this server is not a cluster. */
+void srv_set_replan(srv *s, rp *r);
+/* The re-planner's answer (rp_done_fn, ctx = the server, user = the request): copied to the
+ * HTTP thread, which answers the request. Called on the engine thread. */
+void srv_replan_done(void *ctx, void *user, const rp_result *r);
 /* Bind host:port, log "listening on http://HOST:PORT" on stderr, take SIGTERM and SIGINT, and
  * start the HTTP thread, which submits to e (kept; it must outlive the server). 0, or DH_EIO
  * with a logged error (address in use, bad host). */

@@ -8,16 +8,33 @@
  * are polled with a growing sleep so that a waiting rank does not hold a core (Open MPI
  * busy-polls otherwise), and the coordinator's waits have deadlines. For a MoE layer each
  * worker also sends the coordinator a small status message when its experts are done; when a
- * deadline passes, the workers whose status is missing are the ones named. */
+ * deadline passes, the workers whose status is missing are the ones named.
+ *
+ * A live re-plan has three operations. PREPARE (header step = the re-plan's attempt number,
+ * then the new PlacementPlan as a broadcast): each worker maps the experts of the new plan in
+ * the background while it goes on serving the old one, and sends a Ready (protobuf, tag
+ * XCHG_TAG_READY, its `attempt` the header's step) when it is done or has failed, exactly one
+ * per PREPARE, also after a CANCEL. COMMIT (same step): switch to the prepared plan before the
+ * next operation, then drop what the old one held. CANCEL (same step): drop the prepared plan.
+ * The coordinator sends COMMIT only after every worker's Ready said ready, and only between
+ * two forward steps, so that no step mixes plans.
+ *
+ * Compatibility: operation codes and tags are never renumbered or reused, and the header's
+ * layout does not change; a new operation or a new meaning bumps XCHG_PROTOCOL, which the
+ * hellos compare, so that a mixed cluster stops at start rather than meeting an operation one
+ * side does not know. Protobuf messages only gain fields, under new numbers. */
 #ifndef DH_EXCHANGE_H
 #define DH_EXCHANGE_H
 #include <mpi.h>
 #include <stdint.h>
 
-#define XCHG_PROTOCOL 1
+#define XCHG_PROTOCOL 2     /* 2: PREPARE, COMMIT and CANCEL replace protocol 1's PLAN */
 #define XCHG_TAG_STATUS 101
+#define XCHG_TAG_READY 102  /* a worker's Ready after a PREPARE */
 
-enum { XCHG_OP_MOE = 1, XCHG_OP_PLAN = 2, XCHG_OP_REPORT = 3, XCHG_OP_SHUTDOWN = 4 };
+/* 2 was protocol 1's PLAN (a new plan applied at once): retired, never reused */
+enum { XCHG_OP_MOE = 1, XCHG_OP_REPORT = 3, XCHG_OP_SHUTDOWN = 4, XCHG_OP_PREPARE = 5, XCHG_OP_COMMIT = 6,
+       XCHG_OP_CANCEL = 7 };
 enum { XCHG_WIRE_F32 = 0, XCHG_WIRE_BF16 = 1 };
 
 typedef struct xchg_header {  /* sent by every rank to every rank in each operation */
@@ -25,7 +42,8 @@ typedef struct xchg_header {  /* sent by every rank to every rank in each operat
     int32_t layer;
     int32_t n_tokens;         /* tokens in the payload */
     int32_t top_k;            /* slots per token */
-    int64_t step;             /* the coordinator's exchange counter, for messages */
+    int64_t step;             /* MOE: the coordinator's exchange counter, for messages;
+                                 PREPARE, COMMIT, CANCEL: the re-plan's attempt number */
     int64_t bytes;            /* payload bytes for this receiver */
     int64_t reply_bytes;      /* bytes the receiver sends back */
     int32_t wire;             /* XCHG_WIRE_* of activations */

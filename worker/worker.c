@@ -11,11 +11,34 @@
  * brings, for each token, the K expert slots that this worker hosts (-1 elsewhere), the gate
  * weights and the activations; the worker runs each hosted expert once over its tokens
  * (experts_run), tells the coordinator it is done (status message) and returns one vector per
- * token. Buffers grow to the largest batch seen and are reused. */
+ * token. Buffers grow to the largest batch seen and are reused.
+ *
+ * A live re-plan (exchange.h: PREPARE, COMMIT, CANCEL). On PREPARE the worker receives the new
+ * plan and starts a helper thread that loads the new plan's experts from this host's copy of
+ * the checkpoint into a second model (model_load maps each tensor; the experts it keeps map the
+ * same file pages again, already in the page cache, and those it gains are read from disk), then
+ * touches every page of them, 4 MiB at a time with a 1 ms pause between, at nice 19: serving
+ * the old plan goes on meanwhile on this thread, which alone calls MPI (FUNNELED). While a
+ * helper runs, the wait for the next operation wakes every few milliseconds to see whether it
+ * is done, and sends the coordinator its Ready (or the error) as soon as it is. COMMIT swaps
+ * the two models between two operations, so no MoE layer sees both; the old one is freed
+ * (munmap'd) on a thread of its own, so that the next layer does not wait for it. CANCEL
+ * drops the new one. Weight conversion (--weights) of the gained experts runs inside
+ * model_load, on the helper thread, at nice 19 but not in chunks.
+ *
+ * Test hooks, read at each PREPARE (never set them in production): DH_FAULT_MAP_FAIL=R makes
+ * rank R load its new plan from a path that does not exist, so that its mapping fails through
+ * the real error path and the coordinator must cancel the switch; DH_FAULT_MAP_DELAY=S makes
+ * every worker wait S seconds before mapping, as a slow disk would. */
+#define _GNU_SOURCE /* gettid */
 #include "worker.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/common.h"
@@ -27,11 +50,43 @@
 #include "proto/messages.h"
 #include "core/experts.h"
 
+#define TOUCH_CHUNK (4u << 20)      /* bytes touched between two pauses of the helper */
+#define TOUCH_PAUSE_NS 1000000L     /* the pause: the helper takes at most about half a core */
+
+enum { PREP_NONE, PREP_MAPPING, PREP_READY, PREP_FAILED };
+
+typedef struct prep {           /* a re-plan being prepared */
+    int state;                  /* PREP_*: main thread only */
+    int64_t attempt;            /* PREPARE's step */
+    pthread_t thread;
+    int thread_live;            /* started, not joined */
+    atomic_int done;            /* the helper has finished (its outputs below are final) */
+    atomic_int cancel;          /* the main thread no longer wants the result */
+    /* the helper's inputs */
+    int rank, weights, n_layers;
+    const char *dir;            /* the checkpoint (or the fault hook's missing path) */
+    double delay_s;             /* DH_FAULT_MAP_DELAY */
+    uint8_t *host;              /* [n_layers * E] the new plan's experts here */
+    /* its outputs */
+    model *m;                   /* those experts, mapped and touched; NULL on failure */
+    char err[512];
+    double seconds;
+    uint32_t hosted, gained;
+    /* the Ready in flight to the coordinator */
+    unsigned char *ready_buf;
+    MPI_Request ready_req;
+    int ready_live;
+} prep;
+
 typedef struct wstate {
     const worker_opts *o;
     int rank, size;
     model *m;
+    uint8_t *host;              /* [n_layers * E] the experts m holds */
     experts_host *h;
+    prep pr;
+    pthread_t drop_thread;      /* frees a model the worker no longer serves */
+    int drop_live;
     int cap;                    /* rows the buffers hold */
     unsigned char *in;          /* payload */
     size_t in_cap;
@@ -131,31 +186,41 @@ static int recv_verdict(void) {
     return stop;
 }
 
-/* Receive a plan, load the experts it gives this rank, report Ready. */
-static int apply_plan(wstate *s) {
+/* The experts plan gives this rank: [n_layers * E] flags (malloc'd), *count of them. */
+static uint8_t *host_mask(const place_plan *plan, int rank, uint32_t *count) {
+    uint8_t *host = xcalloc((size_t)plan->n_layers * plan->n_experts + 1, 1);
+    *count = 0;
+    for (int l = 0; l < plan->n_layers; l++)
+        for (int e = 0; e < plan->n_experts; e++) {
+            int k;
+            const int *ws = place_get(plan, l, e, &k);
+            for (int i = 0; i < k; i++)
+                if (ws[i] == rank) host[(size_t)l * plan->n_experts + e] = 1, ++*count;
+        }
+    return host;
+}
+
+/* The plan that follows a PREPARE or the start-up verdict: received by every rank. NULL
+ * (logged) when malformed. */
+static place_plan *recv_plan(void) {
     char *buf = NULL;
     int len = 0;
     xchg_bcast(&buf, &len, 0);
     place_plan *plan = msg_plan_unpack((const unsigned char *)buf, (size_t)len);
     free(buf);
+    return plan;
+}
+
+/* Receive the start-up plan, load the experts it gives this rank, report Ready. */
+static int apply_plan(wstate *s) {
+    place_plan *plan = recv_plan();
     Darkhorse__Ready r = DARKHORSE__READY__INIT;
     char err[512] = "";
     r.rank = s->rank;
     if (plan) {
-        size_t n = (size_t)plan->n_layers * plan->n_experts;
-        uint8_t *host = xcalloc(n, 1);
-        for (int l = 0; l < plan->n_layers; l++)
-            for (int e = 0; e < plan->n_experts; e++) {
-                int k;
-                const int *ws = place_get(plan, l, e, &k);
-                for (int i = 0; i < k; i++)
-                    if (ws[i] == s->rank) host[(size_t)l * plan->n_experts + e] = 1, r.experts_hosted++;
-            }
+        s->host = host_mask(plan, s->rank, &r.experts_hosted);
         model_params p = model_default_params();
-        p.dense = 0, p.host = host, p.weights = s->o->weights;
-        experts_free(s->h);
-        s->h = NULL, s->cap = 0;
-        model_free(s->m);
+        p.dense = 0, p.host = s->host, p.weights = s->o->weights;
         s->m = model_load(s->o->model_dir, &p);
         if (s->m && s->m->n_layers != plan->n_layers) {
             snprintf(err, sizeof err, "rank %d: the plan has %d layers, the model %d", s->rank, plan->n_layers,
@@ -164,7 +229,6 @@ static int apply_plan(wstate *s) {
             s->m = NULL;
         }
         if (!s->m && !*err) snprintf(err, sizeof err, "rank %d could not load its experts (see its log)", s->rank);
-        free(host);
         place_free(plan);
     } else {
         snprintf(err, sizeof err, "rank %d received a malformed placement plan", s->rank);
@@ -178,6 +242,239 @@ static int apply_plan(wstate *s) {
     xchg_gather(pb, (int)plen, NULL, NULL, 0);
     free(pb);
     return *err ? DH_EFORMAT : 0;
+}
+
+/* --- live re-plan --- */
+
+static void nap_ns(long ns) {
+    struct timespec ts = {ns / 1000000000L, ns % 1000000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Read one byte of every page of the hosted experts' matrices, TOUCH_CHUNK bytes between two
+ * pauses, so that the first layer after the switch takes no page faults. Stops early when
+ * cancelled. */
+static void touch_experts(prep *p) {
+    const model *m = p->m;
+    int E = m->cfg.n_routed_experts;
+    size_t since = 0;
+    volatile unsigned char sink = 0;
+    for (int l = 0; l < m->n_layers; l++) {
+        if (!m->layers[l].is_moe) continue;
+        for (int e = 0; e < E; e++) {
+            if (!p->host[(size_t)l * E + e]) continue;
+            const ffn_weights *f = &m->layers[l].moe.experts[e];
+            const wmat *ws[3] = {&f->gate_proj, &f->up_proj, &f->down_proj};
+            for (int k = 0; k < 3; k++) {
+                const unsigned char *b = (const unsigned char *)ws[k]->p.bf16;
+                size_t bytes = wt_bytes(ws[k]->dtype, (size_t)ws[k]->rows, (size_t)ws[k]->cols);
+                for (size_t off = 0; b && off < bytes; off += 4096) {
+                    sink ^= b[off];
+                    if ((since += 4096) < TOUCH_CHUNK) continue;
+                    since = 0;
+                    if (atomic_load(&p->cancel)) return;
+                    nap_ns(TOUCH_PAUSE_NS);
+                }
+            }
+        }
+    }
+    (void)sink;
+}
+
+/* The helper thread: map the new plan's experts, touch them, say done. No MPI here. */
+static void *prep_main(void *arg) {
+    prep *p = arg;
+    double t0 = dh_now();
+    setpriority(PRIO_PROCESS, (id_t)gettid(), 19); /* serving first; a failure only costs speed */
+    for (double until = t0 + p->delay_s; dh_now() < until && !atomic_load(&p->cancel);) nap_ns(10000000L);
+    model_params mp = model_default_params();
+    mp.dense = 0, mp.host = p->host, mp.weights = p->weights;
+    p->m = atomic_load(&p->cancel) ? NULL : model_load(p->dir, &mp);
+    if (p->m && p->m->n_layers != p->n_layers) {
+        snprintf(p->err, sizeof p->err, "rank %d: the plan has %d layers, the model at %.300s %d", p->rank,
+                 p->n_layers, p->dir, p->m->n_layers);
+        model_free(p->m);
+        p->m = NULL;
+    } else if (!p->m && !atomic_load(&p->cancel)) {
+        snprintf(p->err, sizeof p->err, "rank %d could not map the %u experts of its new plan from %.300s (see that "
+                 "rank's log)", p->rank, p->hosted, p->dir);
+    }
+    if (p->m) touch_experts(p);
+    p->seconds = dh_now() - t0;
+    atomic_store(&p->done, 1);
+    return NULL;
+}
+
+static void *drop_main(void *arg) {
+    setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
+    model_free(arg);
+    return NULL;
+}
+
+/* Free a model the worker no longer serves, on a thread of its own (munmap of a whole plan's
+ * experts takes milliseconds that the next layer should not wait for). */
+static void drop_model(wstate *s, model *m) {
+    if (!m) return;
+    if (s->drop_live) pthread_join(s->drop_thread, NULL); /* the previous drop, long done */
+    s->drop_live = pthread_create(&s->drop_thread, NULL, drop_main, m) == 0;
+    if (!s->drop_live) model_free(m);
+}
+
+/* The Ready for a PREPARE, sent without waiting (the buffer lives until the send completes). */
+static void send_prep_ready(wstate *s, int code, const char *err) {
+    prep *p = &s->pr;
+    Darkhorse__Ready r = DARKHORSE__READY__INIT;
+    r.rank = s->rank;
+    r.attempt = (uint64_t)p->attempt;
+    r.experts_hosted = p->hosted;
+    r.experts_gained = p->gained;
+    r.map_seconds = p->seconds;
+    r.rss_bytes = dh_rss_bytes();
+    r.mapped_bytes = p->m ? model_weight_bytes(p->m) : 0;
+    if (code) r.error_code = code, r.error = (char *)err;
+    if (p->ready_live) xchg_wait(&p->ready_req, 1, 0); /* the previous one: long delivered */
+    free(p->ready_buf);
+    size_t len = darkhorse__ready__get_packed_size(&r);
+    p->ready_buf = xmalloc(len + 1);
+    darkhorse__ready__pack(&r, p->ready_buf);
+    MPI_Isend(p->ready_buf, (int)len, MPI_BYTE, 0, XCHG_TAG_READY, MPI_COMM_WORLD, &p->ready_req);
+    p->ready_live = 1;
+}
+
+/* After the helper finished: join it, and report (or, when cancelled, drop what it mapped). */
+static void poll_prep(wstate *s) {
+    prep *p = &s->pr;
+    if (p->ready_live) {
+        int flag = 0;
+        MPI_Test(&p->ready_req, &flag, MPI_STATUS_IGNORE);
+        p->ready_live = !flag;
+    }
+    if (p->state != PREP_MAPPING || !atomic_load(&p->done)) return;
+    pthread_join(p->thread, NULL);
+    p->thread_live = 0;
+    if (atomic_load(&p->cancel)) {
+        drop_model(s, p->m);
+        p->m = NULL;
+        p->state = PREP_NONE;
+        send_prep_ready(s, DH_ECANCELLED, "cancelled by the coordinator");
+        return;
+    }
+    p->state = p->m ? PREP_READY : PREP_FAILED;
+    if (p->m)
+        log_info("plan attempt %lld mapped: %u experts, %u of them new, in %.2f s", (long long)p->attempt, p->hosted,
+                 p->gained, p->seconds);
+    else
+        log_error("%s", p->err);
+    send_prep_ready(s, p->m ? 0 : DH_EIO, p->err);
+}
+
+/* Wait until the helper is done, however long it takes (a cancelled one stops soon). */
+static void join_prep(wstate *s) {
+    while (s->pr.state == PREP_MAPPING) {
+        atomic_store(&s->pr.cancel, 1);
+        poll_prep(s);
+        if (s->pr.state == PREP_MAPPING) nap_ns(1000000L);
+    }
+}
+
+/* PREPARE: receive the plan, start mapping it in the background. */
+static void prepare(wstate *s, int64_t attempt) {
+    prep *p = &s->pr;
+    place_plan *plan = recv_plan();
+    join_prep(s); /* a cancelled one still running: it answered its own attempt */
+    if (p->state == PREP_READY) drop_model(s, p->m); /* prepared, never committed nor cancelled */
+    free(p->host);
+    p->host = NULL, p->m = NULL, p->err[0] = 0, p->seconds = 0, p->hosted = p->gained = 0;
+    p->attempt = attempt;
+    p->state = PREP_FAILED;
+    if (!plan || plan->n_layers != s->m->n_layers || plan->n_experts != s->m->cfg.n_routed_experts) {
+        snprintf(p->err, sizeof p->err, "rank %d received a %s placement plan", s->rank,
+                 plan ? "wrongly sized" : "malformed");
+        place_free(plan);
+        send_prep_ready(s, DH_EFORMAT, p->err);
+        return;
+    }
+    p->host = host_mask(plan, s->rank, &p->hosted);
+    for (size_t i = 0; i < (size_t)plan->n_layers * plan->n_experts; i++) p->gained += p->host[i] && !s->host[i];
+    p->rank = s->rank, p->weights = s->o->weights, p->n_layers = plan->n_layers, p->dir = s->o->model_dir;
+    place_free(plan);
+    const char *fail = getenv("DH_FAULT_MAP_FAIL"), *delay = getenv("DH_FAULT_MAP_DELAY");
+    if (fail && atoi(fail) == s->rank) {
+        p->dir = "/nonexistent/DH_FAULT_MAP_FAIL";
+        log_warn("test hook DH_FAULT_MAP_FAIL=%s: mapping the new plan from %s", fail, p->dir);
+    }
+    p->delay_s = delay ? atof(delay) : 0;
+    atomic_store(&p->done, 0);
+    atomic_store(&p->cancel, 0);
+    if (pthread_create(&p->thread, NULL, prep_main, p) != 0) {
+        snprintf(p->err, sizeof p->err, "rank %d cannot start a thread to map its new plan", s->rank);
+        send_prep_ready(s, DH_EIO, p->err);
+        return;
+    }
+    p->thread_live = 1;
+    p->state = PREP_MAPPING;
+    log_info("plan attempt %lld: mapping %u experts (%u new) while serving", (long long)attempt, p->hosted, p->gained);
+}
+
+/* COMMIT: the prepared plan from this operation on; the old one dropped. */
+static void commit(wstate *s, int64_t attempt) {
+    prep *p = &s->pr;
+    if (p->state != PREP_READY || p->attempt != attempt) {
+        log_error("the coordinator committed plan attempt %lld, but this rank has %s attempt %lld ready",
+                  (long long)attempt, p->state == PREP_READY ? "only" : "no", (long long)p->attempt);
+        xchg_abort(1);
+    }
+    model *old = s->m;
+    s->m = p->m;
+    if (s->h) experts_set_model(s->h, s->m);
+    uint8_t *h = s->host;
+    s->host = p->host, p->host = h;
+    p->m = NULL;
+    p->state = PREP_NONE;
+    drop_model(s, old);
+    log_info("plan attempt %lld in use: %u experts", (long long)attempt, p->hosted);
+}
+
+/* CANCEL: drop the prepared plan (a helper still mapping stops soon and answers then). */
+static void cancel(wstate *s, int64_t attempt) {
+    prep *p = &s->pr;
+    if (p->attempt != attempt) return;
+    if (p->state == PREP_MAPPING) atomic_store(&p->cancel, 1);
+    if (p->state == PREP_READY) drop_model(s, p->m), p->m = NULL;
+    if (p->state != PREP_MAPPING) p->state = PREP_NONE;
+    log_info("plan attempt %lld cancelled by the coordinator", (long long)attempt);
+}
+
+/* The next operation's header: while a helper runs, look every 5 ms whether it is done. */
+static void wait_header(wstate *s, MPI_Request *req) {
+    poll_prep(s);
+    while (s->pr.state == PREP_MAPPING || s->pr.ready_live) {
+        if (xchg_wait(req, 1, dh_now() + 0.005) == 0) return;
+        poll_prep(s);
+    }
+    xchg_wait_idle(req);
+}
+
+/* At shutdown: a helper still running stops and is joined, and nothing more is sent (the
+ * coordinator no longer listens; a Ready it never took is cancelled). */
+static void prep_free(wstate *s) {
+    prep *p = &s->pr;
+    if (p->thread_live) {
+        atomic_store(&p->cancel, 1);
+        pthread_join(p->thread, NULL);
+        p->thread_live = 0;
+    }
+    if (p->ready_live) {
+        int flag = 0;
+        MPI_Test(&p->ready_req, &flag, MPI_STATUS_IGNORE);
+        if (!flag) MPI_Cancel(&p->ready_req);
+        if (!flag) MPI_Wait(&p->ready_req, MPI_STATUS_IGNORE);
+    }
+    free(p->ready_buf);
+    model_free(p->m);
+    free(p->host);
+    if (s->drop_live) pthread_join(s->drop_thread, NULL);
+    s->drop_live = 0;
 }
 
 static void grow(wstate *s, int n, size_t bytes) {
@@ -263,6 +560,7 @@ int worker_main(const worker_opts *o) {
     apply_plan(&s);
     if (recv_verdict()) {
         model_free(s.m);
+        free(s.host);
         return 1;
     }
     int *counts = xcalloc(4 * (size_t)s.size, sizeof *counts);
@@ -270,12 +568,12 @@ int worker_main(const worker_opts *o) {
         MPI_Request req;
         xchg_header header, *hd = &header;
         xchg_iheader(NULL, hd, counts, &req);
-        xchg_wait_idle(&req);
+        wait_header(&s, &req);
         switch (hd->op) {
         case XCHG_OP_MOE: serve_moe(&s, hd); break;
-        case XCHG_OP_PLAN:
-            if (apply_plan(&s) != 0) log_error("could not apply the new placement plan");
-            break;
+        case XCHG_OP_PREPARE: prepare(&s, hd->step); break;
+        case XCHG_OP_COMMIT: commit(&s, hd->step); break;
+        case XCHG_OP_CANCEL: cancel(&s, hd->step); break;
         case XCHG_OP_REPORT: send_report(&s); break;
         case XCHG_OP_SHUTDOWN: running = 0; break;
         default:
@@ -284,8 +582,10 @@ int worker_main(const worker_opts *o) {
         }
     }
     free(counts);
+    prep_free(&s);
     experts_free(s.h);
     free(s.in), free(s.x), free(s.out), free(s.wire);
     model_free(s.m);
+    free(s.host);
     return 0;
 }

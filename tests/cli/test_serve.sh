@@ -16,50 +16,7 @@
 set -u
 bin=$1 mode=$2 npm_dir=${3:-}
 here=$(cd "$(dirname "$0")" && pwd)
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-n_pass=0
-log_of=""
-fail() {
-  echo "FAIL: $*"
-  [ -n "$log_of" ] && { echo "--- server stderr:"; tail -30 "$log_of"; }
-  echo "$n_pass passed, 1 failed"
-  exit 1
-}
-ok() { n_pass=$((n_pass + 1)); echo "ok: $*"; }
-KEY=test-key-123
-AUTH="Authorization: Bearer $KEY"
-
-# json FILE EXPR: a Python expression over the JSON document d of FILE
-json() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
-
-# start NAME ARGS...: a server in the background; sets PORT, SRV (its pid), log_of
-start() {
-  local name=$1; shift
-  log_of=$tmp/$name.err
-  "$@" >"$tmp/$name.out" 2>"$log_of" &
-  SRV=$!
-  pids+=("$SRV")
-  for _ in $(seq 1 900); do # at most 90 s: the sanitizer build loads slowly
-    grep -q "listening on http://" "$log_of" 2>/dev/null && break
-    alive "$SRV" || fail "$name: the server ended before listening"
-    sleep 0.1
-  done
-  PORT=$(grep -o "listening on http://127.0.0.1:[0-9]*" "$log_of" | head -1 | sed 's/.*://')
-  [ -n "$PORT" ] || fail "$name: no 'listening on' line within 90 s"
-  URL=http://127.0.0.1:$PORT
-}
-
-# call METHOD PATH [curl args...]: the status; the body in $tmp/body, headers in $tmp/head
-call() {
-  local m=$1 p=$2; shift 2
-  curl -s -m 120 -X "$m" -o "$tmp/body" -D "$tmp/head" -w '%{http_code}' "$URL$p" "$@"
-}
+. "$here/serve_lib.sh"
 
 # expect_error STATUS PARAM CODE PATH BODY: a JSON error naming PARAM (or null) and CODE
 expect_error() {
@@ -71,39 +28,10 @@ expect_error() {
   json "$tmp/body" 'd["error"]["message"] and d["error"]["type"]' >/dev/null || fail "$body: message and type"
 }
 
-# metric SERIES: its value from /metrics, which must parse strictly
-metric() {
-  curl -s -m 30 "$URL/metrics" >"$tmp/metrics" || fail "GET /metrics"
-  python3 "$here/serve_metrics.py" "$tmp/metrics" "$1" || fail "/metrics is not valid Prometheus text"
-}
-
-# wait_metric SERIES VALUE: poll until it has that value (at most 60 s)
-wait_metric() {
-  for _ in $(seq 1 300); do
-    [ "$(metric "$1")" = "$2" ] && return 0
-    sleep 0.2
-  done
-  fail "$1 did not reach $2 (it is $(metric "$1"))"
-}
-
 # the text `darkhorse generate` gives greedily, for the same prompt and length
 generate_text() {
   "$bin" generate --model "$tmp/m" --prompt "$1" --max-tokens "$2" --temperature 0 --ignore-eos \
     --threads 1 2>/dev/null | python3 -c 'import sys; print(repr(sys.stdin.read()[:-1]))'
-}
-
-# alive PID: running (not gone, not a zombie)
-alive() {
-  local st
-  st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-  [ "${st:0:1}" != Z ]
-}
-
-# wait_exit PID SECONDS: the process's exit status, or fail if it is still running
-wait_exit() {
-  for _ in $(seq 1 $(($2 * 10))); do alive "$1" || break; sleep 0.1; done
-  alive "$1" && fail "pid $1 still running $2 s after the signal"
-  wait "$1"
 }
 
 "$bin" init-model --preset genesis-tiny --out "$tmp/m" >/dev/null 2>&1 || fail "init-model"
