@@ -49,16 +49,17 @@ import json, sys
 # same shapes, on this project's development machines (issue 6): median tok/s
 ref = {("genesis-5b", "bf16"): (64.3, 9.64), ("genesis-5b", "q8"): (64.9, 13.29), ("genesis-5b", "q4"): (75.3, 17.95),
        ("genesis-1b", "bf16"): (406, 34.3), ("genesis-1b", "q8"): (448, 56.1), ("genesis-1b", "q4"): (445, 68.8)}
-source = "issue 6's figures"
+source = "issue 6's figures (measured on an Intel Xeon another day: not this CPU unless it is one)"
 if sys.argv[2]:
     ref, source = {}, "llama.cpp de3ff81 measured on this machine (scripts/bench-llamacpp.sh)"
     for line in open(sys.argv[2]):
         j = json.loads(line)
         ref.setdefault((j["model"], j["format"]), [None, None])[0 if j["test"] == "pp512" else 1] = j["tok_s"]
-rows = {}
+rows, cpus = {}, []
 for line in open(sys.argv[1]):
     model, js = line.split(" ", 1)
     j = json.loads(js)
+    if j.get("cpu") and j["cpu"] not in cpus: cpus.append(j["cpu"])
     rows.setdefault((model, j["weights"]), {})[j["test"]] = j
 print("| model | format | bits/weight | pp512 tok/s (min-max) | llama.cpp | ratio | tg64 tok/s (min-max) | llama.cpp | ratio | roofline share of tg |")
 print("|---|---|---|---|---|---|---|---|---|---|")
@@ -72,5 +73,6 @@ for (model, w), t in rows.items():
     share = "%.2f (of %.1f GB/s)" % (tg["roofline_share"], tg["bandwidth_gb_s"]) if tg and "roofline_share" in tg else "-"
     bpw = (pp or tg)["bits_per_weight"]
     print("| %s | %s | %.2f | %s | %s | %s |" % (model, w, bpw, cell(pp, lpp), cell(tg, ltg), share))
-print("\nllama.cpp: %s; Darkhorse: median of the runs, 2 threads, this machine." % source)
+print("\nCPU: %s" % "; ".join(cpus or ["unknown"]))
+print("llama.cpp: %s; Darkhorse: median of the runs, 2 threads, this machine." % source)
 PY
