@@ -53,6 +53,7 @@ static dh_dtype stored_quant(const model *m) {
     const char *q = st_metadata(m->st, "darkhorse_weights");
     if (q && strcmp(q, "q8") == 0) return DT_Q8;
     if (q && strcmp(q, "q4") == 0) return DT_Q4;
+    if (q && strcmp(q, "q4k") == 0) return DT_Q4K;
     return DT_F32;
 }
 
@@ -136,6 +137,7 @@ static wmat convert(model *m, const wmat *src, int to) {
             break;
         case DT_Q8: quant_q8_row(row, cols, (wt_q8_block *)buf + off / WT_QBLOCK); break;
         case DT_Q4: quant_q4_row(row, cols, (wt_q4_block *)buf + off / WT_QBLOCK); break;
+        case DT_Q4K: quant_q4k_row(row, cols, (uint8_t *)buf + (size_t)r * wt_q4k_row_bytes((size_t)cols)); break;
         default: DH_ASSERT(0);
         }
     }
@@ -144,9 +146,9 @@ static wmat convert(model *m, const wmat *src, int to) {
     return w;
 }
 
-/* Can a [., cols] matrix be held as `to`? (q8/q4 need rows of whole blocks) */
+/* Can a [., cols] matrix be held as `to`? (q8/q4/q4k need rows of whole blocks of 32) */
 static int convertible(loader *ld, const char *name, int cols, dh_dtype stored, int to) {
-    if ((to != DT_Q8 && to != DT_Q4) || cols % WT_QBLOCK == 0) return 1;
+    if ((to != DT_Q8 && to != DT_Q4 && to != DT_Q4K) || cols % WT_QBLOCK == 0) return 1;
     if (ld->kept++ == 0) /* said once: there may be thousands */
         log_warn("%s: matrices with rows not a multiple of 32 wide (%s, %d) stay %s under %s", ld->m->dir, name, cols,
                  wt_dtype_name(stored), wt_dtype_name((dh_dtype)to));
@@ -200,7 +202,7 @@ static void derive_absorbed(loader *ld, mla_weights *a, const model_config *c) {
     a->w_uv = wt_f32(uv, H * Dv, C);
     /* held like the other matrices: bf16 values transposed stay bf16 (exact), q8/q4 when asked */
     int to = ld->p->weights >= 0 ? ld->p->weights : (int)a->kv_b_proj.dtype;
-    if (to == DT_Q8 || to == DT_Q4 || to == DT_F32) to = ld->p->weights >= 0 ? to : DT_F32;
+    if (to == DT_Q8 || to == DT_Q4 || to == DT_Q4K || to == DT_F32) to = ld->p->weights >= 0 ? to : DT_F32;
     if (to != DT_F32 && convertible(ld, "the absorbed W_UK", Dn, DT_F32, to) &&
         convertible(ld, "the absorbed W_UV", C, DT_F32, to)) {
         a->w_uk_t = convert(ld->m, &a->w_uk_t, to);

@@ -131,7 +131,7 @@ void nn_matmul_multi(const nn_mm *mms, int n) {
         const wmat *W = m->W;
         DH_ASSERT((size_t)kern_scratch_floats(W->cols) <= g_scratch_n);
         acts[i] = (kern_act){.x = m->x, .ldx = m->ldx};
-        if ((W->dtype == DT_Q8 || W->dtype == DT_Q4) && m->T > 0) {
+        if ((W->dtype == DT_Q8 || W->dtype == DT_Q4 || W->dtype == DT_Q4K) && m->T > 0) {
             /* quantized once per product (each row on its own: the same bits whichever thread
              * does it), on the pool when there are many rows */
             DH_ASSERT(qoff + (size_t)m->T * W->cols <= g_q_cap && W->cols % WT_QBLOCK == 0);
