@@ -25,6 +25,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
@@ -525,6 +526,20 @@ AI void q4_rows(const uint8_t *p, const qrows *r, __m512i w[8], int hi16) {
     nib_rows(p + offsetof(wt_q4_block, q), r->stride, w, hi16);
 }
 
+/* How far ahead (bytes of each row) the q8/q4/q4k decode kernels prefetch, 0 for not at all:
+ * a block of 64 rows is read as 16 interleaved streams a register (rows 4 apart), more than
+ * the hardware prefetchers follow well. DH_KERN_PREFETCH=BYTES sets it (0 turns it off), for
+ * tuning on a new CPU; read once. */
+#define QPF_DEFAULT 512 /* measured 512-4096 on Zen 5 (bench_kern, q8 cold): 512 best, 2-2.5x none */
+static int q_prefetch(void) {
+    static int pf = -1;
+    if (pf < 0) {
+        const char *e = getenv("DH_KERN_PREFETCH");
+        pf = e ? DH_MAX(0, DH_MIN(atoi(e), 1 << 16)) : QPF_DEFAULT;
+    }
+    return pf;
+}
+
 /* 4 activation bytes broadcast to the 16 lanes */
 AI __m512i bcast4(const int8_t *p) {
     int32_t v;
@@ -535,12 +550,16 @@ AI __m512i bcast4(const int8_t *p) {
 /* Small T: R <= 4 activation rows (cols apart; y rows ldy apart) against the 16 weight rows
  * of rw starting at p, transposing each block in registers. */
 AI void q_small(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr, int nb,
-                const uint8_t *p, size_t bs, const qrows *rw, int q4, int R) {
+                const uint8_t *p, size_t bs, const qrows *rw, int q4, int R, int pf) {
     __m512 acc[4];
     size_t cols = (size_t)nb * WT_QBLOCK;
     UNROLL
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++, p += bs) {
+        /* a line ahead in each row every 68 (q8) or 72 (q4) bytes of it */
+        if (pf && (b & (q4 ? 3 : 1)) == 0)
+            UNROLL
+            for (int i = 0; i < 16; i++) _mm_prefetch((const char *)p + pf + i * rw->stride, _MM_HINT_T0);
         __m512i w[8];
         if (q4)
             q4_rows(p, rw, w, 1);
@@ -570,13 +589,13 @@ AI void q_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
 }
 
 static void q_small_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr,
-                        int nb, const uint8_t *p, size_t bs, const qrows *rw, int q4, int R) {
+                        int nb, const uint8_t *p, size_t bs, const qrows *rw, int q4, int R, int pf) {
 #define QS_CASE(RR)                                                                              \
     case RR:                                                                                     \
         if (q4)                                                                                  \
-            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 1, RR);                                 \
+            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 1, RR, pf);                             \
         else                                                                                     \
-            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 0, RR);                                 \
+            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 0, RR, pf);                             \
         break;
     switch (R) {
         QS_CASE(1) QS_CASE(2) QS_CASE(3) QS_CASE(4)
@@ -680,11 +699,10 @@ static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
  * i of h[0] = d | dmin << 16, of h[1..3] = sc[0..11] four bytes a vector), the scales and mins
  * of sub-block j pulled out with shifts and masks; per sub-block the nibbles are transposed as
  * q4's, vpdpbusd sums nibble * xq (nibbles are unsigned: no offset), and the integer I and M of
- * kern.h are two vpmulld. Each step prefetches KPF bytes ahead in each of the 16 rows (the 16
- * interleaved streams of a thread are more than Zen 5's hardware prefetcher follows). Prompt
+ * kern.h are two vpmulld. Each super-block prefetches q_prefetch() bytes ahead in each of the
+ * 16 rows. Prompt
  * processing runs the same kernel 4 activation rows at a time: the 16 rows' weights stay in
  * L1 between the calls, but they are unpacked again for every 4 activation rows. */
-#define KPF 1024 /* prefetch distance, bytes of each row */
 
 AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int cols,
                 const uint8_t *p, const qrows *rw, int R, int pf) {
@@ -700,7 +718,7 @@ AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
         if (pf)
             for (int l = 0; l < 3; l++)
                 UNROLL
-                for (int i = 0; i < 16; i++) _mm_prefetch((const char *)p + KPF + 64 * l + i * S, _MM_HINT_T0);
+                for (int i = 0; i < 16; i++) _mm_prefetch((const char *)p + pf + 64 * l + i * S, _MM_HINT_T0);
         __m512i hv[4], h[4];
         UNROLL
         for (int m = 0; m < 4; m++) {
@@ -750,7 +768,7 @@ static void k_small_any(float *y, int ldy, const int8_t *xq, const float *xd, co
 #define KS_CASE(RR)                                                                              \
     case RR:                                                                                     \
         if (pf)                                                                                  \
-            k_small(y, ldy, xq, xd, bsum, cols, p, rw, RR, 1);                                   \
+            k_small(y, ldy, xq, xd, bsum, cols, p, rw, RR, pf);                                  \
         else                                                                                     \
             k_small(y, ldy, xq, xd, bsum, cols, p, rw, RR, 0);                                   \
         break;
@@ -789,7 +807,7 @@ static void matmul_q4k(float *y, int ldy, const kern_act *a, const wmat *W, int 
                 const uint8_t *p = q_src(W, o, rb, tail);
                 for (int t = 0; t < tn; t += 4)
                     k_small_any(yc + (size_t)t * ldy + o, ldy, xq + (size_t)t * cols, xd + (size_t)t * nb,
-                                bsum + (size_t)t * nb, cols, p, &rw, DH_MIN(4, tn - t), full && t == 0);
+                                bsum + (size_t)t * nb, cols, p, &rw, DH_MIN(4, tn - t), full && t == 0 ? q_prefetch() : 0);
             }
         }
     }
@@ -837,7 +855,7 @@ static void matmul_q(float *y, int ldy, const kern_act *a, const wmat *W, int T,
                     for (int t = 0; t < tn; t += 4)
                         q_small_any(yc + (size_t)t * ldy + o, ldy, xq + (size_t)t * cols,
                                     xd + (size_t)t * nb, corr + (size_t)t * nb, nb, p, bs, &rw, q4,
-                                    DH_MIN(4, tn - t));
+                                    DH_MIN(4, tn - t), full && t == 0 ? q_prefetch() : 0);
                 }
             }
             continue;
@@ -920,8 +938,10 @@ const kern_ops *kern_avx512(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        (void)q_prefetch(); /* read the setting now, before the threads use it */
         return &avx_ops;
+    }
     return NULL;
 }
 #else

@@ -115,37 +115,40 @@ void quant_q4_row_ref(const float *x, int n, wt_q4_block *out) {
 
 /* ---- q4k ---- */
 
-/* round(v) clamped to [0, hi], 0 for NaN */
+/* round(v) (halves up) clamped to [0, hi], 0 for NaN; no libm call, so loops vectorize */
 static int q_clamp(float v, int hi) {
     if (!(v > 0)) return 0;
     if (v >= (float)hi) return hi;
-    return (int)lroundf(v);
+    return (int)(v + 0.5f);
 }
 
-/* Least squares a, b for the nibbles q (b <= 0 kept, a >= 0); its squared error. */
+/* Least squares a, b for the nibbles q (b <= 0 kept, a >= 0); its squared error, from the
+ * sums (sum (a q + b - x)^2 expanded), so one pass over the values. */
 static float q4k_ls(const float *x, const uint8_t *q, float *a_out, float *b_out) {
-    float sq = 0, sqq = 0, sx = 0, sqx = 0;
-    for (int i = 0; i < WT_QBLOCK; i++) {
-        float v = x[i] == x[i] ? x[i] : 0;
-        sq += q[i], sqq += (float)(q[i] * q[i]), sx += v, sqx += (float)q[i] * v;
-    }
-    float den = WT_QBLOCK * sqq - sq * sq, a, b;
+    /* 8 partial sums of each (i mod 8): independent chains the compiler can put in lanes */
+    float p[5][8] = {{0}};
+    for (int i = 0; i < WT_QBLOCK; i += 8)
+        for (int l = 0; l < 8; l++) {
+            float v = x[i + l] == x[i + l] ? x[i + l] : 0, qi = (float)q[i + l];
+            p[0][l] += qi, p[1][l] += qi * qi, p[2][l] += v, p[3][l] += qi * v, p[4][l] += v * v;
+        }
+    float t[5];
+    for (int k = 0; k < 5; k++)
+        t[k] = ((p[k][0] + p[k][1]) + (p[k][2] + p[k][3])) + ((p[k][4] + p[k][5]) + (p[k][6] + p[k][7]));
+    float sq = t[0], sqq = t[1], sx = t[2], sqx = t[3], sxx = t[4];
+    const float n = WT_QBLOCK;
+    float den = n * sqq - sq * sq, a, b;
     if (den <= 0) return INFINITY;
-    a = (WT_QBLOCK * sqx - sq * sx) / den;
-    b = (sx - a * sq) / WT_QBLOCK;
+    a = (n * sqx - sq * sx) / den;
+    b = (sx - a * sq) / n;
     if (b > 0) b = 0, a = sqq > 0 ? sqx / sqq : 0; /* the min must not be positive */
     if (a < 0) a = 0;
-    float err = 0;
-    for (int i = 0; i < WT_QBLOCK; i++) {
-        float v = x[i] == x[i] ? x[i] : 0, e = a * (float)q[i] + b - v;
-        err += e * e;
-    }
     *a_out = a, *b_out = b;
-    return err;
+    return sxx - 2 * a * sqx - 2 * b * sx + a * a * sqq + 2 * a * b * sq + n * b * b;
 }
 
 /* The affine fit of one sub-block: x[i] ~ a * q[i] + b with q in 0..15, a >= 0, b <= 0. Tries
- * grids of 15 + 0.25 k steps over [min(x, 0), max x] (k = -8..4: the narrower ones clip the
+ * grids of 15 + 0.5 k steps over [min(x, 0), max x] (k = -4..1: the narrower ones clip the
  * extremes), each followed by the least-squares a and b for its nibbles, keeps the one of least
  * squared error, then alternates nearest nibbles and least squares twice more. */
 static void q4k_fit(const float *x, float *a_out, float *b_out) {
@@ -159,8 +162,8 @@ static void q4k_fit(const float *x, float *a_out, float *b_out) {
     if (!(hi > lo) || !isfinite(hi - lo)) return;
     float best = INFINITY, a, b;
     uint8_t q[WT_QBLOCK];
-    for (int k = -8; k <= 4; k++) {
-        float iscale = (15.0f + 0.25f * (float)k) / (hi - lo);
+    for (int k = -4; k <= 1; k++) {
+        float iscale = (15.0f + 0.5f * (float)k) / (hi - lo);
         for (int i = 0; i < WT_QBLOCK; i++) q[i] = (uint8_t)q_clamp(iscale * ((x[i] == x[i] ? x[i] : 0) - lo), 15);
         float err = q4k_ls(x, q, &a, &b);
         if (err < best) best = err, *a_out = a, *b_out = b;
