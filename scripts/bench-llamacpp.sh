@@ -16,6 +16,8 @@
 #   DH_BENCH_DIR=DIR                  where genesis-1b/5b's config.json are (default ~/.cache/darkhorse)
 #   DH_BENCH_REPS=N                   runs per test (default 5)
 #   DH_BENCH_ONLY="1b:q8 5b:q4"       a subset (formats bf16, q8 = Q8_0, q4 = Q4_K_M; f32 is skipped)
+#   DH_BENCH_BATCH=B                  also llama-batched-bench -npp 1 -ntg 64 -npl B -t 2, DH_BENCH_REPS
+#                                     times: {"test": "tg64@bB", "tok_s": median of its S_TG t/s}
 #
 # Notes: the MTP (nextn) layer of the configs is not written (llama.cpp's converter skips it for
 # deepseek2 and llama-bench does not load it); block_count = num_hidden_layers. q_lora_rank null is
@@ -284,4 +286,21 @@ for line in open(raw):
                       "cpu": cpu}), flush=True)
 PY
   rm -f "$raw"
+  if [ -n "${DH_BENCH_BATCH:-}" ]; then
+    say "llama-batched-bench genesis-$m $f, $DH_BENCH_BATCH sequences"
+    braw=$(mktemp)
+    for r in $(seq "$reps"); do
+      "$dir/build/bin/llama-batched-bench" -m "$g" -t 2 -c $((DH_BENCH_BATCH * 80)) -b 2048 -ub 512 -npp 1 -ntg 64 \
+        -npl "$DH_BENCH_BATCH" --output-format jsonl 2>>"$dir/llama-bench.log" | grep '^{' >>"$braw" || true
+    done
+    "$py" - "$braw" "genesis-$m" "$f" "$cpu" "$DH_BENCH_BATCH" <<'PY'
+import json, statistics, sys
+raw, model, fmt, cpu, b = sys.argv[1:6]
+s = [json.loads(l)["speed_tg"] for l in open(raw) if l.startswith("{")]
+if s:
+    print(json.dumps({"model": model, "format": fmt, "test": "tg64@b%s" % b, "tok_s": round(statistics.median(s), 2),
+                      "tok_s_min": round(min(s), 2), "tok_s_max": round(max(s), 2), "threads": 2, "cpu": cpu}), flush=True)
+PY
+    rm -f "$braw"
+  fi
 done
