@@ -9,7 +9,7 @@
  * (attention, dense and shared FFNs, K routed experts per MoE layer and the head, at their
  * storage size) x steps/s / the two-thread read bandwidth measured here. Under mpirun the
  * coordinator also reports the bytes on the wire per token and the share of time spent in the
- * expert exchange. Tables go to stderr; --json prints one JSON object per line and test. */
+ * expert exchange. Every table and JSON line names the CPU it was measured on. Tables go to stderr; --json prints one JSON object per line and test. */
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -20,6 +20,7 @@
 #include "cli/commands.h"
 #include "cli/runtime.h"
 #include "core/common.h"
+#include "core/cpu.h"
 #include "core/nn.h"
 #include "core/tensor.h"
 
@@ -42,12 +43,13 @@ static int cmp_d(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* GB/s of this rank's pool over a 1 GiB array, median of reps */
+/* GB/s of this rank's pool: the best of reps passes of 256 MiB over a 1 GiB array (see
+ * nn_read_bandwidth for why the best) */
 static double read_bandwidth(int reps) {
     size_t n = (size_t)1 << 30;
     uint64_t *a = xmalloc(n);
     for (size_t i = 0; i < n / 8; i++) a[i] = i * 0x9E3779B97F4A7C15ULL;
-    double gbs = nn_read_bandwidth(NULL, a, n, reps);
+    double gbs = nn_read_bandwidth(NULL, a, n, n / 4, reps);
     free(a);
     return gbs;
 }
@@ -148,7 +150,7 @@ static void time_shares(const rt *R, double *share) {
 }
 
 static void report(const rt *R, const bench_args *a, const result *res, int gen, double bw, double wire_per_tok,
-                   double xchg_share) {
+                   double xchg_share, const char *cpu) {
     double share[FWD_T_COUNT];
     time_shares(R, share);
     double bpw = 8.0 * model_active_bytes(R->m) / model_active_params(R->m);
@@ -161,8 +163,8 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
     fprintf(stderr, " [attention %.0f%%, MoE %.0f%%, dense %.0f%%, head %.0f%%]\n", 100 * share[FWD_T_ATTENTION],
             100 * share[FWD_T_MOE], 100 * share[FWD_T_DENSE], 100 * share[FWD_T_HEAD]);
     if (!a->json) return;
-    json_t *j = json_pack("{s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:i, s:i}", "test", res->test, "model",
-                          R->o.model_dir, "weights", weights_name(R), "threads", nn_threads(), "bits_per_weight",
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:i, s:i}", "test", res->test, "cpu",
+                          cpu, "model", R->o.model_dir, "weights", weights_name(R), "threads", nn_threads(), "bits_per_weight",
                           bpw, "tok_s_median", res->med, "tok_s_min", res->mn, "tok_s_max", res->mx, "step_ms_median",
                           res->step_ms, "batch", gen ? a->batch : 1, "ranks", R->clustered ? R->cl.n_workers + 1 : 1);
     if (gen && bw > 0) {
@@ -230,9 +232,13 @@ int cmd_bench(int argc, char **argv) {
     int orc = rt_open_kv(&R, &ro, rows, DH_MAX(a.p, a.n) + 1, a.batch,
                          (size_t)(DH_MAX(a.p, a.n) + KV_BLOCK) * a.batch);
     if (orc) return orc == RT_WORKER ? R.worker_rc : 1;
-    double bw = a.bandwidth ? read_bandwidth(5) : 0, discard[FWD_T_COUNT];
+    char cpu[256];
+    cpu_describe(cpu, sizeof cpu);
+    fprintf(stderr, "cpu: %s, %d threads\n", cpu, nn_threads());
+    double bw = a.bandwidth ? read_bandwidth(16) : 0, discard[FWD_T_COUNT];
     time_shares(&R, discard); /* from zero */
-    if (bw > 0) fprintf(stderr, "read bandwidth (%d threads, 1 GiB): %.1f GB/s\n", nn_threads(), bw);
+    if (bw > 0)
+        fprintf(stderr, "read bandwidth (%d threads, best of 16 passes of 256 MiB): %.1f GB/s\n", nn_threads(), bw);
     fprintf(stderr, "model %s: %.3f GB of weights read per step (%.3fB active parameters, %.2f bits each)\n",
             R.o.model_dir, model_active_bytes(R.m) / 1e9, model_active_params(R.m) / 1e9,
             8 * model_active_bytes(R.m) / model_active_params(R.m));
@@ -247,7 +253,7 @@ int cmd_bench(int argc, char **argv) {
         rc = bench_pp(&R, &a, &res);
         if (!rc) {
             cluster_delta(&R, (uint64_t)a.p * (a.reps + 1), dh_now() - t0, &wire, &share);
-            report(&R, &a, &res, 0, bw, wire, share);
+            report(&R, &a, &res, 0, bw, wire, share, cpu);
         }
     }
     if (!rc && a.n > 0) {
@@ -255,7 +261,7 @@ int cmd_bench(int argc, char **argv) {
         rc = bench_tg(&R, &a, &res);
         if (!rc) {
             cluster_delta(&R, (uint64_t)a.n * a.batch * (a.reps + 1), dh_now() - t0, &wire, &share);
-            report(&R, &a, &res, 1, bw, wire, share);
+            report(&R, &a, &res, 1, bw, wire, share, cpu);
         }
     }
     if (rc) rt_step_failed(&R, rc);

@@ -1,4 +1,4 @@
-/* cmd_quantize.c: `darkhorse quantize`: store a checkpoint with q8 or q4 weights, so that a
+/* cmd_quantize.c: `darkhorse quantize`: store a checkpoint with q8, q4 or q4k weights, so that a
  * server starts without re-quantizing billions of weights and maps half (q8) or a quarter (q4)
  * of the bytes.
  *
@@ -6,8 +6,8 @@
  * head) except the routers (`*.mlp.gate.weight`), which the engine keeps in f32, and any matrix
  * whose rows are not a multiple of 32 wide; vectors (norms, the correction bias) are copied as
  * they are. A quantized matrix is stored as U8 [rows, blocks per row * block bytes] in the
- * block layout of core/tensor.h, and the file's __metadata__ says "darkhorse_weights": "q8" or
- * "q4", which is how the loader recognises it. The conversion streams one row at a time, so it
+ * block layout of core/tensor.h, and the file's __metadata__ says "darkhorse_weights": "q8",
+ * "q4" or "q4k", which is how the loader recognises it. The conversion streams one row at a time, so it
  * needs no more memory than a row, whatever the model's size. */
 #include <errno.h>
 #include <getopt.h>
@@ -23,8 +23,8 @@
 #include "core/safetensors.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: darkhorse quantize --model DIR --out DIR2 --weights q8|q4\n\n"
-               "Writes DIR2/model.safetensors with q8 or q4 weights (norms, routers and biases stay as\n"
+    fprintf(f, "usage: darkhorse quantize --model DIR --out DIR2 --weights q8|q4|q4k\n\n"
+               "Writes DIR2/model.safetensors with q8, q4 or q4k weights (norms, routers and biases stay as\n"
                "they are) and copies config.json and tokenizer.json. Load it like any checkpoint.\n");
 }
 
@@ -96,6 +96,7 @@ static int convert(st_file *st, const char *out_path, dh_dtype q) {
             for (int r = 0; r < rows && !rc; r++) {
                 wt_row(&src, r, row);
                 if (q == DT_Q8) quant_q8_row(row, cols, (wt_q8_block *)blocks);
+                else if (q == DT_Q4K) quant_q4k_row(row, cols, blocks);
                 else quant_q4_row(row, cols, (wt_q4_block *)blocks);
                 rc = stw_write(w, blocks, rb);
             }
@@ -131,7 +132,7 @@ int cmd_quantize(int argc, char **argv) {
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc || !in || !out || (q != DT_Q8 && q != DT_Q4)) {
+    if (optind < argc || !in || !out || (q != DT_Q8 && q != DT_Q4 && q != DT_Q4K)) {
         usage(stderr);
         return 2;
     }

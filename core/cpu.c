@@ -14,6 +14,9 @@
 #include <unistd.h>
 
 #include "common.h"
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 
 const char *cpu_openblas_core(void) { return openblas_get_corename(); }
 
@@ -42,4 +45,59 @@ void cpu_fix_openblas(char **argv) {
     setenv("DH_OPENBLAS_REEXEC", "1", 1);
     execv("/proc/self/exe", argv);
     fprintf(stderr, "darkhorse: warning: could not re-execute (%s); continuing with %s kernels\n", argv[0], core);
+}
+
+/* trims the spaces some CPUs pad their brand string with */
+static void trim_copy(char *dst, size_t n, const char *src) {
+    while (*src == ' ' || *src == '\t') src++;
+    snprintf(dst, n, "%s", src);
+    size_t l = strlen(dst);
+    while (l > 0 && (dst[l - 1] == ' ' || dst[l - 1] == '\n' || dst[l - 1] == '\t')) dst[--l] = 0;
+}
+
+static void proc_model_name(char *buf, size_t n) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    buf[0] = 0;
+    if (!f) return;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "model name", 10) == 0 && strchr(line, ':')) {
+            trim_copy(buf, n, strchr(line, ':') + 1);
+            break;
+        }
+    fclose(f);
+}
+
+void cpu_describe(char *buf, size_t n) {
+    char name[128] = "";
+    if (n == 0) return;
+#if defined(__x86_64__) && defined(__GNUC__)
+    unsigned r[12], a, b, c, d;
+    char brand[49] = "";
+    if (__get_cpuid(0x80000000u, &a, &b, &c, &d) && a >= 0x80000004u) {
+        for (unsigned i = 0; i < 3; i++) __get_cpuid(0x80000002u + i, &r[4 * i], &r[4 * i + 1], &r[4 * i + 2], &r[4 * i + 3]);
+        memcpy(brand, r, 48);
+        brand[48] = 0;
+    }
+    char cpuid_name[64];
+    trim_copy(cpuid_name, sizeof cpuid_name, brand);
+    proc_model_name(name, sizeof name); /* what lscpu shows; a VM may name it otherwise in cpuid */
+    if (!name[0]) snprintf(name, sizeof name, "%s", cpuid_name);
+    else if (cpuid_name[0] && strcmp(cpuid_name, name) != 0)
+        snprintf(name + strlen(name), sizeof name - strlen(name), " [cpuid: %s]", cpuid_name);
+    unsigned fam = 0, model = 0;
+    if (__get_cpuid(1, &a, &b, &c, &d)) {
+        fam = (a >> 8) & 0xf, model = (a >> 4) & 0xf;
+        if (fam == 0xf) fam += (a >> 20) & 0xff;
+        if (fam == 0x6 || fam >= 0xf) model |= ((a >> 16) & 0xf) << 4;
+    }
+    __builtin_cpu_init();
+    snprintf(buf, n, "%s (family %u, model %u; %s%s%s)", name[0] ? name : "unknown CPU", fam, model,
+             __builtin_cpu_supports("avx512f") ? "avx512" : "no avx512",
+             __builtin_cpu_supports("avx512vnni") ? " vnni" : "",
+             __builtin_cpu_supports("avx512bf16") ? " bf16" : "");
+#else
+    proc_model_name(name, sizeof name);
+    snprintf(buf, n, "%s", name[0] ? name : "unknown CPU");
+#endif
 }

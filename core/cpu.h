@@ -1,6 +1,7 @@
 /* cpu.h: what the CPU can do, and making OpenBLAS use it (cpu_ prefix). */
 #ifndef DH_CPU_H
 #define DH_CPU_H
+#include <stddef.h>
 
 /* Debian's OpenBLAS 0.3.21 does not recognise recent Xeons (Sapphire/Emerald Rapids) and falls
  * back to its generic "Prescott" kernels, about ten times slower than its AVX-512 ones. Call
@@ -10,6 +11,10 @@
  * and environment, saying so on stderr. A value the user set is respected. Returns only when
  * nothing needs doing (or the re-exec failed, with a warning). */
 void cpu_fix_openblas(char **argv);
+/* The CPU this runs on, for the figures that depend on it: the brand string (cpuid; else
+ * /proc/cpuinfo's "model name"), family and model, and the vector features the kernels use,
+ * e.g. "AMD EPYC (family 26, model 2; avx512 vnni bf16)". Always NUL-terminated. */
+void cpu_describe(char *buf, size_t n);
 /* OpenBLAS's core name ("SkylakeX", "Prescott", ...). */
 const char *cpu_openblas_core(void);
 #endif

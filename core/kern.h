@@ -18,6 +18,11 @@
  *   exact). Portable: acc[b % 16] += (d_x[b] * d_w[b]) * (float)s_b, separate multiply and add,
  *   then the halving tree over the 16 lanes. AVX-512: one accumulator per element,
  *   acc = fma((float)s_b, d_x[b] * d_w[b], acc) for b = 0, 1, ... in order, from acc = +0.
+ * q4k weights (tensor.h): per sub-block b, sub-block j of its super-block (d, dmin), the exact
+ *   integers I_b = s_j * (sum of nibble * xq) and M_b = m_j * (sum of xq) (both below 2^24,
+ *   so exact in f32). Portable: acc[b % 16] += (d_x[b] * d) * (float)I_b, then
+ *   acc[b % 16] += (d_x[b] * -dmin) * (float)M_b, then the tree. AVX-512:
+ *   acc = fma((float)I_b, d_x[b] * d, acc); acc = fma((float)M_b, d_x[b] * -dmin, acc).
  *
  * So results are bit-identical within a table, and the two tables agree within rounding. */
 #ifndef DH_KERN_H
@@ -29,7 +34,7 @@
 typedef struct kern_act {
     const float *x;   /* [T, ldx] */
     int ldx;
-    const int8_t *q;  /* [T, cols], NULL unless W is q8/q4 */
+    const int8_t *q;  /* [T, cols], NULL unless W is q8/q4/q4k */
     const float *qd;  /* [T, cols / 32] scales */
 } kern_act;
 

@@ -25,6 +25,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
@@ -460,7 +461,9 @@ static void qrows_init(qrows *r, size_t stride, int ystep, int n) {
  * the end of the matrix, from tail (16 rows of scratch) holding the n = rows - o rows that exist
  * and zeros (their lanes are computed and never stored). */
 static const uint8_t *q_src(const wmat *W, int o, size_t rb, uint8_t *tail) {
-    const uint8_t *base = W->dtype == DT_Q4 ? (const uint8_t *)W->p.q4 : (const uint8_t *)W->p.q8;
+    const uint8_t *base = W->dtype == DT_Q4    ? (const uint8_t *)W->p.q4
+                          : W->dtype == DT_Q4K ? W->p.q4k
+                                               : (const uint8_t *)W->p.q8;
     if (o + 16 <= W->rows) return base + (size_t)o * rb;
     memcpy(tail, base + (size_t)o * rb, (size_t)(W->rows - o) * rb);
     memset(tail + (size_t)(W->rows - o) * rb, 0, (size_t)(16 - (W->rows - o)) * rb);
@@ -493,13 +496,12 @@ AI void q_transpose4(const __m512i v[4], __m512i *w) {
     w[3] = _mm512_unpackhi_epi64(u1, u3);
 }
 
-/* Same for q4: the nibbles (hi16: w[4..7] hold 16 times them, one instruction fewer each;
+/* Same for q4 (nib_rows: the 16 bytes of nibbles of each row at q + i * S; q4_rows: of a
+ * wt_q4_block): the nibbles (hi16: w[4..7] hold 16 times them, one instruction fewer each;
  * the caller divides that sum by 16, exactly). The packed bytes are transposed first (half the
  * shuffles of transposing the nibbles): dword j of a row holds elements 4j..4j+3 in its low
  * nibbles and 16+4j..16+4j+3 in its high ones, so it gives w[j] and w[4 + j]. */
-AI void q4_rows(const uint8_t *p, const qrows *r, __m512i w[8], int hi16) {
-    const uint8_t *q = p + offsetof(wt_q4_block, q);
-    size_t S = r->stride;
+AI void nib_rows(const uint8_t *q, size_t S, __m512i w[8], int hi16) {
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     __m512i x[4], t[4];
     UNROLL
@@ -520,6 +522,24 @@ AI void q4_rows(const uint8_t *p, const qrows *r, __m512i w[8], int hi16) {
     }
 }
 
+AI void q4_rows(const uint8_t *p, const qrows *r, __m512i w[8], int hi16) {
+    nib_rows(p + offsetof(wt_q4_block, q), r->stride, w, hi16);
+}
+
+/* How far ahead (bytes of each row) the q8/q4/q4k decode kernels prefetch, 0 for not at all:
+ * a block of 64 rows is read as 16 interleaved streams a register (rows 4 apart), more than
+ * the hardware prefetchers follow well. DH_KERN_PREFETCH=BYTES sets it (0 turns it off), for
+ * tuning on a new CPU; read once. */
+#define QPF_DEFAULT 512 /* measured 512-4096 on Zen 5 (bench_kern, q8 cold): 512 best, 2-2.5x none */
+static int q_prefetch(void) {
+    static int pf = -1;
+    if (pf < 0) {
+        const char *e = getenv("DH_KERN_PREFETCH");
+        pf = e ? DH_MAX(0, DH_MIN(atoi(e), 1 << 16)) : QPF_DEFAULT;
+    }
+    return pf;
+}
+
 /* 4 activation bytes broadcast to the 16 lanes */
 AI __m512i bcast4(const int8_t *p) {
     int32_t v;
@@ -530,12 +550,16 @@ AI __m512i bcast4(const int8_t *p) {
 /* Small T: R <= 4 activation rows (cols apart; y rows ldy apart) against the 16 weight rows
  * of rw starting at p, transposing each block in registers. */
 AI void q_small(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr, int nb,
-                const uint8_t *p, size_t bs, const qrows *rw, int q4, int R) {
+                const uint8_t *p, size_t bs, const qrows *rw, int q4, int R, int pf) {
     __m512 acc[4];
     size_t cols = (size_t)nb * WT_QBLOCK;
     UNROLL
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++, p += bs) {
+        /* a line ahead in each row every 68 (q8) or 72 (q4) bytes of it */
+        if (pf && (b & (q4 ? 3 : 1)) == 0)
+            UNROLL
+            for (int i = 0; i < 16; i++) _mm_prefetch((const char *)p + pf + i * rw->stride, _MM_HINT_T0);
         __m512i w[8];
         if (q4)
             q4_rows(p, rw, w, 1);
@@ -565,13 +589,13 @@ AI void q_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
 }
 
 static void q_small_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr,
-                        int nb, const uint8_t *p, size_t bs, const qrows *rw, int q4, int R) {
+                        int nb, const uint8_t *p, size_t bs, const qrows *rw, int q4, int R, int pf) {
 #define QS_CASE(RR)                                                                              \
     case RR:                                                                                     \
         if (q4)                                                                                  \
-            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 1, RR);                                 \
+            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 1, RR, pf);                             \
         else                                                                                     \
-            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 0, RR);                                 \
+            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 0, RR, pf);                             \
         break;
     switch (R) {
         QS_CASE(1) QS_CASE(2) QS_CASE(3) QS_CASE(4)
@@ -668,6 +692,127 @@ static void q_tile_any(float *y, int ldy, const int8_t *xq, const float *xd, con
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
+/* ---- q4k ----
+ *
+ * Decode: 16 weight rows a register, as for q4 (lane i = row i, rows 4 apart in a whole block of
+ * 64). A super-block's 16-byte heads of the 16 rows are transposed like a block of nibbles (lane
+ * i of h[0] = d | dmin << 16, of h[1..3] = sc[0..11] four bytes a vector), the scales and mins
+ * of sub-block j pulled out with shifts and masks; per sub-block the nibbles are transposed as
+ * q4's, vpdpbusd sums nibble * xq (nibbles are unsigned: no offset), and the integer I and M of
+ * kern.h are two vpmulld. Each super-block prefetches q_prefetch() bytes ahead in each of the
+ * 16 rows. Prompt
+ * processing runs the same kernel 4 activation rows at a time: the 16 rows' weights stay in
+ * L1 between the calls, but they are unpacked again for every 4 activation rows. */
+
+AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int cols,
+                const uint8_t *p, const qrows *rw, int R, int pf) {
+    __m512 acc[4];
+    size_t S = rw->stride;
+    int nb = cols / WT_QBLOCK;
+    UNROLL
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    const __m512i m63 = _mm512_set1_epi32(63), m3 = _mm512_set1_epi32(3), m15 = _mm512_set1_epi32(15);
+    const __m512 nsign = _mm512_set1_ps(-0.0f);
+    for (int k0 = 0, b = 0; k0 < cols; k0 += WT_KBLOCK) {
+        int ns = DH_MIN(cols - k0, WT_KBLOCK) / WT_QBLOCK;
+        if (pf)
+            for (int l = 0; l < 3; l++)
+                UNROLL
+                for (int i = 0; i < 16; i++) _mm_prefetch((const char *)p + pf + 64 * l + i * S, _MM_HINT_T0);
+        __m512i hv[4], h[4];
+        UNROLL
+        for (int m = 0; m < 4; m++) {
+            hv[m] = _mm512_castsi128_si512(_mm_loadu_si128((const void *)(p + m * S)));
+            UNROLL
+            for (int l = 1; l < 4; l++)
+                hv[m] = _mm512_mask_broadcast_i32x4(hv[m], (__mmask16)(0xf << 4 * l),
+                                                    _mm_loadu_si128((const void *)(p + (4 * l + m) * S)));
+        }
+        q_transpose4(hv, h);
+        __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
+        __m512 nmin = _mm512_xor_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[0], 16))), nsign);
+        const uint8_t *q = p + sizeof(wt_q4k_head);
+        for (int j = 0; j < ns; j++, b++, q += WT_QBLOCK / 2) {
+            __m512i tb = h[1 + j / 4];
+            unsigned sh = 8u * (unsigned)(j % 4);
+            __m512i sc = _mm512_and_si512(_mm512_srli_epi32(tb, sh), m63);
+            __m512i mn = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(tb, sh + 6), m3),
+                                         _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h[3], 4u * (unsigned)j), m15), 2));
+            __m512i w[8];
+            nib_rows(q, S, w, 1);
+            UNROLL
+            for (int r = 0; r < R; r++) {
+                const int8_t *xr = xq + (size_t)r * cols + (size_t)b * WT_QBLOCK;
+                __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+                UNROLL
+                for (int g = 0; g < 4; g++) {
+                    s0 = _mm512_dpbusd_epi32(s0, w[g], bcast4(xr + 4 * g));
+                    s1 = _mm512_dpbusd_epi32(s1, w[g + 4], bcast4(xr + 4 * (g + 4)));
+                }
+                __m512i is = _mm512_add_epi32(s0, _mm512_srai_epi32(s1, 4));
+                __m512i I = _mm512_mullo_epi32(is, sc);
+                __m512i M = _mm512_mullo_epi32(_mm512_set1_epi32(bsum[(size_t)r * nb + b]), mn);
+                __m512 dx = _mm512_set1_ps(xd[(size_t)r * nb + b]);
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(dx, d), acc[r]);
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M), _mm512_mul_ps(dx, nmin), acc[r]);
+            }
+        }
+        p = q;
+    }
+    UNROLL
+    for (int r = 0; r < R; r++) store_lanes(y + (size_t)r * ldy, rw->keep, rw->ystep, rw->yidx, acc[r]);
+}
+
+static void k_small_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int cols,
+                        const uint8_t *p, const qrows *rw, int R, int pf) {
+#define KS_CASE(RR)                                                                              \
+    case RR:                                                                                     \
+        if (pf)                                                                                  \
+            k_small(y, ldy, xq, xd, bsum, cols, p, rw, RR, pf);                                  \
+        else                                                                                     \
+            k_small(y, ldy, xq, xd, bsum, cols, p, rw, RR, 0);                                   \
+        break;
+    switch (R) {
+        KS_CASE(1) KS_CASE(2) KS_CASE(3) KS_CASE(4)
+    default: DH_ASSERT(0);
+    }
+#undef KS_CASE
+}
+
+static void matmul_q4k(float *y, int ldy, const kern_act *a, const wmat *W, int T, int o0, int o1,
+                       float *scratch) {
+    int cols = W->cols, nb = cols / WT_QBLOCK;
+    DH_ASSERT(a->q && a->qd && cols % WT_QBLOCK == 0);
+    size_t rb = wt_q4k_row_bytes((size_t)cols);
+    /* scratch: 16 rows for the matrix's tail, then the block sums of up to tchunk rows */
+    uint8_t *tail = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    int32_t *bsum = (int32_t *)(tail + align64(16 * rb));
+    int tchunk = DH_MIN(1024, DH_MAX(64, QTCHUNK_BYTES / cols));
+    DH_ASSERT((char *)(bsum + (size_t)tchunk * nb) <= (char *)(scratch + kern_scratch_floats(cols)));
+    for (int tc = 0; tc < T; tc += tchunk) {
+        int tn = DH_MIN(tchunk, T - tc);
+        const int8_t *xq = a->q + (size_t)tc * cols;
+        const float *xd = a->qd + (size_t)tc * nb;
+        float *yc = y + (size_t)tc * ldy;
+        for (int t = 0; t < tn; t++) q_block_sums(xq + (size_t)t * cols, nb, 1, bsum + (size_t)t * nb);
+        for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {
+            int n = DH_MIN(KERN_OBLOCK, o1 - ob), full = n == KERN_OBLOCK;
+            for (int j = 0; j < (full ? 4 : (n + 15) / 16); j++) {
+                qrows rw;
+                int o = full ? ob + j : ob + 16 * j;
+                if (full)
+                    qrows_init(&rw, 4 * rb, 4, 16);
+                else
+                    qrows_init(&rw, rb, 1, DH_MIN(16, ob + n - o));
+                const uint8_t *p = q_src(W, o, rb, tail);
+                for (int t = 0; t < tn; t += 4)
+                    k_small_any(yc + (size_t)t * ldy + o, ldy, xq + (size_t)t * cols, xd + (size_t)t * nb,
+                                bsum + (size_t)t * nb, cols, p, &rw, DH_MIN(4, tn - t), full && t == 0 ? q_prefetch() : 0);
+            }
+        }
+    }
+}
+
 static void matmul_q(float *y, int ldy, const kern_act *a, const wmat *W, int T, int o0, int o1,
                      float *scratch) {
     int cols = W->cols, nb = cols / WT_QBLOCK, q4 = W->dtype == DT_Q4;
@@ -710,7 +855,7 @@ static void matmul_q(float *y, int ldy, const kern_act *a, const wmat *W, int T,
                     for (int t = 0; t < tn; t += 4)
                         q_small_any(yc + (size_t)t * ldy + o, ldy, xq + (size_t)t * cols,
                                     xd + (size_t)t * nb, corr + (size_t)t * nb, nb, p, bs, &rw, q4,
-                                    DH_MIN(4, tn - t));
+                                    DH_MIN(4, tn - t), full && t == 0 ? q_prefetch() : 0);
                 }
             }
             continue;
@@ -731,11 +876,13 @@ static void matmul_q(float *y, int ldy, const kern_act *a, const wmat *W, int T,
 
 static void matmul_avx(float *y, int ldy, const kern_act *a, const wmat *W, int T, int o0, int o1,
                        float *scratch) {
-    if (W->dtype == DT_Q8 || W->dtype == DT_Q4) {
-        if (__builtin_cpu_supports("avx512vnni"))
-            matmul_q(y, ldy, a, W, T, o0, o1, scratch);
-        else
+    if (W->dtype == DT_Q8 || W->dtype == DT_Q4 || W->dtype == DT_Q4K) {
+        if (!__builtin_cpu_supports("avx512vnni"))
             kern_portable()->matmul(y, ldy, a, W, T, o0, o1, scratch);
+        else if (W->dtype == DT_Q4K)
+            matmul_q4k(y, ldy, a, W, T, o0, o1, scratch);
+        else
+            matmul_q(y, ldy, a, W, T, o0, o1, scratch);
         return;
     }
     matmul_float(y, ldy, a->x, a->ldx, W, T, o0, o1, scratch);
@@ -791,8 +938,10 @@ const kern_ops *kern_avx512(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        (void)q_prefetch(); /* read the setting now, before the threads use it */
         return &avx_ops;
+    }
     return NULL;
 }
 #else

@@ -84,6 +84,31 @@ static float dot_q4(const int8_t *xq, const float *xd, const wt_q4_block *wb, in
     return reduce16(acc);
 }
 
+/* q4k: per sub-block b (sub-block j of its super-block) the exact integer sums I = s_j * (sum
+ * of nibble * xq) and M = m_j * (sum of xq), then two separate multiply-adds into lane b % 16 */
+static float dot_q4k(const int8_t *xq, const float *xd, const uint8_t *p, int cols) {
+    float acc[LANES] = {0};
+    for (int k0 = 0, b = 0; k0 < cols; k0 += WT_KBLOCK) {
+        wt_q4k_head h;
+        memcpy(&h, p, sizeof h);
+        p += sizeof h;
+        float d = wt_f16_to_f32(h.d), nmin = -wt_f16_to_f32(h.dmin);
+        for (int j = 0; j < DH_MIN(cols - k0, WT_KBLOCK) / WT_QBLOCK; j++, b++, p += WT_QBLOCK / 2) {
+            int32_t is = 0, bs = 0;
+            const int8_t *x = xq + (size_t)b * WT_QBLOCK;
+            for (int i = 0; i < WT_QBLOCK / 2; i++) {
+                is += (int32_t)x[i] * (p[i] & 0xf) + (int32_t)x[i + 16] * (p[i] >> 4);
+                bs += (int32_t)x[i] + x[i + 16];
+            }
+            int sj, mj;
+            wt_q4k_scale(&h, j, &sj, &mj);
+            acc[b % LANES] += xd[b] * d * (float)(sj * is);
+            acc[b % LANES] += xd[b] * nmin * (float)(mj * bs);
+        }
+    }
+    return reduce16(acc);
+}
+
 /* f32/bf16/f16: 16 weight rows (or fewer) widened into scratch and transposed there to
  * p[k][16] (in blocks of 64 k, so that the lines written stay in L1), then for each activation
  * row 16 independent sums, acc[l] = acc[l] + x[k] * p[k][l] for k ascending: the order of
@@ -126,6 +151,15 @@ static void matmul_ref(float *y, int ldy, const kern_act *a, const wmat *W, int 
                                              ? dot_q8(xq, xd, W->p.q8 + (size_t)o * nb, nb)
                                              : dot_q4(xq, xd, W->p.q4 + (size_t)o * nb, nb);
             }
+        return;
+    }
+    if (W->dtype == DT_Q4K) {
+        DH_ASSERT(a->q && a->qd && cols % WT_QBLOCK == 0);
+        size_t rb = wt_q4k_row_bytes((size_t)cols);
+        for (int o = o0; o < o1; o++)
+            for (int t = 0; t < T; t++)
+                y[(size_t)t * ldy + o] = dot_q4k(a->q + (size_t)t * cols, a->qd + (size_t)t * (cols / WT_QBLOCK),
+                                                 W->p.q4k + (size_t)o * rb, cols);
         return;
     }
     matmul_float_ref(y, ldy, a, W, T, o0, o1, scratch);

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 
 #include "core/common.h"
+#include "core/nn.h"
 #include "core/quant.h"
 
 typedef struct loader {
@@ -53,6 +54,7 @@ static dh_dtype stored_quant(const model *m) {
     const char *q = st_metadata(m->st, "darkhorse_weights");
     if (q && strcmp(q, "q8") == 0) return DT_Q8;
     if (q && strcmp(q, "q4") == 0) return DT_Q4;
+    if (q && strcmp(q, "q4k") == 0) return DT_Q4K;
     return DT_F32;
 }
 
@@ -117,16 +119,23 @@ static const float *load_vec(loader *ld, const char *name, int n) {
     return out;
 }
 
-/* src converted to dtype `to`, in a buffer the model owns */
-static wmat convert(model *m, const wmat *src, int to) {
-    int rows = src->rows, cols = src->cols;
-    wmat w = {.dtype = (dh_dtype)to, .rows = rows, .cols = cols};
-    void *buf = own(m, wt_bytes((dh_dtype)to, (size_t)rows, (size_t)cols));
-    float *row = xmalloc((size_t)cols * sizeof *row);
-    for (int r = 0; r < rows; r++) {
-        wt_row(src, r, row);
+typedef struct convert_job {
+    const wmat *src;
+    int to, per;
+    void *buf;
+    float **rows; /* a row of scratch per thread */
+} convert_job;
+
+/* rows [task * per, ...) of the conversion; each row on its own, so the split changes no bit */
+static void convert_task(void *ctx, int task, int thread) {
+    convert_job *j = ctx;
+    int cols = j->src->cols;
+    float *row = j->rows[thread];
+    void *buf = j->buf;
+    for (int r = task * j->per; r < DH_MIN(j->src->rows, (task + 1) * j->per); r++) {
+        wt_row(j->src, r, row);
         size_t off = (size_t)r * cols;
-        switch (to) {
+        switch (j->to) {
         case DT_F32: memcpy((float *)buf + off, row, (size_t)cols * sizeof *row); break;
         case DT_BF16:
             for (int c = 0; c < cols; c++) ((uint16_t *)buf)[off + c] = wt_f32_to_bf16(row[c]);
@@ -136,17 +145,35 @@ static wmat convert(model *m, const wmat *src, int to) {
             break;
         case DT_Q8: quant_q8_row(row, cols, (wt_q8_block *)buf + off / WT_QBLOCK); break;
         case DT_Q4: quant_q4_row(row, cols, (wt_q4_block *)buf + off / WT_QBLOCK); break;
+        case DT_Q4K: quant_q4k_row(row, cols, (uint8_t *)buf + (size_t)r * wt_q4k_row_bytes((size_t)cols)); break;
         default: DH_ASSERT(0);
         }
     }
-    free(row);
-    w.p.bf16 = buf;
+}
+
+/* src converted to dtype `to`, in a buffer the model owns; on the nn pool's threads when it is
+ * running (q4k's fits cost ~10 ns a weight) */
+static wmat convert(model *m, const wmat *src, int to) {
+    int rows = src->rows, cols = src->cols, nt = nn_pool() ? nn_threads() : 1;
+    wmat w = {.dtype = (dh_dtype)to, .rows = rows, .cols = cols};
+    convert_job j = {.src = src, .to = to, .buf = own(m, wt_bytes((dh_dtype)to, (size_t)rows, (size_t)cols))};
+    j.rows = xcalloc((size_t)nt, sizeof *j.rows);
+    for (int t = 0; t < nt; t++) j.rows[t] = xmalloc((size_t)cols * sizeof(float));
+    int tasks = DH_MIN(rows, 8 * nt);
+    j.per = (rows + tasks - 1) / tasks;
+    tasks = (rows + j.per - 1) / j.per;
+    if (nt > 1) tp_run(nn_pool(), tasks, convert_task, &j);
+    else
+        for (int t = 0; t < tasks; t++) convert_task(&j, t, 0);
+    for (int t = 0; t < nt; t++) free(j.rows[t]);
+    free(j.rows);
+    w.p.bf16 = j.buf;
     return w;
 }
 
-/* Can a [., cols] matrix be held as `to`? (q8/q4 need rows of whole blocks) */
+/* Can a [., cols] matrix be held as `to`? (q8/q4/q4k need rows of whole blocks of 32) */
 static int convertible(loader *ld, const char *name, int cols, dh_dtype stored, int to) {
-    if ((to != DT_Q8 && to != DT_Q4) || cols % WT_QBLOCK == 0) return 1;
+    if ((to != DT_Q8 && to != DT_Q4 && to != DT_Q4K) || cols % WT_QBLOCK == 0) return 1;
     if (ld->kept++ == 0) /* said once: there may be thousands */
         log_warn("%s: matrices with rows not a multiple of 32 wide (%s, %d) stay %s under %s", ld->m->dir, name, cols,
                  wt_dtype_name(stored), wt_dtype_name((dh_dtype)to));
@@ -200,7 +227,7 @@ static void derive_absorbed(loader *ld, mla_weights *a, const model_config *c) {
     a->w_uv = wt_f32(uv, H * Dv, C);
     /* held like the other matrices: bf16 values transposed stay bf16 (exact), q8/q4 when asked */
     int to = ld->p->weights >= 0 ? ld->p->weights : (int)a->kv_b_proj.dtype;
-    if (to == DT_Q8 || to == DT_Q4 || to == DT_F32) to = ld->p->weights >= 0 ? to : DT_F32;
+    if (to == DT_Q8 || to == DT_Q4 || to == DT_Q4K || to == DT_F32) to = ld->p->weights >= 0 ? to : DT_F32;
     if (to != DT_F32 && convertible(ld, "the absorbed W_UK", Dn, DT_F32, to) &&
         convertible(ld, "the absorbed W_UV", C, DT_F32, to)) {
         a->w_uk_t = convert(ld->m, &a->w_uk_t, to);

@@ -45,11 +45,14 @@ void nn_matmul_ld(float *y, int ldy, const float *x, int ldx, const wmat *W, int
  * together must fit the nn_reserve'd rows x cols. */
 void nn_matmul_multi(const nn_mm *mms, int n);
 
-/* Read bandwidth in GB/s of `pool` (NULL: the nn pool) over buf (bytes, a multiple of 4 MiB,
- * at least 8 times the last-level cache to measure memory): the median of reps passes after
- * one warm-up, each task summing 4 MiB as 8 interleaved streams (one sequential stream per
- * thread leaves bandwidth unused on machines whose prefetchers follow several streams). */
-double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, int reps);
+/* Read bandwidth in GB/s of `pool` (NULL: the nn pool) over buf (bytes, a multiple of 4 MiB):
+ * the best of reps passes after one warm-up over all of buf, pass r reading the pass_bytes
+ * slice r mod (bytes / pass_bytes) (pass_bytes a multiple of 4 MiB, at least 8 times the
+ * last-level cache to measure memory), each task summing 4 MiB as 8 interleaved streams (one
+ * sequential stream per thread leaves bandwidth unused on machines whose prefetchers follow
+ * several streams). The best, not the median: whatever else runs on the machine can only make
+ * a pass slower, so the fastest pass is the one least disturbed (docs/performance.md). */
+double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, size_t pass_bytes, int reps);
 
 /* y = x * rsqrt(mean(x^2) + eps) * w, per row of D (y may alias x). */
 void nn_rmsnorm(float *y, const float *x, const float *w, int T, int D, float eps);

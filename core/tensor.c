@@ -12,7 +12,7 @@
 
 #include "common.h"
 
-static const char *const dtype_names[DT_COUNT] = {"f32", "bf16", "f16", "q8", "q4"};
+static const char *const dtype_names[DT_COUNT] = {"f32", "bf16", "f16", "q8", "q4", "q4k"};
 
 const char *wt_dtype_name(dh_dtype t) {
     return (t >= 0 && t < DT_COUNT) ? dtype_names[t] : "?";
@@ -31,6 +31,7 @@ size_t wt_bytes(dh_dtype t, size_t rows, size_t cols) {
     case DT_F16: return xmul(xmul(rows, cols), 2);
     case DT_Q8: return xmul(xmul(rows, cols / WT_QBLOCK), sizeof(wt_q8_block));
     case DT_Q4: return xmul(xmul(rows, cols / WT_QBLOCK), sizeof(wt_q4_block));
+    case DT_Q4K: return xmul(rows, wt_q4k_row_bytes(cols));
     default: DH_ASSERT(0);
     }
     return 0;
@@ -43,8 +44,15 @@ double wt_bits_per_weight(dh_dtype t) {
     case DT_F16: return 16;
     case DT_Q8: return 8.0 * sizeof(wt_q8_block) / WT_QBLOCK;
     case DT_Q4: return 8.0 * sizeof(wt_q4_block) / WT_QBLOCK;
+    case DT_Q4K: return 8.0 * (double)wt_q4k_row_bytes(WT_KBLOCK) / WT_KBLOCK;
     default: return 0;
     }
+}
+
+size_t wt_q4k_row_bytes(size_t cols) {
+    DH_ASSERT(cols % WT_QBLOCK == 0);
+    size_t full = cols / WT_KBLOCK, tail = cols % WT_KBLOCK / WT_QBLOCK;
+    return full * (sizeof(wt_q4k_head) + WT_KBLOCK / 2) + (tail ? sizeof(wt_q4k_head) + tail * WT_QBLOCK / 2 : 0);
 }
 
 wmat wt_f32(const float *p, int rows, int cols) {
@@ -64,6 +72,7 @@ wmat wt_rows(const wmat *W, int r0, int n) {
     case DT_F16: v.p.bf16 = W->p.bf16 + off; break;
     case DT_Q8: v.p.q8 = W->p.q8 + off / WT_QBLOCK; break;
     case DT_Q4: v.p.q4 = W->p.q4 + off / WT_QBLOCK; break;
+    case DT_Q4K: v.p.q4k = W->p.q4k + (size_t)r0 * wt_q4k_row_bytes((size_t)W->cols); break;
     default: DH_ASSERT(0);
     }
     return v;
@@ -162,6 +171,32 @@ void wt_row(const wmat *W, int r, float *out) {
         }
         break;
     }
+    case DT_Q4K: {
+        const uint8_t *p = W->p.q4k + (size_t)r * wt_q4k_row_bytes(n);
+        for (size_t k0 = 0; k0 < n; k0 += WT_KBLOCK) {
+            wt_q4k_head h;
+            memcpy(&h, p, sizeof h);
+            const uint8_t *q = p + sizeof h;
+            int ns = (int)(DH_MIN(n - k0, WT_KBLOCK) / WT_QBLOCK);
+            float d = wt_f16_to_f32(h.d), dmin = wt_f16_to_f32(h.dmin);
+            for (int j = 0; j < ns; j++, q += WT_QBLOCK / 2) {
+                int sj, mj;
+                wt_q4k_scale(&h, j, &sj, &mj);
+                float *o = out + k0 + (size_t)j * WT_QBLOCK, a = d * (float)sj, b = dmin * (float)mj;
+                for (int i = 0; i < WT_QBLOCK / 2; i++) {
+                    o[i] = a * (float)(q[i] & 0xf) - b;
+                    o[i + 16] = a * (float)(q[i] >> 4) - b;
+                }
+            }
+            p = q;
+        }
+        break;
+    }
     default: DH_ASSERT(0);
     }
+}
+
+void wt_q4k_scale(const wt_q4k_head *h, int j, int *s, int *m) {
+    *s = h->sc[j] & 63;
+    *m = h->sc[j] >> 6 | (h->sc[8 + j / 2] >> (4 * (j % 2)) & 15) << 2;
 }

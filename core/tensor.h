@@ -15,6 +15,8 @@ typedef enum dh_dtype {
     DT_F16 = 2,
     DT_Q8 = 3, /* blocks of 32 int8 with one f16 scale: 34 bytes a block */
     DT_Q4 = 4, /* blocks of 32 4-bit values with one f16 scale: 18 bytes a block */
+    DT_Q4K = 5, /* super-blocks of up to 256 4-bit values with 6-bit scales and mins: 144 bytes
+                   for 256 (wt_q4k_head) */
     DT_COUNT
 } dh_dtype;
 
@@ -31,6 +33,26 @@ typedef struct wt_q4_block {
                                     q[j] for j < 16, the high nibble of q[j - 16] for j >= 16 */
 } wt_q4_block;
 
+/* q4k: a row is cut into super-blocks of WT_KBLOCK values (the last may be shorter: any
+ * multiple of 32), each stored as a 16-byte wt_q4k_head followed by 16 bytes of nibbles per
+ * sub-block of 32 (so 144 bytes for a whole super-block: 4.5 bits a value). Sub-block j of a
+ * super-block has a 6-bit scale s_j and a 6-bit min m_j; its element i is
+ *     d * s_j * nibble - dmin * m_j
+ * with the nibbles placed as in wt_q4_block (element i < 16 the low nibble of byte i, element
+ * i >= 16 the high nibble of byte i - 16). sc[j] (j < 8) holds s_j in its low 6 bits and the
+ * low 2 bits of m_j in its top 2; the high 4 bits of m_j are the low (j even) or high (j odd)
+ * nibble of sc[8 + j / 2]. */
+#define WT_KBLOCK 256
+typedef struct wt_q4k_head {
+    uint16_t d;     /* f16 scale of the sub-block scales */
+    uint16_t dmin;  /* f16 scale of the sub-block mins */
+    uint8_t sc[12];
+} wt_q4k_head;
+/* s_j and m_j of sub-block j (< 8) */
+void wt_q4k_scale(const wt_q4k_head *h, int j, int *s, int *m);
+/* Bytes of one q4k row of cols values (cols a multiple of 32). */
+size_t wt_q4k_row_bytes(size_t cols);
+
 typedef struct wmat {
     dh_dtype dtype;
     int rows; /* out features */
@@ -41,22 +63,23 @@ typedef struct wmat {
         const uint16_t *f16;
         const wt_q8_block *q8; /* rows * cols/32 blocks, row-major */
         const wt_q4_block *q4;
+        const uint8_t *q4k; /* rows * wt_q4k_row_bytes(cols) bytes, row-major */
     } p;
 } wmat;
 
 /* Name of a dtype ("f32", "bf16", ...); and the inverse, -1 if unknown. */
 const char *wt_dtype_name(dh_dtype t);
 int wt_dtype_parse(const char *name);
-/* Bytes a [rows, cols] matrix of dtype t takes (cols must be a multiple of 32 for q8/q4). */
+/* Bytes a [rows, cols] matrix of dtype t takes (cols must be a multiple of 32 for q8/q4/q4k). */
 size_t wt_bytes(dh_dtype t, size_t rows, size_t cols);
-/* Bits per weight, counting scales. */
+/* Bits per weight, counting scales (q4k: of whole super-blocks). */
 double wt_bits_per_weight(dh_dtype t);
 
 /* A view of an f32 array as a [rows, cols] matrix (borrowed). */
 wmat wt_f32(const float *p, int rows, int cols);
 /* A view of rows [r0, r0 + n) of W (borrowed, any dtype). */
 wmat wt_rows(const wmat *W, int r0, int n);
-/* Widen row r of W into out[cols], exactly for f32/bf16/f16, dequantized for q8/q4. */
+/* Widen row r of W into out[cols], exactly for f32/bf16/f16, dequantized for q8/q4/q4k. */
 void wt_row(const wmat *W, int r, float *out);
 
 /* Scalar conversions. bf16 -> f32 and f16 -> f32 are exact; f32 -> bf16/f16 round to nearest

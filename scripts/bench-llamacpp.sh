@@ -16,6 +16,8 @@
 #   DH_BENCH_DIR=DIR                  where genesis-1b/5b's config.json are (default ~/.cache/darkhorse)
 #   DH_BENCH_REPS=N                   runs per test (default 5)
 #   DH_BENCH_ONLY="1b:q8 5b:q4"       a subset (formats bf16, q8 = Q8_0, q4 = Q4_K_M; f32 is skipped)
+#   DH_BENCH_BATCH=B                  also llama-batched-bench -npp 1 -ntg 64 -npl B -t 2, DH_BENCH_REPS
+#                                     times: {"test": "tg64@bB", "tok_s": median of its S_TG t/s}
 #
 # Notes: the MTP (nextn) layer of the configs is not written (llama.cpp's converter skips it for
 # deepseek2 and llama-bench does not load it); block_count = num_hidden_layers. q_lora_rank null is
@@ -61,7 +63,7 @@ phase source get_source
 commit=$(git -C "$dir/src" rev-parse HEAD)
 say "llama.cpp commit $commit"
 
-# 2. build llama-bench and llama-quantize. -march=native without AMX: this CPU reports AMX, but
+# 2. build llama-bench, llama-batched-bench and llama-quantize. -march=native without AMX: this CPU reports AMX, but
 # AMX tile instructions raise SIGILL in this VM, and llama.cpp's AMX buffer also fails its graph
 # split on the MLA tensors attn_k_b/attn_v_b (GGML_ASSERT(*cur_backend_id != -1)); AVX-512
 # (incl. VNNI, BF16) stays on.
@@ -71,11 +73,12 @@ flags=(-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_OPENMP=ON -DGGML_BLAS=
   -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF "-DCMAKE_C_FLAGS=$noamx" "-DCMAKE_CXX_FLAGS=$noamx")
 build() {
   if [ -x "$dir/build/bin/llama-bench" ] && [ -x "$dir/build/bin/llama-quantize" ] &&
+     [ -x "$dir/build/bin/llama-batched-bench" ] &&
      [ "$(cat "$dir/build/flags.txt" 2>/dev/null)" = "${flags[*]}" ]; then return; fi
   say "building llama.cpp (log: $dir/build.log)"
   rm -rf "$dir/build"
   cmake -S "$dir/src" -B "$dir/build" "${flags[@]}" >"$dir/build-configure.log" 2>&1
-  cmake --build "$dir/build" -j 2 --target llama-bench llama-quantize >"$dir/build.log" 2>&1
+  cmake --build "$dir/build" -j 2 --target llama-bench llama-quantize llama-batched-bench >"$dir/build.log" 2>&1
   echo "${flags[*]}" >"$dir/build/flags.txt"
 }
 phase build build
@@ -255,6 +258,8 @@ for cfg in $only; do
 done
 
 # 5. llama-bench
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+say "cpu: $cpu"
 for cfg in $only; do
   m=${cfg%%:*} f=${cfg##*:}
   [ -n "$(qtype "$f")" ] || { say "skipping $cfg (llama.cpp is measured in bf16, q8, q4)"; continue; }
@@ -264,9 +269,9 @@ for cfg in $only; do
   phase "bench genesis-$m $f" sh -c '"$1" -m "$2" -t 2 -p 512 -n 64 -r "$3" -o jsonl >"$4" 2>>"$5"' _ \
     "$dir/build/bin/llama-bench" "$g" "$reps" "$raw" "$dir/llama-bench.log"
   cat "$raw" >>"$dir/llama-bench.jsonl"
-  "$py" - "$raw" "genesis-$m" "$f" <<'PY'
+  "$py" - "$raw" "genesis-$m" "$f" "$cpu" <<'PY'
 import json, statistics, sys
-raw, model, fmt = sys.argv[1:4]
+raw, model, fmt, cpu = sys.argv[1:5]
 for line in open(raw):
     line = line.strip()
     if not line.startswith("{"):
@@ -277,7 +282,25 @@ for line in open(raw):
     print(json.dumps({"model": model, "format": fmt, "test": test, "tok_s": round(statistics.median(ts), 2),
                       "tok_s_min": round(min(ts), 2), "tok_s_max": round(max(ts), 2),
                       "tok_s_avg": round(j["avg_ts"], 2), "tok_s_stddev": round(j["stddev_ts"], 2),
-                      "threads": j["n_threads"], "type": j["model_type"], "commit": j["build_commit"]}), flush=True)
+                      "threads": j["n_threads"], "type": j["model_type"], "commit": j["build_commit"],
+                      "cpu": cpu}), flush=True)
 PY
   rm -f "$raw"
+  if [ -n "${DH_BENCH_BATCH:-}" ]; then
+    say "llama-batched-bench genesis-$m $f, $DH_BENCH_BATCH sequences"
+    braw=$(mktemp)
+    for r in $(seq "$reps"); do
+      "$dir/build/bin/llama-batched-bench" -m "$g" -t 2 -c $((DH_BENCH_BATCH * 80)) -b 2048 -ub 512 -npp 1 -ntg 64 \
+        -npl "$DH_BENCH_BATCH" --output-format jsonl 2>>"$dir/llama-bench.log" | grep '^{' >>"$braw" || true
+    done
+    "$py" - "$braw" "genesis-$m" "$f" "$cpu" "$DH_BENCH_BATCH" <<'PY'
+import json, statistics, sys
+raw, model, fmt, cpu, b = sys.argv[1:6]
+s = [json.loads(l)["speed_tg"] for l in open(raw) if l.startswith("{")]
+if s:
+    print(json.dumps({"model": model, "format": fmt, "test": "tg64@b%s" % b, "tok_s": round(statistics.median(s), 2),
+                      "tok_s_min": round(min(s), 2), "tok_s_max": round(max(s), 2), "threads": 2, "cpu": cpu}), flush=True)
+PY
+    rm -f "$braw"
+  fi
 done

@@ -110,7 +110,7 @@ static double cpu_seconds(void) {
 
 static double read_bandwidth(const uint64_t *buf, int threads) {
     tp_pool *pool = tp_new(threads);
-    double gbs = nn_read_bandwidth(pool, buf, BIG_BYTES, g_runs);
+    double gbs = nn_read_bandwidth(pool, buf, BIG_BYTES, BIG_BYTES, g_runs);
     tp_free(pool);
     return gbs;
 }

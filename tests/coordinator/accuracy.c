@@ -60,23 +60,24 @@ int main(int argc, char **argv) {
     }
     int n = argc > 2 ? atoi(argv[2]) : 64;
     nn_init(0, 0);
-    const int fmts[4] = {-1, DT_BF16, DT_Q8, DT_Q4};
-    const char *names[4] = {"f32", "bf16", "q8", "q4"};
-    run r[4];
-    for (int i = 0; i < 4; i++)
+    enum { NF = 5 };
+    const int fmts[NF] = {-1, DT_BF16, DT_Q8, DT_Q4, DT_Q4K};
+    const char *names[NF] = {"f32", "bf16", "q8", "q4", "q4k"};
+    run r[NF];
+    for (int i = 0; i < NF; i++)
         if (run_open(&r[i], argv[1], i == 0 ? DT_F32 : fmts[i], n) != 0) return 1;
     int V = r[0].m->cfg.vocab_size;
-    float *lg[4];
+    float *lg[NF];
     fwd_row rows[T];
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < NF; i++) {
         lg[i] = xmalloc((size_t)T * V * sizeof(float));
         for (int t = 0; t < T; t++) rows[t] = (fwd_row){r[i].seq, t, (t * 7919 + 13) % V, FWD_NAIVE | FWD_LOGITS};
         if (fwd_step(r[i].f, rows, T, &(fwd_out){.logits = lg[i]}) != 0) return 1;
     }
-    double maxd[4] = {0}, meand[4] = {0}, rel[4] = {0}, norm = 0;
+    double maxd[NF] = {0}, meand[NF] = {0}, rel[NF] = {0}, norm = 0;
     for (size_t k = 0; k < (size_t)T * V; k++) norm += (double)lg[0][k] * lg[0][k];
-    int agree_pf[4] = {0}, agree_gen[4] = {0};
-    for (int i = 1; i < 4; i++) {
+    int agree_pf[NF] = {0}, agree_gen[NF] = {0};
+    for (int i = 1; i < NF; i++) {
         for (size_t k = 0; k < (size_t)T * V; k++) {
             double d = fabs((double)lg[i][k] - lg[0][k]);
             maxd[i] = fmax(maxd[i], d);
@@ -89,11 +90,11 @@ int main(int argc, char **argv) {
     }
     // greedy generation with f32, every format fed the same tokens
     int next = sampler_argmax(lg[0] + (size_t)(T - 1) * V, V);
-    int nexts[4];
-    for (int i = 0; i < 4; i++) nexts[i] = sampler_argmax(lg[i] + (size_t)(T - 1) * V, V);
+    int nexts[NF];
+    for (int i = 0; i < NF; i++) nexts[i] = sampler_argmax(lg[i] + (size_t)(T - 1) * V, V);
     for (int s = 0; s < n; s++) {
-        for (int i = 1; i < 4; i++) agree_gen[i] += nexts[i] == next;
-        for (int i = 0; i < 4; i++) {
+        for (int i = 1; i < NF; i++) agree_gen[i] += nexts[i] == next;
+        for (int i = 0; i < NF; i++) {
             fwd_row row = {r[i].seq, T + s, next, FWD_LOGITS};
             if (fwd_step(r[i].f, &row, 1, &(fwd_out){.logits = lg[i]}) != 0) return 1;
             nexts[i] = sampler_argmax(lg[i], V);
@@ -102,9 +103,10 @@ int main(int argc, char **argv) {
     }
     printf("| format | bits/weight | prefill max abs diff | mean abs diff | relative RMS | prefill top-1 | greedy top-1 over %d |\n", n);
     printf("|---|---|---|---|---|---|---|\n");
-    const double bound[4] = {0, 0.02, 0.25, 0.60};
+    /* q4k: below q4's bound by the margin ref-tiny measured (q4 27.6%, q4k 19.2%) */
+    const double bound[NF] = {0, 0.02, 0.25, 0.60, 0.40};
     int bad = 0;
-    for (int i = 1; i < 4; i++) {
+    for (int i = 1; i < NF; i++) {
         printf("| %s | %.2f | %.4g | %.4g | %.2f%% | %d/%d | %.1f%% |\n", names[i],
                8 * model_active_bytes(r[i].m) / model_active_params(r[i].m), maxd[i], meand[i], 100 * rel[i],
                agree_pf[i], T, 100.0 * agree_gen[i] / n);
@@ -113,7 +115,7 @@ int main(int argc, char **argv) {
             bad = 1;
         }
     }
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < NF; i++) {
         free(lg[i]);
         run_close(&r[i]);
     }

@@ -45,6 +45,24 @@ static wmat make_w(dh_dtype dt, int rows, int cols, void **store) {
         }
         W.p.q8 = b;
         *store = b;
+    } else if (dt == DT_Q4K) { /* random heads (every 6-bit scale and min) and nibbles */
+        size_t rb = wt_q4k_row_bytes((size_t)cols);
+        uint8_t *p = malloc((size_t)rows * rb);
+        for (size_t i = 0; i < (size_t)rows * rb; i++) {
+            frand();
+            p[i] = (uint8_t)(rng >> 24);
+        }
+        for (int r = 0; r < rows; r++)
+            for (int k0 = 0; k0 < cols; k0 += WT_KBLOCK) {
+                wt_q4k_head h;
+                uint8_t *hp = p + (size_t)r * rb + (size_t)k0 / WT_KBLOCK * (sizeof h + WT_KBLOCK / 2);
+                memcpy(&h, hp, sizeof h);
+                h.d = wt_f32_to_f16(0.0005f + 0.001f * fabsf(frand()));
+                h.dmin = wt_f32_to_f16(0.0005f + 0.001f * fabsf(frand()));
+                memcpy(hp, &h, sizeof h);
+            }
+        W.p.q4k = p;
+        *store = p;
     } else {
         wt_q4_block *b = malloc(n / 32 * sizeof *b);
         for (size_t i = 0; i < n / 32; i++) {
@@ -58,6 +76,28 @@ static wmat make_w(dh_dtype dt, int rows, int cols, void **store) {
     return W;
 }
 
+static int is_quant(dh_dtype dt) { return dt == DT_Q8 || dt == DT_Q4 || dt == DT_Q4K; }
+
+/* Row o of a q4k matrix in double, as its two parts: element k is aq[k] - bm[k] with aq = d s_j
+ * nibble and bm = dmin m_j (exact in double). */
+static void q4k_parts(const wmat *W, int o, double *aq, double *bm) {
+    const uint8_t *p = W->p.q4k + (size_t)o * wt_q4k_row_bytes((size_t)W->cols);
+    for (int k0 = 0; k0 < W->cols; k0 += WT_KBLOCK) {
+        wt_q4k_head h;
+        memcpy(&h, p, sizeof h);
+        p += sizeof h;
+        for (int j = 0; j < DH_MIN(W->cols - k0, WT_KBLOCK) / 32; j++, p += 16) {
+            int sj, mj;
+            wt_q4k_scale(&h, j, &sj, &mj);
+            for (int i = 0; i < 32; i++) {
+                int nib = i < 16 ? p[i] & 15 : p[i - 16] >> 4;
+                aq[k0 + 32 * j + i] = (double)wt_f16_to_f32(h.d) * sj * nib;
+                bm[k0 + 32 * j + i] = (double)wt_f16_to_f32(h.dmin) * mj;
+            }
+        }
+    }
+}
+
 /* Quantized copy of x (portable quantizer), as nn_matmul prepares it. */
 static void quantize_rows(const float *x, int T, int cols, int8_t *q, float *d) {
     for (int t = 0; t < T; t++)
@@ -69,22 +109,27 @@ static void quantize_rows(const float *x, int T, int cols, int8_t *q, float *d) 
 static void naive(double *y, double *mag, const float *x, const int8_t *q, const float *qd,
                   const wmat *W, int T) {
     float *w = malloc((size_t)W->cols * 4);
-    int quant = W->dtype == DT_Q8 || W->dtype == DT_Q4;
+    double *aq = malloc((size_t)W->cols * 8), *bm = malloc((size_t)W->cols * 8);
+    int quant = is_quant(W->dtype), k4 = W->dtype == DT_Q4K;
     for (int o = 0; o < W->rows; o++) {
-        wt_row(W, o, w);
+        if (k4)
+            q4k_parts(W, o, aq, bm);
+        else
+            wt_row(W, o, w);
         for (int t = 0; t < T; t++) {
             double s = 0, m = 0;
             for (int k = 0; k < W->cols; k++) {
                 double xv = quant ? (double)qd[t * (W->cols / 32) + k / 32] * q[(size_t)t * W->cols + k]
                                   : x[(size_t)t * W->cols + k];
-                s += xv * w[k];
-                m += fabs(xv * w[k]);
+                /* q4k: the kernels sum the two parts apart, so they bound the rounding */
+                s += k4 ? xv * (aq[k] - bm[k]) : xv * w[k];
+                m += k4 ? fabs(xv) * (aq[k] + bm[k]) : fabs(xv * w[k]);
             }
             y[(size_t)t * W->rows + o] = s;
             mag[(size_t)t * W->rows + o] = m;
         }
     }
-    free(w);
+    free(w), free(aq), free(bm);
 }
 
 /* The rounding bound of a product with `cols` inputs, as a fraction of sum_k |x_k w_k|.
@@ -98,6 +143,7 @@ static double rounding_bound(dh_dtype dt, int cols) {
         double nu = (double)cols * 0x1p-24;
         return nu / (1 - nu);
     }
+    if (dt == DT_Q4K) return ((double)cols / 8 + 6) * 2.4e-7; /* two sums a block */
     return ((double)cols / 16 + 6) * 2.4e-7;
 }
 
@@ -141,7 +187,7 @@ static void check_dtype_against_naive(dh_dtype dt) {
         int8_t *q = malloc((size_t)T * cols);
         float *qd = malloc((size_t)T * (cols / 32 + 1) * 4);
         for (int i = 0; i < T * cols; i++) x[i] = frand();
-        if (dt == DT_Q8 || dt == DT_Q4) quantize_rows(x, T, cols, q, qd);
+        if (is_quant(dt)) quantize_rows(x, T, cols, q, qd);
         double *want = malloc((size_t)T * rows * 8), *mag = malloc((size_t)T * rows * 8);
         naive(want, mag, x, q, qd, &W, T);
         for (int k = 0; k < 2; k++) {
@@ -160,6 +206,7 @@ static void test_bf16_kernels_match_a_naive_loop(void) { check_dtype_against_nai
 static void test_f16_kernels_match_a_naive_loop(void) { check_dtype_against_naive(DT_F16); }
 static void test_q8_kernels_match_a_naive_loop(void) { check_dtype_against_naive(DT_Q8); }
 static void test_q4_kernels_match_a_naive_loop(void) { check_dtype_against_naive(DT_Q4); }
+static void test_q4k_kernels_match_a_naive_loop(void) { check_dtype_against_naive(DT_Q4K); }
 
 /* A row's result must not depend on how many other rows share the call, nor on the output
  * range a task covers: bit for bit. */
@@ -440,7 +487,7 @@ static void sweep_dtype(dh_dtype dt) {
     static const int qcols[] = {32, 64, 96, 160, 640, 2048, 4096, 288, 1024, 640, 2048, 288, 160};
     static const int fcols[] = {1, 7, 15, 16, 17, 37, 100, 257, 1000, 2051, 130, 31, 48};
     static const int ranges[][2] = {{0, 131}, {3, 70}, {17, 113}, {64, 131}, {0, 50}, {129, 131}};
-    int quant = dt == DT_Q8 || dt == DT_Q4, rows = 131, bad = 0;
+    int quant = is_quant(dt), rows = 131, bad = 0;
     const kern_ops *avx = kern_avx512();
     for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
         int T = Ts[i], cols = quant ? qcols[i] : fcols[i], ldx = quant ? cols : cols + 1;
@@ -479,6 +526,7 @@ static void test_bf16_kernels_agree_on_every_shape_and_range(void) { sweep_dtype
 static void test_f16_kernels_agree_on_every_shape_and_range(void) { sweep_dtype(DT_F16); }
 static void test_q8_kernels_agree_on_every_shape_and_range(void) { sweep_dtype(DT_Q8); }
 static void test_q4_kernels_agree_on_every_shape_and_range(void) { sweep_dtype(DT_Q4); }
+static void test_q4k_kernels_agree_on_every_shape_and_range(void) { sweep_dtype(DT_Q4K); }
 
 /* Batch invariance where the AVX-512 q8/q4 kernels process the rows in chunks (a long row:
  * cols 8192 keeps 64 rows a chunk), where the float kernels make several passes over k (the
@@ -486,7 +534,7 @@ static void test_q4_kernels_agree_on_every_shape_and_range(void) { sweep_dtype(D
  * partial 64-row blocks. */
 static void test_long_rows_do_not_depend_on_the_batch(void) {
     const kern_ops *tables[2] = {kern_portable(), kern_avx512()};
-    static const dh_dtype dts[] = {DT_F32, DT_BF16, DT_F16, DT_Q8, DT_Q4};
+    static const dh_dtype dts[] = {DT_F32, DT_BF16, DT_F16, DT_Q8, DT_Q4, DT_Q4K};
     int rows = 80, cols = 8192, T = 70, bad = 0;
     for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
         void *store;
@@ -519,7 +567,7 @@ static void test_long_rows_do_not_depend_on_the_batch(void) {
 
 static void test_threaded_quantized_matmul_equals_one_thread(void) {
     int rows = 300, cols = 512, T = 9;
-    for (int dt = DT_Q8; dt <= DT_Q4; dt++) {
+    for (int dt = DT_Q8; dt <= DT_Q4K; dt++) {
         void *store;
         wmat W = make_w((dh_dtype)dt, rows, cols, &store);
         float *x = malloc((size_t)T * cols * 4), *y = malloc((size_t)T * rows * 4),
@@ -692,6 +740,59 @@ static void test_weight_quantizers_round_trip_within_half_a_step(void) {
     free(x), free(back), free(b8), free(b4);
 }
 
+/* q4k: every value comes back as the point of its sub-block's stored grid (d s_j q - dmin m_j,
+ * q = 0..15) nearest to it (to the rounding of the dequantization); on rows uniform in [-1, 1)
+ * the grid step is at most 2/15 (the fit only narrows it) so the RMS error is at most
+ * (2/15)/sqrt(12) (with 5% for the 6-bit scales); and it is below q4's on the same rows, uniform
+ * and bell-shaped (sums of four uniforms). cols 4192: 16 super-blocks and a tail of 3 sub-blocks. */
+static void test_q4k_quantizer_round_trips_to_the_nearest_grid_point(void) {
+    int cols = 4192, bad = 0;
+    size_t rb = wt_q4k_row_bytes((size_t)cols);
+    CU_ASSERT_EQUAL(rb, 16 * 144 + 16 + 3 * 16);
+    float *x = malloc(cols * sizeof *x), *back = malloc(cols * sizeof *back), *back4 = malloc(cols * sizeof *back4);
+    uint8_t *buf = malloc(rb);
+    wt_q4_block *b4 = malloc(cols / 32 * sizeof *b4);
+    wmat W = {.dtype = DT_Q4K, .rows = 1, .cols = cols}, W4 = {.dtype = DT_Q4, .rows = 1, .cols = cols};
+    W.p.q4k = buf, W4.p.q4 = b4;
+    for (int kind = 0; kind < 10; kind++) {
+        if (kind == 3 || kind == 4) continue; /* subnormal or beyond f16: the scales do not hold them */
+        if (kind < 8)
+            corner_row(x, cols, kind);
+        else /* 8: bell-shaped; 9: bell-shaped with a shifted mean (all positive blocks) */
+            for (int j = 0; j < cols; j++)
+                x[j] = (frand() + frand() + frand() + frand()) / 4 + (kind == 9 ? 1.0f : 0.0f);
+        quant_q4k_row(x, cols, buf);
+        quant_q4_row(x, cols, b4);
+        wt_row(&W, 0, back);
+        wt_row(&W4, 0, back4);
+        double e2 = 0, e24 = 0, x2 = 0;
+        for (int j = 0; j < cols; j++) {
+            /* the grid of j's sub-block: d s_j q - dmin m_j, from the head via a nibble of 1 */
+            int k0 = j / WT_KBLOCK * WT_KBLOCK, sb = (j - k0) / 32;
+            const uint8_t *hp = buf + (size_t)(k0 / WT_KBLOCK) * 144;
+            wt_q4k_head h;
+            memcpy(&h, hp, sizeof h);
+            int sj, mj;
+            wt_q4k_scale(&h, sb, &sj, &mj);
+            double a = (double)wt_f16_to_f32(h.d) * sj, o = (double)wt_f16_to_f32(h.dmin) * mj, near = INFINITY;
+            for (int q = 0; q < 16; q++) near = fmin(near, fabs(x[j] - (a * q - o)));
+            double err = fabs((double)x[j] - back[j]), tol = near + 1e-4 * a + 4 * 0x1p-24 * (15 * a + o) + 1e-30;
+            if (err > tol && bad++ < 3)
+                printf("\n  q4k kind %d [%d] = %.9g comes back as %.9g, the nearest grid point is %.3g away",
+                       kind, j, x[j], back[j], near);
+            e2 += err * err, e24 += ((double)x[j] - back4[j]) * ((double)x[j] - back4[j]), x2 += (double)x[j] * x[j];
+        }
+        if (kind == 0 || kind >= 8) {
+            double rms = sqrt(e2 / cols), rms4 = sqrt(e24 / cols);
+            printf("\n  kind %d: RMS error q4k %.4f, q4 %.4f (of RMS %.4f)", kind, rms, rms4, sqrt(x2 / cols));
+            CU_ASSERT(rms < rms4);
+            if (kind == 0) CU_ASSERT(rms <= 1.05 * (2.0 / 15) / sqrt(12.0));
+        }
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    free(x), free(back), free(back4), free(buf), free(b4);
+}
+
 static int kern_init(void) {
     nn_init(2, 0);
     return 0;
@@ -707,6 +808,7 @@ static CU_TestInfo kern_tests[] = {
     {"f16 kernels match a naive loop", test_f16_kernels_match_a_naive_loop},
     {"q8 kernels match a naive loop", test_q8_kernels_match_a_naive_loop},
     {"q4 kernels match a naive loop", test_q4_kernels_match_a_naive_loop},
+    {"q4k kernels match a naive loop", test_q4k_kernels_match_a_naive_loop},
     {"rows do not depend on the batch", test_rows_do_not_depend_on_the_batch},
     {"threaded matmul equals one thread", test_threaded_matmul_equals_one_thread},
     {"dot and axpy match naive", test_dot_and_axpy_match_naive},
@@ -719,11 +821,13 @@ static CU_TestInfo kern_tests[] = {
     {"f16 kernels agree on every shape and range", test_f16_kernels_agree_on_every_shape_and_range},
     {"q8 kernels agree on every shape and range", test_q8_kernels_agree_on_every_shape_and_range},
     {"q4 kernels agree on every shape and range", test_q4_kernels_agree_on_every_shape_and_range},
+    {"q4k kernels agree on every shape and range", test_q4k_kernels_agree_on_every_shape_and_range},
     {"long rows do not depend on the batch", test_long_rows_do_not_depend_on_the_batch},
     {"threaded quantized matmul equals one thread", test_threaded_quantized_matmul_equals_one_thread},
     {"avx512 quantize equals portable bit for bit", test_avx512_quantize_equals_portable_bit_for_bit},
     {"weight quantizers match their definitions", test_weight_quantizers_match_their_definitions},
     {"weight quantizers round-trip within half a step", test_weight_quantizers_round_trip_within_half_a_step},
+    {"q4k quantizer round-trips to the nearest grid point", test_q4k_quantizer_round_trips_to_the_nearest_grid_point},
     CU_TEST_INFO_NULL,
 };
 CU_SuiteInfo kern_suite = {"kern", kern_init, kern_clean, NULL, NULL, kern_tests};
