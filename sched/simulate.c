@@ -13,8 +13,17 @@
  * The time model is a star: each worker has its own link to the coordinator, and the
  * exchange waits for the slowest worker (moe_mpi.c's finish waits for every reply). 6 * D * F
  * is the SwiGLU's flops per (token, expert): three [D, F] products of 2 flops a term, the rate
- * moe_mpi.c's deadline assumes. The coordinator's own work (attention, shared experts, head)
- * is not modelled. Entries with id -1 (a layer a live trace did not record) are skipped, and a
+ * moe_mpi.c's deadline assumes.
+ *
+ * The coordinator and the host (docs/cluster.md), when coord_ms or ranks_per_host is set: a
+ * step is the coordinator's own work (coord_ms, measured at one core: attention, the dense
+ * layer, the head) plus, per MoE layer, the router (2 * D * E flops a token) and the exchange
+ * from dispatch to combine, which also holds the shared experts the coordinator computes while
+ * the workers work (6 * D * Fs flops a token): exchange = max(slowest worker, shared). With R
+ * ranks on one host of C cores, every rank's main thread is always runnable (Open MPI polls
+ * while it waits), so a worker computes at min(1, C / R) of a core and the coordinator, with
+ * Tc threads, at Tc * min(1, C / (Tc + R - 1)) cores; without a host, workers at one core and
+ * the coordinator at Tc cores. Entries with id -1 (a layer a live trace did not record) are skipped, and a
  * (layer, step) with no pairs at all counts in neither imbalance, fan-out, bytes nor time. */
 #include "simulate.h"
 
@@ -134,11 +143,12 @@ static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, 
     }
     if (!pairs) return 0; /* a layer the trace did not record (-1): no exchange at all */
     double worst = 0, act = (double)sp->wire_bytes * sp->hidden_size;
+    double fw = sp->ranks_per_host > 0 ? DH_MIN(1.0, (double)sp->cores_per_host / sp->ranks_per_host) : 1.0;
     for (int w = 1; w <= W; w++) {
         double req = st->rows[w] * (K * 8.0 + act), rep = st->rows[w] * act;
         double rate = (sp->worker_gflops ? sp->worker_gflops[w - 1] : SIM_DEFAULT_GFLOPS) * 1e9;
         double s = 2 * sp->link_us * 1e-6 + (req + rep) * 8 / (sp->link_gbps * 1e9) +
-                   st->load[w] * 6.0 * sp->hidden_size * sp->ffn_size / rate;
+                   st->load[w] * 6.0 * sp->hidden_size * sp->ffn_size / (rate * fw);
         worst = DH_MAX(worst, s);
         sim_worker *sw = &r->workers[w];
         sw->pairs += (uint64_t)st->load[w], sw->rows += (uint64_t)st->rows[w];
@@ -146,6 +156,22 @@ static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, 
         st->bytes += req + rep;
     }
     return worst;
+}
+
+/* The coordinator's cores while it computes (see the top). */
+static double coord_cores(const sim_params *sp) {
+    int R = sp->ranks_per_host, C = sp->cores_per_host;
+    int Tc = sp->coord_threads > 0 ? sp->coord_threads : R > 0 ? C : 1;
+    if (R <= 0) return Tc;
+    return Tc * DH_MIN(1.0, (double)C / (Tc + R - 1));
+}
+
+/* Seconds of the router and the shared experts of one layer of B tokens on the coordinator. */
+static void coord_layer(const sim_params *sp, int B, int E, double *router_s, double *shared_s) {
+    double rate = (sp->coord_gflops > 0 ? sp->coord_gflops : sp->worker_gflops ? sp->worker_gflops[0]
+                                                                                : SIM_DEFAULT_GFLOPS) * 1e9 * coord_cores(sp);
+    *router_s = B * 2.0 * sp->hidden_size * E / rate;
+    *shared_s = B * 6.0 * sp->hidden_size * sp->shared_ffn / rate;
 }
 
 int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_result *r) {
@@ -181,16 +207,23 @@ int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_resul
     st.load = xmalloc((size_t)(W + 1) * sizeof *st.load), st.rows = xmalloc((size_t)(W + 1) * sizeof *st.rows);
     size_t *tok = xmalloc((size_t)B * sizeof *tok);
     disp_state *d = disp_new(sp->dispatch, p->n_layers, p->n_experts, W);
-    double time_sum = 0;
+    double time_sum = 0, xchg_sum = 0, coord_sum = 0, router_s, shared_s;
+    router_s = shared_s = 0;
+    if (sp->coord_ms > 0 || sp->ranks_per_host > 0 || sp->shared_ffn > 0) /* the coordinator's model is on */
+        coord_layer(sp, B, t->n_experts, &router_s, &shared_s);
+    int run = M - (sp->skip_last && M > 1);
     while (next_step(&s, tok)) {
-        double step_s = 0;
-        for (int j = 0; j < M; j++) {
+        double step_s = 0, coord_s = sp->coord_ms * 1e-3 / coord_cores(sp);
+        for (int j = 0; j < run; j++) {
             int l = trace_layer_for(j, M, L);
             for (int i = 0; i < B; i++)
                 for (int k = 0; k < K; k++) st.idx[i * K + k] = t->ids[(tok[i] * L + l) * K + k];
-            step_s += layer_step(&st, d, p, moe[j], sp, r);
+            double x = layer_step(&st, d, p, moe[j], sp, r);
+            if (x > 0 || shared_s > 0) x = DH_MAX(x, shared_s), coord_s += router_s;
+            step_s += x;
         }
-        time_sum += step_s;
+        xchg_sum += step_s, coord_sum += coord_s;
+        time_sum += step_s + coord_s;
         r->steps++;
     }
     r->tokens = r->steps * B;
@@ -201,6 +234,8 @@ int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_resul
     r->fanout_mean = st.fan_n ? st.fan_sum / (double)st.fan_n : 0;
     r->bytes_per_token = r->tokens ? st.bytes / (double)r->tokens : 0;
     r->step_ms_mean = r->steps ? time_sum * 1e3 / (double)r->steps : 0;
+    r->exchange_ms_mean = r->steps ? xchg_sum * 1e3 / (double)r->steps : 0;
+    r->coord_ms_mean = r->steps ? coord_sum * 1e3 / (double)r->steps : 0;
     disp_free(d);
     stepper_free(&s);
     free(st.idx), free(st.wk), free(st.load), free(st.rows), free(st.imb), free(tok), free(order), free(moe);

@@ -43,6 +43,14 @@ typedef struct sim_params {
     double link_gbps;            /* per worker link bandwidth, Gbit/s */
     double link_us;              /* one-way latency, microseconds */
     const uint8_t *is_moe;       /* [plan n_layers]: the plan's MoE layers; NULL: all */
+    int skip_last;               /* 1: the last MoE layer (the MTP block) does not run: plain decoding */
+    /* The host and the coordinator (sim_run's time model; 0 everywhere: exchange only) */
+    int ranks_per_host;          /* R > 0: every rank, the coordinator's too, on one host of C cores */
+    int cores_per_host;          /* C */
+    int coord_threads;           /* the coordinator's threads; 0: C (or 1 without a host) */
+    double coord_ms;             /* coordinator's own work per step at one core: attention, dense, head */
+    double coord_gflops;         /* its rate per core for the router and the shared experts; 0: the workers' */
+    int shared_ffn;              /* width of the shared-expert pathway (n_shared * F); 0: none */
 } sim_params;
 
 sim_params sim_default_params(void);
@@ -59,7 +67,9 @@ typedef struct sim_result {
     double imbalance_mean, imbalance_p99;
     double fanout_mean;
     double bytes_per_token;      /* request + reply bytes, all layers, per token */
-    double step_ms_mean;         /* predicted, all layers of a step */
+    double step_ms_mean;         /* predicted, all layers of a step (+ the coordinator's own work) */
+    double exchange_ms_mean;     /* of which from dispatch to combine, all layers */
+    double coord_ms_mean;        /* of which the coordinator's own work outside the exchange */
     long steps, tokens;
     int n_workers;
     sim_worker *workers;         /* [W + 1], index by rank; [0] unused */
