@@ -42,6 +42,8 @@ static void usage(FILE *f) {
             "  --calibration FILE    an in-process `darkhorse bench --json` of --model: the expert rate\n"
             "                        per core and (unless --coord-ms) the coordinator's own work\n"
             "  --no-mtp              the MTP block does not run (plain decoding, as bench)\n"
+            "  --worker-cores N      with --calibration: workers compute at N calibrated cores (default 1)\n"
+            "  --coord-link-gbps G   the coordinator's own link, which all workers' bytes cross\n"
             "Dims (hidden size, expert FFN width) come from --model, else from the trace header.\n",
             SIM_DEFAULT_GFLOPS, SIM_DEFAULT_LINK_GBPS, SIM_DEFAULT_LINK_US);
 }
@@ -103,6 +105,7 @@ typedef struct sim_cli {
     sim_params sp;
     model_config cfg;   /* with --model */
     double rate;        /* the calibration's expert rate per core, GFLOP/s; 0 without */
+    double worker_cores; /* with --calibration: each worker computes at this many calibrated cores */
 } sim_cli;
 
 static int parse_args(int argc, char **argv, sim_cli *a) {
@@ -116,6 +119,7 @@ static int parse_args(int argc, char **argv, sim_cli *a) {
         {"ranks-per-host", required_argument, 0, 'R'}, {"cores-per-host", required_argument, 0, 'C'},
         {"coord-threads", required_argument, 0, 'T'}, {"coord-ms", required_argument, 0, 'c'},
         {"calibration", required_argument, 0, 'k'}, {"no-mtp", no_argument, 0, 'n'},
+        {"coord-link-gbps", required_argument, 0, 'G'}, {"worker-cores", required_argument, 0, 'W'},
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     int c;
     double v;
@@ -170,6 +174,8 @@ static int parse_args(int argc, char **argv, sim_cli *a) {
             *(c == 'R' ? &a->sp.ranks_per_host : c == 'C' ? &a->sp.cores_per_host : &a->sp.coord_threads) = (int)v;
             break;
         case 'c': if (parse_pos("--coord-ms", optarg, &a->sp.coord_ms)) return 2; break;
+        case 'G': if (parse_pos("--coord-link-gbps", optarg, &a->sp.coord_link_gbps)) return 2; break;
+        case 'W': if (parse_pos("--worker-cores", optarg, &a->worker_cores)) return 2; break;
         case 'k': a->calibration = optarg; break;
         case 'n': a->sp.skip_last = 1; break;
         case 'h': usage(stdout); return 0;
@@ -282,7 +288,7 @@ int cmd_simulate(int argc, char **argv) {
     if (a.calibration) {
         if (calibrate(&a)) goto out;
         if (!a.rates)
-            for (int w = 0; w < W; w++) rates[w] = a.rate;
+            for (int w = 0; w < W; w++) rates[w] = a.rate * (a.worker_cores > 0 ? a.worker_cores : 1);
         a.rates = "calibration";
     }
     if (a.model && (a.calibration || a.sp.coord_ms > 0 || a.sp.ranks_per_host > 0))

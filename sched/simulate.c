@@ -23,7 +23,9 @@
  * ranks on one host of C cores, every rank's main thread is always runnable (Open MPI polls
  * while it waits), so a worker computes at min(1, C / R) of a core and the coordinator, with
  * Tc threads, at Tc * min(1, C / (Tc + R - 1)) cores; without a host, workers at one core and
- * the coordinator at Tc cores. Entries with id -1 (a layer a live trace did not record) are skipped, and a
+ * the coordinator at Tc cores. With coord_link_gbps, the coordinator's own link carries all
+ * the requests (and, the other way, all the replies): the exchange takes at least 2 * latency
+ * + max(requests, replies) * 8 / its bandwidth. Entries with id -1 (a layer a live trace did not record) are skipped, and a
  * (layer, step) with no pairs at all counts in neither imbalance, fan-out, bytes nor time. */
 #include "simulate.h"
 
@@ -142,7 +144,7 @@ static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, 
         st->imb[st->n_imb++] = mx / ((double)pairs / W);
     }
     if (!pairs) return 0; /* a layer the trace did not record (-1): no exchange at all */
-    double worst = 0, act = (double)sp->wire_bytes * sp->hidden_size;
+    double worst = 0, act = (double)sp->wire_bytes * sp->hidden_size, all_req = 0, all_rep = 0;
     double fw = sp->ranks_per_host > 0 ? DH_MIN(1.0, (double)sp->cores_per_host / sp->ranks_per_host) : 1.0;
     for (int w = 1; w <= W; w++) {
         double req = st->rows[w] * (K * 8.0 + act), rep = st->rows[w] * act;
@@ -153,8 +155,11 @@ static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, 
         sim_worker *sw = &r->workers[w];
         sw->pairs += (uint64_t)st->load[w], sw->rows += (uint64_t)st->rows[w];
         sw->bytes_in += (uint64_t)req, sw->bytes_out += (uint64_t)rep, sw->busy_s += s;
-        st->bytes += req + rep;
+        st->bytes += req + rep, all_req += req, all_rep += rep;
     }
+    /* the coordinator's link carries every request out and every reply in (full duplex) */
+    if (sp->coord_link_gbps > 0)
+        worst = DH_MAX(worst, 2 * sp->link_us * 1e-6 + DH_MAX(all_req, all_rep) * 8 / (sp->coord_link_gbps * 1e9));
     return worst;
 }
 

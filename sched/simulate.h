@@ -51,6 +51,7 @@ typedef struct sim_params {
     double coord_ms;             /* coordinator's own work per step at one core: attention, dense, head */
     double coord_gflops;         /* its rate per core for the router and the shared experts; 0: the workers' */
     int shared_ffn;              /* width of the shared-expert pathway (n_shared * F); 0: none */
+    double coord_link_gbps;      /* the coordinator's own link, which every worker's bytes cross; 0: no limit */
 } sim_params;
 
 sim_params sim_default_params(void);

@@ -1,54 +1,75 @@
 #!/usr/bin/env bash
 # bench-sim-vs-cluster.sh: docs/cluster.md's predicted-against-measured table.
-#   measure  in process (one thread: the one-core calibration of the coordinator's parts and of
-#            the expert rate), then `mpirun -np 3 --oversubscribe darkhorse bench` with the
-#            vendored ESFT trace replayed, for batch 16 and 64 and the plans contiguous and
-#            balanced (the default plan here: balanced on the routing counts the first replayed
-#            run records), RUNS times each; raw JSON, plans and load tables into DATA.
-#   predict  `darkhorse simulate` of each configuration with the host model (3 ranks on this
-#            machine's cores) and the calibration, and the table of medians on stdout.
-#   scripts/bench-sim-vs-cluster.sh [measure|predict|all]   (default all)
+#   measure  RUNS rounds of: for batch 16 and 64 and the plans contiguous and balanced (the
+#            default plan here: balanced on routing counts recorded once, in process, from the
+#            replayed trace), an in-process run at one thread (the calibration: the coordinator's
+#            own parts and the expert rate of one core) and right after it the same under
+#            `mpirun -np 3 --oversubscribe`, both replaying the vendored ESFT trace. Side by side,
+#            because the machine is shared with other jobs whose load changes by the minute.
+#            Then the same pairs at batch 1 (contiguous): the latency calibration. Raw JSON,
+#            plans, load tables and the load average before each pair into DATA.
+#   predict  `darkhorse simulate` of each cluster run with the host model (3 ranks on this
+#            machine's cores) and its own calibration, and the table of medians on stdout. The one
+#            fitted figure is the per-message latency: the batch-1 exchange measured, less what
+#            the simulator predicts for it with no latency, over 2 messages and 8 MoE layers.
+#            Link bandwidth (shared memory) is taken as 40 Gbit/s: at batch 64, 8 MB a step,
+#            2 ms of a step near a second, so its exact value does not matter here.
+#   scripts/bench-sim-vs-cluster.sh [measure|latency|predict|all]   (default all)
 # Env: MODEL (default /work/models-local/genesis-1b, made if missing), DATA (default
-# docs/cluster-data), RUNS (3), N (generated tokens per run, 8), REPS (timed runs per bench, 1).
+# docs/cluster-data), RUNS (3), N (generated tokens per run, 16), REPS (timed runs per bench, 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
 . scripts/build-darkhorse.sh sim-vs-cluster
 model=${MODEL:-/work/models-local/genesis-1b}
 data=${DATA:-docs/cluster-data}
-RUNS=${RUNS:-3} N=${N:-8} REPS=${REPS:-1}
+RUNS=${RUNS:-3} N=${N:-16} REPS=${REPS:-1}
 trace=data/traces/esft.dhtrace
 ensure_model genesis-1b "$model"
 mkdir -p "$data"
 cores=$(nproc)
 
+# one in-process calibration run (1 thread) then one cluster run, side by side, so that both
+# meet the same load from other jobs: NAME B [cluster options...]
+pair() {
+  local name=$1 B=$2
+  shift 2
+  uptime >>"$data/load.txt"
+  "$bin" bench --model "$model" -p 0 -n "$N" -b "$B" -r "$REPS" --no-bandwidth --json --threads 1 \
+    --routing-replay "$trace" >"$data/inproc-$name.json" 2>"$data/inproc-$name.err"
+  mpirun -np 3 --oversubscribe "$bin" bench --model "$model" -p 0 -n "$N" -b "$B" -r "$REPS" --no-bandwidth --json \
+    --routing-replay "$trace" "$@" >"$data/np3-$name.json" 2>"$data/np3-$name.err"
+}
+
 measure() {
   lscpu | grep 'Model name' | sed 's/  */ /g' >"$data/cpu.txt"
-  uptime >>"$data/cpu.txt"
-  for B in 16 64; do
-    echo "calibration: in process, 1 thread, batch $B" >&2
-    "$bin" bench --model "$model" -p 0 -n "$N" -b "$B" -r "$REPS" --no-bandwidth --json --threads 1 \
-      --routing-replay "$trace" >"$data/inproc-b$B.json" 2>"$data/inproc-b$B.err"
-  done
+  : >"$data/load.txt"
+  echo "routing counts for balanced: in process, batch 64, $N steps twice" >&2
   rm -f "$data/routing.txt"
-  for B in 16 64; do
-    for algo in contiguous balanced; do
-      for i in $(seq 1 "$RUNS"); do
-        echo "cluster: np 3, batch $B, $algo, run $i of $RUNS" >&2
+  "$bin" bench --model "$model" -p 0 -n "$N" -b 64 -r 1 --no-bandwidth --routing-replay "$trace" \
+    --routing-stats "$data/routing.txt" >/dev/null 2>"$data/routing.err"
+  for i in $(seq 1 "$RUNS"); do
+    for B in 16 64; do
+      for algo in contiguous balanced; do
+        echo "run $i of $RUNS: batch $B, $algo (in process, then np 3)" >&2
         extra=()
         if [ "$algo" = balanced ]; then
           cp "$data/routing.txt" "$data/routing-run.txt" # bench adds its counts at exit: a copy per run
           extra=(--routing-stats "$data/routing-run.txt")
-        elif [ ! -f "$data/routing.txt" ]; then
-          extra=(--routing-stats "$data/routing.txt") # the first run records the replayed routing
         fi
-        mpirun -np 3 --oversubscribe "$bin" bench --model "$model" -p 0 -n "$N" -b "$B" -r "$REPS" --no-bandwidth \
-          --json --routing-replay "$trace" --placement-algo "$algo" --placement-out "$data/$algo-b$B.plan" \
-          "${extra[@]}" >"$data/np3-$algo-b$B-$i.json" 2>"$data/np3-$algo-b$B-$i.err"
+        pair "$algo-b$B-$i" "$B" --placement-algo "$algo" --placement-out "$data/$algo-b$B.plan" "${extra[@]}"
       done
     done
   done
   rm -f "$data/routing-run.txt"
+  latency
+}
+
+latency() {
+  for i in $(seq 1 "$RUNS"); do
+    echo "latency calibration: batch 1, contiguous, run $i of $RUNS (in process, then np 3)" >&2
+    pair "contiguous-b1-$i" 1 --placement-out "$data/contiguous-b1.plan"
+  done
 }
 
 predict() {
@@ -56,32 +77,38 @@ predict() {
 import json, statistics, subprocess, sys
 bin_, data, trace, model, cores, runs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 def load(path): return json.loads(open(path).read().strip().split("\n")[-1])
-print("| batch | plan | step ms measured (median of %d) | step ms predicted | error | dispatch-to-combine ms measured | predicted | error |" % runs)
-print("|---|---|---|---|---|---|---|---|")
+def simulate(B, plan, link_us, cal):
+    out = subprocess.run([bin_, "simulate", "--trace", trace, "--plan", plan, "--batch", str(B), "--mode", "decode",
+                          "--model", model, "--json", "--ranks-per-host", "3", "--cores-per-host", str(cores),
+                          "--calibration", f"{data}/inproc-{cal}.json", "--no-mtp", "--link-gbps", "40",
+                          "--link-us", "%.3f" % link_us], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+M = 8  # MoE layers of genesis-1b that decode runs (the MTP block does not)
+med = statistics.median
+x1 = [load(f"{data}/np3-contiguous-b1-{i}.json")["ms_per_step"]["exchange"] for i in range(1, runs + 1)]
+p1 = [simulate(1, f"{data}/contiguous-b1.plan", 0.001, f"contiguous-b1-{i}")["exchange_ms_mean"] for i in range(1, runs + 1)]
+lat_us = max(0.0, med(x - p for x, p in zip(x1, p1)) / (2 * M) * 1e3)
+print(f"latency calibration: batch 1 exchange {med(x1):.2f} ms a step measured, {med(p1):.2f} ms predicted without "
+      f"latency: {lat_us:.0f} us a message", file=sys.stderr)
+print("| batch | plan | step ms measured | predicted | error | dispatch-to-combine ms measured | predicted | error | coordinator's own ms, measured / predicted |")
+print("|---|---|---|---|---|---|---|---|---|")
 for B in (16, 64):
-    cal = load(f"{data}/inproc-b{B}.json")["ms_per_step"]
-    # the coordinator's own parts at one core: attention, dense layer, head (the router and the
-    # shared experts are computed by the simulator from the expert rate)
-    coord_ms = cal["attention"] + cal["dense"] + cal["head"]
     for algo in ("contiguous", "balanced"):
         ms = [load(f"{data}/np3-{algo}-b{B}-{i}.json") for i in range(1, runs + 1)]
-        step = statistics.median(m["step_ms_median"] for m in ms)
-        xchg = statistics.median(m["ms_per_step"]["exchange"] for m in ms)
-        out = subprocess.run([bin_, "simulate", "--trace", trace, "--plan", f"{data}/{algo}-b{B}.plan", "--batch", str(B),
-                              "--mode", "decode", "--model", model, "--json", "--ranks-per-host", "3",
-                              "--cores-per-host", str(cores), "--coord-ms", "%.3f" % coord_ms,
-                              "--calibration", f"{data}/inproc-b{B}.json", "--no-mtp", "--link-gbps", "40", "--link-us", "20"],
-                             capture_output=True, text=True, check=True).stdout
-        p = json.loads(out)
-        e1 = p["step_ms_mean"] / step - 1
-        e2 = p["exchange_ms_mean"] / xchg - 1
-        print(f"| {B} | {algo} | {step:.0f} | {p['step_ms_mean']:.0f} | {100*e1:+.0f}% | {xchg:.0f} | {p['exchange_ms_mean']:.0f} | {100*e2:+.0f}% |")
+        ps = [simulate(B, f"{data}/{algo}-b{B}.plan", lat_us, f"{algo}-b{B}-{i}") for i in range(1, runs + 1)]
+        step, pstep = med(m["step_ms_median"] for m in ms), med(p["step_ms_mean"] for p in ps)
+        xchg, pxchg = med(m["ms_per_step"]["exchange"] for m in ms), med(p["exchange_ms_mean"] for p in ps)
+        own = med(m["ms_per_step"]["attention"] + m["ms_per_step"]["dense"] + m["ms_per_step"]["head"] for m in ms)
+        pown = med(p["coord_ms_mean"] for p in ps)
+        print(f"| {B} | {algo} | {step:.0f} | {pstep:.0f} | {100 * (pstep / step - 1):+.0f}% | {xchg:.0f} | {pxchg:.0f} | "
+              f"{100 * (pxchg / xchg - 1):+.0f}% | {own:.0f} / {pown:.0f} |")
 PY
 }
 
 case $what in
 measure) measure ;;
+latency) latency ;;
 predict) predict ;;
 all) measure; predict ;;
-*) echo "usage: $0 [measure|predict|all]" >&2; exit 2 ;;
+*) echo "usage: $0 [measure|latency|predict|all]" >&2; exit 2 ;;
 esac

@@ -179,13 +179,7 @@ expect 1 "--replay-order without --routing-replay" gen --replay-order domain
   --replay-order domain >"$tmp/serve.out" 2>"$tmp/serve.err" &
 srv=$!
 pids+=("$srv")
-port=""
-for _ in $(seq 1 900); do # at most 90 s: the sanitizer build loads slowly
-  port=$(grep -o "listening on http://127.0.0.1:[0-9]*" "$tmp/serve.err" 2>/dev/null | head -1 | sed 's/.*://')
-  [ -n "$port" ] && break
-  kill -0 "$srv" 2>/dev/null || break
-  sleep 0.1
-done
+wait_port "$tmp/serve.err" "$srv"
 if [ -n "$port" ]; then
   curl -s -m 120 -o "$tmp/c.json" "http://127.0.0.1:$port/v1/completions" \
     -d '{"prompt":[5,6,7],"max_tokens":3,"temperature":0,"ignore_eos":true}'

@@ -214,13 +214,7 @@ PY
   --routing-stats "$tmp/rs-serve.txt" >"$tmp/serve.out" 2>"$tmp/serve.err" &
 srv=$!
 pids+=("$srv")
-port=""
-for _ in $(seq 1 900); do # at most 90 s: the sanitizer build loads slowly
-  port=$(grep -o "listening on http://127.0.0.1:[0-9]*" "$tmp/serve.err" 2>/dev/null | head -1 | sed 's/.*://')
-  [ -n "$port" ] && break
-  kill -0 "$srv" 2>/dev/null || break
-  sleep 0.1
-done
+wait_port "$tmp/serve.err" "$srv"
 if [ -n "$port" ]; then
   cpids=()
   for p in "[5,6,7,8,9]" "[100,200,300]"; do

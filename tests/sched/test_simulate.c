@@ -223,6 +223,18 @@ static void test_simulate_host_model_shares_cores_and_adds_the_coordinator(void)
     r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
     CLOSE(r.step_ms_mean, 1858 + 1128);
     sim_result_free(&r);
+    /* the coordinator's link at 1e-6 Gbit/s: step 1 sends 3 rows of 48 bytes (w1 2, w2 1) and gets
+     * 3 of 32 back: 0.002 + 144 * 8 / 1000 = 1.154 s, under the workers' 1.858; at 0.5e-6 Gbit/s
+     * 0.002 + 2.304 = 2.306 s, over them */
+    sp.coord_link_gbps = 1e-6;
+    r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
+    CLOSE(r.exchange_ms_mean, 1858);
+    sim_result_free(&r);
+    sp.coord_link_gbps = 0.5e-6;
+    r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
+    CLOSE(r.exchange_ms_mean, 2306);
+    sim_result_free(&r);
+    sp.coord_link_gbps = 0;
     /* skip_last: of 2 layers only the first runs (the second, the MTP block's, would double it) */
     trace *t = trace_new(2, 4, 2, 1, 2);
     t->n_domains = 1;
