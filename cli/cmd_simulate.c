@@ -44,6 +44,10 @@ static void usage(FILE *f) {
             "  --no-mtp              the MTP block does not run (plain decoding, as bench)\n"
             "  --worker-cores N      with --calibration: workers compute at N calibrated cores (default 1)\n"
             "  --coord-link-gbps G   the coordinator's own link, which all workers' bytes cross\n"
+            "  --coord-gflops G      the coordinator's rate per core for the router and shared experts\n"
+            "  --mem-gbs G           a host's weight read bandwidth, GB/s (shared by its workers): each\n"
+            "                        distinct expert a worker uses in a (layer, step) is read once\n"
+            "  --weight-bytes N      bytes per stored weight (default 2: bf16)\n"
             "Dims (hidden size, expert FFN width) come from --model, else from the trace header.\n",
             SIM_DEFAULT_GFLOPS, SIM_DEFAULT_LINK_GBPS, SIM_DEFAULT_LINK_US);
 }
@@ -106,6 +110,7 @@ typedef struct sim_cli {
     model_config cfg;   /* with --model */
     double rate;        /* the calibration's expert rate per core, GFLOP/s; 0 without */
     double worker_cores; /* with --calibration: each worker computes at this many calibrated cores */
+    double weight_bytes; /* bytes per stored weight (--weight-bytes; default 2, bf16) */
 } sim_cli;
 
 static int parse_args(int argc, char **argv, sim_cli *a) {
@@ -120,6 +125,8 @@ static int parse_args(int argc, char **argv, sim_cli *a) {
         {"coord-threads", required_argument, 0, 'T'}, {"coord-ms", required_argument, 0, 'c'},
         {"calibration", required_argument, 0, 'k'}, {"no-mtp", no_argument, 0, 'n'},
         {"coord-link-gbps", required_argument, 0, 'G'}, {"worker-cores", required_argument, 0, 'W'},
+        {"mem-gbs", required_argument, 0, 'B'}, {"weight-bytes", required_argument, 0, 'Y'},
+        {"coord-gflops", required_argument, 0, 'F'},
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     int c;
     double v;
@@ -176,6 +183,9 @@ static int parse_args(int argc, char **argv, sim_cli *a) {
         case 'c': if (parse_pos("--coord-ms", optarg, &a->sp.coord_ms)) return 2; break;
         case 'G': if (parse_pos("--coord-link-gbps", optarg, &a->sp.coord_link_gbps)) return 2; break;
         case 'W': if (parse_pos("--worker-cores", optarg, &a->worker_cores)) return 2; break;
+        case 'B': if (parse_pos("--mem-gbs", optarg, &a->sp.mem_gbs)) return 2; break;
+        case 'Y': if (parse_pos("--weight-bytes", optarg, &a->weight_bytes)) return 2; break;
+        case 'F': if (parse_pos("--coord-gflops", optarg, &a->sp.coord_gflops)) return 2; break;
         case 'k': a->calibration = optarg; break;
         case 'n': a->sp.skip_last = 1; break;
         case 'h': usage(stdout); return 0;
@@ -256,7 +266,7 @@ static int calibrate(sim_cli *a) {
     double flops = (double)B * M * (2 * D * c->n_routed_experts + 6 * D * F * (c->num_experts_per_tok + c->n_shared_experts));
     a->rate = flops / (moe * 1e-3) / threads / 1e9;
     if (!(a->sp.coord_ms > 0)) a->sp.coord_ms = (att + dense + head) * threads;
-    a->sp.coord_gflops = a->rate;
+    if (!(a->sp.coord_gflops > 0)) a->sp.coord_gflops = a->rate;
     fprintf(stderr, "simulate: calibration %s: expert rate %.2f GFLOP/s a core, coordinator's own work %.1f ms a "
                     "step at one core\n", a->calibration, a->rate, a->sp.coord_ms);
     return 0;
@@ -291,6 +301,7 @@ int cmd_simulate(int argc, char **argv) {
             for (int w = 0; w < W; w++) rates[w] = a.rate * (a.worker_cores > 0 ? a.worker_cores : 1);
         a.rates = "calibration";
     }
+    a.sp.expert_bytes = 3.0 * a.sp.hidden_size * a.sp.ffn_size * (a.weight_bytes > 0 ? a.weight_bytes : 2);
     if (a.model && (a.calibration || a.sp.coord_ms > 0 || a.sp.ranks_per_host > 0))
         a.sp.shared_ffn = a.cfg.n_shared_experts * a.cfg.moe_intermediate_size;
     a.sp.is_moe = is_moe;
@@ -308,6 +319,7 @@ int cmd_simulate(int argc, char **argv) {
     json_object_set_new(j, "step_ms_mean", json_real(r.step_ms_mean));
     json_object_set_new(j, "exchange_ms_mean", json_real(r.exchange_ms_mean));
     json_object_set_new(j, "coord_ms_mean", json_real(r.coord_ms_mean));
+    json_object_set_new(j, "touched_mean", json_real(r.touched_mean));
     json_object_set_new(j, "steps", json_integer(r.steps));
     json_object_set_new(j, "tokens", json_integer(r.tokens));
     char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));

@@ -25,7 +25,10 @@
  * Tc threads, at Tc * min(1, C / (Tc + R - 1)) cores; without a host, workers at one core and
  * the coordinator at Tc cores. With coord_link_gbps, the coordinator's own link carries all
  * the requests (and, the other way, all the replies): the exchange takes at least 2 * latency
- * + max(requests, replies) * 8 / its bandwidth. Entries with id -1 (a layer a live trace did not record) are skipped, and a
+ * + max(requests, replies) * 8 / its bandwidth. With mem_gbs, a worker also reads the weights
+ * of each distinct expert it uses in a (layer, step) (expert_bytes each: small batches are
+ * bound by this, not by flops), at the host's bandwidth shared by its R - 1 workers (the
+ * coordinator's shared experts read theirs at the same share). Entries with id -1 (a layer a live trace did not record) are skipped, and a
  * (layer, step) with no pairs at all counts in neither imbalance, fan-out, bytes nor time. */
 #include "simulate.h"
 
@@ -109,6 +112,11 @@ typedef struct sim_run_state {
     int W, K, B;
     int *idx, *wk;        /* [B, K] */
     int *load, *rows;     /* [W + 1] */
+    int *touched;         /* [W + 1] distinct experts of each worker this (layer, step) */
+    uint8_t *used;        /* [W + 1, E] */
+    int E;
+    double touched_sum;
+    uint64_t touched_n;
     double *imb;          /* imbalance of every (layer, step) */
     size_t n_imb, cap_imb;
     double fan_sum;
@@ -123,6 +131,8 @@ static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, 
     disp_assign(d, p, pl, st->idx, B, K, st->wk);
     memset(st->load, 0, (size_t)(W + 1) * sizeof *st->load);
     memset(st->rows, 0, (size_t)(W + 1) * sizeof *st->rows);
+    memset(st->touched, 0, (size_t)(W + 1) * sizeof *st->touched);
+    memset(st->used, 0, (size_t)(W + 1) * st->E);
     uint64_t pairs = 0;
     for (int t = 0; t < B; t++) {
         const int *tw = st->wk + (size_t)t * K;
@@ -130,6 +140,8 @@ static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, 
         for (int k = 0; k < K; k++) {
             if (tw[k] < 0) continue;
             st->load[tw[k]]++, pairs++;
+            uint8_t *u = &st->used[(size_t)tw[k] * st->E + st->idx[t * K + k]];
+            if (!*u) *u = 1, st->touched[tw[k]]++;
             int first = 1;
             for (int k2 = 0; k2 < k; k2++) first &= tw[k2] != tw[k];
             if (first) st->rows[tw[k]]++, distinct++;
@@ -144,13 +156,17 @@ static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, 
         st->imb[st->n_imb++] = mx / ((double)pairs / W);
     }
     if (!pairs) return 0; /* a layer the trace did not record (-1): no exchange at all */
+    for (int w = 1; w <= W; w++) st->touched_sum += st->touched[w];
+    st->touched_n++;
+    double bw = sim_read_gbs(sp) * 1e9;
     double worst = 0, act = (double)sp->wire_bytes * sp->hidden_size, all_req = 0, all_rep = 0;
     double fw = sp->ranks_per_host > 0 ? DH_MIN(1.0, (double)sp->cores_per_host / sp->ranks_per_host) : 1.0;
     for (int w = 1; w <= W; w++) {
         double req = st->rows[w] * (K * 8.0 + act), rep = st->rows[w] * act;
         double rate = (sp->worker_gflops ? sp->worker_gflops[w - 1] : SIM_DEFAULT_GFLOPS) * 1e9;
         double s = 2 * sp->link_us * 1e-6 + (req + rep) * 8 / (sp->link_gbps * 1e9) +
-                   st->load[w] * 6.0 * sp->hidden_size * sp->ffn_size / (rate * fw);
+                   st->load[w] * 6.0 * sp->hidden_size * sp->ffn_size / (rate * fw) +
+                   (bw > 0 ? st->touched[w] * sp->expert_bytes / bw : 0);
         worst = DH_MAX(worst, s);
         sim_worker *sw = &r->workers[w];
         sw->pairs += (uint64_t)st->load[w], sw->rows += (uint64_t)st->rows[w];
@@ -177,6 +193,13 @@ static void coord_layer(const sim_params *sp, int B, int E, double *router_s, do
                                                                                 : SIM_DEFAULT_GFLOPS) * 1e9 * coord_cores(sp);
     *router_s = B * 2.0 * sp->hidden_size * E / rate;
     *shared_s = B * 6.0 * sp->hidden_size * sp->shared_ffn / rate;
+    if (sp->mem_gbs > 0 && sp->ffn_size > 0) /* the shared pathway is Fs / F experts' weights */
+        *shared_s += (double)sp->shared_ffn / sp->ffn_size * sp->expert_bytes / (sim_read_gbs(sp) * 1e9);
+}
+
+double sim_read_gbs(const sim_params *sp) {
+    if (!(sp->mem_gbs > 0)) return 0;
+    return sp->ranks_per_host > 1 ? sp->mem_gbs / (sp->ranks_per_host - 1) : sp->mem_gbs;
 }
 
 int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_result *r) {
@@ -210,6 +233,8 @@ int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_resul
     sim_run_state st = {.W = W, .K = K, .B = B};
     st.idx = xmalloc((size_t)B * K * sizeof *st.idx), st.wk = xmalloc((size_t)B * K * sizeof *st.wk);
     st.load = xmalloc((size_t)(W + 1) * sizeof *st.load), st.rows = xmalloc((size_t)(W + 1) * sizeof *st.rows);
+    st.touched = xmalloc((size_t)(W + 1) * sizeof *st.touched), st.E = p->n_experts;
+    st.used = xmalloc((size_t)(W + 1) * (size_t)p->n_experts);
     size_t *tok = xmalloc((size_t)B * sizeof *tok);
     disp_state *d = disp_new(sp->dispatch, p->n_layers, p->n_experts, W);
     double time_sum = 0, xchg_sum = 0, coord_sum = 0, router_s, shared_s;
@@ -241,9 +266,11 @@ int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_resul
     r->step_ms_mean = r->steps ? time_sum * 1e3 / (double)r->steps : 0;
     r->exchange_ms_mean = r->steps ? xchg_sum * 1e3 / (double)r->steps : 0;
     r->coord_ms_mean = r->steps ? coord_sum * 1e3 / (double)r->steps : 0;
+    r->touched_mean = st.touched_n ? st.touched_sum / (double)st.touched_n : 0;
     disp_free(d);
     stepper_free(&s);
-    free(st.idx), free(st.wk), free(st.load), free(st.rows), free(st.imb), free(tok), free(order), free(moe);
+    free(st.idx), free(st.wk), free(st.load), free(st.rows), free(st.imb), free(st.touched), free(st.used);
+    free(tok), free(order), free(moe);
     return 0;
 }
 

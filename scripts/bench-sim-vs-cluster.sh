@@ -77,31 +77,71 @@ predict() {
 import json, statistics, subprocess, sys
 bin_, data, trace, model, cores, runs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 def load(path): return json.loads(open(path).read().strip().split("\n")[-1])
-def simulate(B, plan, link_us, cal):
-    out = subprocess.run([bin_, "simulate", "--trace", trace, "--plan", plan, "--batch", str(B), "--mode", "decode",
-                          "--model", model, "--json", "--ranks-per-host", "3", "--cores-per-host", str(cores),
-                          "--calibration", f"{data}/inproc-{cal}.json", "--no-mtp", "--link-gbps", "40",
-                          "--link-us", "%.3f" % link_us], capture_output=True, text=True, check=True).stdout
-    return json.loads(out)
-M = 8  # MoE layers of genesis-1b that decode runs (the MTP block does not)
+cfg = json.load(open(f"{model}/config.json"))
+D, F, E, K = cfg["hidden_size"], cfg["moe_intermediate_size"], cfg["n_routed_experts"], cfg["num_experts_per_tok"]
+NS, M = cfg["n_shared_experts"], cfg["num_hidden_layers"] - cfg["first_k_dense_replace"]  # decode: no MTP block
+EB = 3 * D * F * 2  # bytes of one bf16 expert
 med = statistics.median
+def sim(B, plan, extra):
+    out = subprocess.run([bin_, "simulate", "--trace", trace, "--plan", plan, "--batch", str(B), "--mode", "decode",
+                          "--model", model, "--json", "--no-mtp"] + extra, capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+one = f"{data}/one-worker.plan"  # every expert on one worker: the in-process engine's distinct experts
+with open(one, "w") as f:
+    f.write(f"darkhorse-placement 1\nworkers 1\nexperts {E}\nalgo contiguous\n")
+    for l in range(cfg["first_k_dense_replace"], cfg["num_hidden_layers"] + 1):
+        f.write(f"layer {l} worker 1: 0-{E - 1}\n")
+touched = {B: sim(B, one, [])["touched_mean"] for B in (1, 16, 64)}
+def fit(i):
+    """Round i's in-process runs at batch 16 and 64 (contiguous): the MoE part of a layer is
+    (distinct experts + shared) * EB / bandwidth + flops / rate, flops = router + routed + shared.
+    Two batches, two unknowns."""
+    rows, rhs = [], []
+    for B in (16, 64):
+        moe = load(f"{data}/inproc-contiguous-b{B}-{i}.json")["ms_per_step"]["moe"] * 1e-3 / M
+        rows.append(((touched[B] + NS) * EB, B * (2 * D * E + 6 * D * F * (K + NS))))
+        rhs.append(moe)
+    (a, b), (c, d) = rows
+    det = a * d - b * c
+    x, y = (rhs[0] * d - b * rhs[1]) / det, (a * rhs[1] - c * rhs[0]) / det
+    return 1 / x / 1e9, 1 / y / 1e9  # GB/s, GFLOP/s
+def own(name):
+    m = load(f"{data}/inproc-{name}.json")["ms_per_step"]
+    return m["attention"] + m["dense"] + m["head"]
+def simulate(B, plan, link_us, name, i):
+    gbs, gflops = fit(i)
+    return sim(B, plan, ["--ranks-per-host", "3", "--cores-per-host", str(cores), "--coord-ms", "%.3f" % own(name),
+                         "--worker-rate", "%.4f" % gflops, "--coord-gflops", "%.4f" % gflops, "--mem-gbs", "%.4f" % gbs,
+                         "--link-gbps", "40", "--link-us", "%.3f" % link_us])
+for i in range(1, runs + 1):
+    gbs, gflops = fit(i)
+    print(f"round {i}: weights read at {gbs:.2f} GB/s, experts computed at {gflops:.1f} GFLOP/s (one thread)", file=sys.stderr)
 x1 = [load(f"{data}/np3-contiguous-b1-{i}.json")["ms_per_step"]["exchange"] for i in range(1, runs + 1)]
-p1 = [simulate(1, f"{data}/contiguous-b1.plan", 0.001, f"contiguous-b1-{i}")["exchange_ms_mean"] for i in range(1, runs + 1)]
-lat_us = max(0.0, med(x - p for x, p in zip(x1, p1)) / (2 * M) * 1e3)
+p1 = [simulate(1, f"{data}/contiguous-b1.plan", 0.001, f"contiguous-b1-{i}", i)["exchange_ms_mean"]
+      for i in range(1, runs + 1)]
+lat_us = max(0.001, med(x - p for x, p in zip(x1, p1)) / (2 * M) * 1e3)  # --link-us wants > 0
 print(f"latency calibration: batch 1 exchange {med(x1):.2f} ms a step measured, {med(p1):.2f} ms predicted without "
       f"latency: {lat_us:.0f} us a message", file=sys.stderr)
-print("| batch | plan | step ms measured | predicted | error | dispatch-to-combine ms measured | predicted | error | coordinator's own ms, measured / predicted |")
-print("|---|---|---|---|---|---|---|---|---|")
+fits = [fit(i) for i in range(1, runs + 1)]
+json.dump({"read_gbs": med(f[0] for f in fits), "gflops": med(f[1] for f in fits), "latency_us": lat_us,
+           "coord_ms": {B: med(own(f"{a}-b{B}-{i}") for a in ("contiguous", "balanced") for i in range(1, runs + 1))
+                        for B in (16, 64)}},
+          open(f"{data}/calibration.json", "w"), indent=1)
+print("| batch | plan | step ms measured | predicted (A) | error | predicted (B) | error | dispatch-to-combine ms measured | predicted | error | coordinator's own ms, measured / predicted |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for B in (16, 64):
     for algo in ("contiguous", "balanced"):
         ms = [load(f"{data}/np3-{algo}-b{B}-{i}.json") for i in range(1, runs + 1)]
-        ps = [simulate(B, f"{data}/{algo}-b{B}.plan", lat_us, f"{algo}-b{B}-{i}") for i in range(1, runs + 1)]
+        ps = [simulate(B, f"{data}/{algo}-b{B}.plan", lat_us, f"{algo}-b{B}-{i}", i) for i in range(1, runs + 1)]
         step, pstep = med(m["step_ms_median"] for m in ms), med(p["step_ms_mean"] for p in ps)
         xchg, pxchg = med(m["ms_per_step"]["exchange"] for m in ms), med(p["exchange_ms_mean"] for p in ps)
-        own = med(m["ms_per_step"]["attention"] + m["ms_per_step"]["dense"] + m["ms_per_step"]["head"] for m in ms)
+        mown = med(m["ms_per_step"]["attention"] + m["ms_per_step"]["dense"] + m["ms_per_step"]["head"] for m in ms)
         pown = med(p["coord_ms_mean"] for p in ps)
-        print(f"| {B} | {algo} | {step:.0f} | {pstep:.0f} | {100 * (pstep / step - 1):+.0f}% | {xchg:.0f} | {pxchg:.0f} | "
-              f"{100 * (pxchg / xchg - 1):+.0f}% | {own:.0f} / {pown:.0f} |")
+        # (B): the coordinator's own parts as the cluster run measured them (FWD_T_* on rank 0)
+        pstep_b = med(p["step_ms_mean"] - p["coord_ms_mean"] for p in ps) + mown
+        print(f"| {B} | {algo} | {step:.0f} | {pstep:.0f} | {100 * (pstep / step - 1):+.0f}% | {pstep_b:.0f} | "
+              f"{100 * (pstep_b / step - 1):+.0f}% | {xchg:.0f} | {pxchg:.0f} | "
+              f"{100 * (pxchg / xchg - 1):+.0f}% | {mown:.0f} / {pown:.0f} |")
 PY
 }
 

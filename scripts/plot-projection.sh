@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # plot-projection.sh: docs/cluster.md's projection beyond this machine, on paper. With the
-# simulator calibrated by scripts/bench-sim-vs-cluster.sh (the expert rate of one core here and
-# the coordinator's own work, in DATA/inproc-b*.json), genesis-1b decodes the vendored ESFT trace
-# (f32 on the wire, contiguous plans, the MTP block off) on W = 2, 4, 8, 16 worker machines,
-# each the speed of one core here or of a 16-core box (16 such cores, scaling assumed linear),
-# with 1 or 10 Gbit/s links (the coordinator's own link too) and 50 us one-way latency (an
-# assumption: nothing here measures a network). The coordinator is one 16-core box. Writes the
-# table to stdout, the figures to DATA/projection.json and the picture to docs/cluster-projection.png.
+# simulator calibrated by scripts/bench-sim-vs-cluster.sh (DATA/calibration.json: one core's
+# weight read bandwidth and expert rate, the coordinator's own work a step), genesis-1b decodes
+# the vendored ESFT trace (f32 on the wire, contiguous plans, the MTP block off) on W = 2, 4, 8,
+# 16 worker machines, each the speed of one core here or of a 16-core box (16 such cores,
+# scaling assumed linear, and 4 times one core's read bandwidth), with 1 or 10 Gbit/s links
+# (the coordinator's own link too) and 50 us one-way latency (an assumption: nothing here
+# measures a network). The coordinator is one 16-core box (its own work one core's over 16).
+# Writes the table to stdout, the figures to DATA/projection.json and the picture to
+# docs/cluster-projection.png.
 #   scripts/plot-projection.sh        (Env: MODEL, DATA as bench-sim-vs-cluster.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,14 +16,13 @@ cd "$(dirname "$0")/.."
 model=${MODEL:-/work/models-local/genesis-1b}
 data=${DATA:-docs/cluster-data}
 ensure_model genesis-1b "$model"
-if ! python3 -c 'import matplotlib' 2>/dev/null; then
+if ! /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then # Debian's python, Debian's matplotlib
   echo "projection: installing python3-matplotlib" >&2
   apt-get install -y python3-matplotlib >/dev/null
 fi
-for B in 16 64; do
-  [ -f "$data/inproc-b$B.json" ] || { echo "projection: no $data/inproc-b$B.json: run scripts/bench-sim-vs-cluster.sh measure" >&2; exit 1; }
-done
-python3 - "$bin" "$model" "$data" <<'PY'
+[ -f "$data/calibration.json" ] ||
+  { echo "projection: no $data/calibration.json: run scripts/bench-sim-vs-cluster.sh" >&2; exit 1; }
+/usr/bin/python3 - "$bin" "$model" "$data" <<'PY'
 import json, os, subprocess, sys, tempfile
 bin_, model, data = sys.argv[1:4]
 cfg = json.load(open(f"{model}/config.json"))
@@ -36,6 +37,7 @@ def plan(W):
             for w in range(W):
                 f.write(f"layer {l} worker {w + 1}: {w * E // W}-{(w + 1) * E // W - 1}\n")
     return path
+cal = json.load(open(f"{data}/calibration.json"))
 rows = []
 for B in (16, 64):
     for cores in (1, 16):
@@ -43,9 +45,12 @@ for B in (16, 64):
             for W in (2, 4, 8, 16):
                 out = subprocess.run([bin_, "simulate", "--trace", "data/traces/esft.dhtrace", "--plan", plan(W),
                                       "--batch", str(B), "--mode", "decode", "--model", model, "--json", "--no-mtp",
-                                      "--calibration", f"{data}/inproc-b{B}.json", "--worker-cores", str(cores),
-                                      "--coord-threads", "16", "--link-gbps", str(gbps), "--coord-link-gbps", str(gbps),
-                                      "--link-us", "50"], capture_output=True, text=True, check=True).stdout
+                                      "--coord-ms", "%.3f" % cal["coord_ms"][str(B)], "--coord-threads", "16",
+                                      "--coord-gflops", "%.4f" % cal["gflops"],
+                                      "--worker-rate", "%.4f" % (cal["gflops"] * cores),
+                                      "--mem-gbs", "%.4f" % (cal["read_gbs"] * (4 if cores == 16 else 1)),
+                                      "--link-gbps", str(gbps), "--coord-link-gbps", str(gbps), "--link-us", "50"],
+                                     capture_output=True, text=True, check=True).stdout
                 p = json.loads(out)
                 rows.append({"batch": B, "worker_cores": cores, "gbps": gbps, "workers": W,
                              "tok_s": B * 1e3 / p["step_ms_mean"], "step_ms": p["step_ms_mean"],
@@ -64,6 +69,7 @@ for B in (16, 64):
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
 for ax, B in zip(axes, (16, 64)):
     for cores, ls in ((1, "-"), (16, "--")):
@@ -76,6 +82,9 @@ for ax, B in zip(axes, (16, 64)):
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks([2, 4, 8, 16], ["2", "4", "8", "16"])
+    ticks = [100, 200, 300, 500, 1000, 2000, 3000, 5000]
+    ax.set_yticks(ticks, [str(t) for t in ticks])
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("worker machines")
     ax.set_title(f"genesis-1b decode, batch {B}, ESFT routing")
     ax.grid(True, which="both", alpha=0.3)

@@ -235,6 +235,21 @@ static void test_simulate_host_model_shares_cores_and_adds_the_coordinator(void)
     CLOSE(r.exchange_ms_mean, 2306);
     sim_result_free(&r);
     sp.coord_link_gbps = 0;
+    /* weights read at 1000 B/s, 1000 bytes an expert: step 1 w1 uses experts 0, 1 (w2 only 2),
+     * step 2 the mirror: 2 s more for the slower worker, 3 distinct (worker, expert) a step; the
+     * shared pathway (width 4 = F: one expert's weights) 1 s + 0.384 s, under the workers */
+    sp.expert_bytes = 1000, sp.mem_gbs = 1e-6;
+    r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
+    CLOSE(r.exchange_ms_mean, 3858);
+    CLOSE(r.step_ms_mean, 3858 + 1128);
+    CLOSE(r.touched_mean, 3);
+    sim_result_free(&r);
+    /* 3 ranks on the host: its 2 workers share the bandwidth, 4 s for the slower one's 2 experts */
+    sp.ranks_per_host = 3, sp.cores_per_host = 2, sp.coord_threads = 2;
+    r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
+    CLOSE(r.exchange_ms_mean, 2146 + 4000);
+    sim_result_free(&r);
+    sp.ranks_per_host = 0, sp.cores_per_host = 0, sp.coord_threads = 0, sp.mem_gbs = 0;
     /* skip_last: of 2 layers only the first runs (the second, the MTP block's, would double it) */
     trace *t = trace_new(2, 4, 2, 1, 2);
     t->n_domains = 1;
