@@ -228,6 +228,7 @@ static int plan_layers(const sim_cli *a, const trace *t, int *n_layers, uint8_t 
     for (int l = 0; l < *n_layers; l++) (*is_moe)[l] = (uint8_t)cfg_is_moe_layer(&cfg, l);
     sp->hidden_size = cfg.hidden_size, sp->ffn_size = cfg.moe_intermediate_size;
     ((sim_cli *)a)->cfg = cfg;
+    sp->top_k = cfg.num_experts_per_tok; /* the K heaviest of the trace's, as --routing-replay */
     return 0;
 }
 

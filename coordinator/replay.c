@@ -175,16 +175,9 @@ static long token_at(rpl *r, slot_state *st, long off, int grow) {
 /* the K heaviest of the Kt recorded (ties to the earlier), renormalised as the config says */
 static void choose(const rpl *r, const int16_t *ids, const float *wt, int *idx, float *w) {
     const model_config *c = &r->m->cfg;
-    unsigned char used[64] = {0};
-    DH_ASSERT(r->Kt <= 64);
+    trace_keep_heaviest(ids, wt, r->Kt, r->K, idx, w);
     float sum = 0;
-    for (int k = 0; k < r->K; k++) {
-        int best = -1;
-        for (int i = 0; i < r->Kt; i++)
-            if (!used[i] && (best < 0 || wt[i] > wt[best])) best = i;
-        used[best] = 1;
-        idx[k] = ids[best], w[k] = wt[best], sum += wt[best];
-    }
+    for (int k = 0; k < r->K; k++) sum += w[k];
     for (int k = 0; k < r->K; k++) {
         float s = c->norm_topk_prob ? (sum > 0 ? w[k] / sum : 1.0f / r->K) : w[k];
         w[k] = s * c->routed_scaling_factor;

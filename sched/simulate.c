@@ -204,7 +204,8 @@ double sim_read_gbs(const sim_params *sp) {
 
 int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_result *r) {
     memset(r, 0, sizeof *r);
-    int W = p->n_workers, K = t->top_k, B = sp->batch, L = t->n_layers, M = 0;
+    int Kt = t->top_k, K = sp->top_k > 0 && sp->top_k < Kt ? sp->top_k : Kt;
+    int W = p->n_workers, B = sp->batch, L = t->n_layers, M = 0;
     if (p->n_experts != t->n_experts || B < 1 || W < 1) {
         log_error("simulate: the plan is for %d experts and the trace has %d (batch %d, %d workers)", p->n_experts,
                   t->n_experts, B, W);
@@ -246,8 +247,13 @@ int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_resul
         double step_s = 0, coord_s = sp->coord_ms * 1e-3 / coord_cores(sp);
         for (int j = 0; j < run; j++) {
             int l = trace_layer_for(j, M, L);
-            for (int i = 0; i < B; i++)
-                for (int k = 0; k < K; k++) st.idx[i * K + k] = t->ids[(tok[i] * L + l) * K + k];
+            for (int i = 0; i < B; i++) {
+                size_t o = (tok[i] * L + l) * Kt;
+                if (K == Kt)
+                    for (int k = 0; k < K; k++) st.idx[i * K + k] = t->ids[o + k];
+                else
+                    trace_keep_heaviest(t->ids + o, t->weights + o, Kt, K, st.idx + i * K, NULL);
+            }
             double x = layer_step(&st, d, p, moe[j], sp, r);
             if (x > 0 || shared_s > 0) x = DH_MAX(x, shared_s), coord_s += router_s;
             step_s += x;

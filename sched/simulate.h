@@ -44,6 +44,7 @@ typedef struct sim_params {
     double link_us;              /* one-way latency, microseconds */
     const uint8_t *is_moe;       /* [plan n_layers]: the plan's MoE layers; NULL: all */
     int skip_last;               /* 1: the last MoE layer (the MTP block) does not run: plain decoding */
+    int top_k;                   /* the model's K < the trace's: keep the K heaviest (as the replay); 0: all */
     /* The host and the coordinator (sim_run's time model; 0 everywhere: exchange only) */
     int ranks_per_host;          /* R > 0: every rank, the coordinator's too, on one host of C cores */
     int cores_per_host;          /* C */
