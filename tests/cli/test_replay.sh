@@ -14,13 +14,6 @@
 set -u
 bin=$1 tool=$2 data=$3
 . "$(dirname "$0")/lib.sh"
-grep_err() { if grep -Fq -- "$1" "$tmp/err"; then pass "$2"; else fail "$2: no '$1' in stderr"; tail -3 "$tmp/err"; fi; }
-py() {
-  local what=$1 script=$2
-  shift 2
-  if python3 -c "$script" "$@" >"$tmp/py" 2>&1; then pass "$what"; else fail "$what"; tail -5 "$tmp/py"; fi
-}
-if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 ref=$data/ref-tiny
 
 # esft DIR E K [BAD_ID]: a hand-made ESFT folder, seeded; BAD_ID replaces one id of beta's

@@ -14,15 +14,6 @@
 set -u
 bin=$1 tool=$2 data=$3 traces=$4
 . "$(dirname "$0")/lib.sh"
-# grep_err PATTERN "description": the last command's stderr must match (fixed string)
-grep_err() { if grep -Fq -- "$1" "$tmp/err"; then pass "$2"; else fail "$2: no '$1' in stderr"; tail -3 "$tmp/err"; fi; }
-# py "description" SCRIPT ARGS...: a Python check that exits 0 when it holds
-py() {
-  local what=$1 script=$2
-  shift 2
-  if python3 -c "$script" "$@" >"$tmp/py" 2>&1; then pass "$what"; else fail "$what"; tail -5 "$tmp/py"; fi
-}
-if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 
 # ---- import: a good folder (E 4, K 2, 2 layers) and broken copies of it
 good=$tmp/esft
