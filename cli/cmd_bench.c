@@ -9,7 +9,9 @@
  * (attention, dense and shared FFNs, K routed experts per MoE layer and the head, at their
  * storage size) x steps/s / the two-thread read bandwidth measured here. Under mpirun the
  * coordinator also reports the bytes on the wire per token and the share of time spent in the
- * expert exchange. Tables go to stderr; --json prints one JSON object per line and test. */
+ * expert exchange. Tables go to stderr; --json prints one JSON object per line and test; a tg
+ * test's object also has ms_per_step: the forward pass's parts and the exchange per timed step
+ * (the simulator's calibration, docs/cluster.md). */
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
