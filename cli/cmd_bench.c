@@ -9,7 +9,9 @@
  * (attention, dense and shared FFNs, K routed experts per MoE layer and the head, at their
  * storage size) x steps/s / the two-thread read bandwidth measured here. Under mpirun the
  * coordinator also reports the bytes on the wire per token and the share of time spent in the
- * expert exchange. Every table and JSON line names the CPU it was measured on. Tables go to stderr; --json prints one JSON object per line and test. */
+ * expert exchange. Every table and JSON line names the CPU it was measured on. Tables go to stderr;
+ * --json prints one JSON object per line and test; a tg test's object also has ms_per_step: the
+ * forward pass's parts and the exchange per timed step (the simulator's calibration, docs/cluster.md). */
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -62,7 +64,21 @@ typedef struct result {
     char test[32];
     double med, mn, mx; /* tok/s */
     double step_ms;     /* median step time */
+    double part_ms[FWD_T_COUNT + 1]; /* per step of the timed runs: the forward's parts, the exchange */
 } result;
+
+/* seconds so far in each part of the forward pass, and in the exchange */
+static void part_clock(const rt *R, double *t /* [FWD_T_COUNT + 1] */) {
+    fwd_times(R->f, t);
+    t[FWD_T_COUNT] = R->clustered ? R->stats->exchange_s : 0;
+}
+
+/* res->part_ms from the clock at the first timed run, over steps steps */
+static void part_ms(const rt *R, const double *t0, double steps, result *res) {
+    double t[FWD_T_COUNT + 1];
+    part_clock(R, t);
+    for (int i = 0; i <= FWD_T_COUNT; i++) res->part_ms[i] = 1e3 * (t[i] - t0[i]) / steps;
+}
 
 static void summarize(result *res, double *toks, double *steps, int reps) {
     qsort(toks, (size_t)reps, sizeof *toks, cmp_d);
@@ -108,9 +124,11 @@ static int bench_tg(rt *R, const bench_args *a, result *res) {
     fwd_row *rows = xmalloc((size_t)B * sizeof *rows);
     float *logits = xmalloc(xmul((size_t)B * V, sizeof *logits));
     int *seqs = xmalloc((size_t)B * sizeof *seqs);
+    double clock0[FWD_T_COUNT + 1] = {0};
     double *toks = xmalloc((size_t)(a->reps + 1) * sizeof *toks), *steps = xmalloc((size_t)(a->reps + 1) * sizeof *steps);
     int rc = 0;
     for (int r = 0; r <= a->reps && !rc; r++) {
+        if (r == 1) part_clock(R, clock0);
         for (int b = 0; b < B; b++) {
             seqs[b] = kv_seq_open(R->kv);
             kv_seq_reserve(R->kv, seqs[b], a->n);
@@ -129,6 +147,7 @@ static int bench_tg(rt *R, const bench_args *a, result *res) {
         if (B > 1) snprintf(res->test, sizeof res->test, "tg%d@b%d", a->n, B);
         else snprintf(res->test, sizeof res->test, "tg%d", a->n);
         summarize(res, toks, steps, a->reps);
+        part_ms(R, clock0, (double)a->reps * a->n, res);
     }
     free(rows), free(logits), free(seqs), free(toks), free(steps);
     return rc;
@@ -175,6 +194,14 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
     json_object_set_new(j, "time_share", json_pack("{s:f, s:f, s:f, s:f}", "attention", share[FWD_T_ATTENTION], "moe",
                                                    share[FWD_T_MOE], "dense", share[FWD_T_DENSE], "head",
                                                    share[FWD_T_HEAD]));
+    /* tg: per step of the timed runs (the warm-up touches the mapped weights first), what the
+     * simulator's calibration reads (docs/cluster.md) */
+    const double *pm = res->part_ms;
+    if (gen)
+        json_object_set_new(j, "ms_per_step",
+                            json_pack("{s:f, s:f, s:f, s:f, s:f}", "attention", pm[FWD_T_ATTENTION], "moe",
+                                      pm[FWD_T_MOE], "dense", pm[FWD_T_DENSE], "head", pm[FWD_T_HEAD], "exchange",
+                                      pm[FWD_T_COUNT]));
     if (R->clustered) {
         json_object_set_new(j, "wire_bytes_per_token", json_real(wire_per_tok));
         json_object_set_new(j, "exchange_share", json_real(xchg_share));

@@ -158,7 +158,8 @@ static int serve(rt *R, const serve_opts *o) {
                      .served_name = o->served_name ? o->served_name : base_name(R->o.model_dir, name, sizeof name),
                      .max_body = (size_t)o->max_body, .max_context = ctx, .shutdown_grace = o->grace,
                      .stat_layers = R->stats->n_layers, .stat_experts = R->stats->n_experts,
-                     .stat_workers = R->stats->n_workers};
+                     .stat_workers = R->stats->n_workers, .routing_replay = R->o.routing_replay,
+                     .replay_order = rpl_order_name((rpl_order)R->o.replay_order)};
     srv *s = srv_new(&sp, R->m, tok);
     engine_params ep = {.max_seqs = (int)o->max_seqs, .max_batch_tokens = (int)o->max_batch_tokens,
                         .max_queue = (int)o->max_queue, .max_context = ctx};

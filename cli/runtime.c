@@ -56,6 +56,16 @@ int rt_parse_opt(rt_opts *o, int code, const char *arg) {
     case 1008: o->portable = 1; return 1;
     case 1010: o->routing_stats = arg; return 1;
     case 1012: o->trace_out = arg; return 1;
+    case 1013: o->routing_replay = arg; return 1;
+    case 1014: {
+        rpl_order ro;
+        if (rpl_parse_order(arg, &ro)) {
+            fprintf(stderr, "darkhorse: --replay-order wants turns or domain, not '%s'\n", arg);
+            return -1;
+        }
+        o->replay_order = (int)ro, o->replay_order_set = 1;
+        return 1;
+    }
     case 1011: {
         double *cap = NULL;
         if (strcmp(arg, "measured") != 0 && place_parse_capacity(arg, &cap) < 0) return -1;
@@ -87,6 +97,10 @@ int rt_open_kv(rt *r, const rt_opts *o, int max_rows, int max_seq_len, int n_seq
     r->o = *o;
     if (!o->model_dir) {
         fprintf(stderr, "darkhorse: --model DIR is required\n");
+        return 1;
+    }
+    if (o->replay_order_set && !o->routing_replay) {
+        fprintf(stderr, "darkhorse: --replay-order needs --routing-replay FILE\n");
         return 1;
     }
     nn_init(rt_default_threads(o->threads), o->portable);
@@ -149,6 +163,13 @@ int rt_open_kv(rt *r, const rt_opts *o, int max_rows, int max_seq_len, int n_seq
     }
     r->f = fwd_new(r->m, r->kv, r->moe, max_rows);
     fwd_set_route_counts(r->f, r->stats->routed);
+    if (o->routing_replay) {
+        if (!(r->replay = rpl_open(o->routing_replay, r->m, (rpl_order)o->replay_order))) {
+            rt_close(r, 0);
+            return 1;
+        }
+        fwd_set_replay(r->f, rpl_route, r->replay);
+    }
     if (o->trace_out) {
         if (!(r->rec = trec_open(o->trace_out, r->m, max_rows))) {
             rt_close(r, 0);
@@ -180,6 +201,13 @@ void rt_close(rt *r, int print_stats) {
     if (print_stats && r->stats && r->m) ls_print(r->stats, &r->m->cfg, stderr);
     if (r->o.routing_stats && r->stats && r->m) save_routing(r);
     trec_close(r->rec);
+    if (r->replay) {
+        long run, taken;
+        rpl_counts(r->replay, &run, &taken);
+        log_info("routing replay of %s: %ld sequences of the run took %ld trace sequences", r->o.routing_replay, run,
+                 taken);
+    }
+    rpl_free(r->replay);
     fwd_free(r->f);
     if (r->clustered) {
         cluster_stop(&r->cl); /* frees the backend and the stats */

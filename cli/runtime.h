@@ -6,6 +6,7 @@
 
 #include "coordinator/cluster.h"
 #include "coordinator/forward.h"
+#include "coordinator/replay.h"
 #include "coordinator/trace_rec.h"
 #include "core/model.h"
 #include "sched/loadstats.h"
@@ -23,6 +24,9 @@ typedef struct rt_opts {
     const char *routing_stats; /* routed-token counts: read for `balanced`, updated at exit */
     const char *worker_capacity; /* "measured" or "S1,S2,...": worker speeds for `balanced` */
     const char *trace_out;     /* record the live routing into this trace file */
+    const char *routing_replay; /* replace the router's choices with this trace's (off: NULL) */
+    int replay_order;          /* rpl_order */
+    int replay_order_set;
 } rt_opts;
 
 /* Long options every model command takes; codes from 1000 up. */
@@ -32,7 +36,8 @@ typedef struct rt_opts {
     {"placement", required_argument, 0, 1004}, {"placement-out", required_argument, 0, 1005}, \
     {"worker-timeout", required_argument, 0, 1006}, {"wire", required_argument, 0, 1007}, \
     {"portable-kernels", no_argument, 0, 1008}, {"routing-stats", required_argument, 0, 1010}, \
-    {"worker-capacity", required_argument, 0, 1011}, {"trace-out", required_argument, 0, 1012}
+    {"worker-capacity", required_argument, 0, 1011}, {"trace-out", required_argument, 0, 1012}, \
+    {"routing-replay", required_argument, 0, 1013}, {"replay-order", required_argument, 0, 1014}
 #define RT_HELP                                                                                  \
     "  --model DIR            checkpoint directory (config.json, *.safetensors)\n"               \
     "  --threads N            threads per rank (default: all cores, shared among local ranks)\n" \
@@ -48,7 +53,11 @@ typedef struct rt_opts {
     "  --worker-capacity C    relative speeds of workers 1..W for the balanced placement:\n"      \
     "                         'measured' (each worker's expert rate) or a list such as 2,1,1\n"   \
     "  --trace-out FILE       record every MoE layer's routing into a trace (docs/placement.md;\n" \
-    "                         gzip when FILE ends in .gz)\n"
+    "                         gzip when FILE ends in .gz)\n"                                   \
+    "  --routing-replay FILE  take every MoE layer's experts from this trace, not the router\n"    \
+    "                         (off by default; docs/cluster.md)\n"                                \
+    "  --replay-order O       turns (trace sequences in turn across domains, default) or domain\n" \
+    "                         (one domain after the other: a traffic shift)\n"
 
 rt_opts rt_default_opts(void);
 /* Threads for this rank's pool: requested if > 0; else all cores on rank 0 (or alone), and the
@@ -69,6 +78,7 @@ typedef struct rt {
     cluster cl;
     ls_stats *stats;        /* routing counts (and per-worker counters when clustered) */
     trec *rec;              /* --trace-out recorder, or NULL */
+    rpl *replay;            /* --routing-replay source, or NULL */
     int worker_rc;          /* exit code of this rank when it ran as a worker */
 } rt;
 

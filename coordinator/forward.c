@@ -57,6 +57,8 @@ struct fwd_ctx {
     uint64_t *route_counts;        /* [n_layers * E] or NULL */
     fwd_route_fn route_fn;         /* routing observer or NULL, with its context */
     void *route_ctx;
+    fwd_replay_fn replay_fn;       /* routing replay or NULL, with its context */
+    void *replay_ctx;
     const fwd_row *rows;           /* the current step's rows, for the observer */
     double t[FWD_T_COUNT];         /* seconds per part */
 };
@@ -108,6 +110,8 @@ void fwd_free(fwd_ctx *f) {
 void fwd_set_route_counts(fwd_ctx *f, uint64_t *counts) { f->route_counts = counts; }
 
 void fwd_set_route_hook(fwd_ctx *f, fwd_route_fn fn, void *ctx) { f->route_fn = fn, f->route_ctx = ctx; }
+
+void fwd_set_replay(fwd_ctx *f, fwd_replay_fn fn, void *ctx) { f->replay_fn = fn, f->replay_ctx = ctx; }
 
 void fwd_times(const fwd_ctx *f, double *seconds) { memcpy(seconds, f->t, sizeof f->t); }
 
@@ -301,11 +305,10 @@ static int moe_layer(fwd_ctx *f, int layer, const float *h, int T, float *out, i
     // s = x W_gate^T; experts, weights = top-K of s + bias                 [T, E] -> [T, K]
     nn_matmul(f->rlog, h, &mw->gate, T);
     router r = router_from_config(&f->m->cfg, mw->e_score_correction_bias);
-    for (int t = 0; t < T; t++) {
-        router_select(&r, f->rlog + (size_t)t * E, f->ridx + (size_t)t * K, f->rw + (size_t)t * K);
-        if (f->route_counts)
-            for (int k = 0; k < K; k++) f->route_counts[(size_t)layer * E + f->ridx[t * K + k]]++;
-    }
+    for (int t = 0; t < T; t++) router_select(&r, f->rlog + (size_t)t * E, f->ridx + (size_t)t * K, f->rw + (size_t)t * K);
+    if (f->replay_fn) f->replay_fn(f->replay_ctx, layer, f->rows, T, f->ridx, f->rw); /* replaces the choice */
+    if (f->route_counts)
+        for (int i = 0; i < T * K; i++) f->route_counts[(size_t)layer * E + f->ridx[i]]++;
     if (f->route_fn) f->route_fn(f->route_ctx, layer, f->rows, T, f->ridx, f->rw);
     if (idx_out) memcpy(idx_out, f->ridx, (size_t)T * K * sizeof *idx_out);
     if (w_out) memcpy(w_out, f->rw, (size_t)T * K * sizeof *w_out);
@@ -382,6 +385,7 @@ int fwd_step(fwd_ctx *f, const fwd_row *rows, int T, fwd_out *out) {
     double t0 = dh_now();
     head(f, rows, T, m->norm, &m->lm_head, out ? out->logits : NULL);
     f->t[FWD_T_HEAD] += dh_now() - t0;
+    if (f->replay_fn) f->replay_fn(f->replay_ctx, -1, rows, T, NULL, NULL);
     if (f->route_fn) f->route_fn(f->route_ctx, -1, rows, T, NULL, NULL);
     return 0;
 }
@@ -409,6 +413,7 @@ int fwd_mtp(fwd_ctx *f, const fwd_row *rows, const float *hidden, int T, float *
     f->rows = rows;
     int rc = block(f, L, rows, T, NULL, NULL);
     if (rc) return rc;
+    if (f->replay_fn) f->replay_fn(f->replay_ctx, -1, rows, T, NULL, NULL);
     if (f->route_fn) f->route_fn(f->route_ctx, -1, rows, T, NULL, NULL);
     head(f, rows, T, lw->shared_head_norm, &lw->shared_head_head, logits);
     memcpy(f->t, before, sizeof before); /* the MTP block counts as MTP only */

@@ -61,6 +61,13 @@ void fwd_set_route_counts(fwd_ctx *f, uint64_t *counts);
 typedef void (*fwd_route_fn)(void *ctx, int layer, const fwd_row *rows, int T, const int *idx, const float *w);
 void fwd_set_route_hook(fwd_ctx *f, fwd_route_fn fn, void *ctx); /* NULL fn stops */
 
+/* A routing replay (coordinator/replay.h): called after the router of every MoE layer with
+ * the step's rows and the router's choice idx [T, K], w [T, K], which it may replace (before
+ * the routing counts, the observer and the experts see them); then once with layer -1 (idx, w
+ * NULL) when the step is done. */
+typedef void (*fwd_replay_fn)(void *ctx, int layer, const fwd_row *rows, int T, int *idx, float *w);
+void fwd_set_replay(fwd_ctx *f, fwd_replay_fn fn, void *ctx); /* NULL fn stops */
+
 /* Seconds spent so far in each part of the forward pass (wall time of the engine thread). */
 enum { FWD_T_ATTENTION, FWD_T_MOE, FWD_T_DENSE, FWD_T_HEAD, FWD_T_MTP, FWD_T_COUNT };
 void fwd_times(const fwd_ctx *f, double *seconds /* [FWD_T_COUNT] */);

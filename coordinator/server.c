@@ -785,6 +785,13 @@ static void metrics_text(srv *s, struct evbuffer *b) {
     family(b, "darkhorse_model_info", "gauge", "the served model");
     evbuffer_add_printf(b, "darkhorse_model_info{model=\"%s\",context=\"%d\",workers=\"%d\"} 1\n", lv,
                         s->p.max_context, s->p.stat_workers);
+    family(b, "darkhorse_routing_replay", "gauge", "1: the experts come from a routing trace, not the router");
+    if (s->p.routing_replay) {
+        label_value(lv, sizeof lv, s->p.routing_replay);
+        evbuffer_add_printf(b, "darkhorse_routing_replay{file=\"%s\",order=\"%s\"} 1\n", lv, s->p.replay_order);
+    } else {
+        evbuffer_add_printf(b, "darkhorse_routing_replay 0\n");
+    }
     metrics_http(s, b);
     metrics_engine(s, b);
     metrics_cluster(s, b);

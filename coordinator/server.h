@@ -28,6 +28,8 @@ typedef struct srv_params {
     int max_context;          /* prompt + max_tokens at most (the engine's max_context) */
     double shutdown_grace;    /* seconds requests in flight may run on after SIGTERM/SIGINT */
     int stat_layers, stat_experts, stat_workers; /* sizes of the engine's ls_stats */
+    const char *routing_replay; /* the --routing-replay trace, or NULL (off) */
+    const char *replay_order;   /* its order, "turns" or "domain" */
 } srv_params;
 
 /* A server for model m (its vocabulary size and domain names) and tokenizer tok, both kept and

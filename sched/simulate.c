@@ -13,8 +13,22 @@
  * The time model is a star: each worker has its own link to the coordinator, and the
  * exchange waits for the slowest worker (moe_mpi.c's finish waits for every reply). 6 * D * F
  * is the SwiGLU's flops per (token, expert): three [D, F] products of 2 flops a term, the rate
- * moe_mpi.c's deadline assumes. The coordinator's own work (attention, shared experts, head)
- * is not modelled. Entries with id -1 (a layer a live trace did not record) are skipped, and a
+ * moe_mpi.c's deadline assumes.
+ *
+ * The coordinator and the host (docs/cluster.md), when coord_ms or ranks_per_host is set: a
+ * step is the coordinator's own work (coord_ms, measured at one core: attention, the dense
+ * layer, the head) plus, per MoE layer, the router (2 * D * E flops a token) and the exchange
+ * from dispatch to combine, which also holds the shared experts the coordinator computes while
+ * the workers work (6 * D * Fs flops a token): exchange = max(slowest worker, shared). With R
+ * ranks on one host of C cores, every rank's main thread is always runnable (Open MPI polls
+ * while it waits), so a worker computes at min(1, C / R) of a core and the coordinator, with
+ * Tc threads, at Tc * min(1, C / (Tc + R - 1)) cores; without a host, workers at one core and
+ * the coordinator at Tc cores. With coord_link_gbps, the coordinator's own link carries all
+ * the requests (and, the other way, all the replies): the exchange takes at least 2 * latency
+ * + max(requests, replies) * 8 / its bandwidth. With mem_gbs, a worker also reads the weights
+ * of each distinct expert it uses in a (layer, step) (expert_bytes each: small batches are
+ * bound by this, not by flops), at the host's bandwidth shared by its R - 1 workers (the
+ * coordinator's shared experts read theirs at the same share). Entries with id -1 (a layer a live trace did not record) are skipped, and a
  * (layer, step) with no pairs at all counts in neither imbalance, fan-out, bytes nor time. */
 #include "simulate.h"
 
@@ -98,6 +112,11 @@ typedef struct sim_run_state {
     int W, K, B;
     int *idx, *wk;        /* [B, K] */
     int *load, *rows;     /* [W + 1] */
+    int *touched;         /* [W + 1] distinct experts of each worker this (layer, step) */
+    uint8_t *used;        /* [W + 1, E] */
+    int E;
+    double touched_sum;
+    uint64_t touched_n;
     double *imb;          /* imbalance of every (layer, step) */
     size_t n_imb, cap_imb;
     double fan_sum;
@@ -112,6 +131,8 @@ static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, 
     disp_assign(d, p, pl, st->idx, B, K, st->wk);
     memset(st->load, 0, (size_t)(W + 1) * sizeof *st->load);
     memset(st->rows, 0, (size_t)(W + 1) * sizeof *st->rows);
+    memset(st->touched, 0, (size_t)(W + 1) * sizeof *st->touched);
+    memset(st->used, 0, (size_t)(W + 1) * st->E);
     uint64_t pairs = 0;
     for (int t = 0; t < B; t++) {
         const int *tw = st->wk + (size_t)t * K;
@@ -119,6 +140,8 @@ static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, 
         for (int k = 0; k < K; k++) {
             if (tw[k] < 0) continue;
             st->load[tw[k]]++, pairs++;
+            uint8_t *u = &st->used[(size_t)tw[k] * st->E + st->idx[t * K + k]];
+            if (!*u) *u = 1, st->touched[tw[k]]++;
             int first = 1;
             for (int k2 = 0; k2 < k; k2++) first &= tw[k2] != tw[k];
             if (first) st->rows[tw[k]]++, distinct++;
@@ -133,24 +156,56 @@ static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, 
         st->imb[st->n_imb++] = mx / ((double)pairs / W);
     }
     if (!pairs) return 0; /* a layer the trace did not record (-1): no exchange at all */
-    double worst = 0, act = (double)sp->wire_bytes * sp->hidden_size;
+    for (int w = 1; w <= W; w++) st->touched_sum += st->touched[w];
+    st->touched_n++;
+    double bw = sim_read_gbs(sp) * 1e9;
+    double worst = 0, act = (double)sp->wire_bytes * sp->hidden_size, all_req = 0, all_rep = 0;
+    double fw = sp->ranks_per_host > 0 ? DH_MIN(1.0, (double)sp->cores_per_host / sp->ranks_per_host) : 1.0;
     for (int w = 1; w <= W; w++) {
         double req = st->rows[w] * (K * 8.0 + act), rep = st->rows[w] * act;
         double rate = (sp->worker_gflops ? sp->worker_gflops[w - 1] : SIM_DEFAULT_GFLOPS) * 1e9;
         double s = 2 * sp->link_us * 1e-6 + (req + rep) * 8 / (sp->link_gbps * 1e9) +
-                   st->load[w] * 6.0 * sp->hidden_size * sp->ffn_size / rate;
+                   st->load[w] * 6.0 * sp->hidden_size * sp->ffn_size / (rate * fw) +
+                   (bw > 0 ? st->touched[w] * sp->expert_bytes / bw : 0);
         worst = DH_MAX(worst, s);
         sim_worker *sw = &r->workers[w];
         sw->pairs += (uint64_t)st->load[w], sw->rows += (uint64_t)st->rows[w];
         sw->bytes_in += (uint64_t)req, sw->bytes_out += (uint64_t)rep, sw->busy_s += s;
-        st->bytes += req + rep;
+        st->bytes += req + rep, all_req += req, all_rep += rep;
     }
+    /* the coordinator's link carries every request out and every reply in (full duplex) */
+    if (sp->coord_link_gbps > 0)
+        worst = DH_MAX(worst, 2 * sp->link_us * 1e-6 + DH_MAX(all_req, all_rep) * 8 / (sp->coord_link_gbps * 1e9));
     return worst;
+}
+
+/* The coordinator's cores while it computes (see the top). */
+static double coord_cores(const sim_params *sp) {
+    int R = sp->ranks_per_host, C = sp->cores_per_host;
+    int Tc = sp->coord_threads > 0 ? sp->coord_threads : R > 0 ? C : 1;
+    if (R <= 0) return Tc;
+    return Tc * DH_MIN(1.0, (double)C / (Tc + R - 1));
+}
+
+/* Seconds of the router and the shared experts of one layer of B tokens on the coordinator. */
+static void coord_layer(const sim_params *sp, int B, int E, double *router_s, double *shared_s) {
+    double rate = (sp->coord_gflops > 0 ? sp->coord_gflops : sp->worker_gflops ? sp->worker_gflops[0]
+                                                                                : SIM_DEFAULT_GFLOPS) * 1e9 * coord_cores(sp);
+    *router_s = B * 2.0 * sp->hidden_size * E / rate;
+    *shared_s = B * 6.0 * sp->hidden_size * sp->shared_ffn / rate;
+    if (sp->mem_gbs > 0 && sp->ffn_size > 0) /* the shared pathway is Fs / F experts' weights */
+        *shared_s += (double)sp->shared_ffn / sp->ffn_size * sp->expert_bytes / (sim_read_gbs(sp) * 1e9);
+}
+
+double sim_read_gbs(const sim_params *sp) {
+    if (!(sp->mem_gbs > 0)) return 0;
+    return sp->ranks_per_host > 1 ? sp->mem_gbs / (sp->ranks_per_host - 1) : sp->mem_gbs;
 }
 
 int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_result *r) {
     memset(r, 0, sizeof *r);
-    int W = p->n_workers, K = t->top_k, B = sp->batch, L = t->n_layers, M = 0;
+    int Kt = t->top_k, K = sp->top_k > 0 && sp->top_k < Kt ? sp->top_k : Kt;
+    int W = p->n_workers, B = sp->batch, L = t->n_layers, M = 0;
     if (p->n_experts != t->n_experts || B < 1 || W < 1) {
         log_error("simulate: the plan is for %d experts and the trace has %d (batch %d, %d workers)", p->n_experts,
                   t->n_experts, B, W);
@@ -179,18 +234,32 @@ int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_resul
     sim_run_state st = {.W = W, .K = K, .B = B};
     st.idx = xmalloc((size_t)B * K * sizeof *st.idx), st.wk = xmalloc((size_t)B * K * sizeof *st.wk);
     st.load = xmalloc((size_t)(W + 1) * sizeof *st.load), st.rows = xmalloc((size_t)(W + 1) * sizeof *st.rows);
+    st.touched = xmalloc((size_t)(W + 1) * sizeof *st.touched), st.E = p->n_experts;
+    st.used = xmalloc((size_t)(W + 1) * (size_t)p->n_experts);
     size_t *tok = xmalloc((size_t)B * sizeof *tok);
     disp_state *d = disp_new(sp->dispatch, p->n_layers, p->n_experts, W);
-    double time_sum = 0;
+    double time_sum = 0, xchg_sum = 0, coord_sum = 0, router_s, shared_s;
+    router_s = shared_s = 0;
+    if (sp->coord_ms > 0 || sp->ranks_per_host > 0 || sp->shared_ffn > 0) /* the coordinator's model is on */
+        coord_layer(sp, B, t->n_experts, &router_s, &shared_s);
+    int run = M - (sp->skip_last && M > 1);
     while (next_step(&s, tok)) {
-        double step_s = 0;
-        for (int j = 0; j < M; j++) {
+        double step_s = 0, coord_s = sp->coord_ms * 1e-3 / coord_cores(sp);
+        for (int j = 0; j < run; j++) {
             int l = trace_layer_for(j, M, L);
-            for (int i = 0; i < B; i++)
-                for (int k = 0; k < K; k++) st.idx[i * K + k] = t->ids[(tok[i] * L + l) * K + k];
-            step_s += layer_step(&st, d, p, moe[j], sp, r);
+            for (int i = 0; i < B; i++) {
+                size_t o = (tok[i] * L + l) * Kt;
+                if (K == Kt)
+                    for (int k = 0; k < K; k++) st.idx[i * K + k] = t->ids[o + k];
+                else
+                    trace_keep_heaviest(t->ids + o, t->weights + o, Kt, K, st.idx + i * K, NULL);
+            }
+            double x = layer_step(&st, d, p, moe[j], sp, r);
+            if (x > 0 || shared_s > 0) x = DH_MAX(x, shared_s), coord_s += router_s;
+            step_s += x;
         }
-        time_sum += step_s;
+        xchg_sum += step_s, coord_sum += coord_s;
+        time_sum += step_s + coord_s;
         r->steps++;
     }
     r->tokens = r->steps * B;
@@ -201,9 +270,13 @@ int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_resul
     r->fanout_mean = st.fan_n ? st.fan_sum / (double)st.fan_n : 0;
     r->bytes_per_token = r->tokens ? st.bytes / (double)r->tokens : 0;
     r->step_ms_mean = r->steps ? time_sum * 1e3 / (double)r->steps : 0;
+    r->exchange_ms_mean = r->steps ? xchg_sum * 1e3 / (double)r->steps : 0;
+    r->coord_ms_mean = r->steps ? coord_sum * 1e3 / (double)r->steps : 0;
+    r->touched_mean = st.touched_n ? st.touched_sum / (double)st.touched_n : 0;
     disp_free(d);
     stepper_free(&s);
-    free(st.idx), free(st.wk), free(st.load), free(st.rows), free(st.imb), free(tok), free(order), free(moe);
+    free(st.idx), free(st.wk), free(st.load), free(st.rows), free(st.imb), free(st.touched), free(st.used);
+    free(tok), free(order), free(moe);
     return 0;
 }
 

@@ -43,6 +43,18 @@ typedef struct sim_params {
     double link_gbps;            /* per worker link bandwidth, Gbit/s */
     double link_us;              /* one-way latency, microseconds */
     const uint8_t *is_moe;       /* [plan n_layers]: the plan's MoE layers; NULL: all */
+    int skip_last;               /* 1: the last MoE layer (the MTP block) does not run: plain decoding */
+    int top_k;                   /* the model's K < the trace's: keep the K heaviest (as the replay); 0: all */
+    /* The host and the coordinator (sim_run's time model; 0 everywhere: exchange only) */
+    int ranks_per_host;          /* R > 0: every rank, the coordinator's too, on one host of C cores */
+    int cores_per_host;          /* C */
+    int coord_threads;           /* the coordinator's threads; 0: C (or 1 without a host) */
+    double coord_ms;             /* coordinator's own work per step at one core: attention, dense, head */
+    double coord_gflops;         /* its rate per core for the router and the shared experts; 0: the workers' */
+    int shared_ffn;              /* width of the shared-expert pathway (n_shared * F); 0: none */
+    double coord_link_gbps;      /* the coordinator's own link, which every worker's bytes cross; 0: no limit */
+    double expert_bytes;         /* weights of one routed expert, read once per (layer, step) it is used */
+    double mem_gbs;              /* a host's read bandwidth for weights, GB/s, shared by its ranks; 0: off */
 } sim_params;
 
 sim_params sim_default_params(void);
@@ -59,7 +71,10 @@ typedef struct sim_result {
     double imbalance_mean, imbalance_p99;
     double fanout_mean;
     double bytes_per_token;      /* request + reply bytes, all layers, per token */
-    double step_ms_mean;         /* predicted, all layers of a step */
+    double step_ms_mean;         /* predicted, all layers of a step (+ the coordinator's own work) */
+    double exchange_ms_mean;     /* of which from dispatch to combine, all layers */
+    double coord_ms_mean;        /* of which the coordinator's own work outside the exchange */
+    double touched_mean;         /* distinct (worker, expert) of a (layer, step) with any pairs, averaged */
     long steps, tokens;
     int n_workers;
     sim_worker *workers;         /* [W + 1], index by rank; [0] unused */
@@ -70,6 +85,8 @@ typedef struct sim_result {
  * r->workers is malloc'd: sim_result_free. */
 int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_result *r);
 void sim_result_free(sim_result *r);
+/* The weight read bandwidth of one rank, GB/s: mem_gbs shared by the R - 1 workers of a host. */
+double sim_read_gbs(const sim_params *sp);
 
 /* The q-quantile (0..1) of v[n] (sorted in place), interpolating linearly between the two
  * nearest ranks: v[floor(h)] + (h - floor(h)) * (v[floor(h)+1] - v[floor(h)]), h = q * (n-1). */

@@ -69,3 +69,16 @@ int trace_layer_for(int j, int M, int L) {
     DH_ASSERT(M > 0 && j >= 0 && j < M);
     return (int)((long long)j * L / M);
 }
+
+void trace_keep_heaviest(const int16_t *ids, const float *weights, int Kt, int K, int *idx, float *w) {
+    unsigned char used[64] = {0};
+    DH_ASSERT(K <= Kt && Kt <= 64);
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        for (int i = 0; i < Kt; i++)
+            if (!used[i] && (best < 0 || weights[i] > weights[best])) best = i;
+        used[best] = 1;
+        idx[k] = ids[best];
+        if (w) w[k] = weights[best];
+    }
+}

@@ -59,4 +59,9 @@ int trace_select(const trace *t, trace_half h, int *order);
 
 /* The trace layer that model MoE layer j of M takes: floor(j * L / M). */
 int trace_layer_for(int j, int M, int L);
+
+/* The K heaviest of a record's Kt experts (K <= Kt <= 64), by weight, ties to the earlier one
+ * in the record: ids into idx [K] and their weights into w [K] (NULL: not wanted), heaviest
+ * first. The rule of a replay onto a model with fewer experts per token than the trace. */
+void trace_keep_heaviest(const int16_t *ids, const float *weights, int Kt, int K, int *idx, float *w);
 #endif

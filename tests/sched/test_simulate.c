@@ -194,6 +194,74 @@ static void test_simulate_skips_what_a_live_trace_did_not_record(void) {
     sim_result_free(&r);
 }
 
+static void test_simulate_host_model_shares_cores_and_adds_the_coordinator(void) {
+    /* The prefill case above (2 steps, w1 and w2 mirror each other) with the coordinator: 1000
+     * ms of its own work at one core, its rate 1000 flop/s a core, shared width 4.
+     * 3 ranks on 2 cores, 2 coordinator threads: workers at 2/3 of a core, the coordinator at
+     * 2 * min(1, 2 / 4) = 1 core. Slower worker: 0.002 + 2 * 0.64 + 3 * 0.192 / (2/3) = 2.146 s.
+     * Router: 2 tokens * 2 * D 8 * E 4 = 128 flop = 0.128 s; shared: 2 * 6 * 8 * 4 = 384 flop =
+     * 0.384 s, under the workers' 2.146. Step 2.146 + 1 + 0.128 = 3.274 s. */
+    static const int lens[2] = {2, 3};
+    static const int ids[5][2] = {{0, 1}, {0, 2}, {2, 3}, {1, 3}, {0, 1}};
+    sim_params sp = hand_params(SIM_PREFILL, 2);
+    sp.ranks_per_host = 3, sp.cores_per_host = 2, sp.coord_threads = 2;
+    sp.coord_ms = 1000, sp.coord_gflops = 1e-6, sp.shared_ffn = 4;
+    sim_result r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
+    CU_ASSERT_EQUAL(r.steps, 2);
+    CLOSE(r.exchange_ms_mean, 2146);
+    CLOSE(r.coord_ms_mean, 1128);
+    CLOSE(r.step_ms_mean, 3274);
+    sim_result_free(&r);
+    /* shared width 40: 3840 flop = 3.84 s, longer than the workers: the exchange waits for it */
+    sp.shared_ffn = 40;
+    r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
+    CLOSE(r.exchange_ms_mean, 3840);
+    CLOSE(r.step_ms_mean, 3840 + 1128);
+    sim_result_free(&r);
+    /* no shared host, one coordinator thread: workers at a whole core (1.858 s, as above) */
+    sp.shared_ffn = 4, sp.ranks_per_host = 0, sp.cores_per_host = 0, sp.coord_threads = 0;
+    r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
+    CLOSE(r.step_ms_mean, 1858 + 1128);
+    sim_result_free(&r);
+    /* the coordinator's link at 1e-6 Gbit/s: step 1 sends 3 rows of 48 bytes (w1 2, w2 1) and gets
+     * 3 of 32 back: 0.002 + 144 * 8 / 1000 = 1.154 s, under the workers' 1.858; at 0.5e-6 Gbit/s
+     * 0.002 + 2.304 = 2.306 s, over them */
+    sp.coord_link_gbps = 1e-6;
+    r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
+    CLOSE(r.exchange_ms_mean, 1858);
+    sim_result_free(&r);
+    sp.coord_link_gbps = 0.5e-6;
+    r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
+    CLOSE(r.exchange_ms_mean, 2306);
+    sim_result_free(&r);
+    sp.coord_link_gbps = 0;
+    /* weights read at 1000 B/s, 1000 bytes an expert: step 1 w1 uses experts 0, 1 (w2 only 2),
+     * step 2 the mirror: 2 s more for the slower worker, 3 distinct (worker, expert) a step; the
+     * shared pathway (width 4 = F: one expert's weights) 1 s + 0.384 s, under the workers */
+    sp.expert_bytes = 1000, sp.mem_gbs = 1e-6;
+    r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
+    CLOSE(r.exchange_ms_mean, 3858);
+    CLOSE(r.step_ms_mean, 3858 + 1128);
+    CLOSE(r.touched_mean, 3);
+    sim_result_free(&r);
+    /* 3 ranks on the host: its 2 workers share the bandwidth, 4 s for the slower one's 2 experts */
+    sp.ranks_per_host = 3, sp.cores_per_host = 2, sp.coord_threads = 2;
+    r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
+    CLOSE(r.exchange_ms_mean, 2146 + 4000);
+    sim_result_free(&r);
+    sp.ranks_per_host = 0, sp.cores_per_host = 0, sp.coord_threads = 0, sp.mem_gbs = 0;
+    /* skip_last: of 2 layers only the first runs (the second, the MTP block's, would double it) */
+    trace *t = trace_new(2, 4, 2, 1, 2);
+    t->n_domains = 1;
+    t->seqs[0] = (trace_seq){.n_tokens = 2};
+    static const int16_t two[8] = {0, 1, 0, 1, 0, 2, 0, 2}; /* [token][layer][k] */
+    memcpy(t->ids, two, sizeof two);
+    sp.skip_last = 1;
+    r = replay(t, make_plan(2, contiguous), &sp);
+    CLOSE(r.step_ms_mean, 1858 + 1128);
+    sim_result_free(&r);
+}
+
 static void test_simulate_quantile_interpolates_linearly(void) {
     double v[5] = {5, 1, 4, 2, 3};                 /* sorted 1..5; h = 0.99 * 4 = 3.96 */
     CLOSE(sim_quantile(v, 5, 0.99), 4.96);
@@ -209,6 +277,7 @@ static CU_TestInfo simulate_tests[] = {
     {"replicas under turns take tokens in turn across steps", test_simulate_replicas_under_turns_take_tokens_in_turn_across_steps},
     {"model MoE layers take trace layer floor(j L / M)", test_simulate_model_layers_take_trace_layer_floor_j_l_over_m},
     {"what a live trace did not record is skipped", test_simulate_skips_what_a_live_trace_did_not_record},
+    {"the host model shares cores and adds the coordinator", test_simulate_host_model_shares_cores_and_adds_the_coordinator},
     {"the p99 interpolates linearly between ranks", test_simulate_quantile_interpolates_linearly},
     CU_TEST_INFO_NULL,
 };
