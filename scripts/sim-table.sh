@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # sim-table.sh: the first placement table of docs/placement.md. Plans contiguous, round-robin
 # and balanced for W workers (default 4) are made from the expert loads of the FIRST half of the
-# vendored ESFT trace (tests/sched/trace_tool.c over sched/placement.c's place_compute, until
-# `darkhorse place` exists), then `darkhorse simulate` replays the SECOND half against each, B
+# vendored ESFT trace (tests/sched/trace_tool.c over sched/placement.c's place_compute, without
+# the slot limit that `darkhorse place --algo balanced` applies), then `darkhorse simulate` replays the SECOND half against each, B
 # (default 64) in decode and in prefill, and a markdown table goes to stdout.
 #   scripts/sim-table.sh [W] [B]
 set -euo pipefail
