@@ -47,8 +47,7 @@ static int model_layers(const char *dir, int E, int L_trace, int *n_layers, uint
         log_error("%s: the model has %d experts a layer, the trace %d", dir, m->cfg.n_routed_experts, E);
         rc = -1;
     }
-    int M = 0;
-    for (int l = 0; l < m->n_layers; l++) M += m->layers[l].is_moe;
+    int M = model_moe_layers(m);
     *n_layers = m->n_layers;
     *is_moe = xcalloc((size_t)m->n_layers, 1);
     *map = xmalloc((size_t)m->n_layers * sizeof **map);

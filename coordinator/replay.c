@@ -106,8 +106,7 @@ static int make_list(const trace *t, rpl_order order, int *list) {
 
 rpl *rpl_open(const char *path, const model *m, rpl_order order) {
     const model_config *c = &m->cfg;
-    int M = 0;
-    for (int l = 0; l < m->n_layers; l++) M += m->layers[l].is_moe != 0;
+    int M = model_moe_layers(m);
     if (M == 0) {
         log_error("%s: the model has no MoE layers: no routing to replay", path);
         return NULL;

@@ -53,8 +53,7 @@ struct trec {
 
 trec *trec_open(const char *path, const model *m, int max_rows) {
     const model_config *c = &m->cfg;
-    int M = 0;
-    for (int l = 0; l < m->n_layers; l++) M += m->layers[l].is_moe != 0;
+    int M = model_moe_layers(m);
     if (M == 0) {
         log_error("%s: the model has no MoE layers: no routing to record", path);
         return NULL;

@@ -454,3 +454,9 @@ double model_active_bytes(const model *m) { return active(m, 0); }
 double model_active_params(const model *m) { return active(m, 1); }
 
 uint64_t model_weight_bytes(const model *m) { return st_mapped_bytes(m->st) + m->owned_bytes; }
+
+int model_moe_layers(const model *m) {
+    int M = 0;
+    for (int l = 0; l < m->n_layers; l++) M += m->layers[l].is_moe != 0;
+    return M;
+}

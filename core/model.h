@@ -91,6 +91,9 @@ void model_free(model *m);      /* model_free(NULL) does nothing */
 double model_active_bytes(const model *m);
 /* The same in parameters: bits per weight = 8 * bytes / params. */
 double model_active_params(const model *m);
+/* MoE layers among the n_layers loaded, the MTP block's included: M of the layer map that
+ * routing traces use (model MoE layer j takes trace layer floor(j * L / M)). */
+int model_moe_layers(const model *m);
 /* Memory the model holds: mapped tensor bytes plus owned converted buffers. */
 uint64_t model_weight_bytes(const model *m);
 #endif

@@ -72,29 +72,10 @@ double mig_imbalance(const place_plan *p, const double *load, const double *capa
 }
 
 /* workers of b's entry i missing from a's */
-static int added_at(const place_plan *a, const place_plan *b, int l, int e) {
-    int na, nb, n = 0;
-    const int *wa = place_get(a, l, e, &na), *wb = place_get(b, l, e, &nb);
-    for (int j = 0; j < nb; j++) {
-        int found = 0;
-        for (int i = 0; i < na && !found; i++) found = wa[i] == wb[j];
-        n += !found;
-    }
-    return n;
-}
-
 static int same_at(const place_plan *a, const place_plan *b, int l, int e) {
     int na, nb;
     const int *wa = place_get(a, l, e, &na), *wb = place_get(b, l, e, &nb);
     return na == nb && memcmp(wa, wb, (size_t)na * sizeof *wa) == 0;
-}
-
-int mig_added(const place_plan *a, const place_plan *b) {
-    DH_ASSERT(a->n_layers == b->n_layers && a->n_experts == b->n_experts);
-    int n = 0;
-    for (int l = 0; l < a->n_layers; l++)
-        for (int e = 0; e < a->n_experts; e++) n += added_at(a, b, l, e);
-    return n;
 }
 
 static place_plan *copy_plan(const place_plan *p) {
@@ -172,7 +153,7 @@ place_plan *mig_limit(const place_plan *old, const place_plan *ideal, const doub
     // candidates: the entries where want differs, each with the placements it adds
     int *cost = xmalloc((n + 1) * sizeof *cost);
     for (size_t i = 0; i < n; i++)
-        cost[i] = same_at(old, want, (int)(i / E), (int)(i % E)) ? -1 : added_at(old, want, (int)(i / E), (int)(i % E));
+        cost[i] = same_at(old, want, (int)(i / E), (int)(i % E)) ? -1 : place_added_at(old, want, (int)(i / E), (int)(i % E));
     int budget = max_moves < 0 ? INT_MAX : max_moves, total = 0;
     for (;;) {
         long best = -1;

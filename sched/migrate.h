@@ -16,9 +16,6 @@
  * (NULL: uniform), capacity [W] (NULL: equal). 1 when there is no load at all. */
 double mig_imbalance(const place_plan *p, const double *load, const double *capacity);
 
-/* Placements of b missing from a: (layer, expert, worker) triples a worker would have to map
- * to go from a to b (the plans must have the same sizes). */
-int mig_added(const place_plan *a, const place_plan *b);
 
 /* A plan between old and ideal (same sizes, both hosting every expert of the MoE layers). The
  * ideal plan's workers are first renamed per layer to share the most experts with old's (only

@@ -51,6 +51,25 @@ const int *place_get(const place_plan *p, int l, int e, int *n) {
     return p->workers + p->offsets[i];
 }
 
+int place_added_at(const place_plan *from, const place_plan *to, int l, int e) {
+    int na, nb, n = 0;
+    const int *wa = place_get(from, l, e, &na), *wb = place_get(to, l, e, &nb);
+    for (int j = 0; j < nb; j++) {
+        int found = 0;
+        for (int i = 0; i < na && !found; i++) found = wa[i] == wb[j];
+        n += !found;
+    }
+    return n;
+}
+
+int place_added(const place_plan *from, const place_plan *to) {
+    DH_ASSERT(from->n_layers == to->n_layers && from->n_experts == to->n_experts);
+    int n = 0;
+    for (int l = 0; l < to->n_layers; l++)
+        for (int e = 0; e < to->n_experts; e++) n += place_added_at(from, to, l, e);
+    return n;
+}
+
 static int cmp_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
 
 void place_set(place_plan *p, int l, int e, const int *ws, int n) {

@@ -51,6 +51,12 @@ void place_set(place_plan *p, int l, int e, const int *ws, int n);
 /* Workers of (l, e): *n of them; borrowed until the plan changes. */
 const int *place_get(const place_plan *p, int l, int e, int *n);
 
+/* Placements of `to` missing from `from` for (l, e): the workers that would have to map that
+ * expert to go from one plan to the other. place_added sums it over every (layer, expert): the
+ * moves of a migration, as --max-moves counts them (the plans must have the same sizes). */
+int place_added_at(const place_plan *from, const place_plan *to, int l, int e);
+int place_added(const place_plan *from, const place_plan *to);
+
 /* 0 if every expert of every MoE layer has at least one worker in 1..W and dense layers have
  * none; else DH_EINVAL with a message naming the first bad (layer, expert). */
 int place_validate(const place_plan *p, const uint8_t *is_moe);

@@ -153,21 +153,6 @@ place_plan *planner_compute(const plan_data *d, const planner_params *pp_in) {
     return p;
 }
 
-int planner_added(const place_plan *from, const place_plan *to) {
-    int added = 0;
-    for (int l = 0; l < to->n_layers; l++)
-        for (int e = 0; e < to->n_experts; e++) {
-            int n, m;
-            const int *a = place_get(to, l, e, &n), *b = place_get(from, l, e, &m);
-            for (int i = 0; i < n; i++) {
-                int found = 0;
-                for (int j = 0; j < m; j++) found |= a[i] == b[j];
-                added += !found;
-            }
-        }
-    return added;
-}
-
 place_plan *planner_migrate(const plan_data *d, const planner_params *pp_in, const place_plan *from,
                             int max_moves, int *made) {
     planner_params pp = *pp_in;

@@ -40,7 +40,4 @@ place_plan *planner_compute(const plan_data *d, const planner_params *pp);
  * budget is spent. *made receives the placements added. NULL with a message on bad input. */
 place_plan *planner_migrate(const plan_data *d, const planner_params *pp, const place_plan *from,
                             int max_moves, int *made);
-
-/* Placements (layer, expert, worker) of `to` that `from` does not have. */
-int planner_added(const place_plan *from, const place_plan *to);
 #endif

@@ -47,12 +47,12 @@ static void test_imbalance_is_the_busiest_worker_over_the_mean(void) {
 static void test_added_counts_placements_a_worker_must_map(void) {
     int a[2 * 4] = {0, 0, 0, 0, 1, 1, 2, 2}, b[2 * 4] = {0, 0, 0, 0, 1, 2, 1, 2};
     place_plan *pa = plan_of(2, 4, 2, a), *pb = plan_of(2, 4, 2, b);
-    CU_ASSERT_EQUAL(mig_added(pa, pb), 2); /* expert 1 to worker 2, expert 2 to worker 1 */
-    CU_ASSERT_EQUAL(mig_added(pa, pa), 0);
+    CU_ASSERT_EQUAL(place_added(pa, pb), 2); /* expert 1 to worker 2, expert 2 to worker 1 */
+    CU_ASSERT_EQUAL(place_added(pa, pa), 0);
     int two[2] = {1, 2};
     place_set(pb, 1, 0, two, 2); /* a replica of expert 0 on worker 2 */
-    CU_ASSERT_EQUAL(mig_added(pa, pb), 3);
-    CU_ASSERT_EQUAL(mig_added(pb, pa), 0 + 1 + 1); /* dropping a replica adds nothing */
+    CU_ASSERT_EQUAL(place_added(pa, pb), 3);
+    CU_ASSERT_EQUAL(place_added(pb, pa), 0 + 1 + 1); /* dropping a replica adds nothing */
     place_free(pa), place_free(pb);
 }
 
@@ -72,7 +72,7 @@ static void test_a_renumbered_ideal_plan_moves_only_what_it_must(void) {
     CU_ASSERT_EQUAL(worker_of(p, 1, 3), 2);
     CU_ASSERT_DOUBLE_EQUAL(mig_imbalance(old, load, NULL), 8.0 / 5, 1e-12);
     CU_ASSERT_DOUBLE_EQUAL(mig_imbalance(p, load, NULL), 6.0 / 5, 1e-12);
-    CU_ASSERT_EQUAL(mig_added(old, p), 1);
+    CU_ASSERT_EQUAL(place_added(old, p), 1);
     CU_ASSERT_EQUAL(place_validate(p, moe2), 0);
     place_free(p);
     /* no budget: the old plan */
@@ -99,7 +99,7 @@ static void test_the_budget_goes_to_the_moves_that_gain_most(void) {
         place_plan *p = mig_limit(old, ideal, load, NULL, want[k].budget, &moved);
         if (moved != want[k].moved) printf("\n  budget %d: %d moves, not %d\n", want[k].budget, moved, want[k].moved);
         CU_ASSERT_EQUAL(moved, want[k].moved);
-        CU_ASSERT_EQUAL(mig_added(old, p), moved);
+        CU_ASSERT_EQUAL(place_added(old, p), moved);
         CU_ASSERT_DOUBLE_EQUAL(mig_imbalance(p, load, NULL), want[k].imbalance, 1e-12);
         CU_ASSERT_EQUAL(worker_of(p, 1, 1), 2); /* the first move, in every budget */
         CU_ASSERT_EQUAL(worker_of(p, 1, 2), 2); /* never moved: no gain */
@@ -158,7 +158,7 @@ static void test_random_plans_stay_valid_within_budget_and_never_worse(void) {
             double imb = mig_imbalance(p, load, NULL);
             CU_ASSERT_EQUAL(place_validate(p, moe5), 0);
             CU_ASSERT(budgets[k] < 0 || moved <= budgets[k]);
-            CU_ASSERT_EQUAL(mig_added(old, p), moved);
+            CU_ASSERT_EQUAL(place_added(old, p), moved);
             if (imb > prev + 1e-12) printf("\n  trial %d budget %d: imbalance %.6f above %.6f\n", trial, budgets[k], imb, prev);
             CU_ASSERT(imb <= prev + 1e-12);
             prev = imb;

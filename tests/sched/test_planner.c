@@ -156,7 +156,7 @@ static void test_migration_adds_at_most_max_moves_placements(void) {
     place_plan *from = planner_compute(d, &pp);
     pp.algo = NULL, pp.slots = 5;
     place_plan *best = planner_compute(d, &pp);
-    int unlimited = planner_added(from, best);
+    int unlimited = place_added(from, best);
     CU_ASSERT(unlimited > 3); /* the affinity plan is far from contiguous: the budget binds */
     for (int m = 0; m <= 3; m++) {
         int made;
@@ -164,7 +164,7 @@ static void test_migration_adds_at_most_max_moves_placements(void) {
         CU_ASSERT_PTR_NOT_NULL_FATAL(p);
         CU_ASSERT_EQUAL(place_validate(p, all), 0);
         CU_ASSERT(made <= m);
-        CU_ASSERT_EQUAL(planner_added(from, p), made);
+        CU_ASSERT_EQUAL(place_added(from, p), made);
         if (m == 3) CU_ASSERT(made >= 1); /* contiguous splits the domains' experts evenly: a move helps */
         place_free(p);
     }
