@@ -58,13 +58,6 @@ void experts_free(experts_host *h) {
     free(h);
 }
 
-void experts_set_model(experts_host *h, const model *m) {
-    const model_config *c = &m->cfg;
-    DH_ASSERT(c->hidden_size == h->D && c->moe_intermediate_size == h->F && c->n_routed_experts == h->E &&
-              c->num_experts_per_tok == h->K);
-    h->m = m;
-}
-
 void experts_ffn(const ffn_weights *f, const float *x, int T, float *y, float *g, float *u) {
     int D = f->gate_proj.cols, F = f->gate_proj.rows;
     // g, u = W_gate x, W_up x (one pass of the pool)           [T, F]

@@ -11,13 +11,11 @@
 
 typedef struct experts_host experts_host; /* owned by the thread that runs the experts */
 
-/* Host the experts of m (those it loaded) for batches of up to max_rows tokens. Keeps m,
- * which must outlive it. */
+/* Host the experts of m (those its views hold, read at every run: a worker edits them at a
+ * re-plan between two runs) for batches of up to max_rows tokens. Keeps m, which must outlive
+ * it. */
 experts_host *experts_new(const model *m, int max_rows);
 void experts_free(experts_host *h);        /* NULL ok */
-/* Run the experts of m from now on: another load of the same checkpoint (hosting other
- * experts, after a re-plan), kept as experts_new keeps its model. The scratch stays. */
-void experts_set_model(experts_host *h, const model *m);
 
 /* out[t] = sum over k of w[t,k] * expert_{idx[t,k]}(x[t]) for MoE layer `layer`, summed in
  * ascending expert index; entries with idx < 0 are skipped (not hosted here). x [T, D],

@@ -43,9 +43,23 @@ static void *own(model *m, size_t bytes) {
         fprintf(stderr, "darkhorse: out of memory allocating %zu bytes of weights\n", bytes);
         abort();
     }
+    m->owned_len = xrealloc(m->owned_len, (size_t)m->cap_owned * sizeof *m->owned_len);
+    m->owned_len[m->n_owned] = bytes;
     m->owned[m->n_owned++] = p;
     m->owned_bytes += bytes;
     return p;
+}
+
+/* Free p if it is one of m's owned buffers (swapped out of the list); else nothing. */
+static void disown(model *m, const void *p) {
+    for (int i = 0; p && i < m->n_owned; i++) {
+        if (m->owned[i] != p) continue;
+        free(m->owned[i]);
+        m->owned_bytes -= m->owned_len[i];
+        m->n_owned--;
+        m->owned[i] = m->owned[m->n_owned], m->owned_len[i] = m->owned_len[m->n_owned];
+        return;
+    }
 }
 
 /* The storage of a checkpoint written by `darkhorse quantize`: its 2-D tensors are U8 rows of
@@ -152,9 +166,11 @@ static void convert_task(void *ctx, int task, int thread) {
 }
 
 /* src converted to dtype `to`, in a buffer the model owns; on the nn pool's threads when it is
- * running (q4k's fits cost ~10 ns a weight) */
-static wmat convert(model *m, const wmat *src, int to) {
-    int rows = src->rows, cols = src->cols, nt = nn_pool() ? nn_threads() : 1;
+ * running (q4k's fits cost ~10 ns a weight), unless the load must stay on its own thread (the
+ * pool is not for two callers at once) */
+static wmat convert(loader *ld, const wmat *src, int to) {
+    model *m = ld->m;
+    int rows = src->rows, cols = src->cols, nt = nn_pool() && !ld->p->own_thread ? nn_threads() : 1;
     wmat w = {.dtype = (dh_dtype)to, .rows = rows, .cols = cols};
     convert_job j = {.src = src, .to = to, .buf = own(m, wt_bytes((dh_dtype)to, (size_t)rows, (size_t)cols))};
     j.rows = xcalloc((size_t)nt, sizeof *j.rows);
@@ -189,7 +205,7 @@ static wmat load_mat_as(loader *ld, const char *name, int rows, int cols, int to
     wmat stored = {.dtype = stored_dt(ld->m, t), .rows = rows, .cols = cols};
     stored.p.bf16 = d;
     if (to < 0 || to == (int)stored.dtype || !convertible(ld, name, cols, stored.dtype, to)) return stored;
-    w = convert(ld->m, &stored, to);
+    w = convert(ld, &stored, to);
     st_release(ld->m->st, t); /* the stored copy is not needed any more */
     return w;
 }
@@ -230,8 +246,8 @@ static void derive_absorbed(loader *ld, mla_weights *a, const model_config *c) {
     if (to == DT_Q8 || to == DT_Q4 || to == DT_Q4K || to == DT_F32) to = ld->p->weights >= 0 ? to : DT_F32;
     if (to != DT_F32 && convertible(ld, "the absorbed W_UK", Dn, DT_F32, to) &&
         convertible(ld, "the absorbed W_UV", C, DT_F32, to)) {
-        a->w_uk_t = convert(ld->m, &a->w_uk_t, to);
-        a->w_uv = convert(ld->m, &a->w_uv, to);
+        a->w_uk_t = convert(ld, &a->w_uk_t, to);
+        a->w_uv = convert(ld, &a->w_uv, to);
         free(uk_t);
         free(uv);
     } else {
@@ -411,9 +427,22 @@ void model_free(model *m) {
     free(m->layers);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
+    free(m->owned_len);
     free(m->inv_freq);
     st_close(m->st);
     free(m);
+}
+
+void model_release_expert(model *m, int layer, int e, const ffn_weights *f) {
+    static const char *const part[3] = {"gate_proj", "up_proj", "down_proj"};
+    const wmat *ws[3] = {&f->gate_proj, &f->up_proj, &f->down_proj};
+    for (int k = 0; k < 3; k++) {
+        disown(m, ws[k]->p.bf16); /* a converted copy (--weights) */
+        char name[256];
+        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.%s.weight", layer, e, part[k]);
+        const st_tensor *t = st_find(m->st, name);
+        if (t) st_release(m->st, t); /* its mapping (none left after a conversion) */
+    }
 }
 
 /* bytes (or, with params, elements) of a matrix */

@@ -59,6 +59,8 @@ typedef struct model_params {
     int experts;                /* load every routed expert (ignored when host is set) */
     const uint8_t *host;        /* [n_layers * E]: load routed expert (l, e) when host[l*E+e] */
     int mtp;                    /* load the MTP block when the checkpoint has one */
+    int own_thread;             /* convert on the calling thread only, never on the nn pool (a
+                                   load on a helper thread beside a serving one) */
 } model_params;
 
 typedef struct model {
@@ -76,6 +78,7 @@ typedef struct model {
     uint64_t config_hash;       /* FNV-1a of config.json bytes and the tensor index */
     /* owned buffers (converted weights), freed by model_free */
     void **owned;
+    size_t *owned_len;          /* [n_owned] their bytes */
     int n_owned, cap_owned;
     uint64_t owned_bytes;
 } model;
@@ -86,6 +89,12 @@ model_params model_default_params(void);  /* stored values, everything, MTP */
  * tensor, the shape found and the shape expected otherwise. */
 model *model_load(const char *dir, const model_params *p);
 void model_free(model *m);      /* model_free(NULL) does nothing */
+/* Give back the memory of routed expert (layer, e) of m: unmap its three tensors and free their
+ * converted copies (f is its views, as loaded into m; the caller has stopped using them and
+ * cleared any copy of them). Touches only m's mappings and owned buffers, never its views, so
+ * it may run on another thread while m's other experts serve, as long as nothing else loads
+ * into or releases from m meanwhile. */
+void model_release_expert(model *m, int layer, int e, const ffn_weights *f);
 /* Bytes of weight data the model reads per token (active parameters at their storage size):
  * attention, dense FFNs, shared experts, K routed experts per MoE layer and the head. */
 double model_active_bytes(const model *m);

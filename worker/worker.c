@@ -13,18 +13,23 @@
  * (experts_run), tells the coordinator it is done (status message) and returns one vector per
  * token. Buffers grow to the largest batch seen and are reused.
  *
- * A live re-plan (exchange.h: PREPARE, COMMIT, CANCEL). On PREPARE the worker receives the new
- * plan and starts a helper thread that loads the new plan's experts from this host's copy of
- * the checkpoint into a second model (model_load maps each tensor; the experts it keeps map the
- * same file pages again, already in the page cache, and those it gains are read from disk), then
- * touches every page of them, 4 MiB at a time with a 1 ms pause between, at nice 19: serving
- * the old plan goes on meanwhile on this thread, which alone calls MPI (FUNNELED). While a
- * helper runs, the wait for the next operation wakes every few milliseconds to see whether it
- * is done, and sends the coordinator its Ready (or the error) as soon as it is. COMMIT swaps
- * the two models between two operations, so no MoE layer sees both; the old one is freed
- * (munmap'd) on a thread of its own, so that the next layer does not wait for it. CANCEL
- * drops the new one. Weight conversion (--weights) of the gained experts runs inside
- * model_load, on the helper thread, at nice 19 but not in chunks.
+ * A live re-plan (exchange.h: PREPARE, COMMIT, CANCEL) moves only what changes. On PREPARE the
+ * worker receives the new plan and starts a helper thread, at nice 19, that loads the experts
+ * it gains, and only those, from this host's copy of the checkpoint into a load of their own
+ * (a "part": model_load with the gained experts' mask, so a checkpoint replaced on disk since
+ * start-up is noticed by its identity), converting them on that thread when --weights asks,
+ * then touches every page of them, 4 MiB at a time with a 1 ms pause between, so that the
+ * first layer after the switch takes no page faults. The experts it keeps are not mapped again:
+ * their views, pages and page-table entries stay as they are. Serving the old plan goes on
+ * meanwhile on this thread, which alone calls MPI (FUNNELED); while a helper runs, the wait for
+ * the next operation wakes every few milliseconds to see whether it is done, and sends the
+ * coordinator its Ready (or the error) as soon as it is. COMMIT, between two operations, edits
+ * the serving model's expert views in place: the gained ones point into the new part, the lost
+ * ones are cleared (so no MoE layer sees both plans): three matrix views copied per expert. The lost
+ * experts' memory is given back after the switch on a thread of its own at nice 19 (munmap,
+ * converted copies freed), and a part none of whose experts serve any more is freed whole.
+ * CANCEL drops the new part. Each expert in use belongs to one part: parts[0] is the start-up
+ * load (whose views are the ones served), then one part per re-plan that gained experts.
  *
  * Test hooks, read at each PREPARE (never set them in production): DH_FAULT_MAP_FAIL=R makes
  * rank R load its new plan from a path that does not exist, so that its mapping fails through
@@ -65,10 +70,12 @@ typedef struct prep {           /* a re-plan being prepared */
     /* the helper's inputs */
     int rank, weights, n_layers;
     const char *dir;            /* the checkpoint (or the fault hook's missing path) */
+    uint64_t identity;          /* the serving model's config_hash: the part must have it too */
     double delay_s;             /* DH_FAULT_MAP_DELAY */
     uint8_t *host;              /* [n_layers * E] the new plan's experts here */
+    uint8_t *gain;              /* [n_layers * E] those of them not hosted now */
     /* its outputs */
-    model *m;                   /* those experts, mapped and touched; NULL on failure */
+    model *m;                   /* the part: the gained experts, mapped and touched; NULL on failure */
     char err[512];
     double seconds;
     uint32_t hosted, gained;
@@ -78,14 +85,35 @@ typedef struct prep {           /* a re-plan being prepared */
     int ready_live;
 } prep;
 
+typedef struct part {           /* a load whose experts serve (see the top of this file) */
+    model *m;
+    int uses;                   /* experts of it in use */
+} part;
+
+typedef struct drop_item {      /* a lost expert, to give back after the switch */
+    model *from;                /* the part that loaded it */
+    int layer, e;
+    ffn_weights view;           /* its views, as they were served */
+} drop_item;
+
+typedef struct drop_job {       /* what the drop thread gives back (it frees the job too) */
+    drop_item *items;           /* [n_items] */
+    int n_items;
+    model **gone;               /* [n_gone] parts freed whole afterwards */
+    int n_gone;
+} drop_job;
+
 typedef struct wstate {
     const worker_opts *o;
     int rank, size;
-    model *m;
-    uint8_t *host;              /* [n_layers * E] the experts m holds */
+    model *m;                   /* the start-up load: its expert views are the plan in use */
+    uint8_t *host;              /* [n_layers * E] the experts m's views serve */
+    part *parts;                /* [n_parts] parts[0].m is m */
+    int n_parts;
+    model **owner;              /* [n_layers * E] the part holding each expert in use, or NULL */
     experts_host *h;
     prep pr;
-    pthread_t drop_thread;      /* frees a model the worker no longer serves */
+    pthread_t drop_thread;      /* gives back memory the worker no longer serves */
     int drop_live;
     int cap;                    /* rows the buffers hold */
     unsigned char *in;          /* payload */
@@ -229,6 +257,14 @@ static int apply_plan(wstate *s) {
             s->m = NULL;
         }
         if (!s->m && !*err) snprintf(err, sizeof err, "rank %d could not load its experts (see its log)", s->rank);
+        if (s->m) {
+            size_t n = (size_t)plan->n_layers * plan->n_experts;
+            s->owner = xcalloc(n + 1, sizeof *s->owner);
+            for (size_t i = 0; i < n; i++) s->owner[i] = s->host[i] ? s->m : NULL;
+            s->parts = xmalloc(sizeof *s->parts);
+            s->parts[0] = (part){s->m, (int)r.experts_hosted};
+            s->n_parts = 1;
+        }
         place_free(plan);
     } else {
         snprintf(err, sizeof err, "rank %d received a malformed placement plan", s->rank);
@@ -251,8 +287,8 @@ static void nap_ns(long ns) {
     nanosleep(&ts, NULL);
 }
 
-/* Read one byte of every page of the hosted experts' matrices, TOUCH_CHUNK bytes between two
- * pauses, so that the first layer after the switch takes no page faults. Stops early when
+/* Read one byte of every page of the part's experts (the gained ones), TOUCH_CHUNK bytes between
+ * two pauses, so that the first layer after the switch takes no page faults. Stops early when
  * cancelled. */
 static void touch_experts(prep *p) {
     const model *m = p->m;
@@ -262,10 +298,9 @@ static void touch_experts(prep *p) {
     for (int l = 0; l < m->n_layers; l++) {
         if (!m->layers[l].is_moe) continue;
         for (int e = 0; e < E; e++) {
-            if (!p->host[(size_t)l * E + e]) continue;
             const ffn_weights *f = &m->layers[l].moe.experts[e];
             const wmat *ws[3] = {&f->gate_proj, &f->up_proj, &f->down_proj};
-            for (int k = 0; k < 3; k++) {
+            for (int k = 0; k < 3 && f->gate_proj.rows; k++) {
                 const unsigned char *b = (const unsigned char *)ws[k]->p.bf16;
                 size_t bytes = wt_bytes(ws[k]->dtype, (size_t)ws[k]->rows, (size_t)ws[k]->cols);
                 for (size_t off = 0; b && off < bytes; off += 4096) {
@@ -281,23 +316,28 @@ static void touch_experts(prep *p) {
     (void)sink;
 }
 
-/* The helper thread: map the new plan's experts, touch them, say done. No MPI here. */
+/* The helper thread: load the gained experts into a part of their own, touch them, say done.
+ * It touches nothing of the serving model. No MPI here. */
 static void *prep_main(void *arg) {
     prep *p = arg;
     double t0 = dh_now();
     setpriority(PRIO_PROCESS, (id_t)gettid(), 19); /* serving first; a failure only costs speed */
     for (double until = t0 + p->delay_s; dh_now() < until && !atomic_load(&p->cancel);) nap_ns(10000000L);
     model_params mp = model_default_params();
-    mp.dense = 0, mp.host = p->host, mp.weights = p->weights;
+    mp.dense = 0, mp.host = p->gain, mp.weights = p->weights, mp.own_thread = 1;
     p->m = atomic_load(&p->cancel) ? NULL : model_load(p->dir, &mp);
-    if (p->m && p->m->n_layers != p->n_layers) {
-        snprintf(p->err, sizeof p->err, "rank %d: the plan has %d layers, the model at %.300s %d", p->rank,
-                 p->n_layers, p->dir, p->m->n_layers);
+    const char *wrong = !p->m ? NULL
+                        : p->m->n_layers != p->n_layers ? "has another number of layers than the plan"
+                        : p->m->config_hash != p->identity ? "is no longer the checkpoint this rank serves"
+                        : NULL;
+    if (wrong) {
+        snprintf(p->err, sizeof p->err, "rank %d: the checkpoint at %.300s %s (its identity or layers changed "
+                 "since start-up)", p->rank, p->dir, wrong);
         model_free(p->m);
         p->m = NULL;
     } else if (!p->m && !atomic_load(&p->cancel)) {
-        snprintf(p->err, sizeof p->err, "rank %d could not map the %u experts of its new plan from %.300s (see that "
-                 "rank's log)", p->rank, p->hosted, p->dir);
+        snprintf(p->err, sizeof p->err, "rank %d could not map the %u experts its new plan adds from %.300s (see "
+                 "that rank's log)", p->rank, p->gained, p->dir);
     }
     if (p->m) touch_experts(p);
     p->seconds = dh_now() - t0;
@@ -306,18 +346,44 @@ static void *prep_main(void *arg) {
 }
 
 static void *drop_main(void *arg) {
+    drop_job *j = arg;
     setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
-    model_free(arg);
+    for (int i = 0; i < j->n_items; i++) model_release_expert(j->items[i].from, j->items[i].layer, j->items[i].e,
+                                                              &j->items[i].view);
+    for (int i = 0; i < j->n_gone; i++) model_free(j->gone[i]);
+    free(j->items), free(j->gone), free(j);
     return NULL;
 }
 
-/* Free a model the worker no longer serves, on a thread of its own (munmap of a whole plan's
- * experts takes milliseconds that the next layer should not wait for). */
+/* Wait for the last drop (it takes milliseconds, and runs long before the next re-plan): the
+ * parts it gives back from must not be loaded into or measured meanwhile. */
+static void join_drop(wstate *s) {
+    if (s->drop_live) pthread_join(s->drop_thread, NULL);
+    s->drop_live = 0;
+}
+
+/* Give back what job lists on a thread of its own, so that the next layer does not wait for the
+ * munmaps (or here, if no thread can be started). Takes job. */
+static void drop_start(wstate *s, drop_job *j) {
+    join_drop(s);
+    s->drop_live = pthread_create(&s->drop_thread, NULL, drop_main, j) == 0;
+    if (!s->drop_live) drop_main(j);
+}
+
+/* Free a whole part (a prepared plan never used) after the switch machinery is done with it. */
 static void drop_model(wstate *s, model *m) {
     if (!m) return;
-    if (s->drop_live) pthread_join(s->drop_thread, NULL); /* the previous drop, long done */
-    s->drop_live = pthread_create(&s->drop_thread, NULL, drop_main, m) == 0;
-    if (!s->drop_live) model_free(m);
+    drop_job *j = xcalloc(1, sizeof *j);
+    j->gone = xmalloc(sizeof *j->gone);
+    j->gone[j->n_gone++] = m;
+    drop_start(s, j);
+}
+
+/* Bytes of weights mapped or converted by this rank now: the parts in use and a prepared one. */
+static uint64_t mapped_bytes(const wstate *s) {
+    uint64_t b = s->pr.m ? model_weight_bytes(s->pr.m) : 0;
+    for (int i = 0; i < s->n_parts; i++) b += model_weight_bytes(s->parts[i].m);
+    return b;
 }
 
 /* The Ready for a PREPARE, sent without waiting (the buffer lives until the send completes). */
@@ -330,7 +396,7 @@ static void send_prep_ready(wstate *s, int code, const char *err) {
     r.experts_gained = p->gained;
     r.map_seconds = p->seconds;
     r.rss_bytes = dh_rss_bytes();
-    r.mapped_bytes = p->m ? model_weight_bytes(p->m) : 0;
+    r.mapped_bytes = mapped_bytes(s);
     if (code) r.error_code = code, r.error = (char *)err;
     if (p->ready_live) xchg_wait(&p->ready_req, 1, 0); /* the previous one: long delivered */
     free(p->ready_buf);
@@ -361,8 +427,8 @@ static void poll_prep(wstate *s) {
     }
     p->state = p->m ? PREP_READY : PREP_FAILED;
     if (p->m)
-        log_info("plan attempt %lld mapped: %u experts, %u of them new, in %.2f s", (long long)p->attempt, p->hosted,
-                 p->gained, p->seconds);
+        log_info("plan attempt %lld mapped: %u experts, %u of them new (only those mapped), in %.2f s",
+                 (long long)p->attempt, p->hosted, p->gained, p->seconds);
     else
         log_error("%s", p->err);
     send_prep_ready(s, p->m ? 0 : DH_EIO, p->err);
@@ -377,14 +443,15 @@ static void join_prep(wstate *s) {
     }
 }
 
-/* PREPARE: receive the plan, start mapping it in the background. */
+/* PREPARE: receive the plan, start mapping what it adds in the background. */
 static void prepare(wstate *s, int64_t attempt) {
     prep *p = &s->pr;
     place_plan *plan = recv_plan();
     join_prep(s); /* a cancelled one still running: it answered its own attempt */
     if (p->state == PREP_READY) drop_model(s, p->m); /* prepared, never committed nor cancelled */
-    free(p->host);
-    p->host = NULL, p->m = NULL, p->err[0] = 0, p->seconds = 0, p->hosted = p->gained = 0;
+    join_drop(s);
+    free(p->host), free(p->gain);
+    p->host = p->gain = NULL, p->m = NULL, p->err[0] = 0, p->seconds = 0, p->hosted = p->gained = 0;
     p->attempt = attempt;
     p->state = PREP_FAILED;
     if (!plan || plan->n_layers != s->m->n_layers || plan->n_experts != s->m->cfg.n_routed_experts) {
@@ -394,9 +461,15 @@ static void prepare(wstate *s, int64_t attempt) {
         send_prep_ready(s, DH_EFORMAT, p->err);
         return;
     }
+    size_t n = (size_t)plan->n_layers * plan->n_experts;
     p->host = host_mask(plan, s->rank, &p->hosted);
-    for (size_t i = 0; i < (size_t)plan->n_layers * plan->n_experts; i++) p->gained += p->host[i] && !s->host[i];
+    p->gain = xcalloc(n + 1, 1);
+    for (size_t i = 0; i < n; i++) {
+        p->gain[i] = p->host[i] && !s->host[i];
+        p->gained += p->gain[i];
+    }
     p->rank = s->rank, p->weights = s->o->weights, p->n_layers = plan->n_layers, p->dir = s->o->model_dir;
+    p->identity = s->m->config_hash;
     place_free(plan);
     const char *fail = getenv("DH_FAULT_MAP_FAIL"), *delay = getenv("DH_FAULT_MAP_DELAY");
     if (fail && atoi(fail) == s->rank) {
@@ -413,10 +486,21 @@ static void prepare(wstate *s, int64_t attempt) {
     }
     p->thread_live = 1;
     p->state = PREP_MAPPING;
-    log_info("plan attempt %lld: mapping %u experts (%u new) while serving", (long long)attempt, p->hosted, p->gained);
+    log_info("plan attempt %lld: %u experts, mapping the %u new ones while serving", (long long)attempt, p->hosted,
+             p->gained);
 }
 
-/* COMMIT: the prepared plan from this operation on; the old one dropped. */
+/* The part holding m in s->parts, which has it. */
+static part *part_of(wstate *s, const model *m) {
+    for (int i = 0; i < s->n_parts; i++)
+        if (s->parts[i].m == m) return &s->parts[i];
+    DH_ASSERT(0);
+    return NULL;
+}
+
+/* COMMIT: the prepared plan from this operation on. The serving views change in place (the
+ * gained experts from the new part, the lost ones cleared); the lost ones' memory, and parts
+ * left with nothing in use, are given back on the drop thread. */
 static void commit(wstate *s, int64_t attempt) {
     prep *p = &s->pr;
     if (p->state != PREP_READY || p->attempt != attempt) {
@@ -424,15 +508,36 @@ static void commit(wstate *s, int64_t attempt) {
                   (long long)attempt, p->state == PREP_READY ? "only" : "no", (long long)p->attempt);
         xchg_abort(1);
     }
-    model *old = s->m;
-    s->m = p->m;
-    if (s->h) experts_set_model(s->h, s->m);
+    int E = s->m->cfg.n_routed_experts;
+    size_t n = (size_t)s->m->n_layers * E;
+    drop_job *j = xcalloc(1, sizeof *j);
+    j->items = xmalloc((n + 1) * sizeof *j->items);
+    j->gone = xmalloc(((size_t)s->n_parts + 2) * sizeof *j->gone);
+    s->parts = xrealloc(s->parts, ((size_t)s->n_parts + 1) * sizeof *s->parts);
+    s->parts[s->n_parts++] = (part){p->m, 0};
+    for (size_t i = 0; i < n; i++) {
+        ffn_weights *v = &s->m->layers[i / (size_t)E].moe.experts[i % (size_t)E];
+        if (s->host[i] && !p->host[i]) { /* lost */
+            j->items[j->n_items++] = (drop_item){s->owner[i], (int)(i / (size_t)E), (int)(i % (size_t)E), *v};
+            part_of(s, s->owner[i])->uses--;
+            memset(v, 0, sizeof *v);
+            s->owner[i] = NULL;
+        } else if (p->gain[i]) {
+            *v = p->m->layers[i / (size_t)E].moe.experts[i % (size_t)E];
+            s->owner[i] = p->m;
+            s->parts[s->n_parts - 1].uses++;
+        }
+    }
+    for (int i = 1; i < s->n_parts;) /* parts[0] holds the views: it stays */
+        if (s->parts[i].uses == 0) j->gone[j->n_gone++] = s->parts[i].m, s->parts[i] = s->parts[--s->n_parts];
+        else i++;
     uint8_t *h = s->host;
     s->host = p->host, p->host = h;
     p->m = NULL;
     p->state = PREP_NONE;
-    drop_model(s, old);
-    log_info("plan attempt %lld in use: %u experts", (long long)attempt, p->hosted);
+    log_info("plan attempt %lld in use: %u experts (%u gained, %d given back after the switch)", (long long)attempt,
+             p->hosted, p->gained, j->n_items);
+    drop_start(s, j);
 }
 
 /* CANCEL: drop the prepared plan (a helper still mapping stops soon and answers then). */
@@ -456,7 +561,8 @@ static void wait_header(wstate *s, MPI_Request *req) {
 }
 
 /* At shutdown: a helper still running stops and is joined, and nothing more is sent (the
- * coordinator no longer listens; a Ready it never took is cancelled). */
+ * coordinator no longer listens; a Ready it never took is cancelled). The parts are the
+ * caller's to free. */
 static void prep_free(wstate *s) {
     prep *p = &s->pr;
     if (p->thread_live) {
@@ -472,9 +578,8 @@ static void prep_free(wstate *s) {
     }
     free(p->ready_buf);
     model_free(p->m);
-    free(p->host);
-    if (s->drop_live) pthread_join(s->drop_thread, NULL);
-    s->drop_live = 0;
+    free(p->host), free(p->gain);
+    join_drop(s);
 }
 
 static void grow(wstate *s, int n, size_t bytes) {
@@ -560,7 +665,7 @@ int worker_main(const worker_opts *o) {
     apply_plan(&s);
     if (recv_verdict()) {
         model_free(s.m);
-        free(s.host);
+        free(s.host), free(s.parts), free(s.owner);
         return 1;
     }
     int *counts = xcalloc(4 * (size_t)s.size, sizeof *counts);
@@ -585,7 +690,8 @@ int worker_main(const worker_opts *o) {
     prep_free(&s);
     experts_free(s.h);
     free(s.in), free(s.x), free(s.out), free(s.wire);
-    model_free(s.m);
+    for (int i = 0; i < s.n_parts; i++) model_free(s.parts[i].m); /* parts[0] is s.m */
+    free(s.parts), free(s.owner);
     free(s.host);
     return 0;
 }

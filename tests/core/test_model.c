@@ -93,9 +93,40 @@ static void test_a_checkpoint_that_disagrees_with_its_config_is_refused(void) {
     CU_ASSERT_PTR_NULL(model_load("/nonexistent/model", &p));
 }
 
+/* A worker gives back a lost expert: its bytes (mapped, or converted and owned) leave the model,
+ * and the experts it keeps are untouched, the same views over the same bytes. */
+static void test_releasing_an_expert_gives_back_its_bytes_and_keeps_the_others(void) {
+    const char *dir = make(base_cfg);
+    uint8_t host[3 * 8] = {0};
+    host[1 * 8 + 3] = host[1 * 8 + 5] = host[2 * 8 + 0] = 1;
+    const uint64_t expert_bf16 = 3 * 64 * 32 * 2, expert_q8 = 3 * 2 * 32 * 34; /* q8: 34-byte blocks of 32 */
+    for (int q = 0; q < 2; q++) {
+        model_params wp = model_default_params();
+        wp.dense = 0, wp.host = host, wp.weights = q ? DT_Q8 : -1, wp.own_thread = 1;
+        model *w = model_load(dir, &wp);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(w);
+        uint64_t one = q ? expert_q8 : expert_bf16;
+        CU_ASSERT_EQUAL(model_weight_bytes(w), 3 * one);
+        ffn_weights kept = w->layers[1].moe.experts[5], lost = w->layers[1].moe.experts[3];
+        float before[32], after[32];
+        wt_row(&kept.down_proj, 7, before);
+        memset(&w->layers[1].moe.experts[3], 0, sizeof lost); /* the caller clears its views first */
+        model_release_expert(w, 1, 3, &lost);
+        CU_ASSERT_EQUAL(model_weight_bytes(w), 2 * one);
+        CU_ASSERT_EQUAL(w->layers[1].moe.experts[5].down_proj.p.bf16, kept.down_proj.p.bf16);
+        wt_row(&w->layers[1].moe.experts[5].down_proj, 7, after);
+        CU_ASSERT_EQUAL(memcmp(before, after, sizeof before), 0);
+        model_release_expert(w, 2, 0, &w->layers[2].moe.experts[0]);
+        CU_ASSERT_EQUAL(model_weight_bytes(w), one);
+        model_free(w);
+    }
+}
+
 static CU_TestInfo model_tests[] = {
     {"a generated checkpoint loads whole or in parts", test_a_generated_checkpoint_loads_whole_or_in_parts},
     {"a checkpoint that disagrees with its config is refused", test_a_checkpoint_that_disagrees_with_its_config_is_refused},
+    {"releasing an expert gives back its bytes and keeps the others",
+     test_releasing_an_expert_gives_back_its_bytes_and_keeps_the_others},
     CU_TEST_INFO_NULL,
 };
 CU_SuiteInfo model_suite = {"model", NULL, NULL, NULL, NULL, model_tests};
