@@ -19,9 +19,15 @@
  * are kept (each with the time this module took at the boundary before it, so that the plan's
  * computation and the switch count); from the request to 20 steps after the switch the
  * longest step is compared with the median of the 100 steps before the request, logged with
- * every step's time, and exported as darkhorse_replan_step_ratio. */
+ * every step's time, and exported as darkhorse_replan_step_ratio. A benchmark hook,
+ * DH_REPLAN_STEP_LOG=FILE in the coordinator's environment, writes every step to FILE (its
+ * number, its time in ms including this module's, R while a re-plan is prepared, S for the
+ * steps watched after a switch, - otherwise, and the wall clock), so that a script can compare
+ * the re-plan's windows with windows of the same length without one in the same run
+ * (scripts/replan-steps.py). */
 #include "replan.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +71,7 @@ struct rp {
     int watch_left;       /* steps still watched after a switch */
     char steps_log[2048]; /* the watched steps' times, ms */
     size_t log_len;
+    FILE *step_log;       /* DH_REPLAN_STEP_LOG, or NULL */
 };
 
 rp_params rp_default_params(void) {
@@ -94,6 +101,10 @@ rp *rp_new(cluster *c, const rp_params *p, rp_done_fn done, void *ctx) {
     push_snapshot(r);
     r->next_auto = (uint64_t)p->every;
     r->met.generation = c->generation;
+    const char *log_path = getenv("DH_REPLAN_STEP_LOG");
+    if (log_path && *log_path && !(r->step_log = fopen(log_path, "w")))
+        log_warn("DH_REPLAN_STEP_LOG=%s: cannot write it: %s; the step times are not logged", log_path,
+                 strerror(errno));
     char every[64] = "";
     if (p->every) snprintf(every, sizeof every, "every %d steps and ", p->every);
     log_info("live re-placement %son POST /admin/replan, from the routing of the last %d steps, %d moves at most "
@@ -133,6 +144,7 @@ static double median_of_last(const rp *r, int k, double *worst) {
 /* the end of a watch: how the steps around the switch compare with those before */
 static void watch_done(rp *r) {
     r->watch_left = 0;
+    if (r->step_log) fflush(r->step_log);
     if (!r->log_len) return; /* no step ran meanwhile */
     double ratio = r->median_before > 0 ? r->worst / r->median_before : 0;
     log_info("re-plan step times, ms, from the request to %d steps after the switch: %.*s", WATCH_AFTER,
@@ -145,7 +157,11 @@ static void watch_done(rp *r) {
     pthread_mutex_unlock(&r->mu);
 }
 
-static void record_step(rp *r, double t) {
+static void record_step(rp *r, uint64_t step, double t) {
+    if (r->step_log)
+        fprintf(r->step_log, "%llu %.3f %c %.3f\n", (unsigned long long)step, t * 1e3,
+                r->state == RP_PREPARING ? 'R' : r->watch_left > 0 ? 'S' : '-', dh_now());
+    if (r->step_log && step % 256 == 0) fflush(r->step_log);
     r->t_head = (r->t_head + 1) % STEP_RING;
     r->times[r->t_head] = t;
     r->n_times = DH_MIN(r->n_times + 1, STEP_RING);
@@ -282,7 +298,7 @@ void rp_tick(void *ctx, uint64_t steps, double step_s) {
     rp *r = ctx;
     double t0 = dh_now();
     if (steps != r->last_steps) {
-        record_step(r, step_s + r->carry);
+        record_step(r, steps, step_s + r->carry);
         push_snapshot(r);
         r->last_steps = steps;
         r->carry = 0;
@@ -318,6 +334,7 @@ void rp_free(rp *r, int cluster_failed) {
         finish(r);
     }
     pthread_mutex_destroy(&r->mu);
+    if (r->step_log) fclose(r->step_log);
     free(r->is_moe), free(r->snap), free(r->load);
     free(r);
 }
