@@ -6,7 +6,9 @@
 #            own parts and the expert rate of one core) and right after it the same under
 #            `mpirun -np 3 --oversubscribe`, both replaying the vendored ESFT trace. Side by side,
 #            because the machine is shared with other jobs whose load changes by the minute.
-#            Then the same pairs at batch 1 (contiguous): the latency calibration. Raw JSON,
+#            The plans' order alternates between rounds (drift within a round would otherwise
+#            be charged to the plan measured last). Then the same pairs at batch 1
+#            (contiguous): the latency calibration. Raw JSON,
 #            plans, load tables and the load average before each pair into DATA.
 #   predict  `darkhorse simulate` of each cluster run with the host model (3 ranks on this
 #            machine's cores) and its own calibration, and the table of medians on stdout. The one
@@ -49,8 +51,12 @@ measure() {
   "$bin" bench --model "$model" -p 0 -n "$N" -b 64 -r 1 --no-bandwidth --routing-replay "$trace" \
     --routing-stats "$data/routing.txt" >/dev/null 2>"$data/routing.err"
   for i in $(seq 1 "$RUNS"); do
+    # the plans' order alternates from round to round: the machine's speed drifts within a round,
+    # and a plan always measured last would carry the drift as if it were the plan's
+    algos="contiguous balanced"
+    [ $((i % 2)) -eq 0 ] && algos="balanced contiguous"
     for B in 16 64; do
-      for algo in contiguous balanced; do
+      for algo in $algos; do
         echo "run $i of $RUNS: batch $B, $algo (in process, then np 3)" >&2
         extra=()
         if [ "$algo" = balanced ]; then

@@ -24,10 +24,11 @@
  * meanwhile on this thread, which alone calls MPI (FUNNELED); while a helper runs, the wait for
  * the next operation wakes every few milliseconds to see whether it is done, and sends the
  * coordinator its Ready (or the error) as soon as it is. COMMIT, between two operations, edits
- * the serving model's expert views in place: the gained ones point into the new part, the lost
- * ones are cleared (so no MoE layer sees both plans): three matrix views copied per expert. The lost
- * experts' memory is given back after the switch on a thread of its own at nice 19 (munmap,
- * converted copies freed), and a part none of whose experts serve any more is freed whole.
+ * the serving model's expert views in place (three matrix views copied per expert, so no MoE
+ * layer sees both plans): the gained ones point into the new part, the lost ones are cleared.
+ * The lost experts' memory is given back after the switch on a thread of its own at nice 19
+ * (munmap, converted copies freed), and a part none of whose experts serve any more is freed
+ * whole.
  * CANCEL drops the new part. Each expert in use belongs to one part: parts[0] is the start-up
  * load (whose views are the ones served), then one part per re-plan that gained experts.
  *
