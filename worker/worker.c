@@ -29,7 +29,9 @@
  * The lost experts' memory is given back after the switch on a thread of its own at nice 19
  * (munmap, converted copies freed), and a part none of whose experts serve any more is freed
  * whole.
- * CANCEL drops the new part. Each expert in use belongs to one part: parts[0] is the start-up
+ * A worker that gains nothing starts no helper and answers Ready at once (only the fault hooks
+ * below make it go through the helper). CANCEL drops the new part. Each expert in use belongs
+ * to one part: parts[0] is the start-up
  * load (whose views are the ones served), then one part per re-plan that gained experts.
  *
  * Test hooks, read at each PREPARE (never set them in production): DH_FAULT_MAP_FAIL=R makes
@@ -478,6 +480,13 @@ static void prepare(wstate *s, int64_t attempt) {
         log_warn("test hook DH_FAULT_MAP_FAIL=%s: mapping the new plan from %s", fail, p->dir);
     }
     p->delay_s = delay ? atof(delay) : 0;
+    if (p->gained == 0 && strcmp(p->dir, s->o->model_dir) == 0 && p->delay_s <= 0) {
+        /* nothing to map: ready at once (a helper at nice 19 may wait long for a core to start) */
+        p->state = PREP_READY;
+        log_info("plan attempt %lld: %u experts, none new: ready at once", (long long)attempt, p->hosted);
+        send_prep_ready(s, 0, "");
+        return;
+    }
     atomic_store(&p->done, 0);
     atomic_store(&p->cancel, 0);
     if (pthread_create(&p->thread, NULL, prep_main, p) != 0) {
@@ -514,8 +523,10 @@ static void commit(wstate *s, int64_t attempt) {
     drop_job *j = xcalloc(1, sizeof *j);
     j->items = xmalloc((n + 1) * sizeof *j->items);
     j->gone = xmalloc(((size_t)s->n_parts + 2) * sizeof *j->gone);
-    s->parts = xrealloc(s->parts, ((size_t)s->n_parts + 1) * sizeof *s->parts);
-    s->parts[s->n_parts++] = (part){p->m, 0};
+    if (p->m) { /* NULL when nothing was gained */
+        s->parts = xrealloc(s->parts, ((size_t)s->n_parts + 1) * sizeof *s->parts);
+        s->parts[s->n_parts++] = (part){p->m, 0};
+    }
     for (size_t i = 0; i < n; i++) {
         ffn_weights *v = &s->m->layers[i / (size_t)E].moe.experts[i % (size_t)E];
         if (s->host[i] && !p->host[i]) { /* lost */
@@ -523,7 +534,7 @@ static void commit(wstate *s, int64_t attempt) {
             part_of(s, s->owner[i])->uses--;
             memset(v, 0, sizeof *v);
             s->owner[i] = NULL;
-        } else if (p->gain[i]) {
+        } else if (p->gain[i]) { /* p->m is the last part */
             *v = p->m->layers[i / (size_t)E].moe.experts[i % (size_t)E];
             s->owner[i] = p->m;
             s->parts[s->n_parts - 1].uses++;
