@@ -26,8 +26,8 @@
  * coordinator its Ready (or the error) as soon as it is. COMMIT, between two operations, edits
  * the serving model's expert views in place (three matrix views copied per expert, so no MoE
  * layer sees both plans): the gained ones point into the new part, the lost ones are cleared.
- * The lost experts' memory is given back after the switch on a thread of its own at nice 19
- * (munmap, converted copies freed), and a part none of whose experts serve any more is freed
+ * The lost experts' memory is given back after the switch on a thread of its own (munmap,
+ * converted copies freed; at the default priority, see drop_main), and a part none of whose experts serve any more is freed
  * whole.
  * A worker that gains nothing starts no helper and answers Ready at once (only the fault hooks
  * below make it go through the helper). CANCEL drops the new part. Each expert in use belongs
@@ -348,9 +348,11 @@ static void *prep_main(void *arg) {
     return NULL;
 }
 
+/* At the default priority, unlike the helper: munmap holds this process's address-space lock,
+ * and a thread at nice 19 starved on a loaded machine while holding it would stall any page
+ * fault or mapping of the serving thread behind it; the drop is a few milliseconds of work. */
 static void *drop_main(void *arg) {
     drop_job *j = arg;
-    setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
     for (int i = 0; i < j->n_items; i++) model_release_expert(j->items[i].from, j->items[i].layer, j->items[i].e,
                                                               &j->items[i].view);
     for (int i = 0; i < j->n_gone; i++) model_free(j->gone[i]);
