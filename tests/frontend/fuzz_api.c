@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "coordinator/api.h"
+#include "frontend/api.h"
 #include "core/common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
