@@ -293,7 +293,7 @@ static void check_resume(sampler_params sp) {
     memcpy(whole, h.res, sizeof whole);
     h_close(&h);
     for (int i = 0; i < NR; i++) CU_ASSERT_FATAL(whole[i].done && whole[i].n == N);
-    int n_moe = 0;
+    int n_moe = 0; /* MoE layers of the main model (the MTP block does not run here) */
     for (int l = 0; l < g_ref->cfg.num_hidden_layers; l++) n_moe += g_ref->layers[l].is_moe;
     for (size_t j = 0; j < sizeof ks / sizeof *ks; j++) {
         int k = ks[j], k2 = k / 2;
