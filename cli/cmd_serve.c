@@ -23,9 +23,11 @@
 #include "cli/commands.h"
 #include "cli/runtime.h"
 #include "coordinator/engine.h"
-#include "coordinator/server.h"
+#include "coordinator/metrics.h"
 #include "core/common.h"
 #include "core/tokenizer.h"
+#include "frontend/backend.h"
+#include "frontend/server.h"
 #include "proto/exchange.h"
 
 #define FLUSH_S 2.0 /* seconds to write out the last responses before the process ends */
@@ -157,13 +159,13 @@ static int serve(rt *R, const serve_opts *o) {
     srv_params sp = {.host = o->host, .port = (int)o->port, .api_key = o->api_key,
                      .served_name = o->served_name ? o->served_name : base_name(R->o.model_dir, name, sizeof name),
                      .max_body = (size_t)o->max_body, .max_context = ctx, .shutdown_grace = o->grace,
-                     .stat_layers = R->stats->n_layers, .stat_experts = R->stats->n_experts,
-                     .stat_workers = R->stats->n_workers, .routing_replay = R->o.routing_replay,
+                     .workers = R->stats->n_workers, .routing_replay = R->o.routing_replay,
                      .replay_order = rpl_order_name((rpl_order)R->o.replay_order)};
-    srv *s = srv_new(&sp, R->m, tok);
+    fb_backend *b = fb_local_new();
+    srv *s = srv_new(&sp, &R->m->cfg, tok, b);
     engine_params ep = {.max_seqs = (int)o->max_seqs, .max_batch_tokens = (int)o->max_batch_tokens,
                         .max_queue = (int)o->max_queue, .max_context = ctx};
-    engine *e = engine_new(R->m, R->f, R->kv, tok, R->stats, &ep, srv_emit, s);
+    engine *e = engine_new(R->m, R->f, R->kv, R->stats, &ep, fb_local_emit, b);
     log_info("KV cache: %zu positions (%.2f GB), %ld sequences, %ld rows per step", kv_total_tokens(R->kv),
              kv_total_tokens(R->kv) * (double)kv_bytes_per_token(R->kv) / 1e9, o->max_seqs, o->max_batch_tokens);
     rp *replan = NULL;
@@ -171,16 +173,18 @@ static int serve(rt *R, const serve_opts *o) {
         rp_params rpp = rp_default_params();
         rpp.every = (int)DH_MIN(o->replan_every, INT_MAX), rpp.window = (int)o->replan_window;
         rpp.max_moves = (int)o->max_moves;
-        replan = rp_new(&R->cl, &rpp, srv_replan_done, s);
+        replan = rp_new(&R->cl, &rpp, fb_local_replan_done, b);
         engine_set_tick(e, rp_tick, replan);
-        srv_set_replan(s, replan);
     } else if (o->replan_every) {
         log_warn("--replan-every is for a cluster (mpirun -np N, N >= 2): ignored in one process");
     }
+    cmetrics *cm = cmetrics_new(R->m, e, R->stats->n_layers, R->stats->n_experts, R->stats->n_workers);
+    fb_local_attach(b, e, replan, cm);
     int rc = 1;
-    if (srv_start(s, e) == 0) {
+    if (srv_start(s) == 0) {
         int erc = engine_run(e);
-        rp_free(replan, erc != 0); /* a re-plan in flight: cancelled, its requester answered */
+        fb_local_attach(b, e, NULL, cm); /* the HTTP thread lets go of the re-planner */
+        rp_free(replan, erc != 0);       /* a re-plan in flight: cancelled, its requester answered */
         replan = NULL;
         srv_finish(s, erc, FLUSH_S);
         if (erc) rt_step_failed(R, erc); /* in a cluster: ends the job, no return */
@@ -188,8 +192,10 @@ static int serve(rt *R, const serve_opts *o) {
         rc = erc ? 1 : 0;
     }
     rp_free(replan, 0);
-    engine_free(e);
     srv_free(s);
+    cmetrics_free(cm);
+    fb_local_free(b);
+    engine_free(e);
     tok_free(tok);
     return rc;
 }

@@ -14,9 +14,13 @@
  * on what else is in the step. Sampling is keyed by the position of the token drawn (core/
  * sampler.c), not by a stream that advances per step, so the same holds for seeded sampling.
  *
- * Text: every sampled token goes through the request's streaming decoder (complete UTF-8
- * characters only); the decoded text is held back by up to (longest stop string - 1) bytes so
- * that a stop string that arrives in pieces is never partly shown. */
+ * Resume. A request given n_generated completion tokens is first "fed": its prompt as prompt
+ * rows, then its given tokens as decode rows, both chunked under the step budget like a
+ * prompt, the last one asking for logits. A token's row form depends on its origin only, so
+ * these rows compute what the uninterrupted request computed, and the next token is drawn at
+ * position n_prompt + n_generated as it would have been.
+ *
+ * The engine reports token ids; the text (detokenizer, stop strings) is the caller's. */
 #include "engine.h"
 
 #include <math.h>
@@ -26,22 +30,22 @@
 
 #include "core/common.h"
 
+typedef struct engine_cancel_t { /* a cancellation asked for by another thread */
+    uint64_t id;
+    int finished;
+} engine_cancel_t;
+
 typedef struct req {
     uint64_t id;
     void *user;
-    int *prompt, n_prompt;
+    int *toks;            /* [n_prompt + n_given]: the prompt, then the given completion tokens */
+    int n_prompt, n_given;
     int max_tokens, ignore_eos;
     sampler *smp;
-    char **stop;
-    int n_stop;
-    size_t max_stop;
     int seq;              /* KV sequence once admitted, -1 before */
-    int n_prefilled;      /* prompt rows computed */
-    int n_gen;            /* tokens sampled */
-    int last;             /* the last sampled token, fed by the next decode row */
-    tok_stream *ts;
-    char *text;           /* all decoded text */
-    size_t len, cap, emitted;
+    int n_fed;            /* rows of toks computed; decoding once it reaches n_prompt + n_given */
+    int n_gen;            /* completion tokens so far, the given ones included */
+    int last;             /* the last completion token, fed by the next decode row */
     uint64_t domain[CFG_N_DOMAINS];
     double t_submit, t_first, t_last;
     struct req *next;
@@ -51,7 +55,6 @@ struct engine {
     const model *m;
     fwd_ctx *f;
     kv_cache *kv;
-    const tokenizer *tok;
     ls_stats *stats;
     engine_params p;
     engine_emit_fn emit;
@@ -61,9 +64,8 @@ struct engine {
     pthread_cond_t wake;
     req *in_head, *in_tail;
     int n_incoming;
-    uint64_t *cancels;
+    engine_cancel_t *cancels;
     int n_cancels, cap_cancels;
-    uint64_t next_id;
     int stopping;
     int woken;            /* engine_wake since the last idle wait */
     double stop_deadline;
@@ -100,14 +102,13 @@ static void hist_add(engine_hist *h, double v) {
     h->sum += v;
 }
 
-engine *engine_new(const model *m, fwd_ctx *f, kv_cache *kv, const tokenizer *tok, ls_stats *stats,
-                   const engine_params *p, engine_emit_fn emit, void *ctx) {
+engine *engine_new(const model *m, fwd_ctx *f, kv_cache *kv, ls_stats *stats, const engine_params *p,
+                   engine_emit_fn emit, void *ctx) {
     engine *e = xcalloc(1, sizeof *e);
-    e->m = m, e->f = f, e->kv = kv, e->tok = tok, e->stats = stats, e->p = *p, e->emit = emit, e->ctx = ctx;
+    e->m = m, e->f = f, e->kv = kv, e->stats = stats, e->p = *p, e->emit = emit, e->ctx = ctx;
     DH_ASSERT(p->max_seqs > 0 && p->max_batch_tokens >= p->max_seqs);
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->wake, NULL);
-    e->next_id = 1;
     e->run = xcalloc((size_t)p->max_seqs, sizeof *e->run);
     e->rows = xmalloc((size_t)p->max_batch_tokens * sizeof *e->rows);
     e->row_req = xmalloc((size_t)p->max_batch_tokens * sizeof *e->row_req);
@@ -122,12 +123,8 @@ engine *engine_new(const model *m, fwd_ctx *f, kv_cache *kv, const tokenizer *to
 
 static void req_free(req *r) {
     if (!r) return;
-    free(r->prompt);
-    for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
-    free(r->stop);
+    free(r->toks);
     sampler_free(r->smp);
-    tok_stream_free(r->ts);
-    free(r->text);
     free(r);
 }
 
@@ -143,10 +140,15 @@ void engine_free(engine *e) {
     free(e);
 }
 
-int64_t engine_submit(engine *e, const engine_request *q, char *err, size_t errsz) {
-    int need = q->n_prompt + q->max_tokens;
-    if (q->n_prompt < 1 || q->max_tokens < 1) {
-        snprintf(err, errsz, "the prompt and max_tokens must each be at least 1 token");
+int engine_submit(engine *e, const engine_request *q, char *err, size_t errsz) {
+    int need = q->n_prompt + q->max_tokens, V = e->m->cfg.vocab_size;
+    if (q->id == 0 || q->n_prompt < 1 || q->max_tokens < 1 || q->n_generated < 0 || (q->n_generated && !q->generated)) {
+        snprintf(err, errsz, "the id must be > 0, the prompt and max_tokens each at least 1 token, n_generated >= 0");
+        return DH_EINVAL;
+    }
+    if (q->n_generated >= q->max_tokens) {
+        snprintf(err, errsz, "nothing left to generate: %d tokens generated of max_tokens %d", q->n_generated,
+                 q->max_tokens);
         return DH_EINVAL;
     }
     if (need > e->p.max_context) {
@@ -159,31 +161,34 @@ int64_t engine_submit(engine *e, const engine_request *q, char *err, size_t errs
                  q->n_prompt, q->max_tokens, kv_total_tokens(e->kv));
         return DH_EINVAL;
     }
-    req *r = xcalloc(1, sizeof *r);
-    r->user = q->user;
-    r->prompt = xmalloc((size_t)q->n_prompt * sizeof *r->prompt);
-    memcpy(r->prompt, q->prompt, (size_t)q->n_prompt * sizeof *r->prompt);
-    r->n_prompt = q->n_prompt, r->max_tokens = q->max_tokens, r->ignore_eos = q->ignore_eos;
-    r->stop = xcalloc((size_t)q->n_stop + 1, sizeof *r->stop);
-    for (int i = 0; i < q->n_stop; i++) {
-        r->stop[i] = xstrdup(q->stop[i]);
-        r->max_stop = DH_MAX(r->max_stop, strlen(q->stop[i]));
+    for (int i = 0; i < q->n_prompt + q->n_generated; i++) {
+        int t = i < q->n_prompt ? q->prompt[i] : q->generated[i - q->n_prompt];
+        if (t < 0 || t >= V) {
+            snprintf(err, errsz, "%s token %d is %d, outside the vocabulary of %d", i < q->n_prompt ? "prompt" : "generated",
+                     i < q->n_prompt ? i : i - q->n_prompt, t, V);
+            return DH_EINVAL;
+        }
     }
-    r->n_stop = q->n_stop;
-    r->smp = sampler_new(e->m->cfg.vocab_size, q->sampling);
-    r->ts = tok_stream_new(e->tok);
+    req *r = xcalloc(1, sizeof *r);
+    r->id = q->id, r->user = q->user;
+    r->toks = xmalloc((size_t)(q->n_prompt + q->n_generated) * sizeof *r->toks);
+    memcpy(r->toks, q->prompt, (size_t)q->n_prompt * sizeof *r->toks);
+    if (q->n_generated) memcpy(r->toks + q->n_prompt, q->generated, (size_t)q->n_generated * sizeof *r->toks);
+    r->n_prompt = q->n_prompt, r->n_given = r->n_gen = q->n_generated;
+    r->max_tokens = q->max_tokens, r->ignore_eos = q->ignore_eos;
+    if (r->n_given) r->last = r->toks[q->n_prompt + r->n_given - 1];
+    r->smp = sampler_new(V, q->sampling);
     r->seq = -1;
     r->t_submit = dh_now();
     pthread_mutex_lock(&e->mu);
-    int64_t id;
+    int rc = 0;
     if (e->stopping) {
         snprintf(err, errsz, "the server is shutting down");
-        id = DH_ECANCELLED;
+        rc = DH_ECANCELLED;
     } else if (e->n_incoming + e->met.waiting >= e->p.max_queue) {
         snprintf(err, errsz, "the queue is full (%d requests waiting)", e->p.max_queue);
-        id = DH_EBUSY;
+        rc = DH_EBUSY;
     } else {
-        id = (int64_t)(r->id = e->next_id++);
         if (e->in_tail) e->in_tail->next = r;
         else e->in_head = r;
         e->in_tail = r;
@@ -191,17 +196,17 @@ int64_t engine_submit(engine *e, const engine_request *q, char *err, size_t errs
         pthread_cond_signal(&e->wake);
     }
     pthread_mutex_unlock(&e->mu);
-    if (id < 0) req_free(r);
-    return id;
+    if (rc) req_free(r);
+    return rc;
 }
 
-void engine_cancel(engine *e, uint64_t id) {
+void engine_cancel(engine *e, uint64_t id, int finished) {
     pthread_mutex_lock(&e->mu);
     if (e->n_cancels == e->cap_cancels) {
         e->cap_cancels = e->cap_cancels ? 2 * e->cap_cancels : 64;
         e->cancels = xrealloc(e->cancels, (size_t)e->cap_cancels * sizeof *e->cancels);
     }
-    e->cancels[e->n_cancels++] = id;
+    e->cancels[e->n_cancels++] = (engine_cancel_t){id, finished};
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->mu);
 }
@@ -261,33 +266,26 @@ static void emit_error(engine *e, req *r, int code, const char *msg) {
     e->emit(e->ctx, &ev);
 }
 
-/* end a request: its DONE event, its sequence closed */
+/* end a request: its DONE event (the caller closes its sequence) */
 static void finish(engine *e, req *r, int reason) {
     double share[CFG_N_DOMAINS] = {0}, tot = 0;
     for (int d = 0; d < CFG_N_DOMAINS; d++) tot += (double)r->domain[d];
     for (int d = 0; d < CFG_N_DOMAINS && tot > 0; d++) share[d] = (double)r->domain[d] / tot;
-    engine_event ev = {.kind = ENGINE_EV_DONE, .id = r->id, .user = r->user, .text = r->text + r->emitted,
-                       .len = r->len - r->emitted, .finish = reason, .prompt_tokens = r->n_prompt,
-                       .completion_tokens = r->n_gen, .domain_share = share};
-    if (!r->text) ev.text = "";
+    engine_event ev = {.kind = ENGINE_EV_DONE, .id = r->id, .user = r->user, .finish = reason,
+                       .prompt_tokens = r->n_prompt, .completion_tokens = r->n_gen, .domain_share = share};
     e->emit(e->ctx, &ev);
     pthread_mutex_lock(&e->mu);
-    if (reason == ENGINE_FINISH_STOP) e->met.finished_stop++;
-    else e->met.finished_length++;
+    if (reason == ENGINE_FINISH_LENGTH) e->met.finished_length++;
+    else e->met.finished_stop++;
     pthread_mutex_unlock(&e->mu);
 }
 
-static void append_text(req *r, const char *s, size_t n) {
-    xappend(&r->text, &r->len, &r->cap, s, n);
-}
-
-/* A new token for r: decode it, look for stop strings, emit what is safe. 1 if r is finished
- * (its DONE sent), else 0. */
+/* A new token for r: report it, or end r at the end-of-sentence token or max_tokens. 1 if r
+ * is finished (its DONE sent), else 0. */
 static int on_token(engine *e, req *r, int tok) {
-    int eos = e->m->cfg.eos_token_id;
     double now = dh_now();
     pthread_mutex_lock(&e->mu);
-    if (r->n_gen == 0) {
+    if (r->n_gen == r->n_given) {
         r->t_first = now;
         hist_add(&e->met.ttft, now - r->t_submit);
     } else {
@@ -296,48 +294,16 @@ static int on_token(engine *e, req *r, int tok) {
     e->met.generated_tokens++;
     pthread_mutex_unlock(&e->mu);
     r->t_last = now;
-    r->n_gen++;
-    char buf[512];
-    size_t k;
-    if (tok == eos && !r->ignore_eos) {
-        r->n_gen--; /* the end-of-sentence token is not part of the completion */
-        while ((k = tok_stream_flush(r->ts, buf, sizeof buf)) > 0) append_text(r, buf, k);
-        finish(e, r, ENGINE_FINISH_STOP);
+    if (tok == e->m->cfg.eos_token_id && !r->ignore_eos) { /* not part of the completion */
+        finish(e, r, ENGINE_FINISH_EOS);
         return 1;
     }
+    engine_event ev = {.kind = ENGINE_EV_TOKEN, .id = r->id, .user = r->user, .token = tok, .index = r->n_gen};
+    e->emit(e->ctx, &ev);
     r->last = tok;
-    while ((k = tok_stream_push(r->ts, tok, buf, sizeof buf)) > 0) {
-        append_text(r, buf, k);
-        tok = -1; /* further pushes only drain */
-        if (k < sizeof buf) break;
-    }
-    int done_len = r->n_gen >= r->max_tokens;
-    if (done_len) {
-        while ((k = tok_stream_flush(r->ts, buf, sizeof buf)) > 0) append_text(r, buf, k);
-    }
-    // a stop string: end before it
-    for (int i = 0; i < r->n_stop && r->len; i++) {
-        size_t from = r->emitted > r->max_stop ? r->emitted - r->max_stop : 0;
-        char *hit = strstr(r->text + from, r->stop[i]);
-        if (hit) {
-            r->len = (size_t)(hit - r->text);
-            r->text[r->len] = 0;
-            finish(e, r, ENGINE_FINISH_STOP);
-            return 1;
-        }
-    }
-    if (done_len) {
+    if (++r->n_gen >= r->max_tokens) {
         finish(e, r, ENGINE_FINISH_LENGTH);
         return 1;
-    }
-    // emit all but what could still become a stop string, on a character boundary
-    size_t safe = r->len > (r->max_stop ? r->max_stop - 1 : 0) ? r->len - (r->max_stop ? r->max_stop - 1 : 0) : 0;
-    while (safe > r->emitted && safe < r->len && ((unsigned char)r->text[safe] & 0xC0) == 0x80) safe--;
-    if (safe > r->emitted) {
-        engine_event ev = {.kind = ENGINE_EV_TEXT, .id = r->id, .user = r->user, .text = r->text + r->emitted,
-                           .len = safe - r->emitted};
-        e->emit(e->ctx, &ev);
-        r->emitted = safe;
     }
     return 0;
 }
@@ -351,6 +317,16 @@ static void drop_running(engine *e, int i) {
     e->run[i] = e->run[--e->n_run];
 }
 
+/* the last event of a cancelled request: DONE (STOP) when the caller saw its end, else ERROR */
+static void end_cancelled(engine *e, req *r, int finished) {
+    if (finished) {
+        finish(e, r, ENGINE_FINISH_STOP);
+        return;
+    }
+    emit_error(e, r, DH_ECANCELLED, "cancelled");
+    count(e, &e->met.cancelled);
+}
+
 /* take new requests and cancellations from other threads; apply cancellations */
 static void intake(engine *e) {
     pthread_mutex_lock(&e->mu);
@@ -358,7 +334,7 @@ static void intake(engine *e) {
     int n_in = e->n_incoming;
     e->in_head = e->in_tail = NULL;
     e->n_incoming = 0;
-    uint64_t *cancels = e->cancels;
+    engine_cancel_t *cancels = e->cancels;
     int n_cancels = e->n_cancels;
     e->cancels = NULL;
     e->n_cancels = e->cap_cancels = 0;
@@ -372,21 +348,19 @@ static void intake(engine *e) {
     }
     for (int c = 0; c < n_cancels; c++) {
         for (int i = 0; i < e->n_run; i++)
-            if (e->run[i]->id == cancels[c]) {
-                emit_error(e, e->run[i], DH_ECANCELLED, "cancelled");
+            if (e->run[i]->id == cancels[c].id) {
+                end_cancelled(e, e->run[i], cancels[c].finished);
                 drop_running(e, i);
-                count(e, &e->met.cancelled);
                 break;
             }
         for (req **pp = &e->wait_head, *prev = NULL; *pp; prev = *pp, pp = &(*pp)->next)
-            if ((*pp)->id == cancels[c]) {
+            if ((*pp)->id == cancels[c].id) {
                 req *r = *pp;
                 *pp = r->next;
                 if (e->wait_tail == r) e->wait_tail = prev;
                 e->n_waiting--;
-                emit_error(e, r, DH_ECANCELLED, "cancelled");
+                end_cancelled(e, r, cancels[c].finished);
                 req_free(r);
-                count(e, &e->met.cancelled);
                 break;
             }
     }
@@ -410,30 +384,31 @@ static void admit(engine *e) {
         e->run[e->n_run++] = r;
         pthread_mutex_lock(&e->mu);
         e->met.prompt_tokens += (uint64_t)r->n_prompt;
+        e->met.resumed_tokens += (uint64_t)r->n_given;
         pthread_mutex_unlock(&e->mu);
     }
 }
 
-/* the rows of the next step: decode rows, then prompt chunks */
+/* The rows of the next step: decode rows, then chunks of what requests still have to feed
+ * (prompt rows in the naive form, a resumed request's given tokens in the absorbed one) */
 static int compose(engine *e) {
     int T = 0;
     for (int i = 0; i < e->n_run; i++) {
         req *r = e->run[i];
-        if (r->n_prefilled < r->n_prompt) continue;
+        if (r->n_fed < r->n_prompt + r->n_given) continue;
         e->row_req[T] = r;
         e->rows[T++] = (fwd_row){r->seq, r->n_prompt + r->n_gen - 1, r->last, FWD_LOGITS};
     }
     for (int i = 0; i < e->n_run && T < e->p.max_batch_tokens; i++) {
         req *r = e->run[i];
-        int left = r->n_prompt - r->n_prefilled;
-        if (left <= 0) continue;
-        int n = DH_MIN(left, e->p.max_batch_tokens - T);
+        int end = r->n_prompt + r->n_given, n = DH_MIN(end - r->n_fed, e->p.max_batch_tokens - T);
         for (int j = 0; j < n; j++) {
-            int pos = r->n_prefilled + j;
+            int pos = r->n_fed + j;
             e->row_req[T] = r;
-            e->rows[T++] = (fwd_row){r->seq, pos, r->prompt[pos], FWD_NAIVE | (pos == r->n_prompt - 1 ? FWD_LOGITS : 0)};
+            e->rows[T++] = (fwd_row){r->seq, pos, r->toks[pos],
+                                     (pos < r->n_prompt ? FWD_NAIVE : 0u) | (pos == end - 1 ? FWD_LOGITS : 0u)};
         }
-        r->n_prefilled += n;
+        r->n_fed += DH_MAX(n, 0);
     }
     return T;
 }
@@ -541,7 +516,7 @@ int engine_run(engine *e) {
         for (int t = 0; t < T; t++) {
             if (!(e->rows[t].flags & FWD_LOGITS)) continue;
             req *r = e->row_req[t];
-            /* the token's position: after the prompt and the tokens generated so far */
+            /* the token's position: after the prompt and the completion so far */
             int tok = sampler_sample(r->smp, e->logits + (size_t)li++ * V, 0, r->n_prompt + r->n_gen,
                                      SAMPLER_TOKEN);
             if (on_token(e, r, tok)) {

@@ -3,9 +3,13 @@
  * Requests arrive from any thread (engine_submit); the engine thread runs engine_run, which
  * at every step boundary admits waiting requests (while KV-cache blocks and sequence slots
  * allow), and runs one forward step that mixes one decode row of every running sequence with
- * chunks of new prompts under a per-step token budget. Sampled tokens are decoded to text
- * (complete UTF-8 only, stop strings never shown) and reported through a callback on the
- * engine thread. A cancelled request frees its sequence at the next step boundary. */
+ * chunks of new prompts under a per-step token budget. The engine speaks token ids only: each
+ * sampled token is reported through a callback on the engine thread, with its index in the
+ * completion; text, stop strings and usage belong to the caller (frontend/request.h). A
+ * request may be resumed: given the completion tokens it already produced, the engine feeds
+ * them as decode rows (DESIGN.md's row forms), several per step, does not report them again,
+ * and draws the next token exactly as the uninterrupted request would have. A cancelled
+ * request frees its sequence at the next step boundary. */
 #ifndef DH_ENGINE_H
 #define DH_ENGINE_H
 #include <stddef.h>
@@ -13,7 +17,6 @@
 
 #include "coordinator/forward.h"
 #include "core/sampler.h"
-#include "core/tokenizer.h"
 #include "sched/loadstats.h"
 
 typedef struct engine engine;
@@ -26,29 +29,36 @@ typedef struct engine_params {
 } engine_params;
 
 typedef struct engine_request {
-    const int *prompt;       /* copied */
+    uint64_t id;             /* the caller's id (> 0), unique among its requests in flight: given
+                                back with every event, and what engine_cancel takes */
+    const int *prompt;       /* copied; fed as prompt rows */
     int n_prompt;
-    int max_tokens;
-    sampler_params sampling;
-    const char *const *stop; /* stop strings (copied); generation ends before the first one */
-    int n_stop;
+    const int *generated;    /* resume: completion tokens already produced (copied), fed as decode
+                                rows and not reported again; NULL when n_generated is 0 */
+    int n_generated;
+    int max_tokens;          /* of the whole completion, the generated part included */
+    sampler_params sampling; /* the seed decides every draw: a resumed request keeps its seed */
     int ignore_eos;
     void *user;              /* the caller's handle, given back with every event */
 } engine_request;
 
-enum { ENGINE_EV_TEXT = 1, ENGINE_EV_DONE = 2, ENGINE_EV_ERROR = 3 };
-enum { ENGINE_FINISH_STOP = 1, ENGINE_FINISH_LENGTH = 2 };
+enum { ENGINE_EV_TOKEN = 1, ENGINE_EV_DONE = 2, ENGINE_EV_ERROR = 3 };
+/* EOS: the end-of-sentence token (not reported as a token); LENGTH: max_tokens reached;
+ * STOP: the caller ended it (engine_cancel with finished = 1, e.g. on a stop string) */
+enum { ENGINE_FINISH_EOS = 1, ENGINE_FINISH_LENGTH = 2, ENGINE_FINISH_STOP = 3 };
 
 typedef struct engine_event {   /* pointers valid during the callback only */
     int kind;
-    uint64_t id;
+    uint64_t id;                /* the request's engine_request.id */
     void *user;
-    const char *text;           /* TEXT: new text, complete UTF-8; DONE: the rest (may be "") */
-    size_t len;
+    int token;                  /* TOKEN: the sampled id */
+    int index;                  /* TOKEN: its index in the completion, from 0 (n_generated first
+                                   after a resume) */
     int finish;                 /* DONE: ENGINE_FINISH_* */
     int prompt_tokens;          /* DONE */
-    int completion_tokens;      /* DONE */
-    const double *domain_share; /* DONE: [CFG_N_DOMAINS] share of the request's routed choices */
+    int completion_tokens;      /* DONE: tokens of the completion, the resumed part included */
+    const double *domain_share; /* DONE: [CFG_N_DOMAINS] share of the request's routed choices in
+                                   this engine (a resumed request's prefix counted again) */
     int code;                   /* ERROR: DH_E* (DH_ECANCELLED after engine_cancel) */
     const char *error;          /* ERROR: message */
 } engine_event;
@@ -66,26 +76,33 @@ typedef struct engine_hist {    /* Prometheus-style histogram, seconds */
 } engine_hist;
 
 typedef struct engine_metrics {
-    uint64_t finished_stop, finished_length, failed, cancelled;
-    uint64_t prompt_tokens, generated_tokens, steps;
+    uint64_t finished_stop;       /* EOS, or ended by the caller (a stop string) */
+    uint64_t finished_length, failed, cancelled;
+    uint64_t prompt_tokens;       /* prompt rows admitted (a resumed request's counted again) */
+    uint64_t generated_tokens;    /* tokens sampled (not the resumed ones) */
+    uint64_t resumed_tokens;      /* completion tokens given back by resumed requests */
+    uint64_t steps;
     int waiting, running;
     size_t kv_used_tokens, kv_total_tokens;
     engine_hist ttft, tpot, step;   /* time to first token, per output token, step time */
     double domain_share[CFG_N_DOMAINS]; /* of all routed choices so far */
 } engine_metrics;
 
-/* An engine over the forward pass f with its cache kv and model m, decoding with tok, routed
- * counts in stats (all kept; they must outlive it). NULL never. */
-engine *engine_new(const model *m, fwd_ctx *f, kv_cache *kv, const tokenizer *tok, ls_stats *stats,
-                   const engine_params *p, engine_emit_fn emit, void *ctx);
+/* An engine over the forward pass f with its cache kv and model m, routed counts in stats (all
+ * kept; they must outlive it). NULL never. */
+engine *engine_new(const model *m, fwd_ctx *f, kv_cache *kv, ls_stats *stats, const engine_params *p,
+                   engine_emit_fn emit, void *ctx);
 void engine_free(engine *e); /* after engine_run has returned; NULL ok */
 
-/* Thread-safe. Queue a request: its id (> 0); or DH_EBUSY when the queue is full, DH_EINVAL
- * when it cannot fit the context (err says which limit), DH_ECANCELLED when stopping. */
-int64_t engine_submit(engine *e, const engine_request *r, char *err, size_t errsz);
-/* Thread-safe. The request's sequence is freed at the next step boundary; its last event is an
- * ERROR with DH_ECANCELLED. Unknown or finished ids are ignored. */
-void engine_cancel(engine *e, uint64_t id);
+/* Thread-safe. Queue a request: 0; or DH_EBUSY when the queue is full, DH_EINVAL when it
+ * cannot fit the context or is malformed (err says why), DH_ECANCELLED when stopping. No event
+ * comes for a refused request. */
+int engine_submit(engine *e, const engine_request *r, char *err, size_t errsz);
+/* Thread-safe. The request's sequence is freed at the next step boundary. Its last event is
+ * then a DONE with ENGINE_FINISH_STOP when finished (the caller saw the end: a stop string),
+ * else an ERROR with DH_ECANCELLED (the client went away). Unknown or finished ids are
+ * ignored (their last event came or is coming). */
+void engine_cancel(engine *e, uint64_t id, int finished);
 /* Thread-safe. Stop admitting; requests in flight may finish for grace_s seconds, then fail.
  * A second call ends the grace at once. */
 void engine_stop(engine *e, double grace_s);

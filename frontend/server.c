@@ -1,28 +1,33 @@
-/* server.c: the HTTP server: routing, authentication, requests into the engine, events out to
- * the clients, metrics, graceful shutdown.
+/* server.c: the HTTP server: routing, authentication, requests into the backend, tokens out
+ * to the clients as text, metrics, graceful shutdown.
  *
- * Threads. MPI is initialised FUNNELED and the engine's forward pass calls MPI in a cluster,
- * so the engine keeps the main thread; libevent's evhttp runs on a thread of its own. The HTTP
- * thread parses, tokenizes (tok_encode is thread-safe) and engine_submits; the engine calls
- * srv_emit on its thread, which copies the event into a mutex-protected queue and wakes the
- * HTTP thread with event_active. Everything else here (requests, connections, counters) is
- * touched by the HTTP thread only.
+ * Threads. libevent's evhttp runs on a thread of its own (in one process the engine keeps the
+ * main thread: MPI is initialised FUNNELED and its forward pass calls MPI). The HTTP thread
+ * parses, tokenizes (tok_encode is thread-safe) and submits to the backend (backend.h); the
+ * backend's sink callbacks copy each event into a mutex-protected queue and wake the HTTP
+ * thread with event_active. Everything else here (requests and their text state, connections,
+ * counters) is touched by the HTTP thread only.
  *
- * Lifetime of a request (libevent 2.1). An accepted request is an srv_req that lives until
- * the engine's last event for it (DONE or ERROR; the engine sends exactly one), since the
- * engine holds it as `user` until then. Its evhttp_request is answered when that event
- * arrives, or let go earlier when the client disconnects: evhttp then detaches the request
- * from the dying connection if we had not finished it (req->evcon = NULL; it is ours to free)
- * and calls the connection's close callback, where we free it, forget it, and engine_cancel
- * the sequence; nothing is written to it afterwards. Before the final reply the close callback
+ * Request state. Each request's prompt, parameters (the seed drawn here when the client gave
+ * none), tokens so far and text state are a freq (request.h) owned by its srv_req: the backend
+ * sends token ids, the text is made here. A stop string found here ends the response at the
+ * backend's last event, after cancel(id, finished = 1).
+ *
+ * Lifetime of a request (libevent 2.1). An accepted request is an srv_req, found by its id,
+ * that lives until the backend's last event for it (DONE or ERROR; exactly one comes). Its
+ * evhttp_request is answered when that event arrives, or let go earlier when the client
+ * disconnects: evhttp then detaches the request from the dying connection if we had not
+ * finished it (req->evcon = NULL; it is ours to free) and calls the connection's close
+ * callback, where we free it, forget it, and cancel the backend request; nothing is written
+ * to it afterwards. Before the final reply the close callback
  * is removed, so that it never sees a freed srv_req. evhttp only notices a closed connection
  * while it reads: it reads (for that purpose only) while a reply is being written, so a stream
  * is watched from its first bytes; a whole (non-stream) response is watched the same way by
  * enabling reads with no read callback, as evhttp itself does, until the reply goes out.
  *
  * Shutdown. SIGTERM/SIGINT (libevent's signal events on this thread's base) close the
- * listening socket and engine_stop(grace); requests on open connections get 503. When
- * engine_run returns, srv_finish answers whatever is left, lets the replies drain for a bounded
+ * listening socket and stop the backend (grace); requests on open connections get 503. When
+ * the engine has stopped, srv_finish answers whatever is left, lets the replies drain for a bounded
  * time, and ends the thread. */
 #include "server.h"
 
@@ -46,8 +51,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "coordinator/api.h"
+#include "coordinator/metrics.h"
 #include "core/common.h"
+#include "frontend/api.h"
+#include "frontend/request.h"
 
 #define SRV_IDLE_TIMEOUT_S 60  /* reading a request, keep-alive idle, a client not reading */
 #define SRV_MAX_HEADERS 65536  /* bytes of request line and headers */
@@ -55,28 +62,29 @@
 enum { P_COMPLETIONS, P_CHAT, P_MODELS, P_HEALTH, P_METRICS, P_REPLAN, P_OTHER, N_PATHS };
 static const char *const path_names[N_PATHS] = {"/v1/completions", "/v1/chat/completions", "/v1/models",
                                                 "/health", "/metrics", "/admin/replan", "other"};
-enum { SRV_EV_REPLAN = 100 }; /* an event kind beside ENGINE_EV_*: the re-planner's answer */
+enum { SRV_EV_REPLAN = 100 }; /* an event kind beside FB_EV_*: the re-planner's answer */
+#define SRV_ID_BUCKETS 1024    /* of the table of requests by id */
 
 typedef struct srv_req { /* a request accepted into the engine or the re-planner; HTTP thread only */
     srv *s;
     struct evhttp_request *req;      /* NULL once answered or once the client went away */
     struct evhttp_connection *evcon; /* its connection while req is set */
-    uint64_t id;                     /* the engine's id (0 for a re-plan) */
+    uint64_t id;                     /* this server's id, given to the backend (0 for a re-plan) */
     int path;                        /* P_COMPLETIONS, P_CHAT or P_REPLAN */
     char id_str[48];
     api_meta meta;
     int stream, include_usage;
-    char *text;                      /* whole responses: the text so far */
-    size_t len, cap;
+    freq *fr;                        /* the request's tokens and text (NULL for a re-plan) */
+    int ended;                       /* the backend was told the request is finished */
     struct srv_req *prev, *next;     /* in s->inflight */
+    struct srv_req *hnext;           /* in s->by_id[id % SRV_ID_BUCKETS] */
 } srv_req;
 
-typedef struct srv_event { /* an engine event, copied for the HTTP thread */
+typedef struct srv_event { /* a backend event, copied for the HTTP thread */
     int kind;
-    srv_req *r;
-    char *text;
-    size_t len;
-    int finish, prompt_tokens, completion_tokens, code;
+    uint64_t id;                     /* FB_EV_*: the request's id */
+    srv_req *r;                      /* SRV_EV_REPLAN: the requester */
+    int token, index, finish, code;
     double share[CFG_N_DOMAINS];
     char *error;
     rp_result replan;                /* SRV_EV_REPLAN */
@@ -85,10 +93,9 @@ typedef struct srv_event { /* an engine event, copied for the HTTP thread */
 
 struct srv {
     srv_params p;
-    const model *m;
+    const model_config *cfg;
     const tokenizer *tok;
-    engine *e;
-    rp *replan;            /* NULL: not a cluster */
+    fb_backend *b;
     const char *domain_names[CFG_N_DOMAINS];
     struct event_base *base;
     struct evhttp *http;
@@ -99,17 +106,18 @@ struct srv {
     /* shared with the engine thread and the caller, under mu */
     pthread_mutex_t mu;
     srv_event *q_head, *q_tail;
-    int finish_asked, finish_rc; /* srv_finish was called, with engine_run's result */
+    int finish_asked, finish_rc; /* srv_finish was called, with the engine's result */
     double flush_deadline;
     /* HTTP thread only */
     srv_req *inflight;
+    srv_req *by_id[SRV_ID_BUCKETS]; /* the requests in the backend, by id */
+    uint64_t next_id;
     int stopping;          /* no longer accepting work */
-    int engine_rc;         /* engine_run's result, once srv_finish has said it */
+    int engine_rc;         /* the engine's result, once srv_finish has said it */
     int finished;          /* srv_finish's leftovers answered */
     int n_writing;         /* final replies still being written */
     uint64_t rng, disconnects;
     uint64_t http_counts[N_PATHS][500]; /* by path and status - 100 */
-    ls_stats *stats;       /* copy of the engine's, for /metrics */
 };
 
 static const struct timeval idle_tv = {SRV_IDLE_TIMEOUT_S, 0};
@@ -173,7 +181,7 @@ static void error_of_code(int path, int code, const char *msg, api_error *err) {
         return;
     }
     switch (code) {
-    case DH_EINVAL: /* engine_submit's: the context or the KV cache */
+    case DH_EINVAL: /* the backend's: the context or the KV cache */
         api_fail(err, 400, "invalid_request_error", "context_length_exceeded", "max_tokens", "%s", msg);
         break;
     case DH_EBUSY: api_fail(err, 429, "rate_limit_error", "queue_full", NULL, "%s; retry later", msg); break;
@@ -214,12 +222,29 @@ static void inflight_add(srv *s, srv_req *r) {
     s->inflight = r;
 }
 
+static void id_add(srv *s, srv_req *r) {
+    srv_req **b = &s->by_id[r->id % SRV_ID_BUCKETS];
+    r->hnext = *b;
+    *b = r;
+}
+
+static srv_req *id_find(srv *s, uint64_t id) {
+    srv_req *r = s->by_id[id % SRV_ID_BUCKETS];
+    while (r && r->id != id) r = r->hnext;
+    return r;
+}
+
 static void req_release(srv_req *r) {
     srv *s = r->s;
     if (r->prev) r->prev->next = r->next;
     else if (s->inflight == r) s->inflight = r->next;
     if (r->next) r->next->prev = r->prev;
-    free(r->text);
+    if (r->id) {
+        srv_req **pp = &s->by_id[r->id % SRV_ID_BUCKETS];
+        while (*pp && *pp != r) pp = &(*pp)->hnext;
+        if (*pp) *pp = r->hnext;
+    }
+    freq_free(r->fr);
     free(r);
 }
 
@@ -240,7 +265,7 @@ static void on_close(struct evhttp_connection *evcon, void *arg) {
     }
     r->evcon = NULL;
     r->s->disconnects++;
-    if (r->id) engine_cancel(r->s->e, r->id); /* a re-plan goes on: nobody waits for its answer */
+    if (r->id && !r->ended) r->s->b->ops->cancel(r->s->b, r->id, 0); /* a re-plan goes on: nobody waits */
 }
 
 /* Watch the connection of a request that waits for the engine: no read timeout meanwhile (a
@@ -272,25 +297,29 @@ static struct evhttp_request *unwatch(srv_req *r) {
     return req;
 }
 
-static void append_text(srv_req *r, const char *s, size_t n) {
-    xappend(&r->text, &r->len, &r->cap, s, n);
+/* text[from..to) of the request's choice as a stream chunk, if any */
+static void send_text(srv_req *r, size_t from, size_t to) {
+    if (to <= from || !r->stream) return;
+    char *json = api_chunk_json(&r->meta, r->fr->choice.text + from, to - from, 0, NULL);
+    sse_send(r, json);
+    free(json);
 }
 
+/* the backend's DONE: the whole response, or the stream's last chunks */
 static void finish_ok(srv *s, srv_req *r, const srv_event *ev) {
-    api_final f = {.finish = ev->finish == ENGINE_FINISH_LENGTH ? API_FINISH_LENGTH : API_FINISH_STOP,
-                   .prompt_tokens = ev->prompt_tokens, .completion_tokens = ev->completion_tokens,
+    size_t from, to;
+    freq_end(r->fr, ev->finish == FB_FINISH_LENGTH, &from, &to);
+    const freq_choice *c = &r->fr->choice;
+    api_final f = {.finish = c->finish == FREQ_FINISH_LENGTH ? API_FINISH_LENGTH : API_FINISH_STOP,
+                   .prompt_tokens = freq_prompt_tokens(r->fr), .completion_tokens = freq_completion_tokens(r->fr),
                    .domain_share = ev->share, .domain_names = s->domain_names};
     if (!r->stream) {
-        append_text(r, ev->text ? ev->text : "", ev->len);
-        char *json = api_response_json(&r->meta, r->text, r->len, &f);
+        char *json = api_response_json(&r->meta, c->text ? c->text : "", c->len, &f);
         reply_json(s, unwatch(r), r->path, 200, json);
         return;
     }
+    send_text(r, from, to);
     char *json;
-    if (ev->len) {
-        sse_send(r, json = api_chunk_json(&r->meta, ev->text, ev->len, 0, NULL));
-        free(json);
-    }
     sse_send(r, json = api_chunk_json(&r->meta, "", 0, 0, &f));
     free(json);
     if (r->include_usage) {
@@ -334,25 +363,37 @@ static void replan_answer(srv *s, srv_req *r, const rp_result *res) {
     reply_json(s, unwatch(r), r->path, 200, json);
 }
 
+/* a TOKEN: its text into the request's state, new text out to a stream; a stop string ends
+ * the backend request (the response ends at its DONE) */
+static void on_token(srv *s, srv_req *r, const srv_event *ev) {
+    size_t from, to;
+    int rc = freq_token(r->fr, ev->token, ev->index, &from, &to);
+    if (rc < 0) {
+        log_error("request %s: the backend sent token index %d, expected %d: ending it", r->id_str, ev->index,
+                  r->fr->choice.n_tokens);
+        if (!r->ended) s->b->ops->cancel(s->b, r->id, 0), r->ended = 1;
+        return;
+    }
+    if (rc == 0) send_text(r, from, to);
+    if (r->fr->choice.finish == FREQ_FINISH_STOP && !r->ended) {
+        s->b->ops->cancel(s->b, r->id, 1);
+        r->ended = 1;
+    }
+}
+
 static void on_event(srv *s, srv_event *ev) {
-    srv_req *r = ev->r;
     if (ev->kind == SRV_EV_REPLAN) {
-        replan_answer(s, r, &ev->replan);
-        req_release(r);
+        replan_answer(s, ev->r, &ev->replan);
+        req_release(ev->r);
         return;
     }
-    if (ev->kind == ENGINE_EV_TEXT) {
-        if (!r->req) return;
-        if (!r->stream) {
-            append_text(r, ev->text, ev->len);
-        } else {
-            char *json = api_chunk_json(&r->meta, ev->text, ev->len, 0, NULL);
-            sse_send(r, json);
-            free(json);
-        }
+    srv_req *r = id_find(s, ev->id);
+    if (!r) return; /* answered by srv_finish already */
+    if (ev->kind == FB_EV_TOKEN) {
+        if (r->req) on_token(s, r, ev);
         return;
     }
-    if (r->req && ev->kind == ENGINE_EV_DONE) {
+    if (r->req && ev->kind == FB_EV_DONE) {
         finish_ok(s, r, ev);
     } else if (r->req) {
         api_error err;
@@ -364,7 +405,6 @@ static void on_event(srv *s, srv_event *ev) {
 }
 
 static void event_free_(srv_event *ev) {
-    free(ev->text);
     free(ev->error);
     free(ev);
 }
@@ -378,26 +418,18 @@ static void queue_event(srv *s, srv_event *x) {
     event_active(s->wake, EV_READ, 0);
 }
 
-void srv_replan_done(void *ctx, void *user, const rp_result *res) {
+static void sink_replan_done(void *ctx, void *user, const rp_result *res) {
     srv_event *x = xcalloc(1, sizeof *x);
     x->kind = SRV_EV_REPLAN, x->r = user, x->replan = *res;
     queue_event(ctx, x);
 }
 
-void srv_emit(void *ctx, const engine_event *ev) {
+static void sink_event(void *ctx, const fb_event *ev) {
     srv *s = ctx;
     srv_event *x = xcalloc(1, sizeof *x);
-    x->kind = ev->kind, x->r = ev->user;
-    if (ev->kind != ENGINE_EV_ERROR && ev->len) {
-        x->text = xmalloc(ev->len);
-        memcpy(x->text, ev->text, ev->len);
-        x->len = ev->len;
-    }
-    if (ev->kind == ENGINE_EV_DONE) {
-        x->finish = ev->finish, x->prompt_tokens = ev->prompt_tokens, x->completion_tokens = ev->completion_tokens;
-        memcpy(x->share, ev->domain_share, sizeof x->share);
-    }
-    if (ev->kind == ENGINE_EV_ERROR) {
+    x->kind = ev->kind, x->id = ev->id, x->token = ev->token, x->index = ev->index, x->finish = ev->finish;
+    if (ev->kind == FB_EV_DONE) memcpy(x->share, ev->domain_share, sizeof x->share);
+    if (ev->kind == FB_EV_ERROR) {
         x->code = ev->code;
         x->error = xstrdup(ev->error ? ev->error : "the request failed");
     }
@@ -464,10 +496,10 @@ static int prompt_ids(srv *s, const api_request *ar, int **ids, int *n, api_erro
         rc = api_fail(err, 400, "invalid_request_error", "context_length_exceeded", what,
                       "the %s (%zu tokens) exceeds the context limit of %d tokens", what, len, s->p.max_context);
     for (size_t i = 0; i < len && !rc; i++)
-        if ((*ids)[i] >= s->m->cfg.vocab_size)
+        if ((*ids)[i] >= s->cfg->vocab_size)
             rc = api_fail(err, 400, "invalid_request_error", "invalid_value", what,
                           "the %s encodes to token id %d, beyond the model's vocabulary of %d", what, (*ids)[i],
-                          s->m->cfg.vocab_size);
+                          s->cfg->vocab_size);
     if (rc) {
         free(*ids);
         *ids = NULL;
@@ -483,7 +515,7 @@ static void handle_generate(srv *s, struct evhttp_request *req, int path) {
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(in);
     const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
-    api_limits lim = {.max_context = s->p.max_context, .vocab_size = s->m->cfg.vocab_size};
+    api_limits lim = {.max_context = s->p.max_context, .vocab_size = s->cfg->vocab_size};
     api_request ar;
     api_error err;
     int *ids = NULL, n_ids = 0, max_tokens;
@@ -491,22 +523,27 @@ static void handle_generate(srv *s, struct evhttp_request *req, int path) {
     if (prompt_ids(s, &ar, &ids, &n_ids, &err) != 0) goto fail_ar;
     if ((max_tokens = api_resolve_max_tokens(&ar, n_ids, s->p.max_context, &err)) < 0) goto fail_ids;
     srv_req *r = req_new(s, req, path, &ar);
-    uint64_t seed = ar.has_seed ? ar.seed : sampler_random_seed() ^ s->rng;
-    engine_request q = {.prompt = ids, .n_prompt = n_ids, .max_tokens = max_tokens,
-                        .sampling = {.temperature = ar.temperature, .top_p = ar.top_p, .top_k = ar.top_k,
-                                     .seed = seed},
-                        .stop = (const char *const *)ar.stop, .n_stop = ar.n_stop, .ignore_eos = ar.ignore_eos,
-                        .user = r};
+    /* the seed is fixed here, once: a resubmitted request draws with the same one */
+    freq_params fp = {.prompt = ids, .n_prompt = n_ids, .max_tokens = max_tokens,
+                      .sampling = {.temperature = ar.temperature, .top_p = ar.top_p, .top_k = ar.top_k,
+                                   .seed = ar.has_seed ? ar.seed : sampler_random_seed() ^ s->rng},
+                      .ignore_eos = ar.ignore_eos, .stop = (const char *const *)ar.stop, .n_stop = ar.n_stop,
+                      .eos_token_id = s->cfg->eos_token_id};
+    r->fr = freq_new(&fp, s->tok);
+    r->id = s->next_id++;
+    fb_request q = {.id = r->id, .prompt = ids, .n_prompt = n_ids, .max_tokens = max_tokens,
+                    .sampling = fp.sampling, .ignore_eos = ar.ignore_eos};
     char msg[256] = "";
-    int64_t id = engine_submit(s->e, &q, msg, sizeof msg);
-    if (id < 0) {
-        error_of_code(path, (int)id, msg, &err);
+    int rc = s->b->ops->submit(s->b, &q, msg, sizeof msg);
+    if (rc < 0) {
+        error_of_code(path, rc, msg, &err);
+        freq_free(r->fr);
         free(r);
         goto fail_ids;
     }
-    // accepted: the engine answers through srv_emit, on this thread, after this handler
-    r->id = (uint64_t)id;
+    // accepted: the backend's events come through the queue, on this thread, after this handler
     inflight_add(s, r);
+    id_add(s, r);
     watch(r);
     if (r->stream) {
         struct evkeyvalq *h = evhttp_request_get_output_headers(req);
@@ -546,21 +583,24 @@ static void handle_replan(srv *s, struct evhttp_request *req) {
         api_fail(&err, 405, "invalid_request_error", "method_not_allowed", NULL, "/admin/replan takes POST");
     } else if (s->stopping) {
         api_fail(&err, 503, "server_error", "shutting_down", NULL, "the server is shutting down");
-    } else if (!s->replan) {
-        api_fail(&err, 400, "invalid_request_error", "not_a_cluster", NULL,
-                 "this server runs every expert in its own process (not under mpirun): there is nothing to re-place");
     } else {
         srv_req *r = xcalloc(1, sizeof *r);
         r->s = s, r->req = req, r->evcon = evhttp_request_get_connection(req), r->path = path;
-        int rc = rp_request(s->replan, r);
+        int rc = s->b->ops->replan(s->b, r);
         if (rc == 0) {
             inflight_add(s, r);
             watch(r);
-            engine_wake(s->e);
             return;
         }
         free(r);
-        error_of_code(path, rc, "another re-plan is in progress; ask again when it has answered", &err);
+        if (rc == DH_EUNSUPPORTED)
+            api_fail(&err, 400, "invalid_request_error", "not_a_cluster", NULL,
+                     "this server runs every expert in its own process (not under mpirun): there is nothing to "
+                     "re-place");
+        else if (rc == DH_EBUSY)
+            error_of_code(path, rc, "another re-plan is in progress; ask again when it has answered", &err);
+        else
+            error_of_code(path, rc, "the engine is not available", &err);
     }
     reply_error(s, req, path, &err);
 }
@@ -622,180 +662,32 @@ static void on_request(struct evhttp_request *req, void *arg) {
 
 /* --- metrics (Prometheus text format 0.0.4) --- */
 
-static void family(struct evbuffer *b, const char *name, const char *type, const char *help) {
-    evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-/* a label value with \, " and newline escaped */
-static void label_value(char *out, size_t cap, const char *v) {
-    size_t j = 0;
-    for (; *v && j + 3 < cap; v++) {
-        if (*v == '\\' || *v == '"') out[j++] = '\\', out[j++] = *v;
-        else if (*v == '\n') out[j++] = '\\', out[j++] = 'n';
-        else out[j++] = *v;
-    }
-    out[j] = 0;
-}
-
-static void hist(struct evbuffer *b, const char *name, const char *help, const engine_hist *h) {
-    family(b, name, "histogram", help);
-    uint64_t cum = 0;
-    for (int i = 0; i < ENGINE_HIST_BUCKETS; i++) {
-        cum += h->count[i];
-        if (isinf(h->le[i])) evbuffer_add_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
-        else evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, h->le[i], (unsigned long long)cum);
-    }
-    evbuffer_add_printf(b, "%s_sum %.9g\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->n);
-}
-
-static void counter(struct evbuffer *b, const char *name, const char *help, unsigned long long v) {
-    family(b, name, "counter", help);
-    evbuffer_add_printf(b, "%s %llu\n", name, v);
-}
-
-static void gauge(struct evbuffer *b, const char *name, const char *help, double v) {
-    family(b, name, "gauge", help);
-    evbuffer_add_printf(b, "%s %.9g\n", name, v);
-}
-
 static void metrics_http(srv *s, struct evbuffer *b) {
-    family(b, "darkhorse_http_requests_total", "counter", "HTTP responses by path and status");
+    cmetrics_family(b, "darkhorse_http_requests_total", "counter", "HTTP responses by path and status");
     for (int p = 0; p < N_PATHS; p++)
         for (int c = 0; c < 500; c++)
             if (s->http_counts[p][c])
                 evbuffer_add_printf(b, "darkhorse_http_requests_total{path=\"%s\",code=\"%d\"} %llu\n", path_names[p],
                                     c + 100, (unsigned long long)s->http_counts[p][c]);
-    counter(b, "darkhorse_client_disconnects_total", "requests whose client went away before the answer",
-            s->disconnects);
-}
-
-static void metrics_engine(srv *s, struct evbuffer *b) {
-    engine_metrics m;
-    engine_get_metrics(s->e, &m);
-    family(b, "darkhorse_requests_finished_total", "counter", "requests finished, by reason");
-    evbuffer_add_printf(b, "darkhorse_requests_finished_total{reason=\"stop\"} %llu\n",
-                        (unsigned long long)m.finished_stop);
-    evbuffer_add_printf(b, "darkhorse_requests_finished_total{reason=\"length\"} %llu\n",
-                        (unsigned long long)m.finished_length);
-    counter(b, "darkhorse_requests_failed_total", "requests failed by the engine (shutdown, cluster failure)",
-            m.failed);
-    counter(b, "darkhorse_requests_cancelled_total", "requests cancelled (client gone)", m.cancelled);
-    counter(b, "darkhorse_prompt_tokens_total", "prompt tokens admitted", m.prompt_tokens);
-    counter(b, "darkhorse_generation_tokens_total", "tokens generated", m.generated_tokens);
-    counter(b, "darkhorse_engine_steps_total", "forward steps", m.steps);
-    gauge(b, "darkhorse_queue_depth", "requests waiting for a sequence slot", m.waiting);
-    gauge(b, "darkhorse_running_sequences", "sequences running", m.running);
-    gauge(b, "darkhorse_kv_cache_used_tokens", "KV cache positions reserved", (double)m.kv_used_tokens);
-    gauge(b, "darkhorse_kv_cache_capacity_tokens", "KV cache positions in all", (double)m.kv_total_tokens);
-    gauge(b, "darkhorse_kv_cache_usage_ratio", "share of the KV cache reserved",
-          m.kv_total_tokens ? (double)m.kv_used_tokens / (double)m.kv_total_tokens : 0);
-    hist(b, "darkhorse_time_to_first_token_seconds", "from submission to the first token", &m.ttft);
-    hist(b, "darkhorse_time_per_output_token_seconds", "between consecutive tokens of a request", &m.tpot);
-    hist(b, "darkhorse_step_seconds", "forward step time", &m.step);
-    family(b, "darkhorse_domain_share", "gauge", "share of all routed expert choices per domain");
-    char lv[96];
-    for (int d = 0; d < CFG_N_DOMAINS; d++) {
-        label_value(lv, sizeof lv, s->domain_names[d]);
-        evbuffer_add_printf(b, "darkhorse_domain_share{domain=\"%s\"} %.9g\n", lv, m.domain_share[d]);
-    }
-}
-
-static void metrics_cluster(srv *s, struct evbuffer *b) {
-    ls_stats *st = s->stats;
-    engine_get_stats(s->e, st);
-    const model_config *c = &s->m->cfg;
-    char lv[96];
-    uint64_t by_domain[CFG_N_DOMAINS] = {0};
-    family(b, "darkhorse_expert_tokens_total", "counter", "tokens routed to each expert of each MoE layer");
-    for (int l = 0; l < st->n_layers; l++) {
-        if (l >= s->m->n_layers || !s->m->layers[l].is_moe) continue;
-        for (int e = 0; e < st->n_experts; e++) {
-            uint64_t x = st->routed[(size_t)l * st->n_experts + e];
-            int d = c->expert_domains[e];
-            by_domain[d] += x;
-            label_value(lv, sizeof lv, s->domain_names[d]);
-            evbuffer_add_printf(b, "darkhorse_expert_tokens_total{layer=\"%d\",expert=\"%d\",domain=\"%s\"} %llu\n",
-                                l, e, lv, (unsigned long long)x);
-        }
-    }
-    family(b, "darkhorse_domain_routed_tokens_total", "counter", "routed expert choices per domain");
-    for (int d = 0; d < CFG_N_DOMAINS; d++) {
-        label_value(lv, sizeof lv, s->domain_names[d]);
-        evbuffer_add_printf(b, "darkhorse_domain_routed_tokens_total{domain=\"%s\"} %llu\n", lv,
-                            (unsigned long long)by_domain[d]);
-    }
-    static const struct { const char *name, *type, *help; } wf[] = {
-        {"darkhorse_worker_tokens_total", "counter", "token rows sent to each rank (0: the coordinator)"},
-        {"darkhorse_worker_expert_tokens_total", "counter", "(token, expert) pairs each rank computed"},
-        {"darkhorse_worker_bytes_received_total", "counter", "activation bytes sent to each rank"},
-        {"darkhorse_worker_bytes_sent_total", "counter", "result bytes each rank sent back"},
-        {"darkhorse_worker_compute_seconds_total", "counter", "time each rank spent in its experts"},
-        {"darkhorse_worker_resident_bytes", "gauge", "resident memory each rank last reported"},
-        {"darkhorse_worker_experts_hosted", "gauge", "(layer, expert) pairs each rank hosts"},
-    };
-    for (int k = 0; k < 7; k++) {
-        family(b, wf[k].name, wf[k].type, wf[k].help);
-        for (int w = 0; w <= st->n_workers; w++) {
-            const ls_worker *x = &st->workers[w];
-            double v = k == 0 ? (double)x->tokens : k == 1 ? (double)x->expert_tokens : k == 2 ? (double)x->bytes_in
-                     : k == 3 ? (double)x->bytes_out : k == 4 ? x->compute_s : k == 5 ? (double)x->rss_bytes
-                     : (double)x->experts_hosted;
-            evbuffer_add_printf(b, "%s{worker=\"%d\"} %.17g\n", wf[k].name, w, v);
-        }
-    }
-    gauge(b, "darkhorse_worker_balancedness", "mean / max of the (token, expert) pairs of the workers (1 = even)",
-          ls_balance(st));
-    counter(b, "darkhorse_moe_exchanges_total", "MoE exchanges with the workers", st->steps);
-    family(b, "darkhorse_moe_exchange_seconds_total", "counter", "coordinator time from dispatch to combine");
-    evbuffer_add_printf(b, "darkhorse_moe_exchange_seconds_total %.9g\n", st->exchange_s);
-    family(b, "darkhorse_moe_wait_seconds_total", "counter", "of which waiting for the workers");
-    evbuffer_add_printf(b, "darkhorse_moe_wait_seconds_total %.9g\n", st->wait_s);
-}
-
-static void metrics_replan(srv *s, struct evbuffer *b) {
-    rp_metrics m;
-    rp_get_metrics(s->replan, &m);
-    gauge(b, "darkhorse_plan_generation", "placement plans put in use: 1 at start, +1 at every live re-plan",
-          (double)m.generation);
-    family(b, "darkhorse_replans_total", "counter",
-           "live re-plans by outcome: applied, unchanged (nothing worth moving), failed (the old plan stayed)");
-    evbuffer_add_printf(b, "darkhorse_replans_total{result=\"applied\"} %llu\n", (unsigned long long)m.applied);
-    evbuffer_add_printf(b, "darkhorse_replans_total{result=\"unchanged\"} %llu\n", (unsigned long long)m.unchanged);
-    evbuffer_add_printf(b, "darkhorse_replans_total{result=\"failed\"} %llu\n", (unsigned long long)m.failed);
-    counter(b, "darkhorse_replan_moves_total", "(layer, expert) placements added to workers by live re-plans", m.moves);
-    gauge(b, "darkhorse_replan_last_moved", "placements the last re-plan added", m.last_moved);
-    gauge(b, "darkhorse_replan_imbalance_before",
-          "last re-plan: its window's load under the old plan, max/mean worker load per MoE layer", m.imbalance_before);
-    gauge(b, "darkhorse_replan_imbalance_after", "last re-plan: the same load under the new plan", m.imbalance_after);
-    gauge(b, "darkhorse_replan_step_ratio",
-          "last switch: longest step from the request to 20 steps after, over the median of the 100 before",
-          m.step_ratio);
-    gauge(b, "darkhorse_replan_in_progress", "1 while a re-plan is being mapped by the workers", m.running);
-    family(b, "darkhorse_replan_last_error_info", "gauge", "why the last failed re-plan failed (absent if none did)");
-    if (*m.last_error) {
-        char lv[700];
-        label_value(lv, sizeof lv, m.last_error);
-        evbuffer_add_printf(b, "darkhorse_replan_last_error_info{reason=\"%s\"} 1\n", lv);
-    }
+    cmetrics_counter(b, "darkhorse_client_disconnects_total", "requests whose client went away before the answer",
+                     s->disconnects);
 }
 
 static void metrics_text(srv *s, struct evbuffer *b) {
     char lv[256];
-    label_value(lv, sizeof lv, s->p.served_name);
-    family(b, "darkhorse_model_info", "gauge", "the served model");
+    cmetrics_label(lv, sizeof lv, s->p.served_name);
+    cmetrics_family(b, "darkhorse_model_info", "gauge", "the served model");
     evbuffer_add_printf(b, "darkhorse_model_info{model=\"%s\",context=\"%d\",workers=\"%d\"} 1\n", lv,
-                        s->p.max_context, s->p.stat_workers);
-    family(b, "darkhorse_routing_replay", "gauge", "1: the experts come from a routing trace, not the router");
+                        s->p.max_context, s->p.workers);
+    cmetrics_family(b, "darkhorse_routing_replay", "gauge", "1: the experts come from a routing trace, not the router");
     if (s->p.routing_replay) {
-        label_value(lv, sizeof lv, s->p.routing_replay);
+        cmetrics_label(lv, sizeof lv, s->p.routing_replay);
         evbuffer_add_printf(b, "darkhorse_routing_replay{file=\"%s\",order=\"%s\"} 1\n", lv, s->p.replay_order);
     } else {
         evbuffer_add_printf(b, "darkhorse_routing_replay 0\n");
     }
     metrics_http(s, b);
-    metrics_engine(s, b);
-    metrics_cluster(s, b);
-    if (s->replan) metrics_replan(s, b);
+    s->b->ops->metrics(s->b, b);
 }
 
 /* --- the HTTP thread --- */
@@ -866,7 +758,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
     log_info("%s: stopping; requests in flight have %.1f s to finish", sig == SIGTERM ? "SIGTERM" : "SIGINT",
              s->p.shutdown_grace);
     stop_accepting(s);
-    engine_stop(s->e, s->p.shutdown_grace);
+    s->b->ops->stop(s->b, s->p.shutdown_grace);
 }
 
 static void *http_main(void *arg) {
@@ -882,17 +774,18 @@ static void use_pthreads(void) {
     DH_ASSERT(rc == 0);
 }
 
-srv *srv_new(const srv_params *p, const model *m, const tokenizer *tok) {
+srv *srv_new(const srv_params *p, const model_config *cfg, const tokenizer *tok, fb_backend *b) {
     srv *s = xcalloc(1, sizeof *s);
     s->p = *p;
     s->p.host = xstrdup(p->host);
     s->p.api_key = p->api_key && *p->api_key ? xstrdup(p->api_key) : NULL;
     s->p.served_name = xstrdup(p->served_name);
-    s->m = m, s->tok = tok;
-    for (int d = 0; d < CFG_N_DOMAINS; d++) s->domain_names[d] = m->cfg.domain_names[d];
+    s->cfg = cfg, s->tok = tok, s->b = b;
+    for (int d = 0; d < CFG_N_DOMAINS; d++) s->domain_names[d] = cfg->domain_names[d];
+    s->next_id = 1;
+    fb_set_sink(b, &(fb_sink){.event = sink_event, .replan_done = sink_replan_done, .ctx = s});
     pthread_mutex_init(&s->mu, NULL);
     s->rng = sampler_random_seed();
-    s->stats = ls_new(p->stat_layers, p->stat_experts, p->stat_workers);
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, use_pthreads); /* before any base is made */
     s->base = event_base_new();
@@ -918,8 +811,7 @@ static int bound_port(struct evhttp_bound_socket *h) {
     return -1;
 }
 
-int srv_start(srv *s, engine *e) {
-    s->e = e;
+int srv_start(srv *s) {
     if (s->p.port < 0 || s->p.port > 65535 ||
         !(s->listener = evhttp_bind_socket_with_handle(s->http, s->p.host, (ev_uint16_t)s->p.port))) {
         log_error("cannot listen on %s port %d (address in use, or not an address of this machine?)", s->p.host,
@@ -946,7 +838,6 @@ int srv_start(srv *s, engine *e) {
 
 int srv_port(const srv *s) { return s->port; }
 
-void srv_set_replan(srv *s, rp *r) { s->replan = r; }
 
 void srv_finish(srv *s, int engine_rc, double flush_s) {
     if (!s->thread_started) return;
@@ -974,7 +865,6 @@ void srv_free(srv *s) {
     event_free(s->wake);
     event_free(s->tick);
     event_base_free(s->base);
-    ls_free(s->stats);
     pthread_mutex_destroy(&s->mu);
     free((char *)s->p.host);
     free((char *)s->p.api_key);

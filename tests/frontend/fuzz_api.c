@@ -1,5 +1,5 @@
 /* fuzz_api.c: a libFuzzer target over the OpenAI request parser and the bodies built from what
- * it accepts (coordinator/api.c). Not part of CI (which runs the deterministic fuzzer of
+ * it accepts (frontend/api.c). Not part of CI (which runs the deterministic fuzzer of
  * test_api.c on every build); with clang, configure a build with -DCMAKE_C_COMPILER=clang and:
  *
  *   cmake --build build-fuzz --target fuzz_api
@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "coordinator/api.h"
+#include "frontend/api.h"
 #include "core/common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

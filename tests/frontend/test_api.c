@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "coordinator/api.h"
+#include "frontend/api.h"
 #include "core/common.h"
 #include "tests/runner.h"
 
