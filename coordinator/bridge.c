@@ -13,6 +13,7 @@
 #include "bridge.h"
 
 #include <errno.h>
+#include <event2/buffer.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,8 +21,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "coordinator/cluster.h"
+#include "coordinator/engine.h"
+#include "coordinator/metrics.h"
+#include "coordinator/replan.h"
 #include "core/common.h"
 #include "proto/felink.h"
+#include "sched/placement.h"
 
 struct br {
     int fd;
@@ -174,4 +180,130 @@ int br_send_replan_done(br *b, uint64_t tag, int code, uint64_t generation, int 
     Darkhorse__FeMsg m = DARKHORSE__FE_MSG__INIT;
     m.body_case = DARKHORSE__FE_MSG__BODY_REPLAN_DONE, m.replan_done = &d;
     return send_msg(b, &m);
+}
+
+/* --- rank 0's engine behind the link --- */
+
+#define BR_METRICS_EVERY_S 1.0
+
+struct br_engine {
+    br *link;
+    engine *e;
+    rp *replan;
+    cmetrics *cm;
+    cluster *cl;
+    double last_metrics;
+    uint64_t plan_sent;    /* the generation of the plan last sent; 0 none */
+};
+
+static void g_submit(void *ctx, const Darkhorse__FeSubmit *m) {
+    br_engine *g = ctx;
+    engine_request q = {.id = m->id, .prompt = m->prompt, .n_prompt = (int)m->n_prompt,
+                        .generated = m->n_generated ? m->generated : NULL, .n_generated = (int)m->n_generated,
+                        .max_tokens = m->max_tokens, .ignore_eos = m->ignore_eos,
+                        .sampling = {.temperature = m->temperature, .top_p = m->top_p, .top_k = m->top_k,
+                                     .seed = m->seed}};
+    char err[512] = "";
+    int rc = engine_submit(g->e, &q, err, sizeof err);
+    if (rc) br_send_error(g->link, m->id, rc, err);
+}
+
+static void g_cancel(void *ctx, uint64_t id, int finished) { engine_cancel(((br_engine *)ctx)->e, id, finished); }
+static void g_stop(void *ctx, double grace_s) { engine_stop(((br_engine *)ctx)->e, grace_s); }
+
+static void g_replan(void *ctx, uint64_t tag) {
+    br_engine *g = ctx;
+    int rc = g->replan ? rp_request(g->replan, (void *)(uintptr_t)tag) : DH_EUNSUPPORTED;
+    if (rc == 0) engine_wake(g->e);
+    else br_send_replan_done(g->link, tag, rc, 0, 0, 0, 0, 0, rc == DH_EBUSY ? "a re-plan is in progress"
+                                                                                 : "not a cluster");
+}
+
+static void g_lost(void *ctx) {
+    br_engine *g = ctx;
+    engine_stop(g->e, 0);
+    engine_stop(g->e, 0); /* the second call ends the grace: nobody is left to answer */
+}
+
+static const br_ops engine_ops = {g_submit, g_cancel, g_stop, g_replan, g_lost};
+
+br_engine *br_engine_open(const char *path) {
+    br_engine *g = xcalloc(1, sizeof *g);
+    g->link = br_open(path, &engine_ops, g);
+    if (!g->link) {
+        free(g);
+        return NULL;
+    }
+    return g;
+}
+
+void br_engine_attach(br_engine *g, engine *e, rp *replan, cmetrics *cm, cluster *cl) {
+    g->e = e, g->replan = replan, g->cm = cm, g->cl = cl;
+}
+
+void br_engine_emit(void *ctx, const engine_event *ev) {
+    br_engine *g = ctx;
+    switch (ev->kind) {
+    case ENGINE_EV_TOKEN: br_send_token(g->link, ev->id, ev->token, ev->index); break;
+    case ENGINE_EV_DONE:
+        br_send_done(g->link, ev->id, ev->finish, ev->prompt_tokens, ev->completion_tokens, ev->domain_share,
+                     CFG_N_DOMAINS);
+        break;
+    default: br_send_error(g->link, ev->id, ev->code, ev->error); break;
+    }
+}
+
+void br_engine_replan_done(void *ctx, void *user, const rp_result *r) {
+    br_engine *g = ctx;
+    br_send_replan_done(g->link, (uint64_t)(uintptr_t)user, r->code, r->generation, r->moved, r->imbalance_before,
+                        r->imbalance_after, r->seconds, r->reason);
+}
+
+static void send_plan(br_engine *g) {
+    if (!g->cl || !g->cl->plan || g->cl->generation == g->plan_sent) return;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) return;
+    int rc = place_write(g->cl->plan, f);
+    fclose(f);
+    if (rc == 0 && br_send_plan(g->link, text, g->cl->generation) == 0) g->plan_sent = g->cl->generation;
+    free(text);
+}
+
+static void send_metrics(br_engine *g) {
+    struct evbuffer *b = evbuffer_new();
+    DH_ASSERT(b != NULL);
+    cmetrics_render(g->cm, g->replan, b);
+    evbuffer_add(b, "", 1);
+    br_send_metrics(g->link, (const char *)evbuffer_pullup(b, -1));
+    evbuffer_free(b);
+}
+
+void br_engine_tick(void *ctx, uint64_t steps, double step_s) {
+    br_engine *g = ctx;
+    if (g->replan) rp_tick(g->replan, steps, step_s);
+    double now = dh_now();
+    if (g->cm && now - g->last_metrics >= BR_METRICS_EVERY_S) {
+        g->last_metrics = now;
+        send_metrics(g);
+    }
+    send_plan(g);
+}
+
+int br_engine_start(br_engine *g, int max_context) {
+    int rc = br_send_hello(g->link, g->cl ? g->cl->n_workers : 0, max_context);
+    send_plan(g);
+    if (g->cm) send_metrics(g), g->last_metrics = dh_now();
+    return rc ? rc : br_start(g->link);
+}
+
+void br_engine_failed(br_engine *g, int code) {
+    br_send_failure(g->link, -1, "", code, dh_strerror(code));
+}
+
+void br_engine_close(br_engine *g) {
+    if (!g) return;
+    br_close(g->link);
+    free(g);
 }

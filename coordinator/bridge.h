@@ -42,4 +42,33 @@ int br_send_metrics(br *b, const char *text);
 int br_send_failure(br *b, int rank, const char *host, int code, const char *reason);
 int br_send_replan_done(br *b, uint64_t tag, int code, uint64_t generation, int moved, double imbalance_before,
                         double imbalance_after, double seconds, const char *reason);
+
+/* --- rank 0's engine behind the link (`serve --engine-socket PATH`) ---
+ *
+ * The glue between the link and an engine: the front end's submits, cancels, stop and
+ * re-plans go to the engine and the re-planner; the engine's events go back as they are (the
+ * front end decides which errors are failures to recover from); the tick sends the engine's
+ * metrics about every second and the plan in use whenever its generation changes. Use:
+ * br_engine_open, engine_new(..., br_engine_emit, g), rp_new(..., br_engine_replan_done, g),
+ * br_engine_attach, engine_set_tick(e, br_engine_tick, g), br_engine_start, engine_run, then
+ * br_engine_failed when engine_run failed, and br_engine_close after the re-planner is freed. */
+typedef struct br_engine br_engine;
+struct engine;
+struct engine_event;
+struct rp;
+struct rp_result;
+struct cmetrics;
+struct cluster;
+br_engine *br_engine_open(const char *path); /* NULL (logged) when the front end is not there */
+/* e, replan (NULL: one process), cm and cl (NULL: one process) are kept until br_engine_close */
+void br_engine_attach(br_engine *g, struct engine *e, struct rp *replan, struct cmetrics *cm,
+                      struct cluster *cl);
+void br_engine_emit(void *ctx, const struct engine_event *ev);                   /* engine_emit_fn */
+void br_engine_replan_done(void *ctx, void *user, const struct rp_result *r);    /* rp_done_fn */
+void br_engine_tick(void *ctx, uint64_t steps, double step_s);                   /* engine_tick_fn */
+/* Say hello (workers, max_context) and the plan, start reading: 0 or DH_EIO. */
+int br_engine_start(br_engine *g, int max_context);
+/* engine_run failed with code: tell the front end before the job ends. */
+void br_engine_failed(br_engine *g, int code);
+void br_engine_close(br_engine *g); /* NULL ok */
 #endif

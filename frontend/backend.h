@@ -92,6 +92,9 @@ typedef struct fb_ops {
      * current ones (local), or the last text the engine sent (remote); nothing while there is
      * no engine. */
     void (*metrics)(fb_backend *b, struct evbuffer *out);
+    /* 1 while an engine serves; 0 with why in reason[cap] while there is none for a while (a
+     * remote backend recovering from a failure). NULL: always serving (the local backend). */
+    int (*health)(fb_backend *b, char *reason, size_t cap);
 } fb_ops;
 
 struct fb_backend {               /* the base of every implementation (its first member) */

@@ -58,7 +58,7 @@ static void local_metrics(fb_backend *b, struct evbuffer *out) {
     pthread_mutex_unlock(&l->mu);
 }
 
-static const fb_ops local_ops = {local_submit, local_cancel, local_stop, local_replan, local_metrics};
+static const fb_ops local_ops = {local_submit, local_cancel, local_stop, local_replan, local_metrics, NULL};
 
 fb_backend *fb_local_new(void) {
     local *l = xcalloc(1, sizeof *l);

@@ -166,6 +166,7 @@ static void reply_json(srv *s, struct evhttp_request *req, int path, int status,
 static void reply_error(srv *s, struct evhttp_request *req, int path, const api_error *err) {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     if (err->status == 429) evhttp_add_header(h, "Retry-After", "1");
+    if (err->code && !strcmp(err->code, "engine_recovering")) evhttp_add_header(h, "Retry-After", "5");
     if (err->status == 401) evhttp_add_header(h, "WWW-Authenticate", "Bearer");
     reply_json(s, req, path, err->status, api_error_json(err));
 }
@@ -186,6 +187,7 @@ static void error_of_code(int path, int code, const char *msg, api_error *err) {
         break;
     case DH_EBUSY: api_fail(err, 429, "rate_limit_error", "queue_full", NULL, "%s; retry later", msg); break;
     case DH_ECANCELLED: api_fail(err, 503, "server_error", "shutting_down", NULL, "%s", msg); break;
+    case DH_EAGAIN: api_fail(err, 503, "server_error", "engine_recovering", NULL, "%s", msg); break;
     default: api_fail(err, 503, "server_error", "engine_failure", NULL, "%s (%s)", msg, dh_strerror(code)); break;
     }
 }
@@ -605,10 +607,22 @@ static void handle_replan(srv *s, struct evhttp_request *req) {
     reply_error(s, req, path, &err);
 }
 
-static char *health_json(const srv *s) {
+/* ok, stopping or failed; or degraded with the backend's reason while it has no engine */
+static char *health_json(const srv *s, int *status) {
+    char reason[512];
+    if (!s->stopping && s->b->ops->health && !s->b->ops->health(s->b, reason, sizeof reason)) {
+        *status = 503;
+        json_t *o = json_pack("{s:s, s:s}", "status", "degraded", "reason", reason);
+        DH_ASSERT(o != NULL);
+        char *json = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        DH_ASSERT(json != NULL);
+        return json;
+    }
     const char *state = !s->stopping ? "ok" : s->engine_rc ? "failed" : "stopping";
     char buf[96];
     snprintf(buf, sizeof buf, "{\"status\":\"%s\"}", state);
+    *status = s->stopping ? 503 : 200;
     return xstrdup(buf);
 }
 
@@ -641,7 +655,9 @@ static void on_request(struct evhttp_request *req, void *arg) {
                  post ? "POST" : "GET");
         reply_error(s, req, path, &err);
     } else if (path == P_HEALTH) {
-        reply_json(s, req, path, s->stopping ? 503 : 200, health_json(s));
+        int status;
+        char *json = health_json(s, &status);
+        reply_json(s, req, path, status, json);
     } else if (path == P_MODELS) {
         reply_json(s, req, path, 200, api_models_json(s->p.served_name, (long long)time(NULL)));
     } else if (path == P_METRICS) {
