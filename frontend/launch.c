@@ -68,6 +68,8 @@ struct fl {
     size_t line_len, line_cap;
     fl_failure fail;
     int starts;
+    char (*rank_host)[64];  /* [n_rank_host] the host of each rank, from rank 0's start-up lines */
+    int n_rank_host;
 };
 
 /* --- argv --- */
@@ -232,6 +234,7 @@ void fl_free(fl *f) {
     for (int i = 0; i < f->n_hosts; i++) free(f->hosts[i].line), free(f->hosts[i].name);
     free(f->hosts);
     free(f->line);
+    free(f->rank_host);
     free(f);
 }
 
@@ -356,15 +359,31 @@ int fl_parse_failure_line(const char *line, fl_failure *out) {
     return 0;
 }
 
+/* "rank 2 on h1: darkhorse 0.1.0, ...", rank 0's line for each worker at start-up */
+static void note_rank_host(fl *f, const char *line) {
+    const char *p = strstr(line, ": rank ");
+    int rank;
+    char host[64];
+    if (!p || sscanf(p, ": rank %d on %63[^: ]: darkhorse", &rank, host) != 2 || rank < 0 || rank > 1 << 20) return;
+    if (rank >= f->n_rank_host) {
+        f->rank_host = xrealloc(f->rank_host, (size_t)(rank + 1) * sizeof *f->rank_host);
+        for (int i = f->n_rank_host; i <= rank; i++) f->rank_host[i][0] = '\0';
+        f->n_rank_host = rank + 1;
+    }
+    snprintf(f->rank_host[rank], sizeof f->rank_host[rank], "%s", host);
+}
+
 static void take_line(fl *f, const char *s, size_t n) {
     fprintf(stderr, "%.*s\n", (int)n, s);
     char buf[1024];
     snprintf(buf, sizeof buf, "%.*s", (int)DH_MIN(n, sizeof buf - 1), s);
+    note_rank_host(f, buf);
     fl_failure x;
-    if (fl_parse_failure_line(buf, &x) && (f->fail.rank < 0 || !*f->fail.host || x.rank == f->fail.rank)) {
-        if (!*x.host && x.rank == f->fail.rank) snprintf(x.host, sizeof x.host, "%s", f->fail.host);
-        f->fail = x; /* the first rank named wins; a later line may add its host */
-    }
+    if (!fl_parse_failure_line(buf, &x)) return;
+    if (x.rank >= 0 && !*x.host && x.rank < f->n_rank_host) snprintf(x.host, sizeof x.host, "%s", f->rank_host[x.rank]);
+    if (f->fail.rank < 0) f->fail = x; /* the first rank named is the one that failed ... */
+    else if (x.rank == f->fail.rank && !*f->fail.host) /* ... a later line may add its host */
+        snprintf(f->fail.host, sizeof f->fail.host, "%s", x.host);
 }
 
 void fl_stderr_feed(fl *f, const char *buf, size_t n) {

@@ -495,13 +495,10 @@ static void job_gone(remote *r, const char *how) {
         return;
     }
     /* a failure: who, then kill what is left and start again */
-    fl_failure f = r->failure;
+    fl_failure f = r->failure; /* rank 0's FeFailure, which names no rank today ... */
     const fl_failure *lf = fl_last_failure(r->p.job);
-    if (f.rank < 0 || !*f.host) {
-        if (f.rank < 0) f.rank = lf->rank;
-        if (!*f.host && lf->rank == f.rank) snprintf(f.host, sizeof f.host, "%s", lf->host);
-        if (!*f.reason) snprintf(f.reason, sizeof f.reason, "%s", lf->reason);
-    }
+    if (f.rank < 0 && lf->rank >= 0) f = *lf; /* ... so the job's stderr says who */
+    else if (!*f.host && lf->rank == f.rank) snprintf(f.host, sizeof f.host, "%s", lf->host);
     fl_kill(r->p.job);
     char why[1024];
     if (f.rank >= 0)
