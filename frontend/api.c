@@ -33,6 +33,7 @@ int api_fail(api_error *err, int status, const char *type, const char *code, con
     err->status = status;
     err->type = type;
     err->code = code;
+    err->retry_after = 0;
     snprintf(err->param, sizeof err->param, "%s", param ? param : "");
     va_list ap;
     va_start(ap, fmt);

@@ -23,6 +23,7 @@ typedef struct api_error {
     const char *code;  /* static or NULL: "invalid_type", "invalid_value", ... */
     char param[96];    /* the parameter at fault ("messages[2].role"), "" for none */
     char message[512]; /* for the client */
+    int retry_after;   /* > 0: a Retry-After header of this many seconds */
 } api_error;
 
 typedef struct api_limits {

@@ -18,15 +18,29 @@
  * was already on its way); after cancel(id, 0) it is ERROR DH_ECANCELLED (or the one already
  * on its way). TOKEN events may still arrive after a cancel, before the last event.
  *
- * Threads. submit, cancel, stop, replan and metrics are called on the server's HTTP thread
- * only, after fb_set_sink. The sink's callbacks may be called on any thread (the engine
+ * Streams. The server starts a stream (200, headers) at the request's first TOKEN or its DONE:
+ * an ERROR before that gets a plain HTTP status, as a whole response does (so a request that
+ * waited for an engine being restarted can get 503 with Retry-After: fb_event.retry_after); an
+ * ERROR after that ends the stream with an error event.
+ *
+ * Threads. submit, cancel, stop, replan, metrics and health are called on the server's HTTP
+ * thread only, after fb_set_sink. The sink's callbacks may be called on any thread (the engine
  * thread for the local backend, the socket thread for a remote one), never two at once for
  * the same backend, and may be called before submit has returned; they must only copy the
  * event and hand it over (the server queues it to its HTTP thread). Pointers in an event are
  * valid during the callback only.
  *
+ * Resume. A backend that loses its engine and starts another resubmits each unfinished request
+ * itself, from its copy of what submit gave it plus the tokens it has delivered so far (as
+ * `generated`, with the same seed); the engine then sends the next indices only, so the server
+ * sees one stream with no duplicate and no gap (request.h ignores a repeated index anyway).
+ *
  * Ownership. The backend is created by the caller (cmd_serve.c, or the front end process) and
- * freed by it after the server; the server borrows it. Requests are copied by submit. */
+ * freed by it after the server; the server borrows it. Requests are copied by submit.
+ *
+ * Shutdown. On the first SIGTERM/SIGINT the server stops accepting and calls stop(grace), once.
+ * Whoever runs the engine tells the server when it has stopped by srv_finish (server.h); the
+ * server then answers what is still open with 503. */
 #ifndef DH_BACKEND_H
 #define DH_BACKEND_H
 #include <stddef.h>
@@ -64,6 +78,8 @@ typedef struct fb_event {
     int code;                     /* ERROR: DH_E* (DH_EINVAL refused, DH_EBUSY queue full,
                                      DH_ECANCELLED cancelled or stopping, other: engine failure) */
     const char *error;            /* ERROR: the message for the client */
+    int retry_after;              /* ERROR: > 0 when the engine is away (recovering): the client
+                                     gets 503 engine_unavailable with Retry-After: this many s */
 } fb_event;
 
 typedef struct fb_sink {          /* where a backend delivers; see Threads above */
@@ -92,8 +108,9 @@ typedef struct fb_ops {
      * current ones (local), or the last text the engine sent (remote); nothing while there is
      * no engine. */
     void (*metrics)(fb_backend *b, struct evbuffer *out);
-    /* 1 while an engine serves; 0 with why in reason[cap] while there is none for a while (a
-     * remote backend recovering from a failure). NULL: always serving (the local backend). */
+    /* For GET /health while the server is not stopping: 0 when serving; 1 when degraded (the
+     * engine is away, being restarted), with why in reason[cap] (the server answers 503
+     * {"status": "degraded", "reason": ...}). NULL: always serving. */
     int (*health)(fb_backend *b, char *reason, size_t cap);
 } fb_ops;
 

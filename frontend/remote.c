@@ -41,6 +41,7 @@
 #define FR_TICK_S 0.1          /* waitpid and the recovery deadlines */
 #define FR_STOP_EXTRA_S 15.0   /* after the grace: rank 0 stops its workers and exits */
 #define FR_BACKOFF_MAX_S 10.0
+#define FR_RETRY_AFTER_S 5     /* what a request that waited too long is told */
 #define FR_SOCK_GRACE_S 1.0    /* after rank 0's socket ends, for mpirun to exit and say why */
 
 enum { FR_STARTING, FR_SERVING, FR_RECOVERING, FR_STOPPING, FR_DONE };
@@ -112,7 +113,8 @@ static void req_free(fr_req *q) {
 }
 
 static void deliver_error(remote *r, uint64_t id, int code, const char *msg) {
-    fb_event ev = {.kind = FB_EV_ERROR, .id = id, .code = code, .error = msg};
+    fb_event ev = {.kind = FB_EV_ERROR, .id = id, .code = code, .error = msg,
+                   .retry_after = code == DH_EAGAIN ? FR_RETRY_AFTER_S : 0};
     r->base.sink.event(r->base.sink.ctx, &ev);
 }
 
@@ -198,19 +200,10 @@ static void op_metrics(fb_backend *b, struct evbuffer *out) {
 int fr_health(fb_backend *b, char *reason, size_t cap) {
     remote *r = (remote *)b;
     pthread_mutex_lock(&r->mu);
-    int ok = r->state == FR_SERVING;
-    if (!ok) snprintf(reason, cap, "%s", r->reason);
+    int degraded = r->state != FR_SERVING;
+    if (degraded) snprintf(reason, cap, "%s", r->reason);
     pthread_mutex_unlock(&r->mu);
-    return ok;
-}
-
-void fr_get_stats(fb_backend *b, fr_stats *out) {
-    remote *r = (remote *)b;
-    pthread_mutex_lock(&r->mu);
-    out->restarts = r->restarts, out->resumed = r->resumed, out->failures = r->failures;
-    out->up = r->state == FR_SERVING;
-    out->recovering_s = r->recovering_s + (r->ever_served && !out->up ? dh_now() - r->recovering_since : 0);
-    pthread_mutex_unlock(&r->mu);
+    return degraded;
 }
 
 static const fb_ops remote_ops = {op_submit, op_cancel, op_stop, op_replan, op_metrics, fr_health};

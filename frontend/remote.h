@@ -37,13 +37,7 @@ void fr_free(fb_backend *b); /* after fr_run; NULL ok */
  * until the first launch fails before it ever said hello (then DH_EIO: a wrong command line or
  * model, which a restart would not mend). 0 after a stop. */
 int fr_run(fb_backend *b);
-/* Thread-safe. 1 while an engine serves; else 0 with why in reason ("recovering: ..."). */
+/* Thread-safe (fb_ops.health). 0 while an engine serves; else 1 with why in reason
+ * ("recovering: rank 2 on host h1 failed (...)", "starting: ..."). */
 int fr_health(fb_backend *b, char *reason, size_t cap);
-
-typedef struct fr_stats {     /* thread-safe copy, for the front end's /metrics */
-    unsigned long long restarts, resumed, failures;
-    double recovering_s;      /* in all, the recovery in progress included */
-    int up;                   /* an engine serves */
-} fr_stats;
-void fr_get_stats(fb_backend *b, fr_stats *out);
 #endif

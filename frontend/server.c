@@ -76,6 +76,7 @@ typedef struct srv_req { /* a request accepted into the engine or the re-planner
     int stream, include_usage;
     freq *fr;                        /* the request's tokens and text (NULL for a re-plan) */
     int ended;                       /* the backend was told the request is finished */
+    int started;                     /* a stream: its 200 and headers went out */
     struct srv_req *prev, *next;     /* in s->inflight */
     struct srv_req *hnext;           /* in s->by_id[id % SRV_ID_BUCKETS] */
 } srv_req;
@@ -84,7 +85,7 @@ typedef struct srv_event { /* a backend event, copied for the HTTP thread */
     int kind;
     uint64_t id;                     /* FB_EV_*: the request's id */
     srv_req *r;                      /* SRV_EV_REPLAN: the requester */
-    int token, index, finish, code;
+    int token, index, finish, code, retry_after;
     double share[CFG_N_DOMAINS];
     char *error;
     rp_result replan;                /* SRV_EV_REPLAN */
@@ -166,7 +167,11 @@ static void reply_json(srv *s, struct evhttp_request *req, int path, int status,
 static void reply_error(srv *s, struct evhttp_request *req, int path, const api_error *err) {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     if (err->status == 429) evhttp_add_header(h, "Retry-After", "1");
-    if (err->code && !strcmp(err->code, "engine_recovering")) evhttp_add_header(h, "Retry-After", "5");
+    if (err->retry_after > 0) {
+        char v[16];
+        snprintf(v, sizeof v, "%d", err->retry_after);
+        evhttp_add_header(h, "Retry-After", v);
+    }
     if (err->status == 401) evhttp_add_header(h, "WWW-Authenticate", "Bearer");
     reply_json(s, req, path, err->status, api_error_json(err));
 }
@@ -187,7 +192,6 @@ static void error_of_code(int path, int code, const char *msg, api_error *err) {
         break;
     case DH_EBUSY: api_fail(err, 429, "rate_limit_error", "queue_full", NULL, "%s; retry later", msg); break;
     case DH_ECANCELLED: api_fail(err, 503, "server_error", "shutting_down", NULL, "%s", msg); break;
-    case DH_EAGAIN: api_fail(err, 503, "server_error", "engine_recovering", NULL, "%s", msg); break;
     default: api_fail(err, 503, "server_error", "engine_failure", NULL, "%s (%s)", msg, dh_strerror(code)); break;
     }
 }
@@ -271,14 +275,13 @@ static void on_close(struct evhttp_connection *evcon, void *arg) {
 }
 
 /* Watch the connection of a request that waits for the engine: no read timeout meanwhile (a
- * request may queue and run for long), the close callback, and for a whole response reads
- * enabled without a read callback, so that evhttp notices a close (as it does itself while it
- * writes). */
+ * request may queue and run for long), the close callback, and reads enabled without a read
+ * callback, so that evhttp notices a close (as it does itself while it writes: a started
+ * stream's reply). */
 static void watch(srv_req *r) {
     struct bufferevent *bev = evhttp_connection_get_bufferevent(r->evcon);
     bufferevent_set_timeouts(bev, NULL, &idle_tv);
     evhttp_connection_set_closecb(r->evcon, on_close, r);
-    if (r->stream) return;
     bufferevent_data_cb rd, wr;
     bufferevent_event_cb ev;
     void *arg;
@@ -297,6 +300,23 @@ static struct evhttp_request *unwatch(srv_req *r) {
     r->s->n_writing++;
     r->req = NULL, r->evcon = NULL;
     return req;
+}
+
+/* A stream's 200, headers and (chat) first chunk, at its first token or end: an error before
+ * them (the engine refused it, or was away too long) can still be a plain HTTP status */
+static void stream_start(srv *s, srv_req *r) {
+    if (!r->stream || r->started) return;
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
+    evhttp_add_header(h, "Content-Type", "text/event-stream");
+    evhttp_add_header(h, "Cache-Control", "no-cache");
+    count_status(s, r->path, 200);
+    evhttp_send_reply_start(r->req, 200, "OK"); /* evhttp reads from now on, to notice a close */
+    r->started = 1;
+    if (r->meta.kind == API_CHAT) {
+        char *json = api_chunk_json(&r->meta, "", 0, 1, NULL);
+        sse_send(r, json);
+        free(json);
+    }
 }
 
 /* text[from..to) of the request's choice as a stream chunk, if any */
@@ -320,6 +340,7 @@ static void finish_ok(srv *s, srv_req *r, const srv_event *ev) {
         reply_json(s, unwatch(r), r->path, 200, json);
         return;
     }
+    stream_start(s, r);
     send_text(r, from, to);
     char *json;
     sse_send(r, json = api_chunk_json(&r->meta, "", 0, 0, &f));
@@ -332,9 +353,10 @@ static void finish_ok(srv *s, srv_req *r, const srv_event *ev) {
     evhttp_send_reply_end(unwatch(r));
 }
 
-/* an error for a request in flight: its status, or in a stream an error event then the end */
+/* an error for a request in flight: its status, or in a started stream an error event then
+ * the end */
 static void finish_error(srv *s, srv_req *r, const api_error *err) {
-    if (!r->stream) {
+    if (!r->started) {
         reply_error(s, unwatch(r), r->path, err);
         return;
     }
@@ -392,14 +414,19 @@ static void on_event(srv *s, srv_event *ev) {
     srv_req *r = id_find(s, ev->id);
     if (!r) return; /* answered by srv_finish already */
     if (ev->kind == FB_EV_TOKEN) {
-        if (r->req) on_token(s, r, ev);
+        if (r->req) stream_start(s, r), on_token(s, r, ev);
         return;
     }
     if (r->req && ev->kind == FB_EV_DONE) {
         finish_ok(s, r, ev);
     } else if (r->req) {
         api_error err;
-        error_of_code(r->path, ev->code, ev->error, &err);
+        if (ev->retry_after > 0) {
+            api_fail(&err, 503, "server_error", "engine_unavailable", NULL, "%s", ev->error);
+            err.retry_after = ev->retry_after;
+        } else {
+            error_of_code(r->path, ev->code, ev->error, &err);
+        }
         if (ev->code != DH_ECANCELLED) log_warn("request %s failed: %s", r->id_str, ev->error);
         finish_error(s, r, &err);
     }
@@ -432,7 +459,7 @@ static void sink_event(void *ctx, const fb_event *ev) {
     x->kind = ev->kind, x->id = ev->id, x->token = ev->token, x->index = ev->index, x->finish = ev->finish;
     if (ev->kind == FB_EV_DONE) memcpy(x->share, ev->domain_share, sizeof x->share);
     if (ev->kind == FB_EV_ERROR) {
-        x->code = ev->code;
+        x->code = ev->code, x->retry_after = ev->retry_after;
         x->error = xstrdup(ev->error ? ev->error : "the request failed");
     }
     queue_event(s, x);
@@ -547,18 +574,6 @@ static void handle_generate(srv *s, struct evhttp_request *req, int path) {
     inflight_add(s, r);
     id_add(s, r);
     watch(r);
-    if (r->stream) {
-        struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-        evhttp_add_header(h, "Content-Type", "text/event-stream");
-        evhttp_add_header(h, "Cache-Control", "no-cache");
-        count_status(s, path, 200);
-        evhttp_send_reply_start(req, 200, "OK");
-        if (kind == API_CHAT) {
-            char *json = api_chunk_json(&r->meta, "", 0, 1, NULL);
-            sse_send(r, json);
-            free(json);
-        }
-    }
     free(ids);
     api_request_free(&ar);
     return;
@@ -607,23 +622,18 @@ static void handle_replan(srv *s, struct evhttp_request *req) {
     reply_error(s, req, path, &err);
 }
 
-/* ok, stopping or failed; or degraded with the backend's reason while it has no engine */
-static char *health_json(const srv *s, int *status) {
-    char reason[512];
-    if (!s->stopping && s->b->ops->health && !s->b->ops->health(s->b, reason, sizeof reason)) {
-        *status = 503;
-        json_t *o = json_pack("{s:s, s:s}", "status", "degraded", "reason", reason);
-        DH_ASSERT(o != NULL);
-        char *json = json_dumps(o, JSON_COMPACT);
-        json_decref(o);
-        DH_ASSERT(json != NULL);
-        return json;
-    }
-    const char *state = !s->stopping ? "ok" : s->engine_rc ? "failed" : "stopping";
-    char buf[96];
-    snprintf(buf, sizeof buf, "{\"status\":\"%s\"}", state);
-    *status = s->stopping ? 503 : 200;
-    return xstrdup(buf);
+/* GET /health: 200 ok; 503 degraded (the backend says why), stopping or failed */
+static void handle_health(srv *s, struct evhttp_request *req) {
+    char reason[512] = "";
+    int degraded = !s->stopping && s->b->ops->health && s->b->ops->health(s->b, reason, sizeof reason);
+    const char *state = degraded ? "degraded" : !s->stopping ? "ok" : s->engine_rc ? "failed" : "stopping";
+    json_t *o = json_pack("{s:s}", "status", state);
+    DH_ASSERT(o != NULL);
+    if (degraded) json_object_set_new(o, "reason", json_string(reason));
+    char *json = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    DH_ASSERT(json != NULL);
+    reply_json(s, req, P_HEALTH, s->stopping || degraded ? 503 : 200, json);
 }
 
 static void metrics_text(srv *s, struct evbuffer *b);
@@ -655,9 +665,7 @@ static void on_request(struct evhttp_request *req, void *arg) {
                  post ? "POST" : "GET");
         reply_error(s, req, path, &err);
     } else if (path == P_HEALTH) {
-        int status;
-        char *json = health_json(s, &status);
-        reply_json(s, req, path, status, json);
+        handle_health(s, req);
     } else if (path == P_MODELS) {
         reply_json(s, req, path, 200, api_models_json(s->p.served_name, (long long)time(NULL)));
     } else if (path == P_METRICS) {
