@@ -102,6 +102,17 @@ static int parse_long(const char *name, const char *arg, long lo, long hi, long 
     return 0;
 }
 
+static int parse_seconds(const char *name, const char *arg, double *out) {
+    char *end;
+    double v = strtod(arg, &end);
+    if (*end || end == arg || !(v >= 0 && v <= 86400)) {
+        fprintf(stderr, "darkhorse serve: %s wants seconds in [0, 86400], not '%s'\n", name, arg);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, serve_opts *o, rt_opts *ro) {
     static const struct option opts[] = {
         {"host", required_argument, 0, 'H'},           {"port", required_argument, 0, 'p'},
@@ -117,7 +128,6 @@ static int parse_args(int argc, char **argv, serve_opts *o, rt_opts *ro) {
         {"engine-socket", required_argument, 0, 'E'},
         RT_LONGOPTS,                                   {0, 0, 0, 0}};
     int c, r = 0;
-    char *end;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if ((r = rt_parse_opt(ro, c, optarg)) < 0) return 2;
@@ -140,20 +150,8 @@ static int parse_args(int argc, char **argv, serve_opts *o, rt_opts *ro) {
         case 'F': o->hostfile = optarg; break;
         case 'm': r = parse_long("--min-workers", optarg, 1, 1 << 20, &o->min_workers); break;
         case 'E': o->engine_socket = optarg; break;
-        case 'w':
-            o->recovery_wait = strtod(optarg, &end);
-            if (*end || end == optarg || !(o->recovery_wait >= 0 && o->recovery_wait <= 86400)) {
-                fprintf(stderr, "darkhorse serve: --recovery-wait wants seconds in [0, 86400], not '%s'\n", optarg);
-                return 2;
-            }
-            break;
-        case 'g':
-            o->grace = strtod(optarg, &end);
-            if (*end || end == optarg || !(o->grace >= 0 && o->grace <= 86400)) {
-                fprintf(stderr, "darkhorse serve: --shutdown-grace wants seconds in [0, 86400], not '%s'\n", optarg);
-                return 2;
-            }
-            break;
+        case 'w': r = parse_seconds("--recovery-wait", optarg, &o->recovery_wait); break;
+        case 'g': r = parse_seconds("--shutdown-grace", optarg, &o->grace); break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;
         }

@@ -6,9 +6,9 @@
 # the same front end (same plan) and compared token for token (as text).
 #
 # Reports on stdout: requests and failures, exact completions, recovery per request (from the
-# fault to that request's next token: median and max), the front end's restart time (fault to
-# the new job's hello) against the whole recovery (what dominates), and the front end's RSS and
-# file descriptors at each fault and at the end.
+# fault to that request's first token after the stall: median and max), the restart time (the
+# failure noticed to the new job's hello, from the front end's log) against the whole recovery
+# (what dominates), and the front end's RSS and file descriptors at each fault and at the end.
 #
 #   scripts/chaos.sh                                the run: genesis-1b, np 5, 32 clients,
 #                                                   max_tokens 200, 300 s, faults every 30-60 s
@@ -56,7 +56,7 @@ fe=$!
 cleanup() { kill -TERM $fe 2>/dev/null || true; wait $fe 2>/dev/null || true; }
 trap cleanup EXIT
 for _ in $(seq 1 1200); do
-  port=$(grep -o "listening on http://127.0.0.1:[0-9]*" "$out/fe.err" 2>/dev/null | head -1 | sed 's/.*://')
+  port=$(grep -o "listening on http://127.0.0.1:[0-9]*" "$out/fe.err" 2>/dev/null | head -1 | sed 's/.*://' || true)
   [ -n "$port" ] && break
   kill -0 $fe 2>/dev/null || { tail -20 "$out/fe.err" >&2; exit 1; }
   sleep 0.1
@@ -68,10 +68,10 @@ health_ok || { echo "chaos: the job never served" >&2; tail -20 "$out/fe.err" >&
 echo "chaos: serving on port $port" >&2
 
 fe_stats() { # time rss_kb fds
-  echo "$(date +%s.%N) $(awk '/VmRSS/ {print $2}' /proc/$fe/status) $(ls /proc/$fe/fd | wc -l)"
+  echo "$(date +%s.%N) $(awk '/VmRSS/ {print $2}' /proc/$fe/status) $(find /proc/$fe/fd -mindepth 1 | wc -l)"
 }
 rank_pid() {
-  for p in $(pgrep -f -- "--model $model"); do
+  for p in $(pgrep -f -- "--model $model" || true); do
     [ "$p" = "$fe" ] && continue
     tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1" && { echo "$p"; return; }
   done
@@ -127,16 +127,18 @@ for r in ok:
     if r not in exact:
         print("  differs: key %d" % r["key"])
 rec = []
-for t, rank, sig, pid in faults:
+for n, (t, rank, sig, pid) in enumerate(faults):
     tf = float(t)
+    t_next = float(faults[n + 1][0]) if n + 1 < len(faults) else tf + 120
     per = []
-    for r in runs:
-        before = [c for c in r["chunks"] if c < tf]
-        after = [c for c in r["chunks"] if c >= tf]
-        if before and after:
-            per.append(after[0] - tf)
+    for r in runs:  # the stall: the longest gap between two tokens around the fault
+        c = r["chunks"]
+        gaps = [(c[i] - c[i - 1], c[i]) for i in range(1, len(c)) if tf - 0.5 <= c[i] < t_next]
+        if c and c[0] < tf and gaps:
+            per.append(max(gaps)[1] - tf)
     rec += per
-    print("fault at +%.1f s: SIG%s rank %s: %d streams in flight, recovery to the next token median %.2f s, max %.2f s"
+    print("fault at +%.1f s: SIG%s rank %s: %d streams in flight, fault to the first token after the stall: "
+          "median %.2f s, max %.2f s"
           % (tf - min(r["t_start"] for r in runs), sig, rank, len(per),
              statistics.median(per) if per else float("nan"), max(per) if per else float("nan")))
 if rec:
@@ -145,7 +147,7 @@ if rec:
 err = open(out + "/fe.err").read()
 back = [float(x) for x in re.findall(r"serves again .*? ([0-9.]+) s after the failure", err)]
 if back:
-    print("fault noticed to the new job's hello (front end log): median %.2f s, max %.2f s over %d restarts" %
+    print("restart (failure noticed to the new job's hello, front end log): median %.2f s, max %.2f s over %d" %
           (statistics.median(back), max(back), len(back)))
 stats = [l.split() for l in open(out + "/fe-stats.txt") if l.strip()]
 print("front end RSS (kB) at start, each fault, end: %s" % " ".join(s[1] for s in stats))

@@ -29,6 +29,18 @@ wait_health() { # wait_health ok|degraded SECONDS
   return 1
 }
 
+# streams N MAX_TOKENS OUT CHUNKS: N streaming clients in the background (pid in cl), returning
+# once every stream has CHUNKS chunks (at most 30 s)
+streams() {
+  python3 "$client" --port "$PORT" --clients "$1" --requests "$1" --max-tokens "$2" --out "$3" \
+    --progress "$tmp/progress" --progress-chunks "$4" &
+  cl=$!
+  pids+=("$cl")
+  for _ in $(seq 1 600); do [ -f "$tmp/progress" ] && break; sleep 0.05; done
+  [ -f "$tmp/progress" ] || fail "the streams did not start within 30 s"
+  rm -f "$tmp/progress"
+}
+
 start fe "$bin" serve --model "$tmp/m" --port 0 --launch "mpirun -np 3 --oversubscribe" --worker-timeout 3 \
   --max-seqs 8 --recovery-wait 60 --shutdown-grace 20
 wait_health ok 120 || fail "/health never said ok: $(cat "$tmp/health")"
@@ -44,12 +56,7 @@ assert len(rs) == 6 and all(r["status"] == 200 and not r["error"] and r["complet
 EOF
   ok "6 requests without a fault"
 
-  python3 "$client" --port "$PORT" --clients 6 --requests 6 --max-tokens 64 --out "$tmp/run.jsonl" \
-    --progress "$tmp/progress" --progress-chunks 4 &
-  cl=$!
-  pids+=("$cl")
-  for _ in $(seq 1 600); do [ -f "$tmp/progress" ] && break; sleep 0.05; done
-  [ -f "$tmp/progress" ] || fail "the streams did not start within 30 s"
+  streams 6 64 "$tmp/run.jsonl" 4
   victim=$(rank_pid 2)
   [ -n "$victim" ] || fail "no process of rank 2"
   kill -KILL "$victim"
@@ -83,12 +90,7 @@ EOF
 fi
 
 if [ "$mode" = term ]; then
-  python3 "$client" --port "$PORT" --clients 1 --requests 1 --max-tokens 48 --out "$tmp/one.jsonl" \
-    --progress "$tmp/progress" --progress-chunks 2 &
-  cl=$!
-  pids+=("$cl")
-  for _ in $(seq 1 600); do [ -f "$tmp/progress" ] && break; sleep 0.05; done
-  [ -f "$tmp/progress" ] || fail "the stream did not start"
+  streams 1 48 "$tmp/one.jsonl" 2
   [ "$(job_pids | wc -l)" -ge 3 ] || fail "fewer than 3 processes of the job before the signal"
   t0=$(date +%s%N)
   kill -TERM "$SRV"
