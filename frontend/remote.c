@@ -43,6 +43,9 @@
 #define FR_BACKOFF_MAX_S 10.0
 #define FR_RETRY_AFTER_S 5     /* what a request that waited too long is told */
 #define FR_SOCK_GRACE_S 1.0    /* after rank 0's socket ends, for mpirun to exit and say why */
+#define FR_SILENCE_S 20.0      /* rank 0 sends its metrics about every second, between steps: a
+                                  rank 0 silent this long is stopped or stuck (its workers do
+                                  not notice a stopped coordinator) */
 
 enum { FR_STARTING, FR_SERVING, FR_RECOVERING, FR_STOPPING, FR_DONE };
 
@@ -75,6 +78,7 @@ typedef struct remote {
     fel_reader *rd;
     int have_plan;          /* plan_path holds a plan of the running job's shape */
     int failing;            /* the engine reported a failure: send it nothing more */
+    double last_msg;        /* when rank 0 last sent anything */
     double sock_closed;     /* when rank 0's socket ended (0: it did not): the job's end is
                                awaited a little, for mpirun's report of who failed */
     int ever_served;
@@ -397,18 +401,21 @@ static void on_hello(remote *r, const Darkhorse__FeHello *h) {
         q->sent = 0, q->cancel_sent = 0;
     }
     double took = now - r->recovering_since;
-    if (r->ever_served) r->recovering_s += took, r->resumed += (unsigned long long)resumed;
+    int again = r->ever_served;
+    if (again) r->recovering_s += took, r->resumed += (unsigned long long)resumed;
     r->state = FR_SERVING;
+    r->ever_served = 1;
     r->failing = 0;
     r->reason[0] = '\0';
+    r->last_msg = now;
     pthread_mutex_unlock(&r->mu);
-    if (r->ever_served)
+    if (again)
         log_info("the cluster serves again (rank 0 pid %d on %s, %d workers) %.2f s after the failure; %d requests "
                  "resumed",
                  h->pid, h->host, h->workers, took, resumed);
     else
         log_info("the cluster serves: rank 0 pid %d on %s, %d workers", h->pid, h->host, h->workers);
-    r->ever_served = 1, r->failed_starts = 0;
+    r->failed_starts = 0;
     flush(r);
 }
 
@@ -540,6 +547,7 @@ static void on_sock(struct bufferevent *bev, void *arg) {
         if (k <= 0) break;
         fel_reader_feed(r->rd, buf, (size_t)k);
     }
+    r->last_msg = dh_now();
     if (fel_reader_drain(r->rd, on_msg, r)) job_gone(r, "rank 0 sent a malformed message");
 }
 
@@ -668,6 +676,10 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
     if (st == FR_STOPPING && r->stop_deadline > 0 && now > r->stop_deadline) {
         log_warn("the job did not end within the grace + %.0f s: killing it", FR_STOP_EXTRA_S);
         job_gone(r, "stop deadline");
+        return;
+    }
+    if (st == FR_SERVING && r->bev && now - r->last_msg > FR_SILENCE_S) {
+        job_gone(r, "rank 0 sent nothing for 20 s");
         return;
     }
     if (st == FR_STARTING && now - r->state_since > r->p.start_timeout) {

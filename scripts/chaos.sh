@@ -53,7 +53,8 @@ echo "chaos: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2
   --max-seqs "$clients" --max-queue 1024 --recovery-wait 120 --ctx $((max_tokens + 64)) \
   --kv-tokens $((clients * (max_tokens + 64) + 1024)) $extra 2>"$out/fe.err" &
 fe=$!
-cleanup() { kill -TERM $fe 2>/dev/null || true; wait $fe 2>/dev/null || true; }
+poller=""
+cleanup() { kill -TERM $fe 2>/dev/null || true; wait $fe 2>/dev/null || true; [ -z "$poller" ] || kill $poller 2>/dev/null || true; }
 trap cleanup EXIT
 for _ in $(seq 1 1200); do
   port=$(grep -o "listening on http://127.0.0.1:[0-9]*" "$out/fe.err" 2>/dev/null | head -1 | sed 's/.*://' || true)
@@ -79,6 +80,13 @@ rank_pid() {
 
 : >"$out/faults.txt"
 fe_stats >"$out/fe-stats.txt"
+# /health every 50 ms, its changes with their time: when each failure was noticed and served again
+(last="" ; while kill -0 $fe 2>/dev/null; do
+   st=$(curl -s -m 2 "http://127.0.0.1:$port/health" | grep -o '"status":"[a-z]*"' || true)
+   [ "$st" != "$last" ] && echo "$(date +%s.%N) $st" >>"$out/health.txt" && last=$st
+   sleep 0.05
+ done) &
+poller=$!
 python3 "$client" --port "$port" --clients "$clients" --duration "$duration" --max-tokens "$max_tokens" \
   --out "$out/chaos.jsonl" &
 cl=$!
@@ -116,6 +124,10 @@ out = sys.argv[1]
 runs = [json.loads(l) for l in open(out + "/chaos.jsonl")]
 refs = {r["key"]: r for r in map(json.loads, open(out + "/ref.jsonl"))} if os.path.exists(out + "/ref.jsonl") else {}
 faults = [l.split() for l in open(out + "/faults.txt") if l.strip()]
+health = []
+for l in open(out + "/health.txt") if os.path.exists(out + "/health.txt") else []:
+    t, _, st = l.partition(" ")
+    health.append((float(t), st.strip().split(":")[-1].strip('"')))
 failed = [r for r in runs if r["status"] != 200 or r["error"]]
 ok = [r for r in runs if r not in failed]
 exact = [r for r in ok if r["key"] in refs and refs[r["key"]]["text"] == r["text"] and not refs[r["key"]]["error"]]
@@ -141,6 +153,12 @@ for n, (t, rank, sig, pid) in enumerate(faults):
           "median %.2f s, max %.2f s"
           % (tf - min(r["t_start"] for r in runs), sig, rank, len(per),
              statistics.median(per) if per else float("nan"), max(per) if per else float("nan")))
+    deg = [t for t, st in health if st == "degraded" and tf <= t < t_next]
+    ok_ = [t for t, st in health if st == "ok" and deg and deg[0] < t < t_next]
+    if deg and ok_ and per:
+        print("  noticed (health degraded) %.2f s after the fault; restart (degraded to ok) %.2f s; "
+              "ok to the median stream's next token %.2f s (resubmission and recomputation)"
+              % (deg[0] - tf, ok_[0] - deg[0], statistics.median(per) - (ok_[0] - tf)))
 if rec:
     print("recovery per request (fault to next token), %d streams: median %.2f s, max %.2f s" %
           (len(rec), statistics.median(rec), max(rec)))
