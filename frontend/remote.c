@@ -42,6 +42,7 @@
 #define FR_STOP_EXTRA_S 15.0   /* after the grace: rank 0 stops its workers and exits */
 #define FR_BACKOFF_MAX_S 10.0
 #define FR_RETRY_AFTER_S 5     /* what a request that waited too long is told */
+#define FR_RETRY_BUSY_S 0.2    /* a resumed request the engine's full queue refused waits this */
 #define FR_SOCK_GRACE_S 1.0    /* after rank 0's socket ends, for mpirun to exit and say why */
 #define FR_SILENCE_S 20.0      /* rank 0 sends its metrics about every second, between steps: a
                                   rank 0 silent this long is stopped or stuck (its workers do
@@ -60,6 +61,8 @@ typedef struct fr_req {
     int ignore_eos;
     double t_wait;          /* since when it waits for an engine (submission or failure) */
     int sent;               /* the running engine has it */
+    int resumed;            /* an earlier engine had it: a client may be reading its stream */
+    double retry_at;        /* refused for a full queue after a resume: sent again from then */
     int cancel;             /* 0; 1 client gone; 2 finished by the server (stop string) */
     int cancel_sent;
     struct fr_req *next;
@@ -266,7 +269,7 @@ static void flush_locked(remote *r, ended **out) {
             req_free(q);
             continue;
         }
-        if (r->state == FR_SERVING && !r->failing) {
+        if (r->state == FR_SERVING && !r->failing && q->retry_at <= dh_now()) {
             if (!q->sent) send_submit(r, q), q->sent = 1;
             if (q->cancel && !q->cancel_sent) send_cancel(r, q->id, q->cancel == 2), q->cancel_sent = 1;
         }
@@ -356,6 +359,9 @@ static void on_event_msg(remote *r, const Darkhorse__FeEvent *m) {
                           m->index, q->n_tokens);
             pass = 0; /* a duplicate: the server has it */
         }
+    } else if (q && m->kind == FB_EV_ERROR && m->code == DH_EBUSY && q->resumed) {
+        pass = 0; /* resubmitted all at once, the new engine's queue overflowed: again soon */
+        q->sent = 0, q->cancel_sent = 0, q->retry_at = dh_now() + FR_RETRY_BUSY_S;
     } else if (q && m->kind == FB_EV_ERROR && m->code != DH_EINVAL && m->code != DH_EBUSY &&
                !(m->code == DH_ECANCELLED && (q->cancel || r->stop_asked))) {
         pass = 0; /* the engine failed under it: the next engine resumes it */
@@ -397,8 +403,8 @@ static void on_hello(remote *r, const Darkhorse__FeHello *h) {
     pthread_mutex_lock(&r->mu);
     int resumed = 0;
     for (fr_req *q = r->reqs; q; q = q->next) {
-        if (q->sent || q->n_tokens) resumed++;
-        q->sent = 0, q->cancel_sent = 0;
+        if (q->sent || q->n_tokens) resumed++, q->resumed = 1;
+        q->sent = 0, q->cancel_sent = 0, q->retry_at = 0;
     }
     double took = now - r->recovering_since;
     int again = r->ever_served;
@@ -686,6 +692,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
         job_gone(r, "no hello from rank 0 within the start timeout");
         return;
     }
+    if (st == FR_SERVING) flush(r); /* resumed requests refused for a full queue */
     if (st == FR_SERVING || st == FR_DONE) return;
     /* requests waiting too long for an engine */
     ended *e = NULL;
