@@ -500,12 +500,12 @@ static void job_gone(remote *r, const char *how) {
         event_base_loopbreak(r->ev);
         return;
     }
-    /* a failure: who, then kill what is left and start again */
+    /* a failure: kill what is left (which reads the rest of its stderr), say who, start again */
+    fl_kill(r->p.job);
     fl_failure f = r->failure; /* rank 0's FeFailure, which names no rank today ... */
     const fl_failure *lf = fl_last_failure(r->p.job);
     if (f.rank < 0 && lf->rank >= 0) f = *lf; /* ... so the job's stderr says who */
     else if (!*f.host && lf->rank == f.rank) snprintf(f.host, sizeof f.host, "%s", lf->host);
-    fl_kill(r->p.job);
     char why[1024];
     if (f.rank >= 0)
         snprintf(why, sizeof why, "recovering: rank %d%s%s failed (%s)", f.rank, *f.host ? " on host " : "", f.host,
