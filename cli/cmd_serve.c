@@ -196,6 +196,18 @@ static int context_of(const model_config *c, const serve_opts *o, size_t kv_toke
     return ctx;
 }
 
+/* The cluster's live re-planner answering through done(ctx, ...); NULL in one process. */
+static rp *replanner_new(rt *R, const serve_opts *o, rp_done_fn done, void *ctx) {
+    if (!R->clustered) {
+        if (o->replan_every) log_warn("--replan-every is for a cluster (mpirun -np N, N >= 2): ignored in one process");
+        return NULL;
+    }
+    rp_params rpp = rp_default_params();
+    rpp.every = (int)DH_MIN(o->replan_every, INT_MAX), rpp.window = (int)o->replan_window;
+    rpp.max_moves = (int)o->max_moves;
+    return rp_new(&R->cl, &rpp, done, ctx);
+}
+
 /* On the coordinator, after rt_open_kv: serve until a signal or a failure. The exit code. */
 static int serve(rt *R, const serve_opts *o) {
     char path[1100], name[256];
@@ -218,16 +230,8 @@ static int serve(rt *R, const serve_opts *o) {
     engine *e = engine_new(R->m, R->f, R->kv, R->stats, &ep, fb_local_emit, b);
     log_info("KV cache: %zu positions (%.2f GB), %ld sequences, %ld rows per step", kv_total_tokens(R->kv),
              kv_total_tokens(R->kv) * (double)kv_bytes_per_token(R->kv) / 1e9, o->max_seqs, o->max_batch_tokens);
-    rp *replan = NULL;
-    if (R->clustered) {
-        rp_params rpp = rp_default_params();
-        rpp.every = (int)DH_MIN(o->replan_every, INT_MAX), rpp.window = (int)o->replan_window;
-        rpp.max_moves = (int)o->max_moves;
-        replan = rp_new(&R->cl, &rpp, fb_local_replan_done, b);
-        engine_set_tick(e, rp_tick, replan);
-    } else if (o->replan_every) {
-        log_warn("--replan-every is for a cluster (mpirun -np N, N >= 2): ignored in one process");
-    }
+    rp *replan = replanner_new(R, o, fb_local_replan_done, b);
+    if (replan) engine_set_tick(e, rp_tick, replan);
     cmetrics *cm = cmetrics_new(R->m, e, R->stats->n_layers, R->stats->n_experts, R->stats->n_workers);
     fb_local_attach(b, e, replan, cm);
     int rc = 1;
@@ -261,13 +265,7 @@ static int serve_engine(rt *R, const serve_opts *o) {
     engine_params ep = {.max_seqs = (int)o->max_seqs, .max_batch_tokens = (int)o->max_batch_tokens,
                         .max_queue = (int)o->max_queue, .max_context = ctx};
     engine *e = engine_new(R->m, R->f, R->kv, R->stats, &ep, br_engine_emit, g);
-    rp *replan = NULL;
-    if (R->clustered) {
-        rp_params rpp = rp_default_params();
-        rpp.every = (int)DH_MIN(o->replan_every, INT_MAX), rpp.window = (int)o->replan_window;
-        rpp.max_moves = (int)o->max_moves;
-        replan = rp_new(&R->cl, &rpp, br_engine_replan_done, g);
-    }
+    rp *replan = replanner_new(R, o, br_engine_replan_done, g);
     cmetrics *cm = cmetrics_new(R->m, e, R->stats->n_layers, R->stats->n_experts, R->stats->n_workers);
     br_engine_attach(g, e, replan, cm, R->clustered ? &R->cl : NULL);
     engine_set_tick(e, br_engine_tick, g);
