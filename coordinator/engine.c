@@ -30,10 +30,10 @@
 
 #include "core/common.h"
 
-typedef struct engine_cancel_t { /* a cancellation asked for by another thread */
+typedef struct cancel_ask { /* a cancellation asked for by another thread */
     uint64_t id;
     int finished;
-} engine_cancel_t;
+} cancel_ask;
 
 typedef struct req {
     uint64_t id;
@@ -64,7 +64,7 @@ struct engine {
     pthread_cond_t wake;
     req *in_head, *in_tail;
     int n_incoming;
-    engine_cancel_t *cancels;
+    cancel_ask *cancels;
     int n_cancels, cap_cancels;
     int stopping;
     int woken;            /* engine_wake since the last idle wait */
@@ -206,7 +206,7 @@ void engine_cancel(engine *e, uint64_t id, int finished) {
         e->cap_cancels = e->cap_cancels ? 2 * e->cap_cancels : 64;
         e->cancels = xrealloc(e->cancels, (size_t)e->cap_cancels * sizeof *e->cancels);
     }
-    e->cancels[e->n_cancels++] = (engine_cancel_t){id, finished};
+    e->cancels[e->n_cancels++] = (cancel_ask){id, finished};
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->mu);
 }
@@ -334,7 +334,7 @@ static void intake(engine *e) {
     int n_in = e->n_incoming;
     e->in_head = e->in_tail = NULL;
     e->n_incoming = 0;
-    engine_cancel_t *cancels = e->cancels;
+    cancel_ask *cancels = e->cancels;
     int n_cancels = e->n_cancels;
     e->cancels = NULL;
     e->n_cancels = e->cap_cancels = 0;

@@ -85,6 +85,29 @@ if [ "$mode" = local ]; then
     fail "chat shape: $(cat "$tmp/body")"
   ok "chat completions, whole and streamed"
 
+  # --- a stop string, looked for by the server in the text it decodes from the engine's tokens:
+  # taken from the middle of the greedy text, the text ends before its first occurrence, whole
+  # and streamed (so no piece of it is ever sent), with finish_reason "stop"
+  stop=$(python3 -c 'import ast, json, sys; t = ast.literal_eval(sys.argv[1]); print(json.dumps(t[len(t) // 2:][:3]))' "$greedy")
+  for st in false true; do
+    b=$(python3 -c 'import json, sys; d = json.loads(sys.argv[1]); d["stream"] = sys.argv[2] == "true"
+d["stop"] = [json.loads(sys.argv[3])]; print(json.dumps(d))' "$sbody" $st "$stop")
+    [ "$(call POST /v1/completions -H "$AUTH" -N -d "$b")" = 200 ] || fail "a stop string (stream $st): $(cat "$tmp/body")"
+    python3 - "$tmp/body" "$greedy" "$stop" $st <<'PY' || fail "a stop string (stream $st): $(cat "$tmp/body")"
+import ast, json, sys
+body, t, s, st = open(sys.argv[1]).read(), ast.literal_eval(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+assert len(s) == 3 and s in t
+if st == "true":
+    chunks = [json.loads(l[6:]) for l in body.splitlines() if l.startswith("data: {")]
+    text, finish = "".join(c["choices"][0]["text"] for c in chunks), chunks[-1]["choices"][0]["finish_reason"]
+else:
+    d = json.loads(body)
+    text, finish = d["choices"][0]["text"], d["choices"][0]["finish_reason"]
+assert (text, finish) == (t[:t.find(s)], "stop"), (text, finish, s)
+PY
+  done
+  ok "a stop string: the text ends before it, whole and streamed, finish_reason stop"
+
   # --- errors
   expect_error 400 None invalid_json /v1/completions '{"prompt": "x",'
   expect_error 400 None invalid_type /v1/completions '["prompt"]'

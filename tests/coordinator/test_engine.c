@@ -153,12 +153,14 @@ static void h_record(harness *h, route_rec *rec) {
 }
 
 
+static int eos_respected; /* submit requests that stop at the end-of-sentence token */
+
 /* request i (id i + 1, seed sampling.seed + i), resumed after its first n_given tokens given[] */
 static int submit_resumed(harness *h, int i, int max_tokens, const int *given, int n_given) {
     int prompt[64];
     engine_request q = {.id = (uint64_t)i + 1, .prompt = prompt, .n_prompt = prompt_of(i, prompt),
                         .generated = given, .n_generated = n_given, .max_tokens = max_tokens,
-                        .sampling = h->sampling, .ignore_eos = 1, .user = &h->res[i]};
+                        .sampling = h->sampling, .ignore_eos = !eos_respected, .user = &h->res[i]};
     q.sampling.seed += (uint64_t)i;
     char err[256];
     int rc = engine_submit(h->e, &q, err, sizeof err);
@@ -392,6 +394,36 @@ static void test_ending_a_request_as_finished_sends_done(void) {
     h_close(&h);
 }
 
+/* The end-of-sentence token ends a request with EOS and is not reported: made the model's EOS
+ * for a run, a token that request 0 draws greedily at index 5 (and not before) ends it there */
+static void test_the_end_of_sentence_token_ends_a_request_unreported(void) {
+    harness h;
+    h_open(&h, 2, 32, 8, 4096);
+    CU_ASSERT(submit(&h, 0, 20) == 0);
+    CU_ASSERT_EQUAL(engine_run(h.e), 0);
+    result whole = h.res[0];
+    h_close(&h);
+    int at = 5, tok = whole.tokens[at];
+    for (int i = 0; i < at; i++) CU_ASSERT_FATAL(whole.tokens[i] != tok);
+    int eos = g_m->cfg.eos_token_id;
+    g_m->cfg.eos_token_id = tok;
+    eos_respected = 1;
+    h_open(&h, 2, 32, 8, 4096);
+    CU_ASSERT(submit(&h, 0, 20) == 0);
+    CU_ASSERT_EQUAL(engine_run(h.e), 0);
+    g_m->cfg.eos_token_id = eos;
+    eos_respected = 0;
+    CU_ASSERT(h.res[0].done && !h.res[0].gaps);
+    CU_ASSERT_EQUAL(h.res[0].finish, ENGINE_FINISH_EOS);
+    CU_ASSERT_EQUAL(h.res[0].n, at);
+    CU_ASSERT_EQUAL(h.res[0].completion_tokens, at);
+    CU_ASSERT_EQUAL(memcmp(h.res[0].tokens, whole.tokens, (size_t)at * sizeof *whole.tokens), 0);
+    engine_metrics m;
+    engine_get_metrics(h.e, &m);
+    CU_ASSERT_EQUAL(m.finished_stop, 1);
+    h_close(&h);
+}
+
 static void test_queue_and_context_limits_are_refused(void) {
     harness h;
     h_open(&h, 1, 16, 2, 256);
@@ -452,6 +484,7 @@ static CU_TestInfo engine_tests[] = {
     {"a resume with nothing left is refused", test_a_resume_with_nothing_left_is_refused},
     {"cancelling frees the sequence at once", test_cancelling_frees_the_sequence_at_once},
     {"ending a request as finished sends DONE", test_ending_a_request_as_finished_sends_done},
+    {"the end-of-sentence token ends a request, unreported", test_the_end_of_sentence_token_ends_a_request_unreported},
     {"queue and context limits are refused", test_queue_and_context_limits_are_refused},
     {"stopping fails what cannot finish", test_stopping_fails_what_cannot_finish},
     CU_TEST_INFO_NULL,
