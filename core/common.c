@@ -28,6 +28,7 @@ const char *dh_strerror(int code) {
     case DH_ETIMEOUT: return "deadline passed";
     case DH_ECANCELLED: return "cancelled";
     case DH_EPEER: return "a peer rank failed";
+    case DH_EAGAIN: return "recovering from a failure; retry later";
     default: return "unknown error";
     }
 }

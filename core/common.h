@@ -18,6 +18,7 @@ enum {
     DH_ETIMEOUT = -8,  /* a deadline passed */
     DH_ECANCELLED = -9, /* the work was cancelled */
     DH_EPEER = -10,    /* another rank failed or disagreed */
+    DH_EAGAIN = -11,   /* the service is recovering from a failure: retry later */
 };
 const char *dh_strerror(int code);
 
