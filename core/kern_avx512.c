@@ -700,9 +700,15 @@ static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
  * of sub-block j pulled out with shifts and masks; per sub-block the nibbles are transposed as
  * q4's, vpdpbusd sums nibble * xq (nibbles are unsigned: no offset), and the integer I and M of
  * kern.h are two vpmulld. Each super-block prefetches q_prefetch() bytes ahead in each of the
- * 16 rows. Prompt
- * processing runs the same kernel 4 activation rows at a time: the 16 rows' weights stay in
- * L1 between the calls, but they are unpacked again for every 4 activation rows. */
+ * 16 rows.
+ *
+ * Prompt processing (more than QSMALL_T rows) packs each block of 64 rows once, as q8/q4 do:
+ * per group of 16 rows and sub-block, the 8 vectors of nibbles (unsigned, both halves as they
+ * are) and four vectors of lanes (s_j, m_j as int32, d and -dmin as f32), then register tiles
+ * of QTILE_R activation rows by 4 groups run over the panel. Per output element the integer
+ * sums are the same exact numbers and the float operations the same two fused multiply-adds
+ * per sub-block, in the same order, as the decode kernel's (kern.h): the same bits. (Before,
+ * prompts ran the decode kernel 4 rows at a time, unpacking the 16 rows again every 4 rows.) */
 
 AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int cols,
                 const uint8_t *p, const qrows *rw, int R, int pf) {
@@ -763,6 +769,14 @@ AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
     for (int r = 0; r < R; r++) store_lanes(y + (size_t)r * ldy, rw->keep, rw->ystep, rw->yidx, acc[r]);
 }
 
+/* DH_KERN_Q4K_UNPACKED=1: prompts through the decode kernel as before the packed path (for
+ * measuring one against the other in the same build); read once. */
+static int k_unpacked(void) {
+    static int u = -1;
+    if (u < 0) u = getenv("DH_KERN_Q4K_UNPACKED") && atoi(getenv("DH_KERN_Q4K_UNPACKED")) > 0;
+    return u;
+}
+
 static void k_small_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int cols,
                         const uint8_t *p, const qrows *rw, int R, int pf) {
 #define KS_CASE(RR)                                                                              \
@@ -779,13 +793,119 @@ static void k_small_any(float *y, int ldy, const int8_t *xq, const float *xd, co
 #undef KS_CASE
 }
 
+/* The lanes of a packed group and sub-block: scale and min as int32, d and -dmin as f32. */
+enum { KL_SC, KL_MN, KL_D, KL_NMIN, KL_COUNT };
+
+/* Large T: rows [o, o + n) (n <= 64) packed as pk[cg][b][g] (groups cg of 16 rows, the 8
+ * nibble vectors of nib_rows) and lanes[cg][b][KL_COUNT] (one 16-lane vector each). */
+static void k_pack(const wmat *W, int o, int n, __m512i *pk, __m512i *lanes, uint8_t *tail) {
+    int cols = W->cols, nb = cols / WT_QBLOCK;
+    size_t rb = wt_q4k_row_bytes((size_t)cols);
+    for (int cg = 0; cg * 16 < n; cg++) {
+        const uint8_t *rows = q_src(W, o + cg * 16, rb, tail);
+        for (int k0 = 0, b = 0; k0 < cols; k0 += WT_KBLOCK) {
+            int ns = DH_MIN(cols - k0, WT_KBLOCK) / WT_QBLOCK;
+            const uint8_t *p = rows + wt_q4k_row_bytes((size_t)k0); /* the super-block in row 0 */
+            int32_t sc[8][16], mn[8][16];
+            float d[16], nmin[16];
+            for (int i = 0; i < 16; i++) {
+                wt_q4k_head h;
+                memcpy(&h, p + (size_t)i * rb, sizeof h);
+                d[i] = _cvtsh_ss(h.d), nmin[i] = -_cvtsh_ss(h.dmin); /* as k_small's cvtph, xor */
+                for (int j = 0; j < ns; j++) wt_q4k_scale(&h, j, &sc[j][i], &mn[j][i]);
+            }
+            for (int j = 0; j < ns; j++, b++) {
+                __m512i w[8], *dst = pk + ((size_t)cg * nb + b) * 8, *ln = lanes + ((size_t)cg * nb + b) * KL_COUNT;
+                nib_rows(p + sizeof(wt_q4k_head) + (size_t)j * (WT_QBLOCK / 2), rb, w, 0);
+                for (int g = 0; g < 8; g++) _mm512_store_si512(dst + g, w[g]);
+                _mm512_store_si512(ln + KL_SC, _mm512_loadu_si512(sc[j]));
+                _mm512_store_si512(ln + KL_MN, _mm512_loadu_si512(mn[j]));
+                _mm512_store_si512(ln + KL_D, _mm512_castps_si512(_mm512_loadu_ps(d)));
+                _mm512_store_si512(ln + KL_NMIN, _mm512_castps_si512(_mm512_loadu_ps(nmin)));
+            }
+        }
+    }
+}
+
+/* An R x C register tile of the packed q4k path (as q_tile): per sub-block b, the exact sums
+ * of nibble * xq, then I and M and the two fused multiply-adds of k_small, in its order. */
+AI void k_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int nb,
+               const __m512i *pk, const __m512i *lanes, int R, int C, __mmask16 keep) {
+    __m512 acc[QTILE_R][4];
+    size_t cols = (size_t)nb * WT_QBLOCK, gs = (size_t)nb * 8, ls = (size_t)nb * KL_COUNT;
+    UNROLL
+    for (int r = 0; r < R; r++)
+        UNROLL
+        for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m512i s[QTILE_R][4];
+        UNROLL
+        for (int r = 0; r < R; r++)
+            UNROLL
+            for (int c = 0; c < C; c++) s[r][c] = _mm512_setzero_si512();
+        const __m512i *pb = pk + (size_t)b * 8;
+        UNROLL
+        for (int g = 0; g < 8; g++) {
+            __m512i w[4];
+            UNROLL
+            for (int c = 0; c < C; c++) w[c] = _mm512_load_si512(pb + c * gs + g);
+            UNROLL
+            for (int r = 0; r < R; r++) {
+                __m512i xv = bcast4(xq + r * cols + (size_t)b * WT_QBLOCK + 4 * g);
+                UNROLL
+                for (int c = 0; c < C; c++) s[r][c] = _mm512_dpbusd_epi32(s[r][c], w[c], xv);
+            }
+        }
+        const __m512i *lb = lanes + (size_t)b * KL_COUNT;
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            __m512 dx = _mm512_set1_ps(xd[(size_t)r * nb + b]);
+            __m512i bs = _mm512_set1_epi32(bsum[(size_t)r * nb + b]);
+            UNROLL
+            for (int c = 0; c < C; c++) {
+                const __m512i *l = lb + c * ls;
+                __m512i I = _mm512_mullo_epi32(s[r][c], _mm512_load_si512(l + KL_SC));
+                __m512i M = _mm512_mullo_epi32(bs, _mm512_load_si512(l + KL_MN));
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I),
+                                            _mm512_mul_ps(dx, _mm512_castsi512_ps(_mm512_load_si512(l + KL_D))), acc[r][c]);
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M),
+                                            _mm512_mul_ps(dx, _mm512_castsi512_ps(_mm512_load_si512(l + KL_NMIN))),
+                                            acc[r][c]);
+            }
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        UNROLL
+        for (int c = 0; c < C; c++)
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + 16 * c, c == C - 1 ? keep : 0xffff, acc[r][c]);
+}
+
+static void k_tile_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int nb,
+                       const __m512i *pk, const __m512i *lanes, int R, int C, __mmask16 keep) {
+#define KT_CASE(RR, CC) \
+    case (RR) * 8 + (CC): k_tile(y, ldy, xq, xd, bsum, nb, pk, lanes, RR, CC, keep); break;
+    switch (R * 8 + C) {
+        KT_CASE(1, 1) KT_CASE(1, 2) KT_CASE(1, 3) KT_CASE(1, 4)
+        KT_CASE(2, 1) KT_CASE(2, 2) KT_CASE(2, 3) KT_CASE(2, 4)
+        KT_CASE(3, 1) KT_CASE(3, 2) KT_CASE(3, 3) KT_CASE(3, 4)
+        KT_CASE(4, 1) KT_CASE(4, 2) KT_CASE(4, 3) KT_CASE(4, 4)
+        KT_CASE(5, 1) KT_CASE(5, 2) KT_CASE(5, 3) KT_CASE(5, 4)
+    default: DH_ASSERT(0);
+    }
+#undef KT_CASE
+}
+
 static void matmul_q4k(float *y, int ldy, const kern_act *a, const wmat *W, int T, int o0, int o1,
                        float *scratch) {
     int cols = W->cols, nb = cols / WT_QBLOCK;
     DH_ASSERT(a->q && a->qd && cols % WT_QBLOCK == 0);
     size_t rb = wt_q4k_row_bytes((size_t)cols);
-    /* scratch: 16 rows for the matrix's tail, then the block sums of up to tchunk rows */
-    uint8_t *tail = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    /* scratch: the packed panel and its lanes, 16 rows for the matrix's tail, then the block
+     * sums of up to tchunk rows (64 + 32 + 9 + up to 128 bytes a column of the 256) */
+    __m512i *pk = (__m512i *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    __m512i *lanes = pk + (size_t)KERN_OBLOCK / 16 * nb * 8;
+    uint8_t *tail = (uint8_t *)(lanes + (size_t)KERN_OBLOCK / 16 * nb * KL_COUNT);
     int32_t *bsum = (int32_t *)(tail + align64(16 * rb));
     int tchunk = DH_MIN(1024, DH_MAX(64, QTCHUNK_BYTES / cols));
     DH_ASSERT((char *)(bsum + (size_t)tchunk * nb) <= (char *)(scratch + kern_scratch_floats(cols)));
@@ -795,6 +915,17 @@ static void matmul_q4k(float *y, int ldy, const kern_act *a, const wmat *W, int 
         const float *xd = a->qd + (size_t)tc * nb;
         float *yc = y + (size_t)tc * ldy;
         for (int t = 0; t < tn; t++) q_block_sums(xq + (size_t)t * cols, nb, 1, bsum + (size_t)t * nb);
+        if (tn > QSMALL_T && !k_unpacked()) {
+            for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {
+                int n = DH_MIN(KERN_OBLOCK, o1 - ob), ncg = (n + 15) / 16;
+                __mmask16 keep = (__mmask16)((1u << (n - (ncg - 1) * 16)) - 1);
+                k_pack(W, ob, n, pk, lanes, tail);
+                for (int t = 0; t < tn; t += QTILE_R)
+                    k_tile_any(yc + (size_t)t * ldy + ob, ldy, xq + (size_t)t * cols, xd + (size_t)t * nb,
+                               bsum + (size_t)t * nb, nb, pk, lanes, DH_MIN(QTILE_R, tn - t), ncg, keep);
+            }
+            continue;
+        }
         for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {
             int n = DH_MIN(KERN_OBLOCK, o1 - ob), full = n == KERN_OBLOCK;
             for (int j = 0; j < (full ? 4 : (n + 15) / 16); j++) {
@@ -939,7 +1070,8 @@ const kern_ops *kern_avx512(void) {
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-        (void)q_prefetch(); /* read the setting now, before the threads use it */
+        (void)q_prefetch(); /* read the settings now, before the threads use them */
+        (void)k_unpacked();
         return &avx_ops;
     }
     return NULL;

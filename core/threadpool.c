@@ -31,6 +31,7 @@ struct tp_pool {
     atomic_int next;     /* next task to claim */
     atomic_int active;   /* workers still inside the current job */
     atomic_ulong gen_pub; /* generation, readable without the lock for spinning */
+    unsigned long forks;  /* tp_run calls that woke the workers; the caller thread's */
 };
 
 static void run_tasks(tp_pool *p, int thread) {
@@ -106,12 +107,15 @@ void tp_free(tp_pool *p) {
 
 int tp_threads(const tp_pool *p) { return p ? p->n_threads : 1; }
 
+unsigned long tp_forks(const tp_pool *p) { return p ? p->forks : 0; }
+
 void tp_run(tp_pool *p, int n_tasks, tp_fn fn, void *ctx) {
     if (n_tasks <= 0) return;
     if (!p || p->n_threads == 1 || n_tasks == 1) {
         for (int i = 0; i < n_tasks; i++) fn(ctx, i, 0);
         return;
     }
+    p->forks++;
     pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->ctx = ctx;
