@@ -173,6 +173,7 @@ typedef struct bench_opts {
     int only_dtype; /* -1: all */
     int decode;     /* the decode-shape table instead of the main one */
     int sweep;      /* the T sweep instead of the main table */
+    int forkjoin;   /* the thread pool's fork-join instead of any product */
 } bench_opts;
 
 /* one table cell: the value, or "-" when not measured */
@@ -402,8 +403,7 @@ int main(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--sweep")) {
             o.sweep = 1;
         } else if (!strcmp(argv[i], "--forkjoin")) {
-            bench_forkjoin();
-            return 0;
+            o.forkjoin = 1;
         } else if (!strcmp(argv[i], "--blas-invariance")) {
             bench_blas_invariance();
             return 0;
@@ -421,6 +421,10 @@ int main(int argc, char **argv) {
                     argv[0]);
             return 2;
         }
+    }
+    if (o.forkjoin) {
+        bench_forkjoin();
+        return 0;
     }
     void *big = xmalloc(BIG_BYTES);
     memset(big, 1, BIG_BYTES);
