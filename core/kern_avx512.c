@@ -710,6 +710,33 @@ static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
  * per sub-block, in the same order, as the decode kernel's (kern.h): the same bits. (Before,
  * prompts ran the decode kernel 4 rows at a time, unpacking the 16 rows again every 4 rows.) */
 
+/* The heads of a super-block of 16 rows (lane i's at p + i * S): d and -dmin in f32, and in
+ * h[1..3] the 12 scale bytes of each row, four a vector (q_transpose4 of the 16-byte heads). */
+AI void k_heads(const uint8_t *p, size_t S, __m512 *d, __m512 *nmin, __m512i h[4]) {
+    __m512i hv[4];
+    UNROLL
+    for (int m = 0; m < 4; m++) {
+        hv[m] = _mm512_castsi128_si512(_mm_loadu_si128((const void *)(p + m * S)));
+        UNROLL
+        for (int l = 1; l < 4; l++)
+            hv[m] = _mm512_mask_broadcast_i32x4(hv[m], (__mmask16)(0xf << 4 * l),
+                                                _mm_loadu_si128((const void *)(p + (4 * l + m) * S)));
+    }
+    q_transpose4(hv, h);
+    *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
+    *nmin = _mm512_xor_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[0], 16))), _mm512_set1_ps(-0.0f));
+}
+
+/* s_j and m_j of sub-block j of the 16 rows of k_heads' h, as int32 lanes */
+AI void k_scale_min(const __m512i h[4], int j, __m512i *sc, __m512i *mn) {
+    const __m512i m63 = _mm512_set1_epi32(63), m3 = _mm512_set1_epi32(3), m15 = _mm512_set1_epi32(15);
+    __m512i tb = h[1 + j / 4];
+    unsigned sh = 8u * (unsigned)(j % 4);
+    *sc = _mm512_and_si512(_mm512_srli_epi32(tb, sh), m63);
+    *mn = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(tb, sh + 6), m3),
+                          _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h[3], 4u * (unsigned)j), m15), 2));
+}
+
 AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int cols,
                 const uint8_t *p, const qrows *rw, int R, int pf) {
     __m512 acc[4];
@@ -717,33 +744,18 @@ AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
     int nb = cols / WT_QBLOCK;
     UNROLL
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
-    const __m512i m63 = _mm512_set1_epi32(63), m3 = _mm512_set1_epi32(3), m15 = _mm512_set1_epi32(15);
-    const __m512 nsign = _mm512_set1_ps(-0.0f);
     for (int k0 = 0, b = 0; k0 < cols; k0 += WT_KBLOCK) {
         int ns = DH_MIN(cols - k0, WT_KBLOCK) / WT_QBLOCK;
         if (pf)
             for (int l = 0; l < 3; l++)
                 UNROLL
                 for (int i = 0; i < 16; i++) _mm_prefetch((const char *)p + pf + 64 * l + i * S, _MM_HINT_T0);
-        __m512i hv[4], h[4];
-        UNROLL
-        for (int m = 0; m < 4; m++) {
-            hv[m] = _mm512_castsi128_si512(_mm_loadu_si128((const void *)(p + m * S)));
-            UNROLL
-            for (int l = 1; l < 4; l++)
-                hv[m] = _mm512_mask_broadcast_i32x4(hv[m], (__mmask16)(0xf << 4 * l),
-                                                    _mm_loadu_si128((const void *)(p + (4 * l + m) * S)));
-        }
-        q_transpose4(hv, h);
-        __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
-        __m512 nmin = _mm512_xor_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[0], 16))), nsign);
+        __m512i h[4], sc, mn;
+        __m512 d, nmin;
+        k_heads(p, S, &d, &nmin, h);
         const uint8_t *q = p + sizeof(wt_q4k_head);
         for (int j = 0; j < ns; j++, b++, q += WT_QBLOCK / 2) {
-            __m512i tb = h[1 + j / 4];
-            unsigned sh = 8u * (unsigned)(j % 4);
-            __m512i sc = _mm512_and_si512(_mm512_srli_epi32(tb, sh), m63);
-            __m512i mn = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(tb, sh + 6), m3),
-                                         _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h[3], 4u * (unsigned)j), m15), 2));
+            k_scale_min(h, j, &sc, &mn);
             __m512i w[8];
             nib_rows(q, S, w, 1);
             UNROLL
@@ -806,22 +818,19 @@ static void k_pack(const wmat *W, int o, int n, __m512i *pk, __m512i *lanes, uin
         for (int k0 = 0, b = 0; k0 < cols; k0 += WT_KBLOCK) {
             int ns = DH_MIN(cols - k0, WT_KBLOCK) / WT_QBLOCK;
             const uint8_t *p = rows + wt_q4k_row_bytes((size_t)k0); /* the super-block in row 0 */
-            int32_t sc[8][16], mn[8][16];
-            float d[16], nmin[16];
-            for (int i = 0; i < 16; i++) {
-                wt_q4k_head h;
-                memcpy(&h, p + (size_t)i * rb, sizeof h);
-                d[i] = _cvtsh_ss(h.d), nmin[i] = -_cvtsh_ss(h.dmin); /* as k_small's cvtph, xor */
-                for (int j = 0; j < ns; j++) wt_q4k_scale(&h, j, &sc[j][i], &mn[j][i]);
-            }
+            __m512i h[4], sc, mn;
+            __m512 d, nmin;
+            k_heads(p, rb, &d, &nmin, h);
             for (int j = 0; j < ns; j++, b++) {
                 __m512i w[8], *dst = pk + ((size_t)cg * nb + b) * 8, *ln = lanes + ((size_t)cg * nb + b) * KL_COUNT;
                 nib_rows(p + sizeof(wt_q4k_head) + (size_t)j * (WT_QBLOCK / 2), rb, w, 0);
+                UNROLL
                 for (int g = 0; g < 8; g++) _mm512_store_si512(dst + g, w[g]);
-                _mm512_store_si512(ln + KL_SC, _mm512_loadu_si512(sc[j]));
-                _mm512_store_si512(ln + KL_MN, _mm512_loadu_si512(mn[j]));
-                _mm512_store_si512(ln + KL_D, _mm512_castps_si512(_mm512_loadu_ps(d)));
-                _mm512_store_si512(ln + KL_NMIN, _mm512_castps_si512(_mm512_loadu_ps(nmin)));
+                k_scale_min(h, j, &sc, &mn);
+                _mm512_store_si512(ln + KL_SC, sc);
+                _mm512_store_si512(ln + KL_MN, mn);
+                _mm512_store_si512(ln + KL_D, _mm512_castps_si512(d));
+                _mm512_store_si512(ln + KL_NMIN, _mm512_castps_si512(nmin));
             }
         }
     }
