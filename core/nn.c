@@ -5,7 +5,9 @@
  * not change any result. Small products run on the calling thread: waking the pool costs a
  * few microseconds, more than a 64 x 2048 router product. For q8/q4 weights the activations
  * are quantized once per call, before the product's tasks (on the pool for 16 rows or more),
- * into a buffer sized by nn_reserve.
+ * into a buffer sized by nn_reserve, and once for two consecutive products of the same rows
+ * (gate and up). nn_matmul_local runs a whole product inside a task of the pool (attention
+ * per head), with a quantization buffer per thread.
  *
  * State is process-wide (one pool, one kernel table, the scratch), set up by nn_init and
  * nn_reserve before the engine runs and used by the engine thread only. */
