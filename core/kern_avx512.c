@@ -626,6 +626,24 @@ static void q_pack(const wmat *W, int o, int n, __m512i *pk, float *sc, uint8_t 
     }
 }
 
+/* s[r][c] += the exact integer dots of one block: activation row r (xq + r * cols, 32 bytes)
+ * with packed group c (8 vectors at pb + c * gs), for R rows by C groups of a register tile */
+AI void q_tile_dots(__m512i s[QTILE_R][4], const __m512i *pb, size_t gs, const int8_t *xq, size_t cols, int R,
+                    int C) {
+    UNROLL
+    for (int g = 0; g < 8; g++) {
+        __m512i w[4];
+        UNROLL
+        for (int c = 0; c < C; c++) w[c] = _mm512_load_si512(pb + c * gs + g);
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            __m512i xv = bcast4(xq + r * cols + 4 * g);
+            UNROLL
+            for (int c = 0; c < C; c++) s[r][c] = _mm512_dpbusd_epi32(s[r][c], w[c], xv);
+        }
+    }
+}
+
 /* An R x C register tile of the packed path: R activation rows against C groups of 16 packed
  * weight rows; the last group stores only the lanes of `keep`. */
 AI void q_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr, int nb,
@@ -642,19 +660,7 @@ AI void q_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32
         for (int r = 0; r < R; r++)
             UNROLL
             for (int c = 0; c < C; c++) s[r][c] = _mm512_set1_epi32(corr[(size_t)r * nb + b]);
-        const __m512i *pb = pk + (size_t)b * 8;
-        UNROLL
-        for (int g = 0; g < 8; g++) {
-            __m512i w[4];
-            UNROLL
-            for (int c = 0; c < C; c++) w[c] = _mm512_load_si512(pb + c * gs + g);
-            UNROLL
-            for (int r = 0; r < R; r++) {
-                __m512i xv = bcast4(xq + r * cols + (size_t)b * WT_QBLOCK + 4 * g);
-                UNROLL
-                for (int c = 0; c < C; c++) s[r][c] = _mm512_dpbusd_epi32(s[r][c], w[c], xv);
-            }
-        }
+        q_tile_dots(s, pk + (size_t)b * 8, gs, xq + (size_t)b * WT_QBLOCK, cols, R, C);
         __m512 dw[4];
         UNROLL
         for (int c = 0; c < C; c++) dw[c] = _mm512_load_ps(sc + ((size_t)c * nb + b) * 16);
@@ -675,16 +681,17 @@ AI void q_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32
                                   acc[r][c]);
 }
 
+/* every register tile shape of the packed q8/q4/q4k paths: R <= QTILE_R rows by C <= 4 groups */
+#define QTILE_SHAPES(X)                                                                          \
+    X(1, 1) X(1, 2) X(1, 3) X(1, 4) X(2, 1) X(2, 2) X(2, 3) X(2, 4) X(3, 1) X(3, 2) X(3, 3)     \
+    X(3, 4) X(4, 1) X(4, 2) X(4, 3) X(4, 4) X(5, 1) X(5, 2) X(5, 3) X(5, 4)
+
 static void q_tile_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr,
                        int nb, const __m512i *pk, const float *sc, int R, int C, __mmask16 keep) {
 #define QT_CASE(RR, CC) \
     case (RR) * 8 + (CC): q_tile(y, ldy, xq, xd, corr, nb, pk, sc, RR, CC, keep); break;
     switch (R * 8 + C) {
-        QT_CASE(1, 1) QT_CASE(1, 2) QT_CASE(1, 3) QT_CASE(1, 4)
-        QT_CASE(2, 1) QT_CASE(2, 2) QT_CASE(2, 3) QT_CASE(2, 4)
-        QT_CASE(3, 1) QT_CASE(3, 2) QT_CASE(3, 3) QT_CASE(3, 4)
-        QT_CASE(4, 1) QT_CASE(4, 2) QT_CASE(4, 3) QT_CASE(4, 4)
-        QT_CASE(5, 1) QT_CASE(5, 2) QT_CASE(5, 3) QT_CASE(5, 4)
+        QTILE_SHAPES(QT_CASE)
     default: DH_ASSERT(0);
     }
 #undef QT_CASE
@@ -852,19 +859,7 @@ AI void k_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32
         for (int r = 0; r < R; r++)
             UNROLL
             for (int c = 0; c < C; c++) s[r][c] = _mm512_setzero_si512();
-        const __m512i *pb = pk + (size_t)b * 8;
-        UNROLL
-        for (int g = 0; g < 8; g++) {
-            __m512i w[4];
-            UNROLL
-            for (int c = 0; c < C; c++) w[c] = _mm512_load_si512(pb + c * gs + g);
-            UNROLL
-            for (int r = 0; r < R; r++) {
-                __m512i xv = bcast4(xq + r * cols + (size_t)b * WT_QBLOCK + 4 * g);
-                UNROLL
-                for (int c = 0; c < C; c++) s[r][c] = _mm512_dpbusd_epi32(s[r][c], w[c], xv);
-            }
-        }
+        q_tile_dots(s, pk + (size_t)b * 8, gs, xq + (size_t)b * WT_QBLOCK, cols, R, C);
         const __m512i *lb = lanes + (size_t)b * KL_COUNT;
         UNROLL
         for (int r = 0; r < R; r++) {
@@ -895,11 +890,7 @@ static void k_tile_any(float *y, int ldy, const int8_t *xq, const float *xd, con
 #define KT_CASE(RR, CC) \
     case (RR) * 8 + (CC): k_tile(y, ldy, xq, xd, bsum, nb, pk, lanes, RR, CC, keep); break;
     switch (R * 8 + C) {
-        KT_CASE(1, 1) KT_CASE(1, 2) KT_CASE(1, 3) KT_CASE(1, 4)
-        KT_CASE(2, 1) KT_CASE(2, 2) KT_CASE(2, 3) KT_CASE(2, 4)
-        KT_CASE(3, 1) KT_CASE(3, 2) KT_CASE(3, 3) KT_CASE(3, 4)
-        KT_CASE(4, 1) KT_CASE(4, 2) KT_CASE(4, 3) KT_CASE(4, 4)
-        KT_CASE(5, 1) KT_CASE(5, 2) KT_CASE(5, 3) KT_CASE(5, 4)
+        QTILE_SHAPES(KT_CASE)
     default: DH_ASSERT(0);
     }
 #undef KT_CASE
