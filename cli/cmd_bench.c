@@ -11,7 +11,8 @@
  * coordinator also reports the bytes on the wire per token and the share of time spent in the
  * expert exchange. Every table and JSON line names the CPU it was measured on. Tables go to stderr;
  * --json prints one JSON object per line and test; a tg test's object also has ms_per_step: the
- * forward pass's parts and the exchange per timed step (the simulator's calibration, docs/cluster.md). */
+ * forward pass's parts and the exchange per timed step (the simulator's calibration, docs/cluster.md),
+ * and forks_per_step: the thread pool's fork-joins per timed step, in all and per part. */
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -65,6 +66,8 @@ typedef struct result {
     double med, mn, mx; /* tok/s */
     double step_ms;     /* median step time */
     double part_ms[FWD_T_COUNT + 1]; /* per step of the timed runs: the forward's parts, the exchange */
+    double forks[FWD_T_COUNT + 1];   /* per step of the timed runs: the pool's fork-joins in each
+                                        part of the forward pass, then in all (tp_forks) */
 } result;
 
 /* seconds so far in each part of the forward pass, and in the exchange */
@@ -73,11 +76,22 @@ static void part_clock(const rt *R, double *t /* [FWD_T_COUNT + 1] */) {
     t[FWD_T_COUNT] = R->clustered ? R->stats->exchange_s : 0;
 }
 
-/* res->part_ms from the clock at the first timed run, over steps steps */
-static void part_ms(const rt *R, const double *t0, double steps, result *res) {
+/* the pool's fork-joins so far in each part of the forward pass, then in all */
+static void fork_clock(const rt *R, unsigned long *n /* [FWD_T_COUNT + 1] */) {
+    fwd_forks(R->f, n);
+    n[FWD_T_COUNT] = tp_forks(nn_pool());
+}
+
+/* res->part_ms and res->forks from the clocks at the first timed run, over steps steps */
+static void part_ms(const rt *R, const double *t0, const unsigned long *n0, double steps, result *res) {
     double t[FWD_T_COUNT + 1];
+    unsigned long n[FWD_T_COUNT + 1];
     part_clock(R, t);
-    for (int i = 0; i <= FWD_T_COUNT; i++) res->part_ms[i] = 1e3 * (t[i] - t0[i]) / steps;
+    fork_clock(R, n);
+    for (int i = 0; i <= FWD_T_COUNT; i++) {
+        res->part_ms[i] = 1e3 * (t[i] - t0[i]) / steps;
+        res->forks[i] = (double)(n[i] - n0[i]) / steps;
+    }
 }
 
 static void summarize(result *res, double *toks, double *steps, int reps) {
@@ -125,10 +139,11 @@ static int bench_tg(rt *R, const bench_args *a, result *res) {
     float *logits = xmalloc(xmul((size_t)B * V, sizeof *logits));
     int *seqs = xmalloc((size_t)B * sizeof *seqs);
     double clock0[FWD_T_COUNT + 1] = {0};
+    unsigned long forks0[FWD_T_COUNT + 1] = {0};
     double *toks = xmalloc((size_t)(a->reps + 1) * sizeof *toks), *steps = xmalloc((size_t)(a->reps + 1) * sizeof *steps);
     int rc = 0;
     for (int r = 0; r <= a->reps && !rc; r++) {
-        if (r == 1) part_clock(R, clock0);
+        if (r == 1) part_clock(R, clock0), fork_clock(R, forks0);
         for (int b = 0; b < B; b++) {
             seqs[b] = kv_seq_open(R->kv);
             kv_seq_reserve(R->kv, seqs[b], a->n);
@@ -147,7 +162,7 @@ static int bench_tg(rt *R, const bench_args *a, result *res) {
         if (B > 1) snprintf(res->test, sizeof res->test, "tg%d@b%d", a->n, B);
         else snprintf(res->test, sizeof res->test, "tg%d", a->n);
         summarize(res, toks, steps, a->reps);
-        part_ms(R, clock0, (double)a->reps * a->n, res);
+        part_ms(R, clock0, forks0, (double)a->reps * a->n, res);
     }
     free(rows), free(logits), free(seqs), free(toks), free(steps);
     return rc;
@@ -179,8 +194,13 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
             nn_threads(), res->med, res->mn, res->mx, res->step_ms);
     if (gen && bw > 0) fprintf(stderr, " roofline %.2f", roof);
     if (R->clustered) fprintf(stderr, " wire %.0f B/tok, exchange %.0f%%", wire_per_tok, 100 * xchg_share);
-    fprintf(stderr, " [attention %.0f%%, MoE %.0f%%, dense %.0f%%, head %.0f%%]\n", 100 * share[FWD_T_ATTENTION],
+    fprintf(stderr, " [attention %.0f%%, MoE %.0f%%, dense %.0f%%, head %.0f%%]", 100 * share[FWD_T_ATTENTION],
             100 * share[FWD_T_MOE], 100 * share[FWD_T_DENSE], 100 * share[FWD_T_HEAD]);
+    const double *fk = res->forks;
+    if (gen)
+        fprintf(stderr, " fork-joins/step %.1f [attention %.1f, MoE %.1f, dense %.1f, head %.1f]", fk[FWD_T_COUNT],
+                fk[FWD_T_ATTENTION], fk[FWD_T_MOE], fk[FWD_T_DENSE], fk[FWD_T_HEAD]);
+    fprintf(stderr, "\n");
     if (!a->json) return;
     json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:i, s:i}", "test", res->test, "cpu",
                           cpu, "model", R->o.model_dir, "weights", weights_name(R), "threads", nn_threads(), "bits_per_weight",
@@ -202,6 +222,11 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
                             json_pack("{s:f, s:f, s:f, s:f, s:f}", "attention", pm[FWD_T_ATTENTION], "moe",
                                       pm[FWD_T_MOE], "dense", pm[FWD_T_DENSE], "head", pm[FWD_T_HEAD], "exchange",
                                       pm[FWD_T_COUNT]));
+    if (gen)
+        json_object_set_new(j, "forks_per_step",
+                            json_pack("{s:f, s:f, s:f, s:f, s:f}", "attention", fk[FWD_T_ATTENTION], "moe",
+                                      fk[FWD_T_MOE], "dense", fk[FWD_T_DENSE], "head", fk[FWD_T_HEAD], "total",
+                                      fk[FWD_T_COUNT]));
     if (R->clustered) {
         json_object_set_new(j, "wire_bytes_per_token", json_real(wire_per_tok));
         json_object_set_new(j, "exchange_share", json_real(xchg_share));

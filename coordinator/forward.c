@@ -37,7 +37,7 @@ struct fwd_ctx {
     float *q;                      /* [R, H*(Dn+Dr)] */
     float *qlat;                   /* [R, Q] */
     float *kva;                    /* [R, C+Dr] */
-    float *qg;                     /* [R, H*(Dn+Dr)] queries of the absorbed rows, compacted */
+    float *qg;                     /* [R, H, Dn] q_nope of the absorbed rows, compacted */
     float *qa;                     /* [R, H, C+Dr] absorbed queries [q_abs | q_pe] */
     float *olat;                   /* [R, H, C] attention-weighted latents */
     float *og;                     /* [R, H*Dv] absorbed outputs, compacted */
@@ -52,8 +52,6 @@ struct fwd_ctx {
     float *ost;                    /* [R, H, Dv + 2] online softmax: max, sum, acc */
     float *cat;                    /* [R, 2D] MTP input */
     int *ab;                       /* [R] absorbed rows */
-    nn_mm *mm;                     /* [H] per-head products of one pass */
-    wmat *w_head;                  /* [H] their weight views */
     uint64_t *route_counts;        /* [n_layers * E] or NULL */
     fwd_route_fn route_fn;         /* routing observer or NULL, with its context */
     void *route_ctx;
@@ -61,6 +59,7 @@ struct fwd_ctx {
     void *replay_ctx;
     const fwd_row *rows;           /* the current step's rows, for the observer */
     double t[FWD_T_COUNT];         /* seconds per part */
+    unsigned long forks[FWD_T_COUNT]; /* the pool's fork-joins per part */
 };
 
 fwd_ctx *fwd_new(const model *m, kv_cache *kv, moe_backend *moe, int max_rows) {
@@ -87,13 +86,15 @@ fwd_ctx *fwd_new(const model *m, kv_cache *kv, moe_backend *moe, int max_rows) {
     ALLOC(f->scores, (size_t)nn_threads() * (size_t)f->S);
     ALLOC(f->lat, (size_t)NB * f->C), ALLOC(f->kvx, (size_t)NB * H * (size_t)(f->Dn + f->Dv));
     ALLOC(f->keys, (size_t)NB * H * (size_t)(f->Dn + f->Dr)), ALLOC(f->ost, R * H * (size_t)(f->Dv + 2));
-    ALLOC(f->cat, R * 2 * D), ALLOC(f->ab, R), ALLOC(f->mm, H), ALLOC(f->w_head, H);
+    ALLOC(f->cat, R * 2 * D), ALLOC(f->ab, R);
 #undef ALLOC
     int maxcols = DH_MAX(2 * f->D, DH_MAX(f->Fmax, (int)(H * (size_t)f->Dv)));
     maxcols = DH_MAX(maxcols, DH_MAX(f->C, f->Q));
     nn_reserve(DH_MAX(max_rows, NB), maxcols);
     /* q8/q4 activations of the largest multi-product: all heads' latents, or two products of h */
-    nn_reserve_act(R * DH_MAX(H * (size_t)f->C, 2 * D));
+    nn_reserve_act(R * 2 * D);
+    /* one head's rows of W_UK's and W_UV's products, quantized inside attention's tasks */
+    nn_reserve_local(R * (size_t)DH_MAX(f->Dn, f->C));
     return f;
 }
 
@@ -102,7 +103,7 @@ void fwd_free(fwd_ctx *f) {
     void *bufs[] = {f->x,    f->h,    f->a,   f->ysh,  f->q,      f->qg,   f->qlat, f->kva,
                     f->qa,   f->olat, f->og,  f->o,    f->cosv,   f->sinv, f->g,    f->u,
                     f->rlog, f->ridx, f->rw,  f->scores, f->lat,  f->kvx,  f->keys, f->ost,
-                    f->cat,  f->ab,   f->mm,  f->w_head};
+                    f->cat,  f->ab};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(f);
 }
@@ -114,6 +115,24 @@ void fwd_set_route_hook(fwd_ctx *f, fwd_route_fn fn, void *ctx) { f->route_fn = 
 void fwd_set_replay(fwd_ctx *f, fwd_replay_fn fn, void *ctx) { f->replay_fn = fn, f->replay_ctx = ctx; }
 
 void fwd_times(const fwd_ctx *f, double *seconds) { memcpy(seconds, f->t, sizeof f->t); }
+
+void fwd_forks(const fwd_ctx *f, unsigned long *forks) { memcpy(forks, f->forks, sizeof f->forks); }
+
+/* a part's clock: wall time and the pool's fork-joins, read at its start */
+typedef struct part_clock {
+    double t;
+    unsigned long forks;
+} part_clock;
+
+static part_clock clock_now(void) { return (part_clock){dh_now(), tp_forks(nn_pool())}; }
+
+/* charge what happened since c to part, and restart c */
+static void clock_charge(fwd_ctx *f, int part, part_clock *c) {
+    part_clock now = clock_now();
+    f->t[part] += now.t - c->t;
+    f->forks[part] += now.forks - c->forks;
+    *c = now;
+}
 
 /* cos/sin of pos * inv_freq[j] for each row, in double then rounded */
 static void rope_tables(fwd_ctx *f, const fwd_row *rows, int T) {
@@ -136,51 +155,59 @@ static void rope(const fwd_ctx *f, float *x, int t) {
     }
 }
 
-/* --- absorbed attention: one task per (absorbed row, head) --- */
+/* --- absorbed attention: one task per (head, chunk of absorbed rows) ---
+ * A task runs all of a head's steps for its rows: W_UK's product, the scores and the weighted
+ * latent, W_UV's product; one fork-join of the pool for the whole of it, where a pass per step
+ * took three (and ran the two small products on one thread). Each step's result is what the
+ * separate passes computed, bit for bit: products are batch invariant (kern.h). */
 
 typedef struct abs_job {
     fwd_ctx *f;
+    const layer_weights *lw;
     const fwd_row *rows;
-    int layer, nA;
+    int layer, nA, chunk; /* absorbed rows, rows a task */
 } abs_job;
 
 static void abs_task(void *ctx, int task, int thread) {
     abs_job *j = ctx;
     fwd_ctx *f = j->f;
-    int i = task / f->H, hh = task % f->H, row = f->C + f->Dr;
-    const fwd_row *r = &j->rows[f->ab[i]];
-    const float *qv = f->qa + ((size_t)i * f->H + hh) * row;
-    float *sc = f->scores + (size_t)thread * f->S;
-    float scale = f->m->softmax_scale;
-    // score[s] = (q_abs . c_kv[s] + q_pe . k_pe[s]) * softmax_scale        [S]
-    for (int s = 0; s <= r->pos; s++) sc[s] = nn_dot(qv, kv_row_c(f->kv, r->seq, j->layer, s), row) * scale;
-    nn_softmax(sc, r->pos + 1);
-    // o_lat = softmax(score) . c_kv                                        [C]
-    float *ol = f->olat + ((size_t)i * f->H + hh) * f->C;
-    memset(ol, 0, (size_t)f->C * sizeof *ol);
-    for (int s = 0; s <= r->pos; s++) nn_axpy(ol, sc[s], kv_row_c(f->kv, r->seq, j->layer, s), f->C);
+    int H = f->H, C = f->C, Dn = f->Dn, Dr = f->Dr, Dv = f->Dv, qw = H * (Dn + Dr), row = C + Dr;
+    int n_chunks = (j->nA + j->chunk - 1) / j->chunk, hh = task / n_chunks;
+    int i0 = task % n_chunks * j->chunk, n = DH_MIN(j->chunk, j->nA - i0);
+    // q_abs[h] = W_UK[h]^T q_nope[h]; qa[h] = [q_abs | q_pe]               [n, C + Dr]
+    wmat wuk = wt_rows(&j->lw->attn.w_uk_t, hh * C, C), wuv = wt_rows(&j->lw->attn.w_uv, hh * Dv, Dv);
+    const float *qh = f->q + (size_t)hh * (Dn + Dr);
+    float *qa = f->qa + ((size_t)i0 * H + hh) * row;
+    for (int i = 0; i < n; i++) {
+        const float *qr = qh + (size_t)f->ab[i0 + i] * qw;
+        memcpy(f->qg + ((size_t)(i0 + i) * H + hh) * Dn, qr, (size_t)Dn * sizeof(float));
+        memcpy(qa + (size_t)i * H * row + C, qr + Dn, (size_t)Dr * sizeof(float));
+    }
+    nn_matmul_local(&(nn_mm){qa, H * row, f->qg + ((size_t)i0 * H + hh) * Dn, H * Dn, &wuk, n}, thread);
+    float *sc = f->scores + (size_t)thread * f->S, scale = f->m->softmax_scale;
+    for (int i = 0; i < n; i++) {
+        const fwd_row *r = &j->rows[f->ab[i0 + i]];
+        const float *qv = qa + (size_t)i * H * row;
+        // score[s] = (q_abs . c_kv[s] + q_pe . k_pe[s]) * softmax_scale    [S]
+        for (int s = 0; s <= r->pos; s++) sc[s] = nn_dot(qv, kv_row_c(f->kv, r->seq, j->layer, s), row) * scale;
+        nn_softmax(sc, r->pos + 1);
+        // o_lat = softmax(score) . c_kv                                    [C]
+        float *ol = f->olat + ((size_t)(i0 + i) * H + hh) * C;
+        memset(ol, 0, (size_t)C * sizeof *ol);
+        for (int s = 0; s <= r->pos; s++) nn_axpy(ol, sc[s], kv_row_c(f->kv, r->seq, j->layer, s), C);
+    }
+    // o[h] = W_UV[h] o_lat[h]                                              [n, Dv]
+    nn_matmul_local(&(nn_mm){f->og + ((size_t)i0 * H + hh) * Dv, H * Dv, f->olat + ((size_t)i0 * H + hh) * C, H * C,
+                             &wuv, n},
+                    thread);
 }
 
 static void attend_absorbed(fwd_ctx *f, const layer_weights *lw, const fwd_row *rows, int nA, int layer) {
-    int H = f->H, C = f->C, Dn = f->Dn, Dr = f->Dr, Dv = f->Dv, qw = H * (Dn + Dr), row = C + Dr;
-    for (int i = 0; i < nA; i++) memcpy(f->qg + (size_t)i * qw, f->q + (size_t)f->ab[i] * qw, (size_t)qw * sizeof(float));
-    // q_abs[h] = W_UK[h]^T q_nope[h]; qa[h] = [q_abs | q_pe]               [nA, H, C + Dr]
-    for (int hh = 0; hh < H; hh++) {
-        f->w_head[hh] = wt_rows(&lw->attn.w_uk_t, hh * C, C);
-        f->mm[hh] = (nn_mm){f->qa + (size_t)hh * row, H * row, f->qg + (size_t)hh * (Dn + Dr), qw, &f->w_head[hh], nA};
-        for (int i = 0; i < nA; i++)
-            memcpy(f->qa + ((size_t)i * H + hh) * row + C, f->qg + (size_t)i * qw + (size_t)hh * (Dn + Dr) + Dn,
-                   (size_t)Dr * sizeof(float));
-    }
-    nn_matmul_multi(f->mm, H);
-    abs_job j = {.f = f, .rows = rows, .layer = layer, .nA = nA};
-    tp_run(nn_pool(), nA * H, abs_task, &j);
-    // o[h] = W_UV[h] o_lat[h]                                              [nA, H, Dv]
-    for (int hh = 0; hh < H; hh++) {
-        f->w_head[hh] = wt_rows(&lw->attn.w_uv, hh * Dv, Dv);
-        f->mm[hh] = (nn_mm){f->og + (size_t)hh * Dv, H * Dv, f->olat + (size_t)hh * C, H * C, &f->w_head[hh], nA};
-    }
-    nn_matmul_multi(f->mm, H);
+    int H = f->H, Dv = f->Dv;
+    /* at least 4 tasks a thread when the heads alone are fewer */
+    int per_head = DH_MAX(1, DH_MIN(nA, (4 * nn_threads() + H - 1) / H));
+    abs_job j = {.f = f, .lw = lw, .rows = rows, .layer = layer, .nA = nA, .chunk = (nA + per_head - 1) / per_head};
+    tp_run(nn_pool(), H * ((nA + j.chunk - 1) / j.chunk), abs_task, &j);
     for (int i = 0; i < nA; i++)
         memcpy(f->o + (size_t)f->ab[i] * H * Dv, f->og + (size_t)i * H * Dv, (size_t)H * Dv * sizeof(float));
 }
@@ -312,8 +339,17 @@ static int moe_layer(fwd_ctx *f, int layer, const float *h, int T, float *out, i
     if (f->route_fn) f->route_fn(f->route_ctx, layer, f->rows, T, f->ridx, f->rw);
     if (idx_out) memcpy(idx_out, f->ridx, (size_t)T * K * sizeof *idx_out);
     if (w_out) memcpy(w_out, f->rw, (size_t)T * K * sizeof *w_out);
-    // routed experts on the backend; the shared experts meanwhile
-    int rc = f->moe->start(f->moe, layer, h, T, f->ridx, f->rw);
+    // routed experts on the backend; the shared experts meanwhile, or in the same passes of
+    // the pool when the backend runs here
+    int rc;
+    if (f->moe->run_with && mw->shared.gate_proj.rows) {
+        experts_extra sh = {.f = &mw->shared, .y = f->ysh, .g = f->g, .u = f->u};
+        rc = f->moe->run_with(f->moe, layer, h, T, f->ridx, f->rw, out, &sh);
+        if (rc) return rc;
+        for (size_t i = 0; i < (size_t)T * D; i++) out[i] += f->ysh[i];
+        return 0;
+    }
+    rc = f->moe->start(f->moe, layer, h, T, f->ridx, f->rw);
     if (rc) return rc;
     if (mw->shared.gate_proj.rows) experts_ffn(&mw->shared, h, T, f->ysh, f->g, f->u);
     rc = f->moe->finish(f->moe, out);
@@ -329,12 +365,11 @@ static int block(fwd_ctx *f, int layer, const fwd_row *rows, int T, int *idx_out
     const layer_weights *lw = &f->m->layers[layer];
     size_t n = (size_t)T * f->D;
     float eps = f->m->cfg.rms_norm_eps;
-    double t0 = dh_now();
+    part_clock c = clock_now();
     nn_rmsnorm(f->h, f->x, lw->input_layernorm, T, f->D, eps);
     attention(f, layer, rows, T, f->h, f->a);
     for (size_t i = 0; i < n; i++) f->x[i] += f->a[i];
-    double t1 = dh_now();
-    f->t[FWD_T_ATTENTION] += t1 - t0;
+    clock_charge(f, FWD_T_ATTENTION, &c);
     nn_rmsnorm(f->h, f->x, lw->post_attention_layernorm, T, f->D, eps);
     if (lw->is_moe) {
         int rc = moe_layer(f, layer, f->h, T, f->a, idx_out, w_out);
@@ -342,7 +377,7 @@ static int block(fwd_ctx *f, int layer, const fwd_row *rows, int T, int *idx_out
     } else {
         experts_ffn(&lw->mlp, f->h, T, f->a, f->g, f->u);
     }
-    f->t[lw->is_moe ? FWD_T_MOE : FWD_T_DENSE] += dh_now() - t1;
+    clock_charge(f, lw->is_moe ? FWD_T_MOE : FWD_T_DENSE, &c);
     for (size_t i = 0; i < n; i++) f->x[i] += f->a[i];
     return 0;
 }
@@ -382,9 +417,9 @@ int fwd_step(fwd_ctx *f, const fwd_row *rows, int T, fwd_out *out) {
     }
     if (out && out->hidden) memcpy(out->hidden, f->x, (size_t)T * D * sizeof(float));
     if (out && out->final_norm) nn_rmsnorm(out->final_norm, f->x, m->norm, T, D, m->cfg.rms_norm_eps);
-    double t0 = dh_now();
+    part_clock c = clock_now();
     head(f, rows, T, m->norm, &m->lm_head, out ? out->logits : NULL);
-    f->t[FWD_T_HEAD] += dh_now() - t0;
+    clock_charge(f, FWD_T_HEAD, &c);
     if (f->replay_fn) f->replay_fn(f->replay_ctx, -1, rows, T, NULL, NULL);
     if (f->route_fn) f->route_fn(f->route_ctx, -1, rows, T, NULL, NULL);
     return 0;
@@ -406,8 +441,11 @@ int fwd_mtp(fwd_ctx *f, const fwd_row *rows, const float *hidden, int T, float *
         nn_rmsnorm(c + D, hidden + (size_t)t * D, m->norm, 1, D, eps);
         nn_rmsnorm(c + D, c + D, lw->hnorm, 1, D, eps);
     }
-    double t0 = dh_now(), before[FWD_T_COUNT];
+    part_clock c = clock_now();
+    double before[FWD_T_COUNT];
+    unsigned long forks_before[FWD_T_COUNT];
     memcpy(before, f->t, sizeof before);
+    memcpy(forks_before, f->forks, sizeof forks_before);
     nn_matmul(f->x, f->cat, &lw->eh_proj, T);
     rope_tables(f, rows, T);
     f->rows = rows;
@@ -417,6 +455,7 @@ int fwd_mtp(fwd_ctx *f, const fwd_row *rows, const float *hidden, int T, float *
     if (f->route_fn) f->route_fn(f->route_ctx, -1, rows, T, NULL, NULL);
     head(f, rows, T, lw->shared_head_norm, &lw->shared_head_head, logits);
     memcpy(f->t, before, sizeof before); /* the MTP block counts as MTP only */
-    f->t[FWD_T_MTP] += dh_now() - t0;
+    memcpy(f->forks, forks_before, sizeof forks_before);
+    clock_charge(f, FWD_T_MTP, &c);
     return 0;
 }

@@ -71,4 +71,6 @@ void fwd_set_replay(fwd_ctx *f, fwd_replay_fn fn, void *ctx); /* NULL fn stops *
 /* Seconds spent so far in each part of the forward pass (wall time of the engine thread). */
 enum { FWD_T_ATTENTION, FWD_T_MOE, FWD_T_DENSE, FWD_T_HEAD, FWD_T_MTP, FWD_T_COUNT };
 void fwd_times(const fwd_ctx *f, double *seconds /* [FWD_T_COUNT] */);
+/* Fork-joins of the thread pool (tp_forks) so far in each part, counted as fwd_times times. */
+void fwd_forks(const fwd_ctx *f, unsigned long *forks /* [FWD_T_COUNT] */);
 #endif

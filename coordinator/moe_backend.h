@@ -5,6 +5,7 @@
  * writes out[t] = sum_k w[t,k] * expert_{idx[t,k]}(x[t]). x must stay valid until finish. */
 #ifndef DH_MOE_BACKEND_H
 #define DH_MOE_BACKEND_H
+#include "core/experts.h"
 #include "core/model.h"
 
 typedef struct moe_backend moe_backend;
@@ -14,6 +15,11 @@ struct moe_backend {
     int (*start)(moe_backend *b, int layer, const float *x, int T, const int *idx, const float *w);
     /* out [T, D]. 0, or DH_ETIMEOUT / DH_EPEER when a worker failed (logged, naming it). */
     int (*finish)(moe_backend *b, float *out);
+    /* Optional (NULL: start, then the shared FFN, then finish): start and finish in one call,
+     * with the shared experts' FFN `extra` over the same x computed in the same passes of the
+     * pool (experts_run_with); for a backend that runs the experts in this process. */
+    int (*run_with)(moe_backend *b, int layer, const float *x, int T, const int *idx, const float *w, float *out,
+                    const experts_extra *extra);
     void (*destroy)(moe_backend *b);
 };
 

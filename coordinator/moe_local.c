@@ -26,6 +26,12 @@ static int local_finish(moe_backend *b, float *out) {
     return experts_run(l->host, l->layer, l->x, l->T, l->idx, l->w, l->K, out);
 }
 
+static int local_run_with(moe_backend *b, int layer, const float *x, int T, const int *idx, const float *w,
+                          float *out, const experts_extra *extra) {
+    moe_local *l = (moe_local *)b;
+    return experts_run_with(l->host, layer, x, T, idx, w, l->K, out, extra);
+}
+
 static void local_destroy(moe_backend *b) {
     moe_local *l = (moe_local *)b;
     experts_free(l->host);
@@ -35,7 +41,7 @@ static void local_destroy(moe_backend *b) {
 moe_backend *moe_local_new(const model *m, int max_rows) {
     moe_local *l = xcalloc(1, sizeof *l);
     l->base = (moe_backend){.name = "local", .start = local_start, .finish = local_finish,
-                            .destroy = local_destroy};
+                            .run_with = local_run_with, .destroy = local_destroy};
     l->host = experts_new(m, max_rows);
     l->K = m->cfg.num_experts_per_tok;
     return &l->base;

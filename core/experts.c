@@ -8,7 +8,10 @@
  * across threads by output rows, not by expert (a decode step has only K experts of one row
  * each). The weighted sum per token then runs in ascending expert index, as DeepSeek's
  * reference accumulates, so the in-process backend and a worker hosting every expert add in
- * the same order. Scratch is sized at creation for max_rows tokens; a step allocates nothing. */
+ * the same order. The coordinator's shared experts can join the two passes (experts_run_with):
+ * their products are batch invariant, so sharing a pass changes no bit, and a MoE layer then
+ * costs two fork-joins of the pool instead of four. Scratch is sized at creation for max_rows
+ * tokens; a step allocates nothing. */
 #include "experts.h"
 
 #include <stdlib.h>
@@ -26,7 +29,7 @@ struct experts_host {
     int *count;     /* [E + 1] */
     int *order;     /* [max_rows * K] (token * K + slot), grouped by expert */
     int *pos;       /* [max_rows * K] inverse: row of (token * K + slot) in ye */
-    nn_mm *mm;      /* [2 * E] products of one pass */
+    nn_mm *mm;      /* [2 * E + 2] products of one pass */
 };
 
 experts_host *experts_new(const model *m, int max_rows) {
@@ -46,9 +49,11 @@ experts_host *experts_new(const model *m, int max_rows) {
     h->count = xmalloc((size_t)(h->E + 1) * sizeof *h->count);
     h->order = xmalloc(RK * sizeof *h->order);
     h->pos = xmalloc(RK * sizeof *h->pos);
-    h->mm = xmalloc((size_t)2 * DH_MAX(h->E, 1) * sizeof *h->mm);
-    nn_reserve(max_rows, DH_MAX(h->D, h->F));
-    nn_reserve_act(2 * RK * (size_t)DH_MAX(h->D, h->F)); /* gate and up of every expert at once */
+    h->mm = xmalloc(((size_t)2 * DH_MAX(h->E, 1) + 2) * sizeof *h->mm);
+    int Fsh = DH_MAX(c->n_shared_experts, 1) * h->F; /* experts_run_with's extra FFN */
+    nn_reserve(max_rows, DH_MAX(DH_MAX(h->D, h->F), Fsh));
+    /* gate and up of every expert and of the extra FFN at once */
+    nn_reserve_act(2 * (RK * (size_t)DH_MAX(h->D, h->F) + (size_t)max_rows * DH_MAX(h->D, Fsh)));
     return h;
 }
 
@@ -70,6 +75,11 @@ void experts_ffn(const ffn_weights *f, const float *x, int T, float *y, float *g
 
 int experts_run(experts_host *h, int layer, const float *x, int T, const int *idx, const float *w,
                 int K, float *out) {
+    return experts_run_with(h, layer, x, T, idx, w, K, out, NULL);
+}
+
+int experts_run_with(experts_host *h, int layer, const float *x, int T, const int *idx, const float *w, int K,
+                     float *out, const experts_extra *extra) {
     DH_ASSERT(T <= h->max_rows && K <= h->K && layer >= 0 && layer < h->m->n_layers);
     const moe_weights *moe = &h->m->layers[layer].moe;
     int D = h->D, F = h->F, E = h->E;
@@ -105,8 +115,16 @@ int experts_run(experts_host *h, int layer, const float *x, int T, const int *id
         h->mm[n++] = (nn_mm){h->g + r0 * F, F, h->xe + r0 * D, D, &f->gate_proj, ne};
         h->mm[n++] = (nn_mm){h->u + r0 * F, F, h->xe + r0 * D, D, &f->up_proj, ne};
     }
+    const ffn_weights *xf = extra ? extra->f : NULL;
+    int Fx = xf ? xf->gate_proj.rows : 0;
+    if (xf) {
+        DH_ASSERT(xf->gate_proj.cols == D);
+        h->mm[n++] = (nn_mm){extra->g, Fx, x, D, &xf->gate_proj, T};
+        h->mm[n++] = (nn_mm){extra->u, Fx, x, D, &xf->up_proj, T};
+    }
     nn_matmul_multi(h->mm, n);
     nn_swiglu(h->g, h->u, (size_t)rows * F);
+    if (xf) nn_swiglu(extra->g, extra->u, (size_t)T * Fx);
     n = 0;
     for (int e = 0; e < E; e++) {
         int ne = h->count[e + 1] - h->count[e];
@@ -114,6 +132,7 @@ int experts_run(experts_host *h, int layer, const float *x, int T, const int *id
         size_t r0 = (size_t)h->count[e];
         h->mm[n++] = (nn_mm){h->ye + r0 * D, D, h->g + r0 * F, F, &moe->experts[e].down_proj, ne};
     }
+    if (xf) h->mm[n++] = (nn_mm){extra->y, D, extra->g, Fx, &xf->down_proj, T};
     nn_matmul_multi(h->mm, n);
     // out[t] = sum_k w[t,k] * expert_k(x[t]), in ascending expert index
     for (int t = 0; t < T; t++) {

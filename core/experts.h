@@ -24,6 +24,18 @@ void experts_free(experts_host *h);        /* NULL ok */
 int experts_run(experts_host *h, int layer, const float *x, int T, const int *idx, const float *w,
                 int K, float *out);
 
+/* An FFN over all T rows run in the same passes of the pool as the routed experts (the shared
+ * experts, on the coordinator): y [T, D] = experts_ffn(f, x), scratch g, u [T, f's F]. */
+typedef struct experts_extra {
+    const ffn_weights *f;
+    float *y, *g, *u;
+} experts_extra;
+
+/* experts_run, and with it extra (NULL: none) over the same x: two passes of the pool in all
+ * where experts_run and experts_ffn took four. Each result is bit for bit what those two give. */
+int experts_run_with(experts_host *h, int layer, const float *x, int T, const int *idx, const float *w, int K,
+                     float *out, const experts_extra *extra);
+
 /* y[T, D] = down(silu(gate(x)) * up(x)) with scratch g, u of [T, F] each. */
 void experts_ffn(const ffn_weights *f, const float *x, int T, float *y, float *g, float *u);
 #endif

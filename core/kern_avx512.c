@@ -626,6 +626,24 @@ static void q_pack(const wmat *W, int o, int n, __m512i *pk, float *sc, uint8_t 
     }
 }
 
+/* s[r][c] += the exact integer dots of one block: activation row r (xq + r * cols, 32 bytes)
+ * with packed group c (8 vectors at pb + c * gs), for R rows by C groups of a register tile */
+AI void q_tile_dots(__m512i s[QTILE_R][4], const __m512i *pb, size_t gs, const int8_t *xq, size_t cols, int R,
+                    int C) {
+    UNROLL
+    for (int g = 0; g < 8; g++) {
+        __m512i w[4];
+        UNROLL
+        for (int c = 0; c < C; c++) w[c] = _mm512_load_si512(pb + c * gs + g);
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            __m512i xv = bcast4(xq + r * cols + 4 * g);
+            UNROLL
+            for (int c = 0; c < C; c++) s[r][c] = _mm512_dpbusd_epi32(s[r][c], w[c], xv);
+        }
+    }
+}
+
 /* An R x C register tile of the packed path: R activation rows against C groups of 16 packed
  * weight rows; the last group stores only the lanes of `keep`. */
 AI void q_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr, int nb,
@@ -642,19 +660,7 @@ AI void q_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32
         for (int r = 0; r < R; r++)
             UNROLL
             for (int c = 0; c < C; c++) s[r][c] = _mm512_set1_epi32(corr[(size_t)r * nb + b]);
-        const __m512i *pb = pk + (size_t)b * 8;
-        UNROLL
-        for (int g = 0; g < 8; g++) {
-            __m512i w[4];
-            UNROLL
-            for (int c = 0; c < C; c++) w[c] = _mm512_load_si512(pb + c * gs + g);
-            UNROLL
-            for (int r = 0; r < R; r++) {
-                __m512i xv = bcast4(xq + r * cols + (size_t)b * WT_QBLOCK + 4 * g);
-                UNROLL
-                for (int c = 0; c < C; c++) s[r][c] = _mm512_dpbusd_epi32(s[r][c], w[c], xv);
-            }
-        }
+        q_tile_dots(s, pk + (size_t)b * 8, gs, xq + (size_t)b * WT_QBLOCK, cols, R, C);
         __m512 dw[4];
         UNROLL
         for (int c = 0; c < C; c++) dw[c] = _mm512_load_ps(sc + ((size_t)c * nb + b) * 16);
@@ -675,16 +681,17 @@ AI void q_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32
                                   acc[r][c]);
 }
 
+/* every register tile shape of the packed q8/q4/q4k paths: R <= QTILE_R rows by C <= 4 groups */
+#define QTILE_SHAPES(X)                                                                          \
+    X(1, 1) X(1, 2) X(1, 3) X(1, 4) X(2, 1) X(2, 2) X(2, 3) X(2, 4) X(3, 1) X(3, 2) X(3, 3)     \
+    X(3, 4) X(4, 1) X(4, 2) X(4, 3) X(4, 4) X(5, 1) X(5, 2) X(5, 3) X(5, 4)
+
 static void q_tile_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr,
                        int nb, const __m512i *pk, const float *sc, int R, int C, __mmask16 keep) {
 #define QT_CASE(RR, CC) \
     case (RR) * 8 + (CC): q_tile(y, ldy, xq, xd, corr, nb, pk, sc, RR, CC, keep); break;
     switch (R * 8 + C) {
-        QT_CASE(1, 1) QT_CASE(1, 2) QT_CASE(1, 3) QT_CASE(1, 4)
-        QT_CASE(2, 1) QT_CASE(2, 2) QT_CASE(2, 3) QT_CASE(2, 4)
-        QT_CASE(3, 1) QT_CASE(3, 2) QT_CASE(3, 3) QT_CASE(3, 4)
-        QT_CASE(4, 1) QT_CASE(4, 2) QT_CASE(4, 3) QT_CASE(4, 4)
-        QT_CASE(5, 1) QT_CASE(5, 2) QT_CASE(5, 3) QT_CASE(5, 4)
+        QTILE_SHAPES(QT_CASE)
     default: DH_ASSERT(0);
     }
 #undef QT_CASE
@@ -700,9 +707,42 @@ static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
  * of sub-block j pulled out with shifts and masks; per sub-block the nibbles are transposed as
  * q4's, vpdpbusd sums nibble * xq (nibbles are unsigned: no offset), and the integer I and M of
  * kern.h are two vpmulld. Each super-block prefetches q_prefetch() bytes ahead in each of the
- * 16 rows. Prompt
- * processing runs the same kernel 4 activation rows at a time: the 16 rows' weights stay in
- * L1 between the calls, but they are unpacked again for every 4 activation rows. */
+ * 16 rows.
+ *
+ * Prompt processing (more than QSMALL_T rows) packs each block of 64 rows once, as q8/q4 do:
+ * per group of 16 rows and sub-block, the 8 vectors of nibbles (unsigned, both halves as they
+ * are) and four vectors of lanes (s_j, m_j as int32, d and -dmin as f32), then register tiles
+ * of QTILE_R activation rows by 4 groups run over the panel. Per output element the integer
+ * sums are the same exact numbers and the float operations the same two fused multiply-adds
+ * per sub-block, in the same order, as the decode kernel's (kern.h): the same bits. (Before,
+ * prompts ran the decode kernel 4 rows at a time, unpacking the 16 rows again every 4 rows.) */
+
+/* The heads of a super-block of 16 rows (lane i's at p + i * S): d and -dmin in f32, and in
+ * h[1..3] the 12 scale bytes of each row, four a vector (q_transpose4 of the 16-byte heads). */
+AI void k_heads(const uint8_t *p, size_t S, __m512 *d, __m512 *nmin, __m512i h[4]) {
+    __m512i hv[4];
+    UNROLL
+    for (int m = 0; m < 4; m++) {
+        hv[m] = _mm512_castsi128_si512(_mm_loadu_si128((const void *)(p + m * S)));
+        UNROLL
+        for (int l = 1; l < 4; l++)
+            hv[m] = _mm512_mask_broadcast_i32x4(hv[m], (__mmask16)(0xf << 4 * l),
+                                                _mm_loadu_si128((const void *)(p + (4 * l + m) * S)));
+    }
+    q_transpose4(hv, h);
+    *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
+    *nmin = _mm512_xor_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[0], 16))), _mm512_set1_ps(-0.0f));
+}
+
+/* s_j and m_j of sub-block j of the 16 rows of k_heads' h, as int32 lanes */
+AI void k_scale_min(const __m512i h[4], int j, __m512i *sc, __m512i *mn) {
+    const __m512i m63 = _mm512_set1_epi32(63), m3 = _mm512_set1_epi32(3), m15 = _mm512_set1_epi32(15);
+    __m512i tb = h[1 + j / 4];
+    unsigned sh = 8u * (unsigned)(j % 4);
+    *sc = _mm512_and_si512(_mm512_srli_epi32(tb, sh), m63);
+    *mn = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(tb, sh + 6), m3),
+                          _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h[3], 4u * (unsigned)j), m15), 2));
+}
 
 AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int cols,
                 const uint8_t *p, const qrows *rw, int R, int pf) {
@@ -711,33 +751,18 @@ AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
     int nb = cols / WT_QBLOCK;
     UNROLL
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
-    const __m512i m63 = _mm512_set1_epi32(63), m3 = _mm512_set1_epi32(3), m15 = _mm512_set1_epi32(15);
-    const __m512 nsign = _mm512_set1_ps(-0.0f);
     for (int k0 = 0, b = 0; k0 < cols; k0 += WT_KBLOCK) {
         int ns = DH_MIN(cols - k0, WT_KBLOCK) / WT_QBLOCK;
         if (pf)
             for (int l = 0; l < 3; l++)
                 UNROLL
                 for (int i = 0; i < 16; i++) _mm_prefetch((const char *)p + pf + 64 * l + i * S, _MM_HINT_T0);
-        __m512i hv[4], h[4];
-        UNROLL
-        for (int m = 0; m < 4; m++) {
-            hv[m] = _mm512_castsi128_si512(_mm_loadu_si128((const void *)(p + m * S)));
-            UNROLL
-            for (int l = 1; l < 4; l++)
-                hv[m] = _mm512_mask_broadcast_i32x4(hv[m], (__mmask16)(0xf << 4 * l),
-                                                    _mm_loadu_si128((const void *)(p + (4 * l + m) * S)));
-        }
-        q_transpose4(hv, h);
-        __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
-        __m512 nmin = _mm512_xor_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[0], 16))), nsign);
+        __m512i h[4], sc, mn;
+        __m512 d, nmin;
+        k_heads(p, S, &d, &nmin, h);
         const uint8_t *q = p + sizeof(wt_q4k_head);
         for (int j = 0; j < ns; j++, b++, q += WT_QBLOCK / 2) {
-            __m512i tb = h[1 + j / 4];
-            unsigned sh = 8u * (unsigned)(j % 4);
-            __m512i sc = _mm512_and_si512(_mm512_srli_epi32(tb, sh), m63);
-            __m512i mn = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(tb, sh + 6), m3),
-                                         _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h[3], 4u * (unsigned)j), m15), 2));
+            k_scale_min(h, j, &sc, &mn);
             __m512i w[8];
             nib_rows(q, S, w, 1);
             UNROLL
@@ -763,6 +788,14 @@ AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
     for (int r = 0; r < R; r++) store_lanes(y + (size_t)r * ldy, rw->keep, rw->ystep, rw->yidx, acc[r]);
 }
 
+/* DH_KERN_Q4K_UNPACKED=1: prompts through the decode kernel as before the packed path (for
+ * measuring one against the other in the same build); read once. */
+static int k_unpacked(void) {
+    static int u = -1;
+    if (u < 0) u = getenv("DH_KERN_Q4K_UNPACKED") && atoi(getenv("DH_KERN_Q4K_UNPACKED")) > 0;
+    return u;
+}
+
 static void k_small_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int cols,
                         const uint8_t *p, const qrows *rw, int R, int pf) {
 #define KS_CASE(RR)                                                                              \
@@ -779,13 +812,100 @@ static void k_small_any(float *y, int ldy, const int8_t *xq, const float *xd, co
 #undef KS_CASE
 }
 
+/* The lanes of a packed group and sub-block: scale and min as int32, d and -dmin as f32. */
+enum { KL_SC, KL_MN, KL_D, KL_NMIN, KL_COUNT };
+
+/* Large T: rows [o, o + n) (n <= 64) packed as pk[cg][b][g] (groups cg of 16 rows, the 8
+ * nibble vectors of nib_rows) and lanes[cg][b][KL_COUNT] (one 16-lane vector each). */
+static void k_pack(const wmat *W, int o, int n, __m512i *pk, __m512i *lanes, uint8_t *tail) {
+    int cols = W->cols, nb = cols / WT_QBLOCK;
+    size_t rb = wt_q4k_row_bytes((size_t)cols);
+    for (int cg = 0; cg * 16 < n; cg++) {
+        const uint8_t *rows = q_src(W, o + cg * 16, rb, tail);
+        for (int k0 = 0, b = 0; k0 < cols; k0 += WT_KBLOCK) {
+            int ns = DH_MIN(cols - k0, WT_KBLOCK) / WT_QBLOCK;
+            const uint8_t *p = rows + wt_q4k_row_bytes((size_t)k0); /* the super-block in row 0 */
+            __m512i h[4], sc, mn;
+            __m512 d, nmin;
+            k_heads(p, rb, &d, &nmin, h);
+            for (int j = 0; j < ns; j++, b++) {
+                __m512i w[8], *dst = pk + ((size_t)cg * nb + b) * 8, *ln = lanes + ((size_t)cg * nb + b) * KL_COUNT;
+                nib_rows(p + sizeof(wt_q4k_head) + (size_t)j * (WT_QBLOCK / 2), rb, w, 0);
+                UNROLL
+                for (int g = 0; g < 8; g++) _mm512_store_si512(dst + g, w[g]);
+                k_scale_min(h, j, &sc, &mn);
+                _mm512_store_si512(ln + KL_SC, sc);
+                _mm512_store_si512(ln + KL_MN, mn);
+                _mm512_store_si512(ln + KL_D, _mm512_castps_si512(d));
+                _mm512_store_si512(ln + KL_NMIN, _mm512_castps_si512(nmin));
+            }
+        }
+    }
+}
+
+/* An R x C register tile of the packed q4k path (as q_tile): per sub-block b, the exact sums
+ * of nibble * xq, then I and M and the two fused multiply-adds of k_small, in its order. */
+AI void k_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int nb,
+               const __m512i *pk, const __m512i *lanes, int R, int C, __mmask16 keep) {
+    __m512 acc[QTILE_R][4];
+    size_t cols = (size_t)nb * WT_QBLOCK, gs = (size_t)nb * 8, ls = (size_t)nb * KL_COUNT;
+    UNROLL
+    for (int r = 0; r < R; r++)
+        UNROLL
+        for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m512i s[QTILE_R][4];
+        UNROLL
+        for (int r = 0; r < R; r++)
+            UNROLL
+            for (int c = 0; c < C; c++) s[r][c] = _mm512_setzero_si512();
+        q_tile_dots(s, pk + (size_t)b * 8, gs, xq + (size_t)b * WT_QBLOCK, cols, R, C);
+        const __m512i *lb = lanes + (size_t)b * KL_COUNT;
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            __m512 dx = _mm512_set1_ps(xd[(size_t)r * nb + b]);
+            __m512i bs = _mm512_set1_epi32(bsum[(size_t)r * nb + b]);
+            UNROLL
+            for (int c = 0; c < C; c++) {
+                const __m512i *l = lb + c * ls;
+                __m512i I = _mm512_mullo_epi32(s[r][c], _mm512_load_si512(l + KL_SC));
+                __m512i M = _mm512_mullo_epi32(bs, _mm512_load_si512(l + KL_MN));
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I),
+                                            _mm512_mul_ps(dx, _mm512_castsi512_ps(_mm512_load_si512(l + KL_D))), acc[r][c]);
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M),
+                                            _mm512_mul_ps(dx, _mm512_castsi512_ps(_mm512_load_si512(l + KL_NMIN))),
+                                            acc[r][c]);
+            }
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        UNROLL
+        for (int c = 0; c < C; c++)
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + 16 * c, c == C - 1 ? keep : 0xffff, acc[r][c]);
+}
+
+static void k_tile_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int nb,
+                       const __m512i *pk, const __m512i *lanes, int R, int C, __mmask16 keep) {
+#define KT_CASE(RR, CC) \
+    case (RR) * 8 + (CC): k_tile(y, ldy, xq, xd, bsum, nb, pk, lanes, RR, CC, keep); break;
+    switch (R * 8 + C) {
+        QTILE_SHAPES(KT_CASE)
+    default: DH_ASSERT(0);
+    }
+#undef KT_CASE
+}
+
 static void matmul_q4k(float *y, int ldy, const kern_act *a, const wmat *W, int T, int o0, int o1,
                        float *scratch) {
     int cols = W->cols, nb = cols / WT_QBLOCK;
     DH_ASSERT(a->q && a->qd && cols % WT_QBLOCK == 0);
     size_t rb = wt_q4k_row_bytes((size_t)cols);
-    /* scratch: 16 rows for the matrix's tail, then the block sums of up to tchunk rows */
-    uint8_t *tail = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    /* scratch: the packed panel and its lanes, 16 rows for the matrix's tail, then the block
+     * sums of up to tchunk rows (64 + 32 + 9 + up to 128 bytes a column of the 256) */
+    __m512i *pk = (__m512i *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    __m512i *lanes = pk + (size_t)KERN_OBLOCK / 16 * nb * 8;
+    uint8_t *tail = (uint8_t *)(lanes + (size_t)KERN_OBLOCK / 16 * nb * KL_COUNT);
     int32_t *bsum = (int32_t *)(tail + align64(16 * rb));
     int tchunk = DH_MIN(1024, DH_MAX(64, QTCHUNK_BYTES / cols));
     DH_ASSERT((char *)(bsum + (size_t)tchunk * nb) <= (char *)(scratch + kern_scratch_floats(cols)));
@@ -795,6 +915,17 @@ static void matmul_q4k(float *y, int ldy, const kern_act *a, const wmat *W, int 
         const float *xd = a->qd + (size_t)tc * nb;
         float *yc = y + (size_t)tc * ldy;
         for (int t = 0; t < tn; t++) q_block_sums(xq + (size_t)t * cols, nb, 1, bsum + (size_t)t * nb);
+        if (tn > QSMALL_T && !k_unpacked()) {
+            for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {
+                int n = DH_MIN(KERN_OBLOCK, o1 - ob), ncg = (n + 15) / 16;
+                __mmask16 keep = (__mmask16)((1u << (n - (ncg - 1) * 16)) - 1);
+                k_pack(W, ob, n, pk, lanes, tail);
+                for (int t = 0; t < tn; t += QTILE_R)
+                    k_tile_any(yc + (size_t)t * ldy + ob, ldy, xq + (size_t)t * cols, xd + (size_t)t * nb,
+                               bsum + (size_t)t * nb, nb, pk, lanes, DH_MIN(QTILE_R, tn - t), ncg, keep);
+            }
+            continue;
+        }
         for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {
             int n = DH_MIN(KERN_OBLOCK, o1 - ob), full = n == KERN_OBLOCK;
             for (int j = 0; j < (full ? 4 : (n + 15) / 16); j++) {
@@ -939,7 +1070,8 @@ const kern_ops *kern_avx512(void) {
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-        (void)q_prefetch(); /* read the setting now, before the threads use it */
+        (void)q_prefetch(); /* read the settings now, before the threads use them */
+        (void)k_unpacked();
         return &avx_ops;
     }
     return NULL;

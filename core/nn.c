@@ -5,7 +5,9 @@
  * not change any result. Small products run on the calling thread: waking the pool costs a
  * few microseconds, more than a 64 x 2048 router product. For q8/q4 weights the activations
  * are quantized once per call, before the product's tasks (on the pool for 16 rows or more),
- * into a buffer sized by nn_reserve.
+ * into a buffer sized by nn_reserve, and once for two consecutive products of the same rows
+ * (gate and up). nn_matmul_local runs a whole product inside a task of the pool (attention
+ * per head), with a quantization buffer per thread.
  *
  * State is process-wide (one pool, one kernel table, the scratch), set up by nn_init and
  * nn_reserve before the engine runs and used by the engine thread only. */
@@ -25,6 +27,9 @@ static size_t g_scratch_n;
 static int8_t *g_q;              /* quantized activations [g_q_rows * g_q_cols] */
 static float *g_qd;
 static size_t g_q_cap;           /* elements of g_q */
+static int8_t **g_lq;            /* [threads][g_lq_cap] quantized activations of nn_matmul_local */
+static float **g_lqd;            /* [threads][g_lq_cap / 32 + 1] their scales */
+static size_t g_lq_cap;
 
 void nn_init(int n_threads, int force_portable) {
     DH_ASSERT(!g_pool);
@@ -37,13 +42,21 @@ void nn_init(int n_threads, int force_portable) {
     if (!g_ops) g_ops = kern_portable();
     g_scratch = xcalloc((size_t)n_threads, sizeof *g_scratch);
     g_scratch_n = 0;
+    g_lq = xcalloc((size_t)n_threads, sizeof *g_lq);
+    g_lqd = xcalloc((size_t)n_threads, sizeof *g_lqd);
+    g_lq_cap = 0;
     nn_reserve(1, 1024);
 }
 
 void nn_shutdown(void) {
     if (!g_pool) return;
-    for (int i = 0; i < tp_threads(g_pool); i++) free(g_scratch[i]);
+    for (int i = 0; i < tp_threads(g_pool); i++) free(g_scratch[i]), free(g_lq[i]), free(g_lqd[i]);
     free(g_scratch);
+    free(g_lq);
+    free(g_lqd);
+    g_lq = NULL;
+    g_lqd = NULL;
+    g_lq_cap = 0;
     g_scratch = NULL;
     g_scratch_n = 0;
     free(g_q);
@@ -83,6 +96,20 @@ void nn_reserve_act(size_t qn) {
         g_q_cap = qn;
     }
 }
+
+void nn_reserve_local(size_t qn) {
+    DH_ASSERT(g_pool);
+    if (qn <= g_lq_cap) return;
+    for (int i = 0; i < tp_threads(g_pool); i++) {
+        free(g_lq[i]);
+        free(g_lqd[i]);
+        g_lq[i] = xmalloc(qn);
+        g_lqd[i] = xmalloc(xmul(qn / WT_QBLOCK + 1, sizeof(float)));
+    }
+    g_lq_cap = qn;
+}
+
+static int is_quantized(dh_dtype t) { return t == DT_Q8 || t == DT_Q4 || t == DT_Q4K; }
 
 /* the products of one pass: tasks are (product, block of KERN_OBLOCK output rows) */
 typedef struct mm_job {
@@ -131,7 +158,11 @@ void nn_matmul_multi(const nn_mm *mms, int n) {
         const wmat *W = m->W;
         DH_ASSERT((size_t)kern_scratch_floats(W->cols) <= g_scratch_n);
         acts[i] = (kern_act){.x = m->x, .ldx = m->ldx};
-        if ((W->dtype == DT_Q8 || W->dtype == DT_Q4 || W->dtype == DT_Q4K) && m->T > 0) {
+        const nn_mm *pm = i > 0 ? &mms[i - 1] : NULL;
+        if (pm && is_quantized(W->dtype) && is_quantized(pm->W->dtype) && pm->x == m->x && pm->ldx == m->ldx &&
+            pm->T == m->T && pm->W->cols == W->cols) {
+            acts[i].q = acts[i - 1].q, acts[i].qd = acts[i - 1].qd; /* same rows (gate and up): the same bits */
+        } else if (is_quantized(W->dtype) && m->T > 0) {
             /* quantized once per product (each row on its own: the same bits whichever thread
              * does it), on the pool when there are many rows */
             DH_ASSERT(qoff + (size_t)m->T * W->cols <= g_q_cap && W->cols % WT_QBLOCK == 0);
@@ -153,6 +184,23 @@ void nn_matmul_multi(const nn_mm *mms, int n) {
     } else {
         tp_run(g_pool, first[n], mm_task, &j);
     }
+}
+
+void nn_matmul_local(const nn_mm *m, int thread) {
+    const wmat *W = m->W;
+    if (m->T <= 0) return;
+    DH_ASSERT(g_ops && thread >= 0 && thread < tp_threads(g_pool) && (size_t)kern_scratch_floats(W->cols) <= g_scratch_n);
+    kern_act a = {.x = m->x, .ldx = m->ldx};
+    if (is_quantized(W->dtype)) {
+        int8_t *q = g_lq[thread];
+        float *qd = g_lqd[thread];
+        int nb = W->cols / WT_QBLOCK;
+        DH_ASSERT((size_t)m->T * W->cols <= g_lq_cap && W->cols % WT_QBLOCK == 0);
+        for (int t = 0; t < m->T; t++)
+            g_ops->quantize(m->x + (size_t)t * m->ldx, W->cols, q + (size_t)t * W->cols, qd + (size_t)t * nb);
+        a.q = q, a.qd = qd;
+    }
+    g_ops->matmul(m->y, m->ldy, &a, W, m->T, 0, W->rows, g_scratch[thread]);
 }
 
 void nn_matmul_ld(float *y, int ldy, const float *x, int ldx, const wmat *W, int T) {

@@ -24,6 +24,8 @@ const kern_ops *nn_kernels(void);
 void nn_reserve(int rows, int cols);
 /* Make room for n activations in total across the products of one nn_matmul_multi (q8/q4). */
 void nn_reserve_act(size_t n);
+/* Make room for n activations of one nn_matmul_local product on each thread (q8/q4/q4k). */
+void nn_reserve_local(size_t n);
 
 /* One product of a batch for nn_matmul_multi: y[T, ldy] = x[T, ldx] . W^T. */
 typedef struct nn_mm {
@@ -44,6 +46,10 @@ void nn_matmul_ld(float *y, int ldy, const float *x, int ldx, const wmat *W, int
  * busy. Each result equals its own nn_matmul_ld, bit for bit. For q8/q4 the products' rows
  * together must fit the nn_reserve'd rows x cols. */
 void nn_matmul_multi(const nn_mm *mms, int n);
+/* One product on the calling thread, from inside a task of the nn pool (tp_fn's `thread` picks
+ * the scratch): what a task that fuses several steps (attention per head) uses between them.
+ * The same bits as nn_matmul_ld. For q8/q4/q4k, T x W.cols must fit nn_reserve_local. */
+void nn_matmul_local(const nn_mm *m, int thread);
 
 /* Read bandwidth in GB/s of `pool` (NULL: the nn pool) over buf (bytes, a multiple of 4 MiB):
  * the best of reps passes after one warm-up over all of buf, pass r reading the pass_bytes

@@ -15,4 +15,8 @@ int tp_threads(const tp_pool *p);
 /* Runs fn(ctx, i, thread) for every i in [0, n_tasks), returns when all are done. Not
  * reentrant: one caller thread at a time (the engine thread). */
 void tp_run(tp_pool *p, int n_tasks, tp_fn fn, void *ctx);
+/* tp_run calls so far that went to the pool's threads: one fork-join each (a wake-up of the
+ * workers and a wait for the last of them). Calls with one task or one thread, which run on
+ * the caller alone, are not counted. Read it from the caller thread. */
+unsigned long tp_forks(const tp_pool *p);
 #endif

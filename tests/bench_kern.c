@@ -21,11 +21,17 @@
  * kernels' small-T and packed paths meet. Both use the kernels nn_init picks, bf16 unless
  * --dtype says otherwise (f32, bf16, f16).
  *
+ * --forkjoin measures the thread pool itself: what one tp_run (a fork-join) costs on 2 threads
+ * with tasks that do nothing, back to back and with the caller busy for a gap between two
+ * calls (a decode step's work on one thread: the workers spin for ~50 us after a job, then
+ * sleep), and with two tasks of 10 us each. The overhead is the time per call minus the gap and
+ * the work; the median of --runs runs of 2000 calls (200 for the longest gaps).
+ *
  * For f32, an "openblas" row gives cblas_sgemm's GFLOP/s on the same T = 512 product (with the
  * core type OpenBLAS chose, printed first): the baseline the packed kernels are measured against.
  *
  * Usage: bench_kern [--runs N] [--quick] [--dtype f32|bf16|f16|q8|q4] [--portable-prefill]
- *                   [--decode | --sweep | --blas-invariance]
+ *                   [--decode | --sweep | --blas-invariance | --forkjoin]
  *   --quick skips the portable kernels; their T = 512 runs only with --portable-prefill (it
  *   takes seconds a run). The table goes to stderr. */
 #include <stdio.h>
@@ -40,6 +46,7 @@
 #include "core/nn.h"
 #include "core/threadpool.h"
 #include "core/cpu.h"
+#include "core/threadpool.h"
 
 #define BIG_BYTES ((size_t)1 << 30)
 #define HIDDEN 2048
@@ -95,6 +102,16 @@ static void fill_weights(void *p, dh_dtype dt, size_t bytes) {
         }
         break;
     }
+    case DT_Q4K: /* super-blocks of 144 bytes (rows of whole 256s): f16 d and dmin, then random */
+        for (size_t i = 0; i + 144 <= bytes; i += 144) {
+            uint16_t d[2] = {wt_f32_to_f16(0.001f + 0.001f * frand()), wt_f32_to_f16(0.001f)};
+            for (size_t j = 0; j < 144; j += 8) {
+                uint64_t r = next_u64();
+                memcpy((uint8_t *)p + i + j, &r, 8);
+            }
+            memcpy((uint8_t *)p + i, d, 4);
+        }
+        break;
     default: DH_ASSERT(0);
     }
 }
@@ -156,6 +173,7 @@ typedef struct bench_opts {
     int only_dtype; /* -1: all */
     int decode;     /* the decode-shape table instead of the main one */
     int sweep;      /* the T sweep instead of the main table */
+    int forkjoin;   /* the thread pool's fork-join instead of any product */
 } bench_opts;
 
 /* one table cell: the value, or "-" when not measured */
@@ -295,6 +313,51 @@ static void bench_sweep(dh_dtype dt, void *big, float *x, float *y) {
     }
 }
 
+/* ---- the thread pool (--forkjoin) ---- */
+
+/* busy for `us` microseconds on this thread (a clock loop: no sleeping, no yielding) */
+static void busy_us(double us) {
+    double t0 = dh_now();
+    while ((dh_now() - t0) * 1e6 < us) {
+    }
+}
+
+static void fj_task(void *ctx, int task, int thread) {
+    (void)task, (void)thread;
+    busy_us(*(const double *)ctx);
+}
+
+/* Median over g_runs of the microseconds a tp_run call costs beyond `gap_us` of the caller's own
+ * work before it and `work_us` a task (two tasks on the 2 threads: one each when all goes well). */
+static double fj_overhead(tp_pool *p, double gap_us, double work_us, int calls) {
+    double t[64];
+    for (int r = 0; r < g_runs; r++) {
+        double s = dh_now();
+        for (int c = 0; c < calls; c++) {
+            busy_us(gap_us);
+            tp_run(p, 2, fj_task, &work_us);
+        }
+        t[r] = (dh_now() - s) / calls * 1e6 - gap_us - work_us;
+    }
+    return median(t, g_runs);
+}
+
+static void bench_forkjoin(void) {
+    static const double gaps[] = {0, 5, 20, 40, 100, 1000};
+    tp_pool *p = tp_new(2);
+    tp_run(p, 2, fj_task, &(double){0}); /* the worker started */
+    fprintf(stderr, "fork-join of a 2-thread pool: microseconds a tp_run costs beyond the work, median of %d runs\n"
+                    "%-22s %-12s %10s %8s\n", g_runs, "caller's gap before it", "task work", "overhead", "calls");
+    for (size_t i = 0; i < sizeof gaps / sizeof gaps[0]; i++)
+        for (int w = 0; w < 2; w++) {
+            double work = w ? 10 : 0;
+            int calls = gaps[i] >= 100 ? 200 : 2000;
+            double ov = fj_overhead(p, gaps[i], work, calls);
+            fprintf(stderr, "%17.0f us  %9.0f us %10.2f %8d\n", gaps[i], work, ov, calls);
+        }
+    tp_free(p);
+}
+
 /* --blas-invariance: is OpenBLAS's sgemm batch-invariant? For a few shapes [N, K], each of the
  * first M rows of X W^T computed in one call of M rows against the same row computed alone
  * (M = 1): how many of the M N outputs differ in any bit. Our kernels give 0 by construction
@@ -339,6 +402,8 @@ int main(int argc, char **argv) {
             o.decode = 1;
         } else if (!strcmp(argv[i], "--sweep")) {
             o.sweep = 1;
+        } else if (!strcmp(argv[i], "--forkjoin")) {
+            o.forkjoin = 1;
         } else if (!strcmp(argv[i], "--blas-invariance")) {
             bench_blas_invariance();
             return 0;
@@ -352,10 +417,14 @@ int main(int argc, char **argv) {
         } else {
             fprintf(stderr,
                     "usage: %s [--runs N] [--quick] [--dtype D] [--portable-prefill] "
-                    "[--decode | --sweep | --blas-invariance]\n",
+                    "[--decode | --sweep | --blas-invariance | --forkjoin]\n",
                     argv[0]);
             return 2;
         }
+    }
+    if (o.forkjoin) {
+        bench_forkjoin();
+        return 0;
     }
     void *big = xmalloc(BIG_BYTES);
     memset(big, 1, BIG_BYTES);
@@ -367,7 +436,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "T=1 and T=2, cold, in GB/s of weights and %%bw against the read "
                             "bandwidth on as many threads\n%-5s %-9s %7s %-14s %8s %6s %8s %6s\n",
                     "dtype", "kernels", "threads", "shape", "T=1", "%bw", "T=2", "%bw");
-        for (int dt = 0; dt <= DT_F16; dt++) {
+        for (int dt = 0; dt < DT_COUNT; dt++) {
             if (o.only_dtype >= 0 ? o.only_dtype != dt : dt != DT_BF16) continue;
             if (o.decode) bench_decode((dh_dtype)dt, big, x, y);
             else bench_sweep((dh_dtype)dt, big, x, y);

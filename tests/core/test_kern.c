@@ -565,6 +565,41 @@ static void test_long_rows_do_not_depend_on_the_batch(void) {
     CU_ASSERT_EQUAL(bad, 0);
 }
 
+/* The AVX-512 q8/q4/q4k kernels pack a block of rows for more than 4 activation rows and do
+ * not for up to 4: each row of a batch must come out as it does alone, whatever the shape
+ * (q4k rows ending in a short super-block: 288, 160, 640 columns; 131 rows: a partial block of
+ * 64 and a partial group of 16) and the output range. */
+static void test_quantized_prompt_rows_equal_decode_rows(void) {
+    static const int shapes[][2] = {{131, 288}, {131, 160}, {70, 640}, {65, 1024}, {17, 32}};
+    static const int Ts[] = {5, 9, 23};
+    const kern_ops *avx = kern_avx512();
+    int bad = 0;
+    if (!avx) return; /* the portable kernels have one path */
+    for (int dt = DT_Q8; dt <= DT_Q4K; dt++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            int rows = shapes[s][0], cols = shapes[s][1], T = Ts[s % 3];
+            void *store;
+            wmat W = make_w((dh_dtype)dt, rows, cols, &store);
+            float *x = malloc((size_t)T * cols * 4), *y = malloc((size_t)T * rows * 4), *y1 = malloc((size_t)rows * 4);
+            int8_t *q = malloc((size_t)T * cols);
+            float *qd = malloc((size_t)T * cols / 32 * 4);
+            for (int i = 0; i < T * cols; i++) x[i] = frand() * (i % 7 ? 1.0f : 30.0f);
+            quantize_rows(x, T, cols, q, qd);
+            int o0 = s % 2 ? 3 : 0; /* a range that starts inside a block, too */
+            run_kernel(avx, y, x, q, qd, &W, T, o0, rows);
+            for (int t = 0; t < T; t++) {
+                run_kernel(avx, y1, x + (size_t)t * cols, q + (size_t)t * cols, qd + (size_t)t * (cols / 32), &W, 1,
+                           o0, rows);
+                for (int o = o0; o < rows; o++)
+                    if (memcmp(y1 + o, y + (size_t)t * rows + o, 4) != 0 && bad++ < 3)
+                        printf("\n  %s %dx%d: row %d of %d, output %d: %.9g alone, %.9g in the batch",
+                               wt_dtype_name((dh_dtype)dt), rows, cols, t, T, o, y1[o], y[(size_t)t * rows + o]);
+            }
+            free(x), free(y), free(y1), free(q), free(qd), free(store);
+        }
+    CU_ASSERT_EQUAL(bad, 0);
+}
+
 static void test_threaded_quantized_matmul_equals_one_thread(void) {
     int rows = 300, cols = 512, T = 9;
     for (int dt = DT_Q8; dt <= DT_Q4K; dt++) {
@@ -822,6 +857,7 @@ static CU_TestInfo kern_tests[] = {
     {"q8 kernels agree on every shape and range", test_q8_kernels_agree_on_every_shape_and_range},
     {"q4 kernels agree on every shape and range", test_q4_kernels_agree_on_every_shape_and_range},
     {"q4k kernels agree on every shape and range", test_q4k_kernels_agree_on_every_shape_and_range},
+    {"quantized prompt rows equal decode rows", test_quantized_prompt_rows_equal_decode_rows},
     {"long rows do not depend on the batch", test_long_rows_do_not_depend_on_the_batch},
     {"threaded quantized matmul equals one thread", test_threaded_quantized_matmul_equals_one_thread},
     {"avx512 quantize equals portable bit for bit", test_avx512_quantize_equals_portable_bit_for_bit},
