@@ -200,7 +200,7 @@ static void g_submit(void *ctx, const Darkhorse__FeSubmit *m) {
     br_engine *g = ctx;
     engine_request q = {.id = m->id, .prompt = m->prompt, .n_prompt = (int)m->n_prompt,
                         .generated = m->n_generated ? m->generated : NULL, .n_generated = (int)m->n_generated,
-                        .max_tokens = m->max_tokens, .ignore_eos = m->ignore_eos,
+                        .max_tokens = m->max_tokens, .ignore_eos = m->ignore_eos, .admitted = m->admitted,
                         .sampling = {.temperature = m->temperature, .top_p = m->top_p, .top_k = m->top_k,
                                      .seed = m->seed}};
     char err[512] = "";

@@ -185,7 +185,7 @@ int engine_submit(engine *e, const engine_request *q, char *err, size_t errsz) {
     if (e->stopping) {
         snprintf(err, errsz, "the server is shutting down");
         rc = DH_ECANCELLED;
-    } else if (e->n_incoming + e->met.waiting >= e->p.max_queue) {
+    } else if (!q->admitted && e->n_incoming + e->met.waiting >= e->p.max_queue) {
         snprintf(err, errsz, "the queue is full (%d requests waiting)", e->p.max_queue);
         rc = DH_EBUSY;
     } else {

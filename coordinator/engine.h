@@ -39,6 +39,8 @@ typedef struct engine_request {
     int max_tokens;          /* of the whole completion, the generated part included */
     sampler_params sampling; /* the seed decides every draw: a resumed request keeps its seed */
     int ignore_eos;
+    int admitted;            /* accepted before (a request resumed after a failure): queued even
+                                beyond max_queue, which limits new work only */
     void *user;              /* the caller's handle, given back with every event */
 } engine_request;
 

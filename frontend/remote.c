@@ -42,7 +42,6 @@
 #define FR_STOP_EXTRA_S 15.0   /* after the grace: rank 0 stops its workers and exits */
 #define FR_BACKOFF_MAX_S 10.0
 #define FR_RETRY_AFTER_S 5     /* what a request that waited too long is told */
-#define FR_RETRY_BUSY_S 0.2    /* a resumed request the engine's full queue refused waits this */
 #define FR_SOCK_GRACE_S 1.0    /* after rank 0's socket ends, for mpirun to exit and say why */
 #define FR_SILENCE_S 20.0      /* rank 0 sends its metrics about every second, between steps: a
                                   rank 0 silent this long is stopped or stuck (its workers do
@@ -62,7 +61,6 @@ typedef struct fr_req {
     double t_wait;          /* since when it waits for an engine (submission or failure) */
     int sent;               /* the running engine has it */
     int resumed;            /* an earlier engine had it: a client may be reading its stream */
-    double retry_at;        /* refused for a full queue after a resume: sent again from then */
     int cancel;             /* 0; 1 client gone; 2 finished by the server (stop string) */
     int cancel_sent;
     struct fr_req *next;
@@ -231,6 +229,7 @@ static void send_submit(remote *r, const fr_req *q) {
     s.n_generated = (size_t)q->n_tokens, s.generated = q->n_tokens ? q->tokens : NULL;
     s.max_tokens = q->max_tokens, s.temperature = q->sampling.temperature, s.top_p = q->sampling.top_p;
     s.top_k = q->sampling.top_k, s.seed = q->sampling.seed, s.ignore_eos = q->ignore_eos;
+    s.admitted = q->resumed; /* the new engine queues it whatever its queue limit */
     Darkhorse__FeMsg m = DARKHORSE__FE_MSG__INIT;
     m.body_case = DARKHORSE__FE_MSG__BODY_SUBMIT, m.submit = &s;
     send_msg(r, &m);
@@ -269,7 +268,7 @@ static void flush_locked(remote *r, ended **out) {
             req_free(q);
             continue;
         }
-        if (r->state == FR_SERVING && !r->failing && q->retry_at <= dh_now()) {
+        if (r->state == FR_SERVING && !r->failing) {
             if (!q->sent) send_submit(r, q), q->sent = 1;
             if (q->cancel && !q->cancel_sent) send_cancel(r, q->id, q->cancel == 2), q->cancel_sent = 1;
         }
@@ -359,9 +358,6 @@ static void on_event_msg(remote *r, const Darkhorse__FeEvent *m) {
                           m->index, q->n_tokens);
             pass = 0; /* a duplicate: the server has it */
         }
-    } else if (q && m->kind == FB_EV_ERROR && m->code == DH_EBUSY && q->resumed) {
-        pass = 0; /* resubmitted all at once, the new engine's queue overflowed: again soon */
-        q->sent = 0, q->cancel_sent = 0, q->retry_at = dh_now() + FR_RETRY_BUSY_S;
     } else if (q && m->kind == FB_EV_ERROR && m->code != DH_EINVAL && m->code != DH_EBUSY &&
                !(m->code == DH_ECANCELLED && (q->cancel || r->stop_asked))) {
         pass = 0; /* the engine failed under it: the next engine resumes it */
@@ -404,7 +400,7 @@ static void on_hello(remote *r, const Darkhorse__FeHello *h) {
     int resumed = 0;
     for (fr_req *q = r->reqs; q; q = q->next) {
         if (q->sent || q->n_tokens) resumed++, q->resumed = 1;
-        q->sent = 0, q->cancel_sent = 0, q->retry_at = 0;
+        q->sent = 0, q->cancel_sent = 0;
     }
     double took = now - r->recovering_since;
     int again = r->ever_served;
@@ -692,7 +688,6 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
         job_gone(r, "no hello from rank 0 within the start timeout");
         return;
     }
-    if (st == FR_SERVING) flush(r); /* resumed requests refused for a full queue */
     if (st == FR_SERVING || st == FR_DONE) return;
     /* requests waiting too long for an engine */
     ended *e = NULL;

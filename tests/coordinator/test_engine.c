@@ -443,6 +443,24 @@ static void test_queue_and_context_limits_are_refused(void) {
     h_close(&h);
 }
 
+/* A request resumed after a failure was accepted before: the queue limit is for new work. */
+static void test_an_admitted_request_is_queued_beyond_the_limit(void) {
+    harness h;
+    h_open(&h, 1, 16, 1, 1024);
+    CU_ASSERT(submit(&h, 0, 10) == 0);
+    CU_ASSERT_EQUAL(submit(&h, 1, 10), DH_EBUSY); /* one waiting already */
+    int prompt[64];
+    char err[256] = "";
+    engine_request q = {.id = 3, .prompt = prompt, .n_prompt = prompt_of(2, prompt), .max_tokens = 10,
+                        .ignore_eos = 1, .admitted = 1, .user = &h.res[2]};
+    CU_ASSERT_EQUAL(engine_submit(h.e, &q, err, sizeof err), 0);
+    h.outstanding++;
+    CU_ASSERT_EQUAL(submit(&h, 3, 10), DH_EBUSY); /* new work is still held to the limit */
+    engine_run(h.e);
+    CU_ASSERT(h.res[0].done && h.res[2].done && h.res[2].n == 10);
+    h_close(&h);
+}
+
 static void test_stopping_fails_what_cannot_finish(void) {
     harness h;
     h_open(&h, 2, 32, 8, 4096);
@@ -486,6 +504,7 @@ static CU_TestInfo engine_tests[] = {
     {"ending a request as finished sends DONE", test_ending_a_request_as_finished_sends_done},
     {"the end-of-sentence token ends a request, unreported", test_the_end_of_sentence_token_ends_a_request_unreported},
     {"queue and context limits are refused", test_queue_and_context_limits_are_refused},
+    {"an admitted request is queued beyond the limit", test_an_admitted_request_is_queued_beyond_the_limit},
     {"stopping fails what cannot finish", test_stopping_fails_what_cannot_finish},
     CU_TEST_INFO_NULL,
 };
