@@ -54,6 +54,9 @@ typedef struct kern_ops {
     float (*dot)(const float *a, const float *b, int n);
     /* y[i] += a * x[i], each element on its own */
     void (*axpy)(float *y, float a, const float *x, int n);
+    /* 1 when this table reads q8 matrices fastest packed as WT_G16 (tensor.h), so loaders
+     * should pack them; every table reads both layouts, with the same results. */
+    int q8_g16;
 } kern_ops;
 
 /* Output rows a kernel call handles as one block (a task of nn_matmul covers whole blocks). */

@@ -550,7 +550,7 @@ AI __m512i bcast4(const int8_t *p) {
 /* Small T: R <= 4 activation rows (cols apart; y rows ldy apart) against the 16 weight rows
  * of rw starting at p, transposing each block in registers. */
 AI void q_small(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr, int nb,
-                const uint8_t *p, size_t bs, const qrows *rw, int q4, int R, int pf) {
+                const uint8_t *p, size_t bs, const qrows *rw, int q4, int g16, int R, int pf) {
     __m512 acc[4];
     size_t cols = (size_t)nb * WT_QBLOCK;
     UNROLL
@@ -561,11 +561,18 @@ AI void q_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
             UNROLL
             for (int i = 0; i < 16; i++) _mm_prefetch((const char *)p + pf + i * rw->stride, _MM_HINT_T0);
         __m512i w[8];
-        if (q4)
-            q4_rows(p, rw, w, 1);
-        else
-            q8_rows(p, rw, w);
-        __m512 dw = q_scales(p, rw);
+        __m512 dw;
+        if (g16) { /* WT_G16: the 16 scales, then the 8 vectors as q8_rows makes them */
+            dw = _mm512_cvtph_ps(_mm256_loadu_si256((const void *)p));
+            UNROLL
+            for (int g = 0; g < 8; g++) w[g] = _mm512_loadu_si512(p + 2 * WT_G16_ROWS + 64 * g);
+        } else {
+            if (q4)
+                q4_rows(p, rw, w, 1);
+            else
+                q8_rows(p, rw, w);
+            dw = q_scales(p, rw);
+        }
         UNROLL
         for (int r = 0; r < R; r++) {
             const int8_t *xr = xq + r * cols + (size_t)b * WT_QBLOCK;
@@ -589,13 +596,15 @@ AI void q_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
 }
 
 static void q_small_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr,
-                        int nb, const uint8_t *p, size_t bs, const qrows *rw, int q4, int R, int pf) {
+                        int nb, const uint8_t *p, size_t bs, const qrows *rw, int q4, int g16, int R, int pf) {
 #define QS_CASE(RR)                                                                              \
     case RR:                                                                                     \
         if (q4)                                                                                  \
-            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 1, RR, pf);                             \
+            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 1, 0, RR, pf);                          \
+        else if (g16)                                                                            \
+            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 0, 1, RR, 0);                           \
         else                                                                                     \
-            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 0, RR, pf);                             \
+            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 0, 0, RR, pf);                          \
         break;
     switch (R) {
         QS_CASE(1) QS_CASE(2) QS_CASE(3) QS_CASE(4)
@@ -609,6 +618,15 @@ static void q_small_any(float *y, int ldy, const int8_t *xq, const float *xd, co
 static void q_pack(const wmat *W, int o, int n, __m512i *pk, float *sc, uint8_t *tail) {
     int nb = W->cols / WT_QBLOCK, q4 = W->dtype == DT_Q4;
     size_t bs = q4 ? sizeof(wt_q4_block) : sizeof(wt_q8_block), rb = bs * (size_t)nb;
+    if (W->layout == WT_G16) { /* already in this order: copy, widening the scales */
+        const uint8_t *p = (const uint8_t *)(W->p.q8 + (size_t)o * nb);
+        for (int gb = 0; gb < n / 16 * nb; gb++, p += 16 * bs) {
+            _mm512_store_ps(sc + (size_t)gb * 16, _mm512_cvtph_ps(_mm256_loadu_si256((const void *)p)));
+            for (int g = 0; g < 8; g++)
+                _mm512_store_si512(pk + (size_t)gb * 8 + g, _mm512_loadu_si512(p + 2 * WT_G16_ROWS + 64 * g));
+        }
+        return;
+    }
     for (int cg = 0; cg * 16 < n; cg++) {
         qrows rw;
         qrows_init(&rw, rb, 1, DH_MIN(16, n - cg * 16));
@@ -948,6 +966,7 @@ static void matmul_q(float *y, int ldy, const kern_act *a, const wmat *W, int T,
                      float *scratch) {
     int cols = W->cols, nb = cols / WT_QBLOCK, q4 = W->dtype == DT_Q4;
     DH_ASSERT(a->q && a->qd && cols % WT_QBLOCK == 0);
+    DH_ASSERT(W->layout == WT_ROWS || (!q4 && o0 % WT_G16_ROWS == 0 && o1 % WT_G16_ROWS == 0));
     size_t bs = q4 ? sizeof(wt_q4_block) : sizeof(wt_q8_block), rb = bs * (size_t)nb;
     /* scratch: the packed panel, its scales, 16 rows for the matrix's tail, the block sums of
      * up to tchunk rows (72 + 17 + 128 bytes a column of the 256 there are) */
@@ -966,6 +985,18 @@ static void matmul_q(float *y, int ldy, const kern_act *a, const wmat *W, int T,
         float *yc = y + (size_t)tc * ldy;
         for (int t = 0; t < tn; t++)
             q_block_sums(xq + (size_t)t * cols, nb, q4 ? -8 : -128, corr + (size_t)t * nb);
+        if (tn <= QSMALL_T && W->layout == WT_G16) {
+            /* one sequential stream: 16 rows a group, 544 bytes a block (the hardware
+             * prefetcher follows it; software prefetch measured slower) */
+            qrows rw;
+            qrows_init(&rw, rb, 1, 16);
+            for (int o = o0; o < o1; o += 16)
+                for (int t = 0; t < tn; t += 4)
+                    q_small_any(yc + (size_t)t * ldy + o, ldy, xq + (size_t)t * cols, xd + (size_t)t * nb,
+                                corr + (size_t)t * nb, nb, (const uint8_t *)(W->p.q8 + (size_t)o * nb), 16 * bs,
+                                &rw, 0, 1, DH_MIN(4, tn - t), 0);
+            continue;
+        }
         if (tn <= QSMALL_T) {
             /* In a full block of 64 rows, lane i of group j takes row j + 4i: 16 consecutive
              * rows (2 KB apart at cols 2048) share pages, which the hardware prefetcher follows
@@ -985,7 +1016,7 @@ static void matmul_q(float *y, int ldy, const kern_act *a, const wmat *W, int T,
                     }
                     for (int t = 0; t < tn; t += 4)
                         q_small_any(yc + (size_t)t * ldy + o, ldy, xq + (size_t)t * cols,
-                                    xd + (size_t)t * nb, corr + (size_t)t * nb, nb, p, bs, &rw, q4,
+                                    xd + (size_t)t * nb, corr + (size_t)t * nb, nb, p, bs, &rw, q4, 0,
                                     DH_MIN(4, tn - t), full && t == 0 ? q_prefetch() : 0);
                 }
             }
@@ -1057,7 +1088,7 @@ static void quantize_avx(const float *x, int cols, int8_t *q, float *d) {
     }
 }
 
-static const kern_ops avx_ops = {
+static kern_ops avx_ops = {
     .name = "avx512",
     .matmul = matmul_avx,
     .quantize = quantize_avx,
@@ -1072,6 +1103,10 @@ const kern_ops *kern_avx512(void) {
         __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
         (void)q_prefetch(); /* read the settings now, before the threads use them */
         (void)k_unpacked();
+        /* the packed decode path is the VNNI one; DH_KERN_Q8_ROWS=1 keeps q8 row-major (the
+         * previous path, for measuring one against the other) */
+        const char *e = getenv("DH_KERN_Q8_ROWS");
+        avx_ops.q8_g16 = __builtin_cpu_supports("avx512vnni") && !(e && atoi(e) > 0);
         return &avx_ops;
     }
     return NULL;

@@ -143,14 +143,20 @@ static void matmul_ref(float *y, int ldy, const kern_act *a, const wmat *W, int 
     if (W->dtype == DT_Q8 || W->dtype == DT_Q4) {
         DH_ASSERT(a->q && a->qd && cols % WT_QBLOCK == 0);
         int nb = cols / WT_QBLOCK;
-        for (int o = o0; o < o1; o++)
+        wt_q8_block *row = (wt_q8_block *)scratch; /* a packed row's blocks, unpacked */
+        for (int o = o0; o < o1; o++) {
+            const wt_q8_block *wq = W->p.q8 + (size_t)o * nb;
+            if (W->dtype == DT_Q8 && W->layout == WT_G16) {
+                wt_q8_row_blocks(W, o, row);
+                wq = row;
+            }
             for (int t = 0; t < T; t++) {
                 const int8_t *xq = a->q + (size_t)t * cols;
                 const float *xd = a->qd + (size_t)t * nb;
-                y[(size_t)t * ldy + o] = W->dtype == DT_Q8
-                                             ? dot_q8(xq, xd, W->p.q8 + (size_t)o * nb, nb)
-                                             : dot_q4(xq, xd, W->p.q4 + (size_t)o * nb, nb);
+                y[(size_t)t * ldy + o] = W->dtype == DT_Q8 ? dot_q8(xq, xd, wq, nb)
+                                                           : dot_q4(xq, xd, W->p.q4 + (size_t)o * nb, nb);
             }
+        }
         return;
     }
     if (W->dtype == DT_Q4K) {

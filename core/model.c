@@ -187,6 +187,20 @@ static wmat convert(loader *ld, const wmat *src, int to) {
     return w;
 }
 
+/* w packed as WT_G16 when the kernels read q8 fastest that way (kern_ops.q8_g16); the
+ * row-major copy is freed, or, for a q8 checkpoint's own tensor (`mapped`), its mapping
+ * released. Other matrices come back as they are. */
+static wmat g16(loader *ld, wmat w, const st_tensor *mapped) {
+    const kern_ops *k = nn_kernels();
+    if (ld->rc || !k || !k->q8_g16 || !wt_g16_packable(&w)) return w;
+    wmat p = wt_g16_pack(&w, own(ld->m, wt_bytes(DT_Q8, (size_t)w.rows, (size_t)w.cols)));
+    if (mapped)
+        st_release(ld->m->st, mapped);
+    else
+        disown(ld->m, w.p.q8);
+    return p;
+}
+
 /* Can a [., cols] matrix be held as `to`? (q8/q4/q4k need rows of whole blocks of 32) */
 static int convertible(loader *ld, const char *name, int cols, dh_dtype stored, int to) {
     if ((to != DT_Q8 && to != DT_Q4 && to != DT_Q4K) || cols % WT_QBLOCK == 0) return 1;
@@ -204,10 +218,10 @@ static wmat load_mat_as(loader *ld, const char *name, int rows, int cols, int to
     if (!t) return w;
     wmat stored = {.dtype = stored_dt(ld->m, t), .rows = rows, .cols = cols};
     stored.p.bf16 = d;
-    if (to < 0 || to == (int)stored.dtype || !convertible(ld, name, cols, stored.dtype, to)) return stored;
+    if (to < 0 || to == (int)stored.dtype || !convertible(ld, name, cols, stored.dtype, to)) return g16(ld, stored, t);
     w = convert(ld, &stored, to);
     st_release(ld->m->st, t); /* the stored copy is not needed any more */
-    return w;
+    return g16(ld, w, NULL);
 }
 
 static wmat load_mat(loader *ld, const char *name, int rows, int cols) {
@@ -248,6 +262,10 @@ static void derive_absorbed(loader *ld, mla_weights *a, const model_config *c) {
         convertible(ld, "the absorbed W_UV", C, DT_F32, to)) {
         a->w_uk_t = convert(ld, &a->w_uk_t, to);
         a->w_uv = convert(ld, &a->w_uv, to);
+        if (C % WT_G16_ROWS == 0 && Dv % WT_G16_ROWS == 0) { /* the per-head slices stay whole groups */
+            a->w_uk_t = g16(ld, a->w_uk_t, NULL);
+            a->w_uv = g16(ld, a->w_uv, NULL);
+        }
         free(uk_t);
         free(uv);
     } else {

@@ -70,7 +70,10 @@ wmat wt_rows(const wmat *W, int r0, int n) {
     case DT_F32: v.p.f32 = W->p.f32 + off; break;
     case DT_BF16:
     case DT_F16: v.p.bf16 = W->p.bf16 + off; break;
-    case DT_Q8: v.p.q8 = W->p.q8 + off / WT_QBLOCK; break;
+    case DT_Q8: /* a group of 16 packed rows takes the bytes of 16 rows: the same offset */
+        DH_ASSERT(W->layout == WT_ROWS || (r0 % WT_G16_ROWS == 0 && n % WT_G16_ROWS == 0));
+        v.p.q8 = W->p.q8 + off / WT_QBLOCK;
+        break;
     case DT_Q4: v.p.q4 = W->p.q4 + off / WT_QBLOCK; break;
     case DT_Q4K: v.p.q4k = W->p.q4k + (size_t)r0 * wt_q4k_row_bytes((size_t)W->cols); break;
     default: DH_ASSERT(0);
@@ -141,6 +144,51 @@ uint16_t wt_f32_to_f16(float f) {
     return sign | (uint16_t)r;
 }
 
+/* G16: bytes from a group's start to block b's (whole groups of blocks come before it) */
+static size_t g16_block_off(size_t b) { return b * WT_G16_ROWS * sizeof(wt_q8_block); }
+
+/* block b of row r of a q8 matrix, as row-major storage holds it */
+static void q8_block(const wmat *W, int r, size_t b, wt_q8_block *out) {
+    size_t nb = (size_t)W->cols / WT_QBLOCK;
+    if (W->layout == WT_ROWS) {
+        *out = W->p.q8[(size_t)r * nb + b];
+        return;
+    }
+    int i = r % WT_G16_ROWS;
+    const uint8_t *p = (const uint8_t *)(W->p.q8 + (size_t)(r - i) * nb) + g16_block_off(b);
+    memcpy(&out->d, p + 2 * i, 2);
+    for (int j = 0; j < WT_QBLOCK; j++)
+        out->q[j] = (int8_t)(p[2 * WT_G16_ROWS + 64 * (j / 4) + 4 * i + j % 4] ^ 0x80);
+}
+
+void wt_q8_row_blocks(const wmat *W, int r, wt_q8_block *out) {
+    DH_ASSERT(W->dtype == DT_Q8 && r >= 0 && r < W->rows);
+    for (size_t b = 0; b < (size_t)W->cols / WT_QBLOCK; b++) q8_block(W, r, b, out + b);
+}
+
+int wt_g16_packable(const wmat *W) {
+    return W->dtype == DT_Q8 && W->layout == WT_ROWS && W->rows % WT_G16_ROWS == 0 && W->cols % WT_QBLOCK == 0;
+}
+
+wmat wt_g16_pack(const wmat *W, void *out) {
+    DH_ASSERT(wt_g16_packable(W));
+    size_t nb = (size_t)W->cols / WT_QBLOCK;
+    for (size_t g = 0; g < (size_t)W->rows / WT_G16_ROWS; g++)
+        for (size_t b = 0; b < nb; b++) {
+            uint8_t *p = (uint8_t *)out + (g * WT_G16_ROWS * nb) * sizeof(wt_q8_block) + g16_block_off(b);
+            for (int i = 0; i < WT_G16_ROWS; i++) {
+                const wt_q8_block *s = W->p.q8 + (g * WT_G16_ROWS + (size_t)i) * nb + b;
+                memcpy(p + 2 * i, &s->d, 2);
+                for (int j = 0; j < WT_QBLOCK; j++)
+                    p[2 * WT_G16_ROWS + 64 * (j / 4) + 4 * i + j % 4] = (uint8_t)s->q[j] ^ 0x80;
+            }
+        }
+    wmat v = *W;
+    v.layout = WT_G16;
+    v.p.q8 = out;
+    return v;
+}
+
 void wt_row(const wmat *W, int r, float *out) {
     DH_ASSERT(r >= 0 && r < W->rows);
     size_t n = (size_t)W->cols, off = (size_t)r * n;
@@ -153,10 +201,11 @@ void wt_row(const wmat *W, int r, float *out) {
         for (size_t i = 0; i < n; i++) out[i] = wt_f16_to_f32(W->p.f16[off + i]);
         break;
     case DT_Q8: {
-        const wt_q8_block *b = W->p.q8 + off / WT_QBLOCK;
+        wt_q8_block b;
         for (size_t i = 0; i < n / WT_QBLOCK; i++) {
-            float d = wt_f16_to_f32(b[i].d);
-            for (int j = 0; j < WT_QBLOCK; j++) out[i * WT_QBLOCK + j] = d * (float)b[i].q[j];
+            q8_block(W, r, i, &b);
+            float d = wt_f16_to_f32(b.d);
+            for (int j = 0; j < WT_QBLOCK; j++) out[i * WT_QBLOCK + j] = d * (float)b.q[j];
         }
         break;
     }

@@ -53,10 +53,21 @@ void wt_q4k_scale(const wt_q4k_head *h, int j, int *s, int *m);
 /* Bytes of one q4k row of cols values (cols a multiple of 32). */
 size_t wt_q4k_row_bytes(size_t cols);
 
+/* How a q8 matrix lies in memory. WT_ROWS: row-major, as files store it. WT_G16 (q8 only, in
+ * memory only, rows a multiple of 16): the rows in groups of 16, each group its cols/32 blocks
+ * in order, each block 544 bytes (16 times a wt_q8_block, so the size is the same): the 16
+ * rows' f16 scales, then 8 vectors of 64 bytes, where bytes 4i..4i+3 of vector g are bytes
+ * 4g..4g+3 of row i's block, stored as q + 128 (the sign bit flipped). That is the operand
+ * order of kern_avx512's integer dot, so a decode product streams one sequence of bytes, not
+ * 16 rows at once, and transposes nothing (docs/performance.md). */
+typedef enum wt_layout { WT_ROWS = 0, WT_G16 = 1 } wt_layout;
+#define WT_G16_ROWS 16
+
 typedef struct wmat {
     dh_dtype dtype;
     int rows; /* out features */
     int cols; /* in features */
+    wt_layout layout; /* WT_ROWS unless a loader packed it (q8 only) */
     union {
         const float *f32;
         const uint16_t *bf16;
@@ -77,10 +88,17 @@ double wt_bits_per_weight(dh_dtype t);
 
 /* A view of an f32 array as a [rows, cols] matrix (borrowed). */
 wmat wt_f32(const float *p, int rows, int cols);
-/* A view of rows [r0, r0 + n) of W (borrowed, any dtype). */
+/* A view of rows [r0, r0 + n) of W (borrowed, any dtype; for WT_G16, r0 and n multiples of 16). */
 wmat wt_rows(const wmat *W, int r0, int n);
 /* Widen row r of W into out[cols], exactly for f32/bf16/f16, dequantized for q8/q4/q4k. */
 void wt_row(const wmat *W, int r, float *out);
+/* The cols/32 blocks of row r of a q8 matrix (either layout), as a file stores them. */
+void wt_q8_row_blocks(const wmat *W, int r, wt_q8_block *out);
+/* Can W be packed as WT_G16 (q8, row-major, rows a multiple of 16)? */
+int wt_g16_packable(const wmat *W);
+/* W (q8, WT_ROWS, packable) repacked as WT_G16 into out (wt_bytes(DT_Q8, rows, cols) bytes,
+ * the caller's); the view returned points at out. A pure byte shuffle: every value is kept. */
+wmat wt_g16_pack(const wmat *W, void *out);
 
 /* Scalar conversions. bf16 -> f32 and f16 -> f32 are exact; f32 -> bf16/f16 round to nearest
  * even (NaN stays NaN). */

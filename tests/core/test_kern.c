@@ -828,6 +828,64 @@ static void test_q4k_quantizer_round_trips_to_the_nearest_grid_point(void) {
     free(x), free(back), free(back4), free(buf), free(b4);
 }
 
+/* WT_G16 (tensor.h) is a byte shuffle of a q8 matrix: every row reads back the same blocks,
+ * and every table computes the same bits from either layout, for every T (the decode path, the
+ * packed prompt path, and chunks of both) and every range of whole groups. */
+static void test_q8_packed_in_groups_of_16_gives_the_same_bits(void) {
+    static const int Ts[] = {1, 2, 3, 4, 5, 9, 17, 70};
+    static const int qcols[] = {32, 96, 1024, 2048, 160, 640, 288, 4096};
+    static const int ranges[][2] = {{0, 144}, {16, 80}, {64, 144}, {128, 144}, {0, 16}};
+    const kern_ops *tables[2] = {kern_portable(), kern_avx512()};
+    int rows = 144, bad = 0;
+    for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
+        int T = Ts[i], cols = qcols[i], nb = cols / 32;
+        void *store;
+        wmat W = make_w(DT_Q8, rows, cols, &store);
+        ((wt_q8_block *)store)[0].q[0] = -128;
+        CU_ASSERT_TRUE(wt_g16_packable(&W));
+        void *packed = malloc(wt_bytes(DT_Q8, (size_t)rows, (size_t)cols));
+        wmat P = wt_g16_pack(&W, packed);
+        CU_ASSERT_EQUAL(P.layout, WT_G16);
+        CU_ASSERT_FALSE(wt_g16_packable(&P));
+        wt_q8_block *blk = malloc((size_t)nb * sizeof *blk);
+        float *r0 = malloc((size_t)cols * 4), *r1 = malloc((size_t)cols * 4);
+        for (int r = 0; r < rows; r++) {
+            wt_q8_row_blocks(&P, r, blk);
+            wt_row(&W, r, r0);
+            wt_row(&P, r, r1);
+            if (memcmp(blk, W.p.q8 + (size_t)r * nb, (size_t)nb * sizeof *blk) || memcmp(r0, r1, (size_t)cols * 4)) bad++;
+        }
+        float *x = malloc((size_t)T * cols * 4), *qd = malloc((size_t)T * nb * 4);
+        int8_t *q = malloc((size_t)T * cols);
+        for (size_t j = 0; j < (size_t)T * cols; j++) x[j] = frand() * (j % 5 ? 1.0f : 40.0f);
+        for (int t = 0; t < T; t++) kern_portable()->quantize(x + (size_t)t * cols, cols, q + (size_t)t * cols, qd + (size_t)t * nb);
+        kern_act a = {.x = x, .ldx = cols, .q = q, .qd = qd};
+        float *scratch = malloc(kern_scratch_floats(cols) * sizeof(float));
+        float *y0 = malloc((size_t)T * rows * 4), *y1 = malloc((size_t)T * rows * 4);
+        for (int k = 0; k < 2; k++) {
+            if (!tables[k]) continue;
+            for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+                int o0 = ranges[r][0], o1 = ranges[r][1];
+                memset(y0, 0, (size_t)T * rows * 4);
+                memset(y1, 0, (size_t)T * rows * 4);
+                tables[k]->matmul(y0, rows, &a, &W, T, o0, o1, scratch);
+                tables[k]->matmul(y1, rows, &a, &P, T, o0, o1, scratch);
+                if (memcmp(y0, y1, (size_t)T * rows * 4) && bad++ < 3)
+                    printf("\n  %s q8 T=%d cols %d [%d,%d): packed differs from row-major", tables[k]->name, T, cols, o0, o1);
+            }
+        }
+        /* a view of whole groups reads the same rows */
+        wmat Wv = wt_rows(&W, 32, 48), Pv = wt_rows(&P, 32, 48);
+        for (int r = 0; r < 48; r++) {
+            wt_row(&Wv, r, r0);
+            wt_row(&Pv, r, r1);
+            if (memcmp(r0, r1, (size_t)cols * 4)) bad++;
+        }
+        free(x), free(qd), free(q), free(scratch), free(y0), free(y1), free(blk), free(r0), free(r1), free(packed), free(store);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+}
+
 static int kern_init(void) {
     nn_init(2, 0);
     return 0;
@@ -864,6 +922,7 @@ static CU_TestInfo kern_tests[] = {
     {"weight quantizers match their definitions", test_weight_quantizers_match_their_definitions},
     {"weight quantizers round-trip within half a step", test_weight_quantizers_round_trip_within_half_a_step},
     {"q4k quantizer round-trips to the nearest grid point", test_q4k_quantizer_round_trips_to_the_nearest_grid_point},
+    {"q8 packed in groups of 16 gives the same bits", test_q8_packed_in_groups_of_16_gives_the_same_bits},
     CU_TEST_INFO_NULL,
 };
 CU_SuiteInfo kern_suite = {"kern", kern_init, kern_clean, NULL, NULL, kern_tests};
