@@ -54,6 +54,10 @@ typedef struct kern_ops {
     float (*dot)(const float *a, const float *b, int n);
     /* y[i] += a * x[i], each element on its own */
     void (*axpy)(float *y, float a, const float *x, int n);
+    /* Reads bytes (a multiple of 256 * streams) at p as `streams`
+     * interleaved sequential streams, as fast as this table can; returns a value of the bytes
+     * (a sum of words, so that the loads stay). For measuring the read bandwidth. */
+    uint64_t (*read)(const void *p, size_t bytes, int streams);
     /* 1 when this table reads q8 matrices fastest packed as WT_G16 (tensor.h), so loaders
      * should pack them; every table reads both layouts, with the same results. */
     int q8_g16;

@@ -1088,12 +1088,30 @@ static void quantize_avx(const float *x, int cols, int8_t *q, float *d) {
     }
 }
 
+/* four 64-byte loads in flight per stream step, no prefetch: on Zen 5 the hardware
+ * prefetcher follows one stream a thread best (docs/performance.md) */
+static uint64_t read_avx(const void *p, size_t bytes, int streams) {
+    const char *c = p;
+    size_t per = bytes / (size_t)streams;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i < per; i += 256)
+        for (int s = 0; s < streams; s++) {
+            const char *q = c + (size_t)s * per + i;
+            a0 = _mm512_add_epi64(a0, _mm512_loadu_si512(q));
+            a1 = _mm512_add_epi64(a1, _mm512_loadu_si512(q + 64));
+            a2 = _mm512_add_epi64(a2, _mm512_loadu_si512(q + 128));
+            a3 = _mm512_add_epi64(a3, _mm512_loadu_si512(q + 192));
+        }
+    return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3)));
+}
+
 static kern_ops avx_ops = {
     .name = "avx512",
     .matmul = matmul_avx,
     .quantize = quantize_avx,
     .dot = dot_avx,
     .axpy = axpy_avx,
+    .read = read_avx,
 };
 
 const kern_ops *kern_avx512(void) {

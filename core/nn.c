@@ -111,20 +111,38 @@ void nn_reserve_local(size_t qn) {
 
 static int is_quantized(dh_dtype t) { return t == DT_Q8 || t == DT_Q4 || t == DT_Q4K; }
 
-/* the products of one pass: tasks are (product, block of KERN_OBLOCK output rows) */
+/* the products of one pass: tasks are (product, run of blocks of KERN_OBLOCK output rows) */
 typedef struct mm_job {
     const nn_mm *mms;
     kern_act *acts;   /* [n] */
     int n;
     int *first;       /* [n + 1] first task of each product */
+    int *per;         /* [n] blocks a task of each product */
 } mm_job;
+
+/* Blocks of KERN_OBLOCK rows a task of a product takes: about 1 MiB of weights, so that
+ * weights are read in long runs the prefetchers follow rather than in blocks the threads take
+ * in turn (each run starts cold), but at least DH_TASKS_PER_THREAD (8) tasks a thread in the
+ * pass (`blocks` of all its products), so that a slow thread is waited for little. The split
+ * changes no result: every output element is computed alone. */
+static int blocks_per_task(const wmat *W, int blocks, int threads) {
+    static int per_thread = 0;
+    if (!per_thread) {
+        const char *e = getenv("DH_TASKS_PER_THREAD");
+        per_thread = e && atoi(e) > 0 ? atoi(e) : 8;
+    }
+    double block_bytes = (double)KERN_OBLOCK * (double)wt_bytes(W->dtype, 1, (size_t)W->cols);
+    int per = (int)DH_MIN((double)blocks / ((double)per_thread * threads), (double)(1 << 20) / block_bytes);
+    return DH_MAX(per, 1);
+}
 
 static void mm_task(void *ctx, int task, int thread) {
     mm_job *j = ctx;
     int i = 0;
     while (task >= j->first[i + 1]) i++;
     const nn_mm *m = &j->mms[i];
-    int o0 = (task - j->first[i]) * KERN_OBLOCK, o1 = DH_MIN(o0 + KERN_OBLOCK, m->W->rows);
+    int o0 = (task - j->first[i]) * KERN_OBLOCK * j->per[i];
+    int o1 = DH_MIN(o0 + KERN_OBLOCK * j->per[i], m->W->rows);
     g_ops->matmul(m->y, m->ldy, &j->acts[i], m->W, m->T, o0, o1, g_scratch[thread]);
 }
 
@@ -149,7 +167,7 @@ static void q_task(void *ctx, int task, int thread) {
 void nn_matmul_multi(const nn_mm *mms, int n) {
     DH_ASSERT(g_ops && n <= MULTI_MAX);
     kern_act acts[MULTI_MAX];
-    int first[MULTI_MAX + 1];
+    int first[MULTI_MAX + 1], per[MULTI_MAX];
     double work = 0;
     size_t qoff = 0;
     first[0] = 0;
@@ -174,10 +192,16 @@ void nn_matmul_multi(const nn_mm *mms, int n) {
             acts[i].q = qj.q, acts[i].qd = qj.qd;
             qoff += (size_t)m->T * W->cols;
         }
-        first[i + 1] = first[i] + (m->T > 0 ? (W->rows + KERN_OBLOCK - 1) / KERN_OBLOCK : 0);
         work += (double)m->T * W->rows * W->cols;
     }
-    mm_job j = {.mms = mms, .acts = acts, .n = n, .first = first};
+    int pass_blocks = 0;
+    for (int i = 0; i < n; i++) pass_blocks += mms[i].T > 0 ? (mms[i].W->rows + KERN_OBLOCK - 1) / KERN_OBLOCK : 0;
+    for (int i = 0; i < n; i++) {
+        int blocks = (mms[i].W->rows + KERN_OBLOCK - 1) / KERN_OBLOCK;
+        per[i] = blocks_per_task(mms[i].W, pass_blocks, tp_threads(g_pool));
+        first[i + 1] = first[i] + (mms[i].T > 0 ? (blocks + per[i] - 1) / per[i] : 0);
+    }
+    mm_job j = {.mms = mms, .acts = acts, .n = n, .first = first, .per = per};
     /* small work runs on the calling thread: waking the pool costs more */
     if (work < 256.0 * 1024) {
         for (int t = 0; t < first[n]; t++) mm_task(&j, t, 0);
@@ -214,46 +238,45 @@ void nn_matmul(float *y, const float *x, const wmat *W, int T) {
 }
 
 typedef struct bw_job {
-    const uint64_t *p;
-    size_t words_per_task;
+    const kern_ops *k; /* the fastest table the CPU has, whichever the products use */
+    const char *p;
+    size_t task_bytes;
+    int streams;
     uint64_t sums[256];
 } bw_job;
 
 static void bw_task(void *ctx, int task, int thread) {
     bw_job *j = ctx;
-    enum { STREAMS = 8 };
-    const uint64_t *p = j->p + (size_t)task * j->words_per_task;
-    size_t per = j->words_per_task / STREAMS;
-    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    for (size_t i = 0; i < per; i += 8)
-        for (int s = 0; s < STREAMS; s++) {
-            const uint64_t *q = p + (size_t)s * per + i;
-            s0 += q[0] ^ q[4];
-            s1 += q[1] ^ q[5];
-            s2 += q[2] ^ q[6];
-            s3 += q[3] ^ q[7];
-        }
-    j->sums[thread & 255] += s0 ^ s1 ^ s2 ^ s3; /* keeps the loads from being optimised away */
+    /* keeps the loads from being optimised away */
+    j->sums[thread & 255] += j->k->read(j->p + (size_t)task * j->task_bytes, j->task_bytes, j->streams);
 }
 
 double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, size_t pass_bytes, int reps) {
-    size_t task_bytes = (size_t)4 << 20;
-    DH_ASSERT(bytes % task_bytes == 0 && pass_bytes % task_bytes == 0 && pass_bytes > 0 &&
-              pass_bytes <= bytes && reps > 0);
+    size_t mib4 = (size_t)4 << 20;
+    DH_ASSERT(bytes % mib4 == 0 && pass_bytes % mib4 == 0 && pass_bytes > 0 && pass_bytes <= bytes &&
+              reps > 0);
     if (!pool) pool = g_pool;
+    int nt = tp_threads(pool);
     bw_job *j = xcalloc(1, sizeof *j);
-    j->words_per_task = task_bytes / 8;
-    j->p = buf;
-    tp_run(pool, (int)(bytes / task_bytes), bw_task, j); /* warm the pages */
-    int n_tasks = (int)(pass_bytes / task_bytes);
+    j->k = kern_avx512() ? kern_avx512() : kern_portable();
+    j->p = buf, j->task_bytes = mib4, j->streams = 1;
+    tp_run(pool, (int)(bytes / mib4), bw_task, j); /* warm the pages */
+    /* two ways of reading a pass: a contiguous share a thread in one stream (how a packed q8
+     * product reads), and 4 MiB tasks of 8 interleaved streams each (how a product reading
+     * 16 rows at once does); each reps times, alternating */
+    size_t share = pass_bytes / (size_t)nt / mib4 * mib4;
     size_t n_slices = bytes / pass_bytes;
     double best = 0;
-    for (int r = 0; r < reps; r++) {
+    for (int r = 0; r < 2 * reps; r++) {
+        int contiguous = r % 2 == 0 && share > 0;
+        j->task_bytes = contiguous ? share : mib4;
+        j->streams = contiguous ? 1 : 8;
+        int n_tasks = (int)(contiguous ? (size_t)nt : pass_bytes / mib4);
         /* pass r reads slice r of the buffer: the data is never in cache from the last pass */
-        j->p = (const uint64_t *)((const char *)buf + (size_t)r % n_slices * pass_bytes);
+        j->p = (const char *)buf + (size_t)(r / 2) % n_slices * pass_bytes;
         double t0 = dh_now();
         tp_run(pool, n_tasks, bw_task, j);
-        double gbs = (double)pass_bytes / (dh_now() - t0) * 1e-9;
+        double gbs = (double)j->task_bytes * n_tasks / (dh_now() - t0) * 1e-9;
         if (gbs > best) best = gbs;
     }
     free(j);
