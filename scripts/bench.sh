@@ -12,6 +12,9 @@
 #   DH_BENCH_ONLY="1b:q8 5b:q4k"      a subset
 #   DH_BENCH_BATCH=B                  also batch decode: darkhorse bench -b B -p 0 -n 64 against
 #                                     llama-batched-bench -npp 0 -ntg 64 -npl B (with DH_BENCH_LLAMA=1)
+#   DH_BENCH_ROUNDS=R                 alternate the engines R times per model and format (default 1):
+#                                     llama.cpp, then ours, R times over; the table gives the median
+#                                     of the rounds' medians and the median of the rounds' ratios
 #   DH_BENCH_LLAMA=1                  also measure llama.cpp here, in the same run, on GGUFs of
 #                                     the same shapes (scripts/bench-llamacpp.sh: builds it from
 #                                     the npm registry; the first time adds about 15 minutes)
@@ -28,71 +31,97 @@ only=${DH_BENCH_ONLY:-"1b:f32 1b:bf16 1b:q8 1b:q4 1b:q4k 5b:bf16 5b:q8 5b:q4 5b:
 batch=${DH_BENCH_BATCH:-}
 mkdir -p "$dir"
 out=$(mktemp)
-trap 'rm -f "$out" "$out.llama"' EXIT
+trap 'rm -f "$out" "$out.llama" "$out.log"' EXIT
 
 for m in 1b 5b; do
   case " $only " in *" $m:"*) ;; *) continue ;; esac
   ensure_model "genesis-$m" "$dir/genesis-$m"
 done
 llama=${LLAMA_BENCH_JSONL:-}
-if [ "${DH_BENCH_LLAMA:-0}" = 1 ]; then
-  lonly=$(echo "$only" | sed 's/:q4k/:q4/g' | tr ' ' '\n' | sort -u | tr '\n' ' ')  # q4k against Q4_K_M
-  DH_BENCH_DIR=$dir DH_BENCH_REPS=$reps DH_BENCH_ONLY=$lonly DH_BENCH_BATCH=$batch scripts/bench-llamacpp.sh >"$out.llama"
-  llama=$out.llama
-fi
+rounds=${DH_BENCH_ROUNDS:-1}
+[ "${DH_BENCH_LLAMA:-0}" = 1 ] && llama=$out.llama && : >"$llama"
+# each line of $out and $out.llama starts with its round: "R genesis-1b {json}" and "R {json}"
 for cfg in $only; do
   m=${cfg%%:*} w=${cfg##*:}
-  echo "bench: genesis-$m $w" >&2
-  "$bin" bench --model "$dir/genesis-$m" --weights "$w" -t 2 -p 512 -n 64 -r "$reps" --json 2>>"$out.log" |
-    sed "s/^/genesis-$m /" >>"$out"
-  if [ -n "$batch" ]; then
-    "$bin" bench --model "$dir/genesis-$m" --weights "$w" -t 2 -p 0 -n 64 -b "$batch" -r "$reps" --json \
-      2>>"$out.log" | sed "s/^/genesis-$m /" >>"$out"
-  fi
+  for r in $(seq 1 "$rounds"); do
+    if [ "${DH_BENCH_LLAMA:-0}" = 1 ]; then
+      echo "bench: round $r/$rounds: llama.cpp genesis-$m ${w/q4k/q4 (Q4_K_M)}" >&2
+      DH_BENCH_DIR=$dir DH_BENCH_REPS=$reps DH_BENCH_ONLY=${cfg/:q4k/:q4} DH_BENCH_BATCH=$batch \
+        scripts/bench-llamacpp.sh | sed "s/^/$r /" >>"$llama"
+    fi
+    echo "bench: round $r/$rounds: darkhorse genesis-$m $w" >&2
+    "$bin" bench --model "$dir/genesis-$m" --weights "$w" -t 2 -p 512 -n 64 -r "$reps" --json 2>>"$out.log" |
+      sed "s/^/$r genesis-$m /" >>"$out"
+    if [ -n "$batch" ]; then
+      "$bin" bench --model "$dir/genesis-$m" --weights "$w" -t 2 -p 0 -n 64 -b "$batch" -r "$reps" --json \
+        2>>"$out.log" | sed "s/^/$r genesis-$m /" >>"$out"
+    fi
+  done
 done
 
-python3 - "$out" "$llama" <<'PY'
+python3 - "$out" "$llama" "$rounds" <<'PY'
 import json, sys
+from statistics import median
 # llama.cpp v0.5.0 (de3ff81), llama-bench -t 2 -p 512,64 -n 64 -r 5, random-weight GGUFs of the
 # same shapes, on this project's development machines (issue 6): median tok/s
-ref = {("genesis-5b", "bf16"): (64.3, 9.64), ("genesis-5b", "q8"): (64.9, 13.29), ("genesis-5b", "q4"): (75.3, 17.95),
-       ("genesis-1b", "bf16"): (406, 34.3), ("genesis-1b", "q8"): (448, 56.1), ("genesis-1b", "q4"): (445, 68.8)}
+issue6 = {("genesis-5b", "bf16"): (64.3, 9.64), ("genesis-5b", "q8"): (64.9, 13.29), ("genesis-5b", "q4"): (75.3, 17.95),
+          ("genesis-1b", "bf16"): (406, 34.3), ("genesis-1b", "q8"): (448, 56.1), ("genesis-1b", "q4"): (445, 68.8)}
+rounds = int(sys.argv[3])
+ref = {}  # (model, fmt, test) -> {round: tok/s}; round 0: for every round
 source = "issue 6's figures (measured on an Intel Xeon another day: not this CPU unless it is one)"
+for (m, f), (pp, tg) in issue6.items():
+    ref[(m, f, "pp512")], ref[(m, f, "tg64")] = {0: pp}, {0: tg}
 if sys.argv[2]:
     ref, source = {}, "llama.cpp de3ff81 measured on this machine (scripts/bench-llamacpp.sh)"
     for line in open(sys.argv[2]):
-        j = json.loads(line)
-        if "@b" in j["test"]:
-            ref.setdefault((j["model"], j["format"], "batch"), {})[j["test"]] = j["tok_s"]
-            continue
-        ref.setdefault((j["model"], j["format"]), [None, None])[0 if j["test"] == "pp512" else 1] = j["tok_s"]
+        r, js = (line.split(" ", 1) if line[0].isdigit() else ("0", line))
+        j = json.loads(js)
+        ref.setdefault((j["model"], j["format"], j["test"]), {})[int(r)] = j["tok_s"]
+    if rounds > 1: source += ", alternated with ours %d times" % rounds
 
-rows, cpus = {}, []
+runs, cpus = {}, []  # (model, weights, test) -> {round: json}
 for line in open(sys.argv[1]):
-    model, js = line.split(" ", 1)
+    r, model, js = line.split(" ", 2)
     j = json.loads(js)
     if j.get("cpu") and j["cpu"] not in cpus: cpus.append(j["cpu"])
-    rows.setdefault((model, j["weights"]), {})[j["test"]] = j
+    runs.setdefault((model, j["weights"], j["test"]), {})[int(r)] = j
+
+def ours_and_theirs(model, w, test):
+    """our median of the rounds' medians (min, max over all runs), llama.cpp's, the ratio"""
+    got = runs.get((model, w, test))
+    if not got: return None
+    js = list(got.values())
+    med = median(j["tok_s_median"] for j in js)
+    mn, mx = min(j["tok_s_min"] for j in js), max(j["tok_s_max"] for j in js)
+    theirs = ref.get((model, "q4" if w == "q4k" else w, test), {})  # q4k against Q4_K_M
+    ratios = [got[r]["tok_s_median"] / (theirs.get(r) or theirs.get(0)) for r in got if theirs.get(r) or theirs.get(0)]
+    l = median(theirs.values()) if theirs else None
+    return med, mn, mx, l, median(ratios) if ratios else None, js
+
+def cell(x):
+    if not x: return "- | - | -"
+    med, mn, mx, l, ratio, _ = x
+    return "%.1f (%.1f-%.1f) | %s | %s" % (med, mn, mx, "%.1f" % l if l else "-", "%.2fx" % ratio if ratio else "-")
+
+keys = []
+for (m, w, t) in runs:
+    if (m, w) not in keys and "@b" not in t: keys.append((m, w))
 print("| model | format | bits/weight | pp512 tok/s (min-max) | llama.cpp | ratio | tg64 tok/s (min-max) | llama.cpp | ratio | roofline share of tg |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-for (model, w), t in rows.items():
-    pp, tg = t.get("pp512"), t.get("tg64")
-    lpp, ltg = ref.get((model, "q4" if w == "q4k" else w), (None, None))  # q4k against Q4_K_M
-    def cell(x, l):
-        if not x: return "- | - | -"
-        r = "%.2fx" % (x["tok_s_median"] / l) if l else "-"
-        return "%.1f (%.1f-%.1f) | %s | %s" % (x["tok_s_median"], x["tok_s_min"], x["tok_s_max"], l if l else "-", r)
-    share = "%.2f (of %.1f GB/s)" % (tg["roofline_share"], tg["bandwidth_gb_s"]) if tg and "roofline_share" in tg else "-"
-    bpw = (pp or tg)["bits_per_weight"]
-    print("| %s | %s | %.2f | %s | %s | %s |" % (model, w, bpw, cell(pp, lpp), cell(tg, ltg), share))
-batched = [(m, w, t, j) for (m, w), tt in rows.items() for t, j in tt.items() if "@b" in t]
+for model, w in keys:
+    pp, tg = ours_and_theirs(model, w, "pp512"), ours_and_theirs(model, w, "tg64")
+    share = "-"
+    if tg and all("roofline_share" in j for j in tg[5]):
+        share = "%.2f (of %.1f GB/s)" % (median(j["roofline_share"] for j in tg[5]), median(j["bandwidth_gb_s"] for j in tg[5]))
+    bpw = (pp or tg)[5][0]["bits_per_weight"]
+    print("| %s | %s | %.2f | %s | %s | %s |" % (model, w, bpw, cell(pp), cell(tg), share))
+batched = [(m, w, t) for (m, w, t) in runs if "@b" in t]
 if batched:
     print("\n| model | format | test | tok/s (min-max) | llama-batched-bench | ratio |")
     print("|---|---|---|---|---|---|")
-    for m, w, t, j in batched:
-        l = ref.get((m, "q4" if w == "q4k" else w, "batch"), {}).get(t)
-        print("| %s | %s | %s | %.1f (%.1f-%.1f) | %s | %s |" % (m, w, t, j["tok_s_median"], j["tok_s_min"], j["tok_s_max"],
-              l if l else "-", "%.2fx" % (j["tok_s_median"] / l) if l else "-"))
+    for m, w, t in batched:
+        print("| %s | %s | %s | %s |" % (m, w, t, cell(ours_and_theirs(m, w, t))))
 print("\nCPU: %s" % "; ".join(cpus or ["unknown"]))
-print("llama.cpp: %s; Darkhorse: median of the runs, 2 threads, this machine." % source)
+print("llama.cpp: %s; Darkhorse: median of the runs%s, 2 threads, this machine." %
+      (source, " (of %d rounds: the median of the rounds' medians; ratio: the median of the rounds' ratios)" % rounds if rounds > 1 else ""))
 PY

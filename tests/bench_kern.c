@@ -16,7 +16,8 @@
  * (CPU time over wall time: well under 2 on 2 threads means another job held a core).
  *
  * --decode measures instead T = 1 and 2 on the matrices decode streams (genesis-1b's and -5b's
- * lm_head, 129280 x 1024 and x 2048, and their experts, 384 x 1024 and 640 x 2048), cold;
+ * lm_head, 129280 x 1024 and x 2048, and their experts, 384 x 1024 and 640 x 2048), cold (q8
+ * in both layouts when the kernels pack it: the "/g16" rows are WT_G16, tensor.h);
  * --sweep measures GFLOP/s against T from 1 to 512 on prefill and expert shapes, where the
  * kernels' small-T and packed paths meet. Both use the kernels nn_init picks, bf16 unless
  * --dtype says otherwise (f32, bf16, f16).
@@ -56,6 +57,7 @@
 #define PREFILL_ROWS 2048
 
 static int g_runs = 7;
+static wt_layout g_layout = WT_ROWS; /* of the q8 matrices timed (WT_G16: as loaders pack them) */
 
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
 static uint64_t next_u64(void) {
@@ -144,7 +146,7 @@ static double time_matmul_rc(dh_dtype dt, const void *base, int rows, int cols, 
     /* calibrate the number of calls per run */
     double t0 = dh_now();
     while (dh_now() - t0 < min_s || calls < 2) {
-        wmat W = {.dtype = dt, .rows = rows, .cols = cols};
+        wmat W = {.dtype = dt, .rows = rows, .cols = cols, .layout = dt == DT_Q8 ? g_layout : WT_ROWS};
         W.p.bf16 = (const uint16_t *)((const char *)base + (size_t)(calls % n_slices) * slice);
         nn_matmul(y, x, &W, T);
         calls++;
@@ -152,7 +154,7 @@ static double time_matmul_rc(dh_dtype dt, const void *base, int rows, int cols, 
     for (int r = 0; r < g_runs; r++) {
         double s = dh_now();
         for (int c = 0; c < calls; c++) {
-            wmat W = {.dtype = dt, .rows = rows, .cols = cols};
+            wmat W = {.dtype = dt, .rows = rows, .cols = cols, .layout = dt == DT_Q8 ? g_layout : WT_ROWS};
             W.p.bf16 = (const uint16_t *)((const char *)base + (size_t)(c % n_slices) * slice);
             nn_matmul(y, x, &W, T);
         }
@@ -267,20 +269,26 @@ static void bench_decode(dh_dtype dt, void *big, float *x, float *y) {
     for (int threads = 1; threads <= 2; threads++) {
         nn_init(threads, 0);
         nn_reserve(2, 2048);
-        for (size_t i = 0; i < sizeof decode_shapes / sizeof decode_shapes[0]; i++) {
-            int rows = decode_shapes[i][0], cols = decode_shapes[i][1];
-            size_t bytes = wt_bytes(dt, (size_t)rows, (size_t)cols);
-            int n = (int)(BIG_BYTES / bytes);
-            if (n == 0) continue;
-            fprintf(stderr, "%-5s %-9s %7d %6d x %-5d", wt_dtype_name(dt), nn_kernels()->name,
-                    threads, rows, cols);
-            for (int T = 1; T <= 2; T++) {
-                double gbs = bytes / time_matmul_rc(dt, big, rows, cols, n, T, x, y, 0.3) * 1e-9;
-                cell(gbs, 8);
-                cell(100 * gbs / bw[threads - 1], 6);
+        /* q8 in both layouts when the kernels pack it (kern_ops.q8_g16): "/g16" rows */
+        int layouts = dt == DT_Q8 && nn_kernels()->q8_g16 ? 2 : 1;
+        for (int l = 0; l < layouts; l++)
+            for (size_t i = 0; i < sizeof decode_shapes / sizeof decode_shapes[0]; i++) {
+                int rows = decode_shapes[i][0], cols = decode_shapes[i][1];
+                size_t bytes = wt_bytes(dt, (size_t)rows, (size_t)cols);
+                int n = (int)(BIG_BYTES / bytes);
+                if (n == 0) continue;
+                char name[32];
+                snprintf(name, sizeof name, "%s%s", nn_kernels()->name, l ? "/g16" : "");
+                fprintf(stderr, "%-5s %-10s %6d %6d x %-5d", wt_dtype_name(dt), name, threads, rows, cols);
+                g_layout = l ? WT_G16 : WT_ROWS;
+                for (int T = 1; T <= 2; T++) {
+                    double gbs = bytes / time_matmul_rc(dt, big, rows, cols, n, T, x, y, 0.3) * 1e-9;
+                    cell(gbs, 8);
+                    cell(100 * gbs / bw[threads - 1], 6);
+                }
+                fprintf(stderr, "\n");
             }
-            fprintf(stderr, "\n");
-        }
+        g_layout = WT_ROWS;
         nn_shutdown();
     }
 }
