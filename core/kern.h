@@ -58,9 +58,9 @@ typedef struct kern_ops {
      * interleaved sequential streams, as fast as this table can; returns a value of the bytes
      * (a sum of words, so that the loads stay). For measuring the read bandwidth. */
     uint64_t (*read)(const void *p, size_t bytes, int streams);
-    /* 1 when this table reads q8 matrices fastest packed as WT_G16 (tensor.h), so loaders
-     * should pack them; every table reads both layouts, with the same results. */
-    int q8_g16;
+    /* 1 when this table reads q8 and q4k matrices fastest packed as WT_G16 (tensor.h), so
+     * loaders should pack them; every table reads both layouts, with the same results. */
+    int g16;
 } kern_ops;
 
 /* Output rows a kernel call handles as one block (a task of nn_matmul covers whole blocks). */

@@ -501,8 +501,19 @@ AI void q_transpose4(const __m512i v[4], __m512i *w) {
  * the caller divides that sum by 16, exactly). The packed bytes are transposed first (half the
  * shuffles of transposing the nibbles): dword j of a row holds elements 4j..4j+3 in its low
  * nibbles and 16+4j..16+4j+3 in its high ones, so it gives w[j] and w[4 + j]. */
-AI void nib_rows(const uint8_t *q, size_t S, __m512i w[8], int hi16) {
+/* the 8 nibble vectors from the 4 transposed byte vectors t (lane i of t[j] = bytes 4j..4j+3
+ * of row i) */
+AI void nib_split(const __m512i t[4], __m512i w[8], int hi16) {
     const __m512i m4 = _mm512_set1_epi8(0x0f);
+    UNROLL
+    for (int j = 0; j < 4; j++) {
+        w[j] = _mm512_and_si512(t[j], m4);
+        w[4 + j] = hi16 ? _mm512_andnot_si512(m4, t[j]) /* 16 * nibble */
+                        : _mm512_and_si512(_mm512_srli_epi16(t[j], 4), m4);
+    }
+}
+
+AI void nib_rows(const uint8_t *q, size_t S, __m512i w[8], int hi16) {
     __m512i x[4], t[4];
     UNROLL
     for (int m = 0; m < 4; m++) {
@@ -514,12 +525,15 @@ AI void nib_rows(const uint8_t *q, size_t S, __m512i w[8], int hi16) {
         }
     }
     q_transpose4(x, t);
+    nib_split(t, w, hi16);
+}
+
+/* nib_rows for 16 rows packed as WT_G16 (q4k): the transposed bytes are stored as they are */
+AI void nib_g16(const uint8_t *q, __m512i w[8], int hi16) {
+    __m512i t[4];
     UNROLL
-    for (int j = 0; j < 4; j++) {
-        w[j] = _mm512_and_si512(t[j], m4);
-        w[4 + j] = hi16 ? _mm512_andnot_si512(m4, t[j]) /* 16 * nibble */
-                        : _mm512_and_si512(_mm512_srli_epi16(t[j], 4), m4);
-    }
+    for (int j = 0; j < 4; j++) t[j] = _mm512_loadu_si512(q + 64 * j);
+    nib_split(t, w, hi16);
 }
 
 AI void q4_rows(const uint8_t *p, const qrows *r, __m512i w[8], int hi16) {
@@ -737,6 +751,12 @@ static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 /* The heads of a super-block of 16 rows (lane i's at p + i * S): d and -dmin in f32, and in
  * h[1..3] the 12 scale bytes of each row, four a vector (q_transpose4 of the 16-byte heads). */
+/* d and -dmin in f32 from the transposed heads h */
+AI void k_dmin(const __m512i h[4], __m512 *d, __m512 *nmin) {
+    *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
+    *nmin = _mm512_xor_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[0], 16))), _mm512_set1_ps(-0.0f));
+}
+
 AI void k_heads(const uint8_t *p, size_t S, __m512 *d, __m512 *nmin, __m512i h[4]) {
     __m512i hv[4];
     UNROLL
@@ -748,8 +768,14 @@ AI void k_heads(const uint8_t *p, size_t S, __m512 *d, __m512 *nmin, __m512i h[4
                                                 _mm_loadu_si128((const void *)(p + (4 * l + m) * S)));
     }
     q_transpose4(hv, h);
-    *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
-    *nmin = _mm512_xor_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[0], 16))), _mm512_set1_ps(-0.0f));
+    k_dmin(h, d, nmin);
+}
+
+/* k_heads for 16 rows packed as WT_G16: the transposed heads are stored as they are */
+AI void k_heads_g16(const uint8_t *p, __m512 *d, __m512 *nmin, __m512i h[4]) {
+    UNROLL
+    for (int m = 0; m < 4; m++) h[m] = _mm512_loadu_si512(p + 64 * m);
+    k_dmin(h, d, nmin);
 }
 
 /* s_j and m_j of sub-block j of the 16 rows of k_heads' h, as int32 lanes */
@@ -763,7 +789,9 @@ AI void k_scale_min(const __m512i h[4], int j, __m512i *sc, __m512i *mn) {
 }
 
 AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int cols,
-                const uint8_t *p, const qrows *rw, int R, int pf) {
+                const uint8_t *p, const qrows *rw, int R, int pf, int g16) {
+    /* a piece (head, or a sub-block's nibbles) is 16 bytes of a row, or 256 of a WT_G16 group */
+    const size_t piece = g16 ? 16 * 16 : 16;
     __m512 acc[4];
     size_t S = rw->stride;
     int nb = cols / WT_QBLOCK;
@@ -777,12 +805,18 @@ AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
                 for (int i = 0; i < 16; i++) _mm_prefetch((const char *)p + pf + 64 * l + i * S, _MM_HINT_T0);
         __m512i h[4], sc, mn;
         __m512 d, nmin;
-        k_heads(p, S, &d, &nmin, h);
-        const uint8_t *q = p + sizeof(wt_q4k_head);
-        for (int j = 0; j < ns; j++, b++, q += WT_QBLOCK / 2) {
+        if (g16)
+            k_heads_g16(p, &d, &nmin, h);
+        else
+            k_heads(p, S, &d, &nmin, h);
+        const uint8_t *q = p + piece;
+        for (int j = 0; j < ns; j++, b++, q += piece) {
             k_scale_min(h, j, &sc, &mn);
             __m512i w[8];
-            nib_rows(q, S, w, 1);
+            if (g16)
+                nib_g16(q, w, 1);
+            else
+                nib_rows(q, S, w, 1);
             UNROLL
             for (int r = 0; r < R; r++) {
                 const int8_t *xr = xq + (size_t)r * cols + (size_t)b * WT_QBLOCK;
@@ -815,13 +849,15 @@ static int k_unpacked(void) {
 }
 
 static void k_small_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int cols,
-                        const uint8_t *p, const qrows *rw, int R, int pf) {
+                        const uint8_t *p, const qrows *rw, int R, int pf, int g16) {
 #define KS_CASE(RR)                                                                              \
     case RR:                                                                                     \
-        if (pf)                                                                                  \
-            k_small(y, ldy, xq, xd, bsum, cols, p, rw, RR, pf);                                  \
+        if (g16)                                                                                 \
+            k_small(y, ldy, xq, xd, bsum, cols, p, rw, RR, 0, 1);                                \
+        else if (pf)                                                                             \
+            k_small(y, ldy, xq, xd, bsum, cols, p, rw, RR, pf, 0);                               \
         else                                                                                     \
-            k_small(y, ldy, xq, xd, bsum, cols, p, rw, RR, 0);                                   \
+            k_small(y, ldy, xq, xd, bsum, cols, p, rw, RR, 0, 0);                                \
         break;
     switch (R) {
         KS_CASE(1) KS_CASE(2) KS_CASE(3) KS_CASE(4)
@@ -838,17 +874,27 @@ enum { KL_SC, KL_MN, KL_D, KL_NMIN, KL_COUNT };
 static void k_pack(const wmat *W, int o, int n, __m512i *pk, __m512i *lanes, uint8_t *tail) {
     int cols = W->cols, nb = cols / WT_QBLOCK;
     size_t rb = wt_q4k_row_bytes((size_t)cols);
+    int g16 = W->layout == WT_G16;
     for (int cg = 0; cg * 16 < n; cg++) {
-        const uint8_t *rows = q_src(W, o + cg * 16, rb, tail);
+        /* WT_G16: the group's pieces (tensor.h) are 16 times a row's, in the same order */
+        const uint8_t *rows = g16 ? W->p.q4k + (size_t)(o + cg * 16) * rb : q_src(W, o + cg * 16, rb, tail);
+        size_t u = g16 ? 16 : 1;
         for (int k0 = 0, b = 0; k0 < cols; k0 += WT_KBLOCK) {
             int ns = DH_MIN(cols - k0, WT_KBLOCK) / WT_QBLOCK;
-            const uint8_t *p = rows + wt_q4k_row_bytes((size_t)k0); /* the super-block in row 0 */
+            const uint8_t *p = rows + u * wt_q4k_row_bytes((size_t)k0); /* the super-block in row 0 */
             __m512i h[4], sc, mn;
             __m512 d, nmin;
-            k_heads(p, rb, &d, &nmin, h);
+            if (g16)
+                k_heads_g16(p, &d, &nmin, h);
+            else
+                k_heads(p, rb, &d, &nmin, h);
             for (int j = 0; j < ns; j++, b++) {
                 __m512i w[8], *dst = pk + ((size_t)cg * nb + b) * 8, *ln = lanes + ((size_t)cg * nb + b) * KL_COUNT;
-                nib_rows(p + sizeof(wt_q4k_head) + (size_t)j * (WT_QBLOCK / 2), rb, w, 0);
+                const uint8_t *q = p + u * (sizeof(wt_q4k_head) + (size_t)j * (WT_QBLOCK / 2));
+                if (g16)
+                    nib_g16(q, w, 0);
+                else
+                    nib_rows(q, rb, w, 0);
                 UNROLL
                 for (int g = 0; g < 8; g++) _mm512_store_si512(dst + g, w[g]);
                 k_scale_min(h, j, &sc, &mn);
@@ -918,6 +964,7 @@ static void matmul_q4k(float *y, int ldy, const kern_act *a, const wmat *W, int 
                        float *scratch) {
     int cols = W->cols, nb = cols / WT_QBLOCK;
     DH_ASSERT(a->q && a->qd && cols % WT_QBLOCK == 0);
+    DH_ASSERT(W->layout == WT_ROWS || (o0 % WT_G16_ROWS == 0 && o1 % WT_G16_ROWS == 0));
     size_t rb = wt_q4k_row_bytes((size_t)cols);
     /* scratch: the packed panel and its lanes, 16 rows for the matrix's tail, then the block
      * sums of up to tchunk rows (64 + 32 + 9 + up to 128 bytes a column of the 256) */
@@ -944,6 +991,15 @@ static void matmul_q4k(float *y, int ldy, const kern_act *a, const wmat *W, int 
             }
             continue;
         }
+        if (W->layout == WT_G16) { /* one sequential stream, as for q8 */
+            qrows rw;
+            qrows_init(&rw, rb, 1, 16);
+            for (int o = o0; o < o1; o += 16)
+                for (int t = 0; t < tn; t += 4)
+                    k_small_any(yc + (size_t)t * ldy + o, ldy, xq + (size_t)t * cols, xd + (size_t)t * nb,
+                                bsum + (size_t)t * nb, cols, W->p.q4k + (size_t)o * rb, &rw, DH_MIN(4, tn - t), 0, 1);
+            continue;
+        }
         for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {
             int n = DH_MIN(KERN_OBLOCK, o1 - ob), full = n == KERN_OBLOCK;
             for (int j = 0; j < (full ? 4 : (n + 15) / 16); j++) {
@@ -956,7 +1012,7 @@ static void matmul_q4k(float *y, int ldy, const kern_act *a, const wmat *W, int 
                 const uint8_t *p = q_src(W, o, rb, tail);
                 for (int t = 0; t < tn; t += 4)
                     k_small_any(yc + (size_t)t * ldy + o, ldy, xq + (size_t)t * cols, xd + (size_t)t * nb,
-                                bsum + (size_t)t * nb, cols, p, &rw, DH_MIN(4, tn - t), full && t == 0 ? q_prefetch() : 0);
+                                bsum + (size_t)t * nb, cols, p, &rw, DH_MIN(4, tn - t), full && t == 0 ? q_prefetch() : 0, 0);
             }
         }
     }
@@ -1121,10 +1177,10 @@ const kern_ops *kern_avx512(void) {
         __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
         (void)q_prefetch(); /* read the settings now, before the threads use them */
         (void)k_unpacked();
-        /* the packed decode path is the VNNI one; DH_KERN_Q8_ROWS=1 keeps q8 row-major (the
-         * previous path, for measuring one against the other) */
-        const char *e = getenv("DH_KERN_Q8_ROWS");
-        avx_ops.q8_g16 = __builtin_cpu_supports("avx512vnni") && !(e && atoi(e) > 0);
+        /* the packed decode paths are the VNNI ones; DH_KERN_ROWS=1 keeps q8 and q4k row-major
+         * (the previous paths, for measuring one against the other) */
+        const char *e = getenv("DH_KERN_ROWS");
+        avx_ops.g16 = __builtin_cpu_supports("avx512vnni") && !(e && atoi(e) > 0);
         return &avx_ops;
     }
     return NULL;

@@ -162,10 +162,16 @@ static void matmul_ref(float *y, int ldy, const kern_act *a, const wmat *W, int 
     if (W->dtype == DT_Q4K) {
         DH_ASSERT(a->q && a->qd && cols % WT_QBLOCK == 0);
         size_t rb = wt_q4k_row_bytes((size_t)cols);
-        for (int o = o0; o < o1; o++)
+        uint8_t *row = (uint8_t *)scratch; /* a packed row, unpacked */
+        for (int o = o0; o < o1; o++) {
+            const uint8_t *wr = W->p.q4k + (size_t)o * rb;
+            if (W->layout == WT_G16) {
+                wt_q4k_row_data(W, o, row);
+                wr = row;
+            }
             for (int t = 0; t < T; t++)
-                y[(size_t)t * ldy + o] = dot_q4k(a->q + (size_t)t * cols, a->qd + (size_t)t * (cols / WT_QBLOCK),
-                                                 W->p.q4k + (size_t)o * rb, cols);
+                y[(size_t)t * ldy + o] = dot_q4k(a->q + (size_t)t * cols, a->qd + (size_t)t * (cols / WT_QBLOCK), wr, cols);
+        }
         return;
     }
     matmul_float_ref(y, ldy, a, W, T, o0, o1, scratch);

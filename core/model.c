@@ -187,13 +187,13 @@ static wmat convert(loader *ld, const wmat *src, int to) {
     return w;
 }
 
-/* w packed as WT_G16 when the kernels read q8 fastest that way (kern_ops.q8_g16); the
+/* w packed as WT_G16 when the kernels read q8 fastest that way (kern_ops.g16); the
  * row-major copy is freed, or, for a q8 checkpoint's own tensor (`mapped`), its mapping
  * released. Other matrices come back as they are. */
 static wmat g16(loader *ld, wmat w, const st_tensor *mapped) {
     const kern_ops *k = nn_kernels();
-    if (ld->rc || !k || !k->q8_g16 || !wt_g16_packable(&w)) return w;
-    wmat p = wt_g16_pack(&w, own(ld->m, wt_bytes(DT_Q8, (size_t)w.rows, (size_t)w.cols)));
+    if (ld->rc || !k || !k->g16 || !wt_g16_packable(&w)) return w;
+    wmat p = wt_g16_pack(&w, own(ld->m, wt_bytes(w.dtype, (size_t)w.rows, (size_t)w.cols)));
     if (mapped)
         st_release(ld->m->st, mapped);
     else

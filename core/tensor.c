@@ -75,7 +75,10 @@ wmat wt_rows(const wmat *W, int r0, int n) {
         v.p.q8 = W->p.q8 + off / WT_QBLOCK;
         break;
     case DT_Q4: v.p.q4 = W->p.q4 + off / WT_QBLOCK; break;
-    case DT_Q4K: v.p.q4k = W->p.q4k + (size_t)r0 * wt_q4k_row_bytes((size_t)W->cols); break;
+    case DT_Q4K:
+        DH_ASSERT(W->layout == WT_ROWS || (r0 % WT_G16_ROWS == 0 && n % WT_G16_ROWS == 0));
+        v.p.q4k = W->p.q4k + (size_t)r0 * wt_q4k_row_bytes((size_t)W->cols);
+        break;
     default: DH_ASSERT(0);
     }
     return v;
@@ -166,12 +169,41 @@ void wt_q8_row_blocks(const wmat *W, int r, wt_q8_block *out) {
     for (size_t b = 0; b < (size_t)W->cols / WT_QBLOCK; b++) q8_block(W, r, b, out + b);
 }
 
+/* q4k WT_G16: where byte c of row r's piece k (16 bytes) lies, from the start of the matrix */
+static size_t g16_piece_off(size_t rb, int r, size_t k, int c) {
+    int i = r % WT_G16_ROWS;
+    return (size_t)(r - i) * rb + 256 * k + 64 * (size_t)(c / 4) + 4 * (size_t)i + (size_t)(c % 4);
+}
+
+void wt_q4k_row_data(const wmat *W, int r, uint8_t *out) {
+    DH_ASSERT(W->dtype == DT_Q4K && r >= 0 && r < W->rows);
+    size_t rb = wt_q4k_row_bytes((size_t)W->cols);
+    if (W->layout == WT_ROWS) {
+        memcpy(out, W->p.q4k + (size_t)r * rb, rb);
+        return;
+    }
+    for (size_t k = 0; k < rb / 16; k++)
+        for (int c = 0; c < 16; c++) out[16 * k + (size_t)c] = W->p.q4k[g16_piece_off(rb, r, k, c)];
+}
+
 int wt_g16_packable(const wmat *W) {
-    return W->dtype == DT_Q8 && W->layout == WT_ROWS && W->rows % WT_G16_ROWS == 0 && W->cols % WT_QBLOCK == 0;
+    return (W->dtype == DT_Q8 || W->dtype == DT_Q4K) && W->layout == WT_ROWS && W->rows % WT_G16_ROWS == 0 &&
+           W->cols % WT_QBLOCK == 0;
 }
 
 wmat wt_g16_pack(const wmat *W, void *out) {
     DH_ASSERT(wt_g16_packable(W));
+    wmat v = *W;
+    v.layout = WT_G16;
+    v.p.bf16 = out;
+    if (W->dtype == DT_Q4K) {
+        size_t rb = wt_q4k_row_bytes((size_t)W->cols);
+        for (int r = 0; r < W->rows; r++)
+            for (size_t k = 0; k < rb / 16; k++)
+                for (int c = 0; c < 16; c++)
+                    ((uint8_t *)out)[g16_piece_off(rb, r, k, c)] = W->p.q4k[(size_t)r * rb + 16 * k + (size_t)c];
+        return v;
+    }
     size_t nb = (size_t)W->cols / WT_QBLOCK;
     for (size_t g = 0; g < (size_t)W->rows / WT_G16_ROWS; g++)
         for (size_t b = 0; b < nb; b++) {
@@ -183,9 +215,6 @@ wmat wt_g16_pack(const wmat *W, void *out) {
                     p[2 * WT_G16_ROWS + 64 * (j / 4) + 4 * i + j % 4] = (uint8_t)s->q[j] ^ 0x80;
             }
         }
-    wmat v = *W;
-    v.layout = WT_G16;
-    v.p.q8 = out;
     return v;
 }
 
@@ -221,8 +250,16 @@ void wt_row(const wmat *W, int r, float *out) {
         break;
     }
     case DT_Q4K: {
-        const uint8_t *p = W->p.q4k + (size_t)r * wt_q4k_row_bytes(n);
+        size_t rb = wt_q4k_row_bytes(n);
+        const uint8_t *p = W->p.q4k + (size_t)r * rb;
+        uint8_t sb[sizeof(wt_q4k_head) + WT_KBLOCK / 2]; /* a super-block of a packed row */
         for (size_t k0 = 0; k0 < n; k0 += WT_KBLOCK) {
+            if (W->layout == WT_G16) {
+                size_t first = wt_q4k_row_bytes(k0) / 16, pieces = wt_q4k_row_bytes(DH_MIN(n - k0, WT_KBLOCK)) / 16;
+                for (size_t k = 0; k < pieces; k++)
+                    for (int c = 0; c < 16; c++) sb[16 * k + (size_t)c] = W->p.q4k[g16_piece_off(rb, r, first + k, c)];
+                p = sb;
+            }
             wt_q4k_head h;
             memcpy(&h, p, sizeof h);
             const uint8_t *q = p + sizeof h;

@@ -53,13 +53,17 @@ void wt_q4k_scale(const wt_q4k_head *h, int j, int *s, int *m);
 /* Bytes of one q4k row of cols values (cols a multiple of 32). */
 size_t wt_q4k_row_bytes(size_t cols);
 
-/* How a q8 matrix lies in memory. WT_ROWS: row-major, as files store it. WT_G16 (q8 only, in
- * memory only, rows a multiple of 16): the rows in groups of 16, each group its cols/32 blocks
- * in order, each block 544 bytes (16 times a wt_q8_block, so the size is the same): the 16
- * rows' f16 scales, then 8 vectors of 64 bytes, where bytes 4i..4i+3 of vector g are bytes
- * 4g..4g+3 of row i's block, stored as q + 128 (the sign bit flipped). That is the operand
- * order of kern_avx512's integer dot, so a decode product streams one sequence of bytes, not
- * 16 rows at once, and transposes nothing (docs/performance.md). */
+/* How a q8 or q4k matrix lies in memory. WT_ROWS: row-major, as files store it. WT_G16 (q8
+ * and q4k only, in memory only, rows a multiple of 16): the rows in groups of 16, each group
+ * taking the bytes of its 16 rows (so the size is the same), laid out in the operand order of
+ * kern_avx512's integer dot, so that a decode product streams one sequence of bytes, not 16
+ * rows at once, and transposes nothing (docs/performance.md):
+ *   q8: the group's cols/32 blocks in order, each 544 bytes: the 16 rows' f16 scales, then 8
+ *       vectors of 64 bytes, where bytes 4i..4i+3 of vector g are bytes 4g..4g+3 of row i's
+ *       block, stored as q + 128 (the sign bit flipped);
+ *   q4k: a row is a sequence of 16-byte pieces (a super-block's head, then 16 bytes of nibbles
+ *       a sub-block); piece k of the 16 rows takes 256 bytes at 256 k, where bytes 4i..4i+3
+ *       of its vector m (64 bytes at 64 m) are bytes 4m..4m+3 of row i's piece. */
 typedef enum wt_layout { WT_ROWS = 0, WT_G16 = 1 } wt_layout;
 #define WT_G16_ROWS 16
 
@@ -67,7 +71,7 @@ typedef struct wmat {
     dh_dtype dtype;
     int rows; /* out features */
     int cols; /* in features */
-    wt_layout layout; /* WT_ROWS unless a loader packed it (q8 only) */
+    wt_layout layout; /* WT_ROWS unless a loader packed it (q8, q4k) */
     union {
         const float *f32;
         const uint16_t *bf16;
@@ -94,10 +98,13 @@ wmat wt_rows(const wmat *W, int r0, int n);
 void wt_row(const wmat *W, int r, float *out);
 /* The cols/32 blocks of row r of a q8 matrix (either layout), as a file stores them. */
 void wt_q8_row_blocks(const wmat *W, int r, wt_q8_block *out);
-/* Can W be packed as WT_G16 (q8, row-major, rows a multiple of 16)? */
+/* The wt_q4k_row_bytes(cols) bytes of row r of a q4k matrix (either layout), as a file
+ * stores them. */
+void wt_q4k_row_data(const wmat *W, int r, uint8_t *out);
+/* Can W be packed as WT_G16 (q8 or q4k, row-major, rows a multiple of 16)? */
 int wt_g16_packable(const wmat *W);
-/* W (q8, WT_ROWS, packable) repacked as WT_G16 into out (wt_bytes(DT_Q8, rows, cols) bytes,
- * the caller's); the view returned points at out. A pure byte shuffle: every value is kept. */
+/* W (packable) repacked as WT_G16 into out (wt_bytes(W->dtype, rows, cols) bytes, the
+ * caller's); the view returned points at out. A pure byte shuffle: every value is kept. */
 wmat wt_g16_pack(const wmat *W, void *out);
 
 /* Scalar conversions. bf16 -> f32 and f16 -> f32 are exact; f32 -> bf16/f16 round to nearest

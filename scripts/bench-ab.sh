@@ -5,7 +5,7 @@
 # an hour; docs/performance.md).
 #
 #   scripts/bench-ab.sh MODEL_DIR WEIGHTS VAR=VALUE [ROUNDS] [-- BENCH_ARGS...]
-#   e.g. scripts/bench-ab.sh ~/.cache/darkhorse/genesis-1b q8 DH_KERN_Q8_ROWS=1 5
+#   e.g. scripts/bench-ab.sh ~/.cache/darkhorse/genesis-1b q8 DH_KERN_ROWS=1 5
 #
 # Each round runs `darkhorse bench` first with VAR=VALUE (the baseline, "A"), then without it
 # ("B"), each with BENCH_ARGS (default: -t 2 -p 512 -n 64 -r 3). Prints, per test, the median of

@@ -17,7 +17,7 @@
  *
  * --decode measures instead T = 1 and 2 on the matrices decode streams (genesis-1b's and -5b's
  * lm_head, 129280 x 1024 and x 2048, and their experts, 384 x 1024 and 640 x 2048), cold (q8
- * in both layouts when the kernels pack it: the "/g16" rows are WT_G16, tensor.h);
+ * and q4k in both layouts when the kernels pack them: the "/g16" rows are WT_G16, tensor.h);
  * --sweep measures GFLOP/s against T from 1 to 512 on prefill and expert shapes, where the
  * kernels' small-T and packed paths meet. Both use the kernels nn_init picks, bf16 unless
  * --dtype says otherwise (f32, bf16, f16).
@@ -57,7 +57,7 @@
 #define PREFILL_ROWS 2048
 
 static int g_runs = 7;
-static wt_layout g_layout = WT_ROWS; /* of the q8 matrices timed (WT_G16: as loaders pack them) */
+static wt_layout g_layout = WT_ROWS; /* of the q8 and q4k matrices timed (WT_G16: as loaders pack them) */
 
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
 static uint64_t next_u64(void) {
@@ -146,7 +146,7 @@ static double time_matmul_rc(dh_dtype dt, const void *base, int rows, int cols, 
     /* calibrate the number of calls per run */
     double t0 = dh_now();
     while (dh_now() - t0 < min_s || calls < 2) {
-        wmat W = {.dtype = dt, .rows = rows, .cols = cols, .layout = dt == DT_Q8 ? g_layout : WT_ROWS};
+        wmat W = {.dtype = dt, .rows = rows, .cols = cols, .layout = dt == DT_Q8 || dt == DT_Q4K ? g_layout : WT_ROWS};
         W.p.bf16 = (const uint16_t *)((const char *)base + (size_t)(calls % n_slices) * slice);
         nn_matmul(y, x, &W, T);
         calls++;
@@ -154,7 +154,7 @@ static double time_matmul_rc(dh_dtype dt, const void *base, int rows, int cols, 
     for (int r = 0; r < g_runs; r++) {
         double s = dh_now();
         for (int c = 0; c < calls; c++) {
-            wmat W = {.dtype = dt, .rows = rows, .cols = cols, .layout = dt == DT_Q8 ? g_layout : WT_ROWS};
+            wmat W = {.dtype = dt, .rows = rows, .cols = cols, .layout = dt == DT_Q8 || dt == DT_Q4K ? g_layout : WT_ROWS};
             W.p.bf16 = (const uint16_t *)((const char *)base + (size_t)(c % n_slices) * slice);
             nn_matmul(y, x, &W, T);
         }
@@ -269,8 +269,8 @@ static void bench_decode(dh_dtype dt, void *big, float *x, float *y) {
     for (int threads = 1; threads <= 2; threads++) {
         nn_init(threads, 0);
         nn_reserve(2, 2048);
-        /* q8 in both layouts when the kernels pack it (kern_ops.q8_g16): "/g16" rows */
-        int layouts = dt == DT_Q8 && nn_kernels()->q8_g16 ? 2 : 1;
+        /* q8 and q4k in both layouts when the kernels pack them (kern_ops.g16): "/g16" rows */
+        int layouts = (dt == DT_Q8 || dt == DT_Q4K) && nn_kernels()->g16 ? 2 : 1;
         for (int l = 0; l < layouts; l++)
             for (size_t i = 0; i < sizeof decode_shapes / sizeof decode_shapes[0]; i++) {
                 int rows = decode_shapes[i][0], cols = decode_shapes[i][1];

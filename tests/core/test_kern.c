@@ -828,32 +828,36 @@ static void test_q4k_quantizer_round_trips_to_the_nearest_grid_point(void) {
     free(x), free(back), free(back4), free(buf), free(b4);
 }
 
-/* WT_G16 (tensor.h) is a byte shuffle of a q8 matrix: every row reads back the same blocks,
+/* WT_G16 (tensor.h) is a byte shuffle of a q8 or q4k matrix: every row reads back the same bytes,
  * and every table computes the same bits from either layout, for every T (the decode path, the
  * packed prompt path, and chunks of both) and every range of whole groups. */
-static void test_q8_packed_in_groups_of_16_gives_the_same_bits(void) {
+static void packed_in_groups_of_16(dh_dtype dt) {
     static const int Ts[] = {1, 2, 3, 4, 5, 9, 17, 70};
-    static const int qcols[] = {32, 96, 1024, 2048, 160, 640, 288, 4096};
+    static const int qcols[] = {32, 96, 1024, 2048, 160, 640, 288, 4096}; /* q4k: tails of 1-7 sub-blocks */
     static const int ranges[][2] = {{0, 144}, {16, 80}, {64, 144}, {128, 144}, {0, 16}};
     const kern_ops *tables[2] = {kern_portable(), kern_avx512()};
     int rows = 144, bad = 0;
     for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
         int T = Ts[i], cols = qcols[i], nb = cols / 32;
         void *store;
-        wmat W = make_w(DT_Q8, rows, cols, &store);
-        ((wt_q8_block *)store)[0].q[0] = -128;
+        wmat W = make_w(dt, rows, cols, &store);
+        if (dt == DT_Q8) ((wt_q8_block *)store)[0].q[0] = -128;
+        size_t rb = dt == DT_Q8 ? (size_t)nb * sizeof(wt_q8_block) : wt_q4k_row_bytes((size_t)cols);
         CU_ASSERT_TRUE(wt_g16_packable(&W));
-        void *packed = malloc(wt_bytes(DT_Q8, (size_t)rows, (size_t)cols));
+        void *packed = malloc(wt_bytes(dt, (size_t)rows, (size_t)cols));
         wmat P = wt_g16_pack(&W, packed);
         CU_ASSERT_EQUAL(P.layout, WT_G16);
         CU_ASSERT_FALSE(wt_g16_packable(&P));
-        wt_q8_block *blk = malloc((size_t)nb * sizeof *blk);
+        uint8_t *blk = malloc(rb);
         float *r0 = malloc((size_t)cols * 4), *r1 = malloc((size_t)cols * 4);
         for (int r = 0; r < rows; r++) {
-            wt_q8_row_blocks(&P, r, blk);
+            if (dt == DT_Q8)
+                wt_q8_row_blocks(&P, r, (wt_q8_block *)blk);
+            else
+                wt_q4k_row_data(&P, r, blk);
             wt_row(&W, r, r0);
             wt_row(&P, r, r1);
-            if (memcmp(blk, W.p.q8 + (size_t)r * nb, (size_t)nb * sizeof *blk) || memcmp(r0, r1, (size_t)cols * 4)) bad++;
+            if (memcmp(blk, (const uint8_t *)W.p.bf16 + (size_t)r * rb, rb) || memcmp(r0, r1, (size_t)cols * 4)) bad++;
         }
         float *x = malloc((size_t)T * cols * 4), *qd = malloc((size_t)T * nb * 4);
         int8_t *q = malloc((size_t)T * cols);
@@ -871,7 +875,8 @@ static void test_q8_packed_in_groups_of_16_gives_the_same_bits(void) {
                 tables[k]->matmul(y0, rows, &a, &W, T, o0, o1, scratch);
                 tables[k]->matmul(y1, rows, &a, &P, T, o0, o1, scratch);
                 if (memcmp(y0, y1, (size_t)T * rows * 4) && bad++ < 3)
-                    printf("\n  %s q8 T=%d cols %d [%d,%d): packed differs from row-major", tables[k]->name, T, cols, o0, o1);
+                    printf("\n  %s %s T=%d cols %d [%d,%d): packed differs from row-major", tables[k]->name, wt_dtype_name(dt), T, cols,
+                           o0, o1);
             }
         }
         /* a view of whole groups reads the same rows */
@@ -885,6 +890,9 @@ static void test_q8_packed_in_groups_of_16_gives_the_same_bits(void) {
     }
     CU_ASSERT_EQUAL(bad, 0);
 }
+
+static void test_q8_packed_in_groups_of_16_gives_the_same_bits(void) { packed_in_groups_of_16(DT_Q8); }
+static void test_q4k_packed_in_groups_of_16_gives_the_same_bits(void) { packed_in_groups_of_16(DT_Q4K); }
 
 static int kern_init(void) {
     nn_init(2, 0);
@@ -923,6 +931,7 @@ static CU_TestInfo kern_tests[] = {
     {"weight quantizers round-trip within half a step", test_weight_quantizers_round_trip_within_half_a_step},
     {"q4k quantizer round-trips to the nearest grid point", test_q4k_quantizer_round_trips_to_the_nearest_grid_point},
     {"q8 packed in groups of 16 gives the same bits", test_q8_packed_in_groups_of_16_gives_the_same_bits},
+    {"q4k packed in groups of 16 gives the same bits", test_q4k_packed_in_groups_of_16_gives_the_same_bits},
     CU_TEST_INFO_NULL,
 };
 CU_SuiteInfo kern_suite = {"kern", kern_init, kern_clean, NULL, NULL, kern_tests};
