@@ -20,10 +20,13 @@
  * layer, the head) plus, per MoE layer, the router (2 * D * E flops a token) and the exchange
  * from dispatch to combine, which also holds the shared experts the coordinator computes while
  * the workers work (6 * D * Fs flops a token): exchange = max(slowest worker, shared). With R
- * ranks on one host of C cores, every rank's main thread is always runnable (Open MPI polls
- * while it waits), so a worker computes at min(1, C / R) of a core and the coordinator, with
- * Tc threads, at Tc * min(1, C / (Tc + R - 1)) cores; without a host, workers at one core and
- * the coordinator at Tc cores. With coord_link_gbps, the coordinator's own link carries all
+ * ranks on one host of C cores, during the exchange every rank is runnable (the workers
+ * compute, the coordinator computes the shared experts), so a worker computes at min(1, C / R)
+ * of a core and the shared experts run at Tc * min(1, C / (Tc + R - 1)) cores (Tc: the
+ * coordinator's threads). Outside it (the coordinator's own work and the router) the workers
+ * wait for the next request, and a waiting rank sleeps between polls (docs/cluster.md, "Waiting
+ * ranks do not spin"), so the coordinator has min(Tc, C) cores. Without a host, workers at one
+ * core and the coordinator at Tc cores. With coord_link_gbps, the coordinator's own link carries all
  * the requests (and, the other way, all the replies): the exchange takes at least 2 * latency
  * + max(requests, replies) * 8 / its bandwidth. With mem_gbs, a worker also reads the weights
  * of each distinct expert it uses in a (layer, step) (expert_bytes each: small batches are
@@ -179,20 +182,22 @@ static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, 
     return worst;
 }
 
-/* The coordinator's cores while it computes (see the top). */
-static double coord_cores(const sim_params *sp) {
+/* The coordinator's cores while it computes (see the top): during the exchange (busy), or
+ * while the workers wait for it. */
+static double coord_cores(const sim_params *sp, int busy) {
     int R = sp->ranks_per_host, C = sp->cores_per_host;
     int Tc = sp->coord_threads > 0 ? sp->coord_threads : R > 0 ? C : 1;
     if (R <= 0) return Tc;
+    if (!busy) return DH_MIN(Tc, C); /* the waiting ranks sleep */
     return Tc * DH_MIN(1.0, (double)C / (Tc + R - 1));
 }
 
 /* Seconds of the router and the shared experts of one layer of B tokens on the coordinator. */
 static void coord_layer(const sim_params *sp, int B, int E, double *router_s, double *shared_s) {
     double rate = (sp->coord_gflops > 0 ? sp->coord_gflops : sp->worker_gflops ? sp->worker_gflops[0]
-                                                                                : SIM_DEFAULT_GFLOPS) * 1e9 * coord_cores(sp);
-    *router_s = B * 2.0 * sp->hidden_size * E / rate;
-    *shared_s = B * 6.0 * sp->hidden_size * sp->shared_ffn / rate;
+                                                                                : SIM_DEFAULT_GFLOPS) * 1e9;
+    *router_s = B * 2.0 * sp->hidden_size * E / (rate * coord_cores(sp, 0));
+    *shared_s = B * 6.0 * sp->hidden_size * sp->shared_ffn / (rate * coord_cores(sp, 1));
     if (sp->mem_gbs > 0 && sp->ffn_size > 0) /* the shared pathway is Fs / F experts' weights */
         *shared_s += (double)sp->shared_ffn / sp->ffn_size * sp->expert_bytes / (sim_read_gbs(sp) * 1e9);
 }
@@ -244,7 +249,7 @@ int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_resul
         coord_layer(sp, B, t->n_experts, &router_s, &shared_s);
     int run = M - (sp->skip_last && M > 1);
     while (next_step(&s, tok)) {
-        double step_s = 0, coord_s = sp->coord_ms * 1e-3 / coord_cores(sp);
+        double step_s = 0, coord_s = sp->coord_ms * 1e-3 / coord_cores(sp, 0);
         for (int j = 0; j < run; j++) {
             int l = trace_layer_for(j, M, L);
             for (int i = 0; i < B; i++) {

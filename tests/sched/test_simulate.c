@@ -197,10 +197,12 @@ static void test_simulate_skips_what_a_live_trace_did_not_record(void) {
 static void test_simulate_host_model_shares_cores_and_adds_the_coordinator(void) {
     /* The prefill case above (2 steps, w1 and w2 mirror each other) with the coordinator: 1000
      * ms of its own work at one core, its rate 1000 flop/s a core, shared width 4.
-     * 3 ranks on 2 cores, 2 coordinator threads: workers at 2/3 of a core, the coordinator at
-     * 2 * min(1, 2 / 4) = 1 core. Slower worker: 0.002 + 2 * 0.64 + 3 * 0.192 / (2/3) = 2.146 s.
-     * Router: 2 tokens * 2 * D 8 * E 4 = 128 flop = 0.128 s; shared: 2 * 6 * 8 * 4 = 384 flop =
-     * 0.384 s, under the workers' 2.146. Step 2.146 + 1 + 0.128 = 3.274 s. */
+     * 3 ranks on 2 cores, 2 coordinator threads: during the exchange workers at 2/3 of a core,
+     * the shared experts at 2 * min(1, 2 / 4) = 1 core; outside it the workers wait asleep, so
+     * the coordinator has min(2, 2) = 2 cores. Slower worker: 0.002 + 2 * 0.64 + 3 * 0.192 /
+     * (2/3) = 2.146 s. Router: 2 tokens * 2 * D 8 * E 4 = 128 flop at 2 cores = 0.064 s; shared:
+     * 2 * 6 * 8 * 4 = 384 flop = 0.384 s, under the workers' 2.146. Own work 1 s / 2 = 0.5 s.
+     * Step 2.146 + 0.5 + 0.064 = 2.710 s. */
     static const int lens[2] = {2, 3};
     static const int ids[5][2] = {{0, 1}, {0, 2}, {2, 3}, {1, 3}, {0, 1}};
     sim_params sp = hand_params(SIM_PREFILL, 2);
@@ -209,15 +211,21 @@ static void test_simulate_host_model_shares_cores_and_adds_the_coordinator(void)
     sim_result r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
     CU_ASSERT_EQUAL(r.steps, 2);
     CLOSE(r.exchange_ms_mean, 2146);
-    CLOSE(r.coord_ms_mean, 1128);
-    CLOSE(r.step_ms_mean, 3274);
+    CLOSE(r.coord_ms_mean, 564);
+    CLOSE(r.step_ms_mean, 2710);
     sim_result_free(&r);
     /* shared width 40: 3840 flop = 3.84 s, longer than the workers: the exchange waits for it */
     sp.shared_ffn = 40;
     r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
     CLOSE(r.exchange_ms_mean, 3840);
-    CLOSE(r.step_ms_mean, 3840 + 1128);
+    CLOSE(r.step_ms_mean, 3840 + 564);
     sim_result_free(&r);
+    /* one coordinator thread: 1 core outside the exchange whatever the host, 1000 + 128 ms */
+    sp.shared_ffn = 4, sp.coord_threads = 1;
+    r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
+    CLOSE(r.coord_ms_mean, 1128);
+    sim_result_free(&r);
+    sp.coord_threads = 2;
     /* no shared host, one coordinator thread: workers at a whole core (1.858 s, as above) */
     sp.shared_ffn = 4, sp.ranks_per_host = 0, sp.cores_per_host = 0, sp.coord_threads = 0;
     r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
