@@ -27,7 +27,7 @@ cleanup() { # rank 0 stops the workers; mpirun then ends
   local pid
   pid=$(grep -o "; pid [0-9]*" "$tmp/serve.err" 2>/dev/null | sed 's/.* //')
   [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
-  [ -n "$job" ] && { for _ in $(seq 1 300); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done; kill -KILL "$job" 2>/dev/null; }
+  [ -n "$job" ] && { for _ in $(seq 1 300); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done; kill -KILL "$job" 2>/dev/null || true; }
   rm -rf "$tmp"
 }
 trap cleanup EXIT
