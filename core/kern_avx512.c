@@ -676,12 +676,21 @@ AI void q_tile_dots(__m512i s[QTILE_R][4], const __m512i *pb, size_t gs, const i
     }
 }
 
+/* The lanes of a packed q4k group and sub-block: scale and min as int32, d and -dmin as f32. */
+enum { KL_SC, KL_MN, KL_D, KL_NMIN, KL_COUNT };
+
 /* An R x C register tile of the packed path: R activation rows against C groups of 16 packed
- * weight rows; the last group stores only the lanes of `keep`. */
-AI void q_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr, int nb,
-               const __m512i *pk, const float *sc, int R, int C, __mmask16 keep) {
+ * weight rows; the last group stores only the lanes of `keep`. q8/q4 (k4 = 0): `sums` are the
+ * blocks' corrections (the integer sums start there), `scl` the scales sc[cg][b][16]; then
+ * one fused multiply-add a block. q4k (k4 = 1): `sums` are the blocks' activation sums,
+ * `scl` the lanes[cg][b][KL_COUNT]; the sums start at 0, then I and M and the two fused
+ * multiply-adds of k_small, in its order. */
+AI void q_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *sums, int nb,
+               const __m512i *pk, const void *scl, int R, int C, __mmask16 keep, int k4) {
     __m512 acc[QTILE_R][4];
-    size_t cols = (size_t)nb * WT_QBLOCK, gs = (size_t)nb * 8;
+    size_t cols = (size_t)nb * WT_QBLOCK, gs = (size_t)nb * 8, ls = (size_t)nb * KL_COUNT;
+    const float *sc = scl;
+    const __m512i *lanes = scl;
     UNROLL
     for (int r = 0; r < R; r++)
         UNROLL
@@ -691,26 +700,39 @@ AI void q_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32
         UNROLL
         for (int r = 0; r < R; r++)
             UNROLL
-            for (int c = 0; c < C; c++) s[r][c] = _mm512_set1_epi32(corr[(size_t)r * nb + b]);
+            for (int c = 0; c < C; c++)
+                s[r][c] = k4 ? _mm512_setzero_si512() : _mm512_set1_epi32(sums[(size_t)r * nb + b]);
         q_tile_dots(s, pk + (size_t)b * 8, gs, xq + (size_t)b * WT_QBLOCK, cols, R, C);
         __m512 dw[4];
-        UNROLL
-        for (int c = 0; c < C; c++) dw[c] = _mm512_load_ps(sc + ((size_t)c * nb + b) * 16);
+        if (!k4)
+            UNROLL
+            for (int c = 0; c < C; c++) dw[c] = _mm512_load_ps(sc + ((size_t)c * nb + b) * 16);
         UNROLL
         for (int r = 0; r < R; r++) {
             __m512 dx = _mm512_set1_ps(xd[(size_t)r * nb + b]);
+            __m512i bs = _mm512_set1_epi32(sums[(size_t)r * nb + b]);
             UNROLL
-            for (int c = 0; c < C; c++)
-                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r][c]), _mm512_mul_ps(dx, dw[c]),
+            for (int c = 0; c < C; c++) {
+                if (!k4) {
+                    acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r][c]), _mm512_mul_ps(dx, dw[c]), acc[r][c]);
+                    continue;
+                }
+                const __m512i *l = lanes + (size_t)b * KL_COUNT + c * ls;
+                __m512i I = _mm512_mullo_epi32(s[r][c], _mm512_load_si512(l + KL_SC));
+                __m512i M = _mm512_mullo_epi32(bs, _mm512_load_si512(l + KL_MN));
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I),
+                                            _mm512_mul_ps(dx, _mm512_castsi512_ps(_mm512_load_si512(l + KL_D))), acc[r][c]);
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M),
+                                            _mm512_mul_ps(dx, _mm512_castsi512_ps(_mm512_load_si512(l + KL_NMIN))),
                                             acc[r][c]);
+            }
         }
     }
     UNROLL
     for (int r = 0; r < R; r++)
         UNROLL
         for (int c = 0; c < C; c++)
-            _mm512_mask_storeu_ps(y + (size_t)r * ldy + 16 * c, c == C - 1 ? keep : 0xffff,
-                                  acc[r][c]);
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + 16 * c, c == C - 1 ? keep : 0xffff, acc[r][c]);
 }
 
 /* every register tile shape of the packed q8/q4/q4k paths: R <= QTILE_R rows by C <= 4 groups */
@@ -718,10 +740,15 @@ AI void q_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32
     X(1, 1) X(1, 2) X(1, 3) X(1, 4) X(2, 1) X(2, 2) X(2, 3) X(2, 4) X(3, 1) X(3, 2) X(3, 3)     \
     X(3, 4) X(4, 1) X(4, 2) X(4, 3) X(4, 4) X(5, 1) X(5, 2) X(5, 3) X(5, 4)
 
-static void q_tile_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *corr,
-                       int nb, const __m512i *pk, const float *sc, int R, int C, __mmask16 keep) {
-#define QT_CASE(RR, CC) \
-    case (RR) * 8 + (CC): q_tile(y, ldy, xq, xd, corr, nb, pk, sc, RR, CC, keep); break;
+static void q_tile_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *sums,
+                       int nb, const __m512i *pk, const void *scl, int R, int C, __mmask16 keep, int k4) {
+#define QT_CASE(RR, CC)                                                                          \
+    case (RR) * 8 + (CC):                                                                        \
+        if (k4)                                                                                  \
+            q_tile(y, ldy, xq, xd, sums, nb, pk, scl, RR, CC, keep, 1);                          \
+        else                                                                                     \
+            q_tile(y, ldy, xq, xd, sums, nb, pk, scl, RR, CC, keep, 0);                          \
+        break;
     switch (R * 8 + C) {
         QTILE_SHAPES(QT_CASE)
     default: DH_ASSERT(0);
@@ -866,9 +893,6 @@ static void k_small_any(float *y, int ldy, const int8_t *xq, const float *xd, co
 #undef KS_CASE
 }
 
-/* The lanes of a packed group and sub-block: scale and min as int32, d and -dmin as f32. */
-enum { KL_SC, KL_MN, KL_D, KL_NMIN, KL_COUNT };
-
 /* Large T: rows [o, o + n) (n <= 64) packed as pk[cg][b][g] (groups cg of 16 rows, the 8
  * nibble vectors of nib_rows) and lanes[cg][b][KL_COUNT] (one 16-lane vector each). */
 static void k_pack(const wmat *W, int o, int n, __m512i *pk, __m512i *lanes, uint8_t *tail) {
@@ -907,58 +931,6 @@ static void k_pack(const wmat *W, int o, int n, __m512i *pk, __m512i *lanes, uin
     }
 }
 
-/* An R x C register tile of the packed q4k path (as q_tile): per sub-block b, the exact sums
- * of nibble * xq, then I and M and the two fused multiply-adds of k_small, in its order. */
-AI void k_tile(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int nb,
-               const __m512i *pk, const __m512i *lanes, int R, int C, __mmask16 keep) {
-    __m512 acc[QTILE_R][4];
-    size_t cols = (size_t)nb * WT_QBLOCK, gs = (size_t)nb * 8, ls = (size_t)nb * KL_COUNT;
-    UNROLL
-    for (int r = 0; r < R; r++)
-        UNROLL
-        for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        __m512i s[QTILE_R][4];
-        UNROLL
-        for (int r = 0; r < R; r++)
-            UNROLL
-            for (int c = 0; c < C; c++) s[r][c] = _mm512_setzero_si512();
-        q_tile_dots(s, pk + (size_t)b * 8, gs, xq + (size_t)b * WT_QBLOCK, cols, R, C);
-        const __m512i *lb = lanes + (size_t)b * KL_COUNT;
-        UNROLL
-        for (int r = 0; r < R; r++) {
-            __m512 dx = _mm512_set1_ps(xd[(size_t)r * nb + b]);
-            __m512i bs = _mm512_set1_epi32(bsum[(size_t)r * nb + b]);
-            UNROLL
-            for (int c = 0; c < C; c++) {
-                const __m512i *l = lb + c * ls;
-                __m512i I = _mm512_mullo_epi32(s[r][c], _mm512_load_si512(l + KL_SC));
-                __m512i M = _mm512_mullo_epi32(bs, _mm512_load_si512(l + KL_MN));
-                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I),
-                                            _mm512_mul_ps(dx, _mm512_castsi512_ps(_mm512_load_si512(l + KL_D))), acc[r][c]);
-                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M),
-                                            _mm512_mul_ps(dx, _mm512_castsi512_ps(_mm512_load_si512(l + KL_NMIN))),
-                                            acc[r][c]);
-            }
-        }
-    }
-    UNROLL
-    for (int r = 0; r < R; r++)
-        UNROLL
-        for (int c = 0; c < C; c++)
-            _mm512_mask_storeu_ps(y + (size_t)r * ldy + 16 * c, c == C - 1 ? keep : 0xffff, acc[r][c]);
-}
-
-static void k_tile_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int nb,
-                       const __m512i *pk, const __m512i *lanes, int R, int C, __mmask16 keep) {
-#define KT_CASE(RR, CC) \
-    case (RR) * 8 + (CC): k_tile(y, ldy, xq, xd, bsum, nb, pk, lanes, RR, CC, keep); break;
-    switch (R * 8 + C) {
-        QTILE_SHAPES(KT_CASE)
-    default: DH_ASSERT(0);
-    }
-#undef KT_CASE
-}
 
 static void matmul_q4k(float *y, int ldy, const kern_act *a, const wmat *W, int T, int o0, int o1,
                        float *scratch) {
@@ -986,8 +958,8 @@ static void matmul_q4k(float *y, int ldy, const kern_act *a, const wmat *W, int 
                 __mmask16 keep = (__mmask16)((1u << (n - (ncg - 1) * 16)) - 1);
                 k_pack(W, ob, n, pk, lanes, tail);
                 for (int t = 0; t < tn; t += QTILE_R)
-                    k_tile_any(yc + (size_t)t * ldy + ob, ldy, xq + (size_t)t * cols, xd + (size_t)t * nb,
-                               bsum + (size_t)t * nb, nb, pk, lanes, DH_MIN(QTILE_R, tn - t), ncg, keep);
+                    q_tile_any(yc + (size_t)t * ldy + ob, ldy, xq + (size_t)t * cols, xd + (size_t)t * nb,
+                               bsum + (size_t)t * nb, nb, pk, lanes, DH_MIN(QTILE_R, tn - t), ncg, keep, 1);
             }
             continue;
         }
@@ -1085,7 +1057,7 @@ static void matmul_q(float *y, int ldy, const kern_act *a, const wmat *W, int T,
             for (int t = 0; t < tn; t += QTILE_R) {
                 int R = DH_MIN(QTILE_R, tn - t);
                 q_tile_any(yc + (size_t)t * ldy + ob, ldy, xq + (size_t)t * cols,
-                           xd + (size_t)t * nb, corr + (size_t)t * nb, nb, pk, sc, R, ncg, keep);
+                           xd + (size_t)t * nb, corr + (size_t)t * nb, nb, pk, sc, R, ncg, keep, 0);
             }
         }
     }

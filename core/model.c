@@ -138,6 +138,7 @@ typedef struct convert_job {
     int to, per;
     void *buf;
     float **rows; /* a row of scratch per thread */
+    uint8_t **qrows; /* WT_G16: a quantized row per thread, before it is put in its group */
 } convert_job;
 
 /* rows [task * per, ...) of the conversion; each row on its own, so the split changes no bit */
@@ -149,6 +150,14 @@ static void convert_task(void *ctx, int task, int thread) {
     for (int r = task * j->per; r < DH_MIN(j->src->rows, (task + 1) * j->per); r++) {
         wt_row(j->src, r, row);
         size_t off = (size_t)r * cols;
+        if (j->qrows) { /* WT_G16: quantized, then put in its group of 16 rows */
+            if (j->to == DT_Q8)
+                quant_q8_row(row, cols, (wt_q8_block *)j->qrows[thread]);
+            else
+                quant_q4k_row(row, cols, j->qrows[thread]);
+            wt_g16_put_row((dh_dtype)j->to, cols, buf, r, j->qrows[thread]);
+            continue;
+        }
         switch (j->to) {
         case DT_F32: memcpy((float *)buf + off, row, (size_t)cols * sizeof *row); break;
         case DT_BF16:
@@ -165,39 +174,52 @@ static void convert_task(void *ctx, int task, int thread) {
     }
 }
 
-/* src converted to dtype `to`, in a buffer the model owns; on the nn pool's threads when it is
- * running (q4k's fits cost ~10 ns a weight), unless the load must stay on its own thread (the
- * pool is not for two callers at once) */
-static wmat convert(loader *ld, const wmat *src, int to) {
+/* Should w (q8 or q4k, row-major) be held packed as WT_G16? When the kernels read those
+ * fastest that way (kern_ops.g16) and its rows make whole groups. */
+static int want_g16(const wmat *w) {
+    const kern_ops *k = nn_kernels();
+    return k && k->g16 && wt_g16_packable(w);
+}
+
+/* src converted to dtype `to`, in a buffer the model owns, packed as WT_G16 when `pack` and
+ * want_g16; on the nn pool's threads when it is running (q4k's fits cost ~10 ns a weight),
+ * unless the load must stay on its own thread (the pool is not for two callers at once) */
+static wmat convert(loader *ld, const wmat *src, int to, int pack) {
     model *m = ld->m;
     int rows = src->rows, cols = src->cols, nt = nn_pool() && !ld->p->own_thread ? nn_threads() : 1;
     wmat w = {.dtype = (dh_dtype)to, .rows = rows, .cols = cols};
+    pack = pack && want_g16(&w);
     convert_job j = {.src = src, .to = to, .buf = own(m, wt_bytes((dh_dtype)to, (size_t)rows, (size_t)cols))};
     j.rows = xcalloc((size_t)nt, sizeof *j.rows);
     for (int t = 0; t < nt; t++) j.rows[t] = xmalloc((size_t)cols * sizeof(float));
+    if (pack) {
+        j.qrows = xcalloc((size_t)nt, sizeof *j.qrows);
+        for (int t = 0; t < nt; t++) j.qrows[t] = xmalloc(wt_bytes((dh_dtype)to, 1, (size_t)cols));
+    }
     int tasks = DH_MIN(rows, 8 * nt);
     j.per = (rows + tasks - 1) / tasks;
+    if (pack) j.per = (j.per + WT_G16_ROWS - 1) / WT_G16_ROWS * WT_G16_ROWS; /* whole groups a task */
     tasks = (rows + j.per - 1) / j.per;
     if (nt > 1) tp_run(nn_pool(), tasks, convert_task, &j);
     else
         for (int t = 0; t < tasks; t++) convert_task(&j, t, 0);
-    for (int t = 0; t < nt; t++) free(j.rows[t]);
+    for (int t = 0; t < nt; t++) {
+        free(j.rows[t]);
+        if (j.qrows) free(j.qrows[t]);
+    }
     free(j.rows);
+    free(j.qrows);
     w.p.bf16 = j.buf;
+    w.layout = pack ? WT_G16 : WT_ROWS;
     return w;
 }
 
-/* w packed as WT_G16 when the kernels read q8 fastest that way (kern_ops.g16); the
- * row-major copy is freed, or, for a q8 checkpoint's own tensor (`mapped`), its mapping
- * released. Other matrices come back as they are. */
-static wmat g16(loader *ld, wmat w, const st_tensor *mapped) {
-    const kern_ops *k = nn_kernels();
-    if (ld->rc || !k || !k->g16 || !wt_g16_packable(&w)) return w;
+/* A quantized checkpoint's own q8/q4k tensor w (mapped), packed as WT_G16 into a buffer the
+ * model owns, its mapping released, when want_g16; else w as it is. */
+static wmat g16_mapped(loader *ld, wmat w, const st_tensor *mapped) {
+    if (ld->rc || !want_g16(&w)) return w;
     wmat p = wt_g16_pack(&w, own(ld->m, wt_bytes(w.dtype, (size_t)w.rows, (size_t)w.cols)));
-    if (mapped)
-        st_release(ld->m->st, mapped);
-    else
-        disown(ld->m, w.p.q8);
+    st_release(ld->m->st, mapped);
     return p;
 }
 
@@ -218,10 +240,11 @@ static wmat load_mat_as(loader *ld, const char *name, int rows, int cols, int to
     if (!t) return w;
     wmat stored = {.dtype = stored_dt(ld->m, t), .rows = rows, .cols = cols};
     stored.p.bf16 = d;
-    if (to < 0 || to == (int)stored.dtype || !convertible(ld, name, cols, stored.dtype, to)) return g16(ld, stored, t);
-    w = convert(ld, &stored, to);
+    if (to < 0 || to == (int)stored.dtype || !convertible(ld, name, cols, stored.dtype, to))
+        return g16_mapped(ld, stored, t);
+    w = convert(ld, &stored, to, 1);
     st_release(ld->m->st, t); /* the stored copy is not needed any more */
-    return g16(ld, w, NULL);
+    return w;
 }
 
 static wmat load_mat(loader *ld, const char *name, int rows, int cols) {
@@ -260,12 +283,9 @@ static void derive_absorbed(loader *ld, mla_weights *a, const model_config *c) {
     if (to == DT_Q8 || to == DT_Q4 || to == DT_Q4K || to == DT_F32) to = ld->p->weights >= 0 ? to : DT_F32;
     if (to != DT_F32 && convertible(ld, "the absorbed W_UK", Dn, DT_F32, to) &&
         convertible(ld, "the absorbed W_UV", C, DT_F32, to)) {
-        a->w_uk_t = convert(ld, &a->w_uk_t, to);
-        a->w_uv = convert(ld, &a->w_uv, to);
-        if (C % WT_G16_ROWS == 0 && Dv % WT_G16_ROWS == 0) { /* the per-head slices stay whole groups */
-            a->w_uk_t = g16(ld, a->w_uk_t, NULL);
-            a->w_uv = g16(ld, a->w_uv, NULL);
-        }
+        int pack = C % WT_G16_ROWS == 0 && Dv % WT_G16_ROWS == 0; /* the per-head slices stay whole groups */
+        a->w_uk_t = convert(ld, &a->w_uk_t, to, pack);
+        a->w_uv = convert(ld, &a->w_uv, to, pack);
         free(uk_t);
         free(uv);
     } else {

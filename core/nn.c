@@ -258,7 +258,8 @@ double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, size_t pa
     if (!pool) pool = g_pool;
     int nt = tp_threads(pool);
     bw_job *j = xcalloc(1, sizeof *j);
-    j->k = kern_avx512() ? kern_avx512() : kern_portable();
+    j->k = kern_avx512();
+    if (!j->k) j->k = kern_portable();
     j->p = buf, j->task_bytes = mib4, j->streams = 1;
     tp_run(pool, (int)(bytes / mib4), bw_task, j); /* warm the pages */
     /* two ways of reading a pass: a contiguous share a thread in one stream (how a packed q8

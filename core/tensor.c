@@ -191,30 +191,39 @@ int wt_g16_packable(const wmat *W) {
            W->cols % WT_QBLOCK == 0;
 }
 
+void wt_g16_put_row(dh_dtype t, int cols, void *out, int r, const void *row) {
+    DH_ASSERT((t == DT_Q8 || t == DT_Q4K) && cols % WT_QBLOCK == 0 && r >= 0);
+    int i = r % WT_G16_ROWS;
+    if (t == DT_Q4K) { /* piece k's dword m of row i: 4 bytes at 256 k + 64 m + 4 i */
+        size_t rb = wt_q4k_row_bytes((size_t)cols);
+        uint8_t *g = (uint8_t *)out + (size_t)(r - i) * rb;
+        const uint8_t *s = row;
+        for (size_t k = 0; k < rb / 16; k++)
+            for (int m = 0; m < 4; m++) memcpy(g + 256 * k + 64 * (size_t)m + 4 * (size_t)i, s + 16 * k + 4 * (size_t)m, 4);
+        return;
+    }
+    size_t nb = (size_t)cols / WT_QBLOCK;
+    const wt_q8_block *s = row;
+    uint8_t *g = (uint8_t *)out + (size_t)(r - i) * nb * sizeof(wt_q8_block);
+    for (size_t b = 0; b < nb; b++) {
+        uint8_t *p = g + g16_block_off(b);
+        memcpy(p + 2 * i, &s[b].d, 2);
+        for (int v = 0; v < 8; v++) { /* bytes 4v..4v+3 of the block, the sign bits flipped */
+            uint32_t w;
+            memcpy(&w, s[b].q + 4 * v, 4);
+            w ^= 0x80808080u;
+            memcpy(p + 2 * WT_G16_ROWS + 64 * v + 4 * i, &w, 4);
+        }
+    }
+}
+
 wmat wt_g16_pack(const wmat *W, void *out) {
     DH_ASSERT(wt_g16_packable(W));
+    size_t rb = wt_bytes(W->dtype, 1, (size_t)W->cols);
+    for (int r = 0; r < W->rows; r++) wt_g16_put_row(W->dtype, W->cols, out, r, (const uint8_t *)W->p.bf16 + (size_t)r * rb);
     wmat v = *W;
     v.layout = WT_G16;
     v.p.bf16 = out;
-    if (W->dtype == DT_Q4K) {
-        size_t rb = wt_q4k_row_bytes((size_t)W->cols);
-        for (int r = 0; r < W->rows; r++)
-            for (size_t k = 0; k < rb / 16; k++)
-                for (int c = 0; c < 16; c++)
-                    ((uint8_t *)out)[g16_piece_off(rb, r, k, c)] = W->p.q4k[(size_t)r * rb + 16 * k + (size_t)c];
-        return v;
-    }
-    size_t nb = (size_t)W->cols / WT_QBLOCK;
-    for (size_t g = 0; g < (size_t)W->rows / WT_G16_ROWS; g++)
-        for (size_t b = 0; b < nb; b++) {
-            uint8_t *p = (uint8_t *)out + (g * WT_G16_ROWS * nb) * sizeof(wt_q8_block) + g16_block_off(b);
-            for (int i = 0; i < WT_G16_ROWS; i++) {
-                const wt_q8_block *s = W->p.q8 + (g * WT_G16_ROWS + (size_t)i) * nb + b;
-                memcpy(p + 2 * i, &s->d, 2);
-                for (int j = 0; j < WT_QBLOCK; j++)
-                    p[2 * WT_G16_ROWS + 64 * (j / 4) + 4 * i + j % 4] = (uint8_t)s->q[j] ^ 0x80;
-            }
-        }
     return v;
 }
 

@@ -103,6 +103,10 @@ void wt_q8_row_blocks(const wmat *W, int r, wt_q8_block *out);
 void wt_q4k_row_data(const wmat *W, int r, uint8_t *out);
 /* Can W be packed as WT_G16 (q8 or q4k, row-major, rows a multiple of 16)? */
 int wt_g16_packable(const wmat *W);
+/* Row r of a q8 or q4k matrix (row: its bytes as a file stores them) written into the
+ * WT_G16 matrix of `cols` columns at out. Rows may be written in any order, by any threads
+ * (each writes bytes of its own). */
+void wt_g16_put_row(dh_dtype t, int cols, void *out, int r, const void *row);
 /* W (packable) repacked as WT_G16 into out (wt_bytes(W->dtype, rows, cols) bytes, the
  * caller's); the view returned points at out. A pure byte shuffle: every value is kept. */
 wmat wt_g16_pack(const wmat *W, void *out);
