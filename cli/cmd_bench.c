@@ -46,7 +46,7 @@ static int cmp_d(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* GB/s of this rank's pool: the best of 2 reps passes of 256 MiB over a 1 GiB array (see
+/* GB/s of this rank's pool: the best of 3 reps passes of 256 MiB over a 1 GiB array (see
  * nn_read_bandwidth for why the best) */
 static double read_bandwidth(int reps) {
     size_t n = (size_t)1 << 30;
@@ -290,7 +290,7 @@ int cmd_bench(int argc, char **argv) {
     double bw = a.bandwidth ? read_bandwidth(16) : 0, discard[FWD_T_COUNT];
     time_shares(&R, discard); /* from zero */
     if (bw > 0)
-        fprintf(stderr, "read bandwidth (%d threads, best of 32 passes of 256 MiB, two read patterns): %.1f GB/s\n", nn_threads(), bw);
+        fprintf(stderr, "read bandwidth (%d threads, best of 48 passes of 256 MiB, three read patterns): %.1f GB/s\n", nn_threads(), bw);
     fprintf(stderr, "model %s: %.3f GB of weights read per step (%.3fB active parameters, %.2f bits each)\n",
             R.o.model_dir, model_active_bytes(R.m) / 1e9, model_active_params(R.m) / 1e9,
             8 * model_active_bytes(R.m) / model_active_params(R.m));

@@ -55,9 +55,10 @@ typedef struct kern_ops {
     /* y[i] += a * x[i], each element on its own */
     void (*axpy)(float *y, float a, const float *x, int n);
     /* Reads bytes (a multiple of 256 * streams) at p as `streams`
-     * interleaved sequential streams, as fast as this table can; returns a value of the bytes
-     * (a sum of words, so that the loads stay). For measuring the read bandwidth. */
-    uint64_t (*read)(const void *p, size_t bytes, int streams);
+     * interleaved sequential streams, as fast as this table can, prefetching `prefetch` bytes
+     * ahead in each stream (0: no software prefetch); returns a value of the bytes (a sum of
+     * words, so that the loads stay). For measuring the read bandwidth. */
+    uint64_t (*read)(const void *p, size_t bytes, int streams, int prefetch);
     /* 1 when this table reads q8 and q4k matrices fastest packed as WT_G16 (tensor.h), so
      * loaders should pack them; every table reads both layouts, with the same results. */
     int g16;

@@ -554,6 +554,23 @@ static int q_prefetch(void) {
     return pf;
 }
 
+/* How far ahead (bytes) the q4k decode kernel prefetches in the one stream of a WT_G16 matrix,
+ * 0 for not at all. Without it q4k's loads wait on memory (perf: the time sits on the
+ * instructions after its loads) and it read 13-16 GB/s on one thread where q8's packed stream
+ * reads 20; with it, 25-29. q8's packed stream does not gain (Zen 5, tg64 alternated 3 rounds:
+ * genesis-1b q8 0.90x at 8192, genesis-5b q8 1.03x at 2048; genesis-1b q4k 1.52x and -5b q4k
+ * 1.58x at 8192) and does not prefetch. DH_KERN_PREFETCH_G16=BYTES sets it (0 turns it off),
+ * for tuning on a new CPU; read once. */
+#define QPF_G16_DEFAULT 8192 /* bench_kern --decode, q4k, 0-16384 on Zen 5: 8192 best */
+static int q_prefetch_g16(void) {
+    static int pf = -1;
+    if (pf < 0) {
+        const char *e = getenv("DH_KERN_PREFETCH_G16");
+        pf = e ? DH_MAX(0, DH_MIN(atoi(e), 1 << 20)) : QPF_G16_DEFAULT;
+    }
+    return pf;
+}
+
 /* 4 activation bytes broadcast to the 16 lanes */
 AI __m512i bcast4(const int8_t *p) {
     int32_t v;
@@ -766,7 +783,8 @@ static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
  * of sub-block j pulled out with shifts and masks; per sub-block the nibbles are transposed as
  * q4's, vpdpbusd sums nibble * xq (nibbles are unsigned: no offset), and the integer I and M of
  * kern.h are two vpmulld. Each super-block prefetches q_prefetch() bytes ahead in each of the
- * 16 rows.
+ * 16 rows; packed as WT_G16, each piece of the group's one stream prefetches q_prefetch_g16()
+ * bytes ahead of it, for the first of the row chunks of 4 activations.
  *
  * Prompt processing (more than QSMALL_T rows) packs each block of 64 rows once, as q8/q4 do:
  * per group of 16 rows and sub-block, the 8 vectors of nibbles (unsigned, both halves as they
@@ -826,7 +844,10 @@ AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     for (int k0 = 0, b = 0; k0 < cols; k0 += WT_KBLOCK) {
         int ns = DH_MIN(cols - k0, WT_KBLOCK) / WT_QBLOCK;
-        if (pf)
+        if (pf && g16) /* the group's one stream: its 16 heads here, each sub-block's below */
+            UNROLL
+            for (int l = 0; l < 4; l++) _mm_prefetch((const char *)p + pf + 64 * l, _MM_HINT_T0);
+        else if (pf)
             for (int l = 0; l < 3; l++)
                 UNROLL
                 for (int i = 0; i < 16; i++) _mm_prefetch((const char *)p + pf + 64 * l + i * S, _MM_HINT_T0);
@@ -838,6 +859,9 @@ AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
             k_heads(p, S, &d, &nmin, h);
         const uint8_t *q = p + piece;
         for (int j = 0; j < ns; j++, b++, q += piece) {
+            if (pf && g16)
+                UNROLL
+                for (int l = 0; l < 4; l++) _mm_prefetch((const char *)q + pf + 64 * l, _MM_HINT_T0);
             k_scale_min(h, j, &sc, &mn);
             __m512i w[8];
             if (g16)
@@ -880,7 +904,7 @@ static void k_small_any(float *y, int ldy, const int8_t *xq, const float *xd, co
 #define KS_CASE(RR)                                                                              \
     case RR:                                                                                     \
         if (g16)                                                                                 \
-            k_small(y, ldy, xq, xd, bsum, cols, p, rw, RR, 0, 1);                                \
+            k_small(y, ldy, xq, xd, bsum, cols, p, rw, RR, pf, 1);                               \
         else if (pf)                                                                             \
             k_small(y, ldy, xq, xd, bsum, cols, p, rw, RR, pf, 0);                               \
         else                                                                                     \
@@ -969,7 +993,8 @@ static void matmul_q4k(float *y, int ldy, const kern_act *a, const wmat *W, int 
             for (int o = o0; o < o1; o += 16)
                 for (int t = 0; t < tn; t += 4)
                     k_small_any(yc + (size_t)t * ldy + o, ldy, xq + (size_t)t * cols, xd + (size_t)t * nb,
-                                bsum + (size_t)t * nb, cols, W->p.q4k + (size_t)o * rb, &rw, DH_MIN(4, tn - t), 0, 1);
+                                bsum + (size_t)t * nb, cols, W->p.q4k + (size_t)o * rb, &rw, DH_MIN(4, tn - t),
+                                t == 0 ? q_prefetch_g16() : 0, 1);
             continue;
         }
         for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {
@@ -1116,15 +1141,17 @@ static void quantize_avx(const float *x, int cols, int8_t *q, float *d) {
     }
 }
 
-/* four 64-byte loads in flight per stream step, no prefetch: on Zen 5 the hardware
- * prefetcher follows one stream a thread best (docs/performance.md) */
-static uint64_t read_avx(const void *p, size_t bytes, int streams) {
+/* four 64-byte loads in flight per stream step, and the same four lines `prefetch` bytes
+ * ahead when asked (docs/performance.md, "How the bandwidth is measured") */
+static uint64_t read_avx(const void *p, size_t bytes, int streams, int prefetch) {
     const char *c = p;
     size_t per = bytes / (size_t)streams;
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     for (size_t i = 0; i < per; i += 256)
         for (int s = 0; s < streams; s++) {
             const char *q = c + (size_t)s * per + i;
+            if (prefetch)
+                for (int l = 0; l < 4; l++) _mm_prefetch(q + prefetch + 64 * l, _MM_HINT_T0);
             a0 = _mm512_add_epi64(a0, _mm512_loadu_si512(q));
             a1 = _mm512_add_epi64(a1, _mm512_loadu_si512(q + 64));
             a2 = _mm512_add_epi64(a2, _mm512_loadu_si512(q + 128));
@@ -1148,6 +1175,7 @@ const kern_ops *kern_avx512(void) {
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
         (void)q_prefetch(); /* read the settings now, before the threads use them */
+        (void)q_prefetch_g16();
         (void)k_unpacked();
         /* the packed decode paths are the VNNI ones; DH_KERN_ROWS=1 keeps q8 and q4k row-major
          * (the previous paths, for measuring one against the other) */

@@ -177,13 +177,14 @@ static void matmul_ref(float *y, int ldy, const kern_act *a, const wmat *W, int 
     matmul_float_ref(y, ldy, a, W, T, o0, o1, scratch);
 }
 
-static uint64_t read_ref(const void *p, size_t bytes, int streams) {
+static uint64_t read_ref(const void *p, size_t bytes, int streams, int prefetch) {
     const uint64_t *w = p;
     size_t per = bytes / 8 / (size_t)streams;
     uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     for (size_t i = 0; i < per; i += 8)
         for (int s = 0; s < streams; s++) {
             const uint64_t *q = w + (size_t)s * per + i;
+            if (prefetch) __builtin_prefetch((const char *)q + prefetch);
             s0 += q[0] ^ q[4];
             s1 += q[1] ^ q[5];
             s2 += q[2] ^ q[6];

@@ -241,14 +241,16 @@ typedef struct bw_job {
     const kern_ops *k; /* the fastest table the CPU has, whichever the products use */
     const char *p;
     size_t task_bytes;
-    int streams;
+    int streams, prefetch;
     uint64_t sums[256];
 } bw_job;
+
+#define BW_PATTERNS 3 /* the read patterns of nn_read_bandwidth */
 
 static void bw_task(void *ctx, int task, int thread) {
     bw_job *j = ctx;
     /* keeps the loads from being optimised away */
-    j->sums[thread & 255] += j->k->read(j->p + (size_t)task * j->task_bytes, j->task_bytes, j->streams);
+    j->sums[thread & 255] += j->k->read(j->p + (size_t)task * j->task_bytes, j->task_bytes, j->streams, j->prefetch);
 }
 
 double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, size_t pass_bytes, int reps) {
@@ -262,19 +264,21 @@ double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, size_t pa
     if (!j->k) j->k = kern_portable();
     j->p = buf, j->task_bytes = mib4, j->streams = 1;
     tp_run(pool, (int)(bytes / mib4), bw_task, j); /* warm the pages */
-    /* two ways of reading a pass: a contiguous share a thread in one stream (how a packed q8
-     * product reads), and 4 MiB tasks of 8 interleaved streams each (how a product reading
-     * 16 rows at once does); each reps times, alternating */
+    /* three ways of reading a pass: a contiguous share a thread in one stream (how a packed q8
+     * product reads), the same prefetching 8 KiB ahead (how a packed q4k product reads), and
+     * 4 MiB tasks of 8 interleaved streams each (how a product reading 16 rows at once does);
+     * each reps times, in turn */
     size_t share = pass_bytes / (size_t)nt / mib4 * mib4;
     size_t n_slices = bytes / pass_bytes;
     double best = 0;
-    for (int r = 0; r < 2 * reps; r++) {
-        int contiguous = r % 2 == 0 && share > 0;
+    for (int r = 0; r < BW_PATTERNS * reps; r++) {
+        int contiguous = r % BW_PATTERNS < 2 && share > 0;
         j->task_bytes = contiguous ? share : mib4;
         j->streams = contiguous ? 1 : 8;
+        j->prefetch = contiguous && r % BW_PATTERNS == 1 ? 8192 : 0;
         int n_tasks = (int)(contiguous ? (size_t)nt : pass_bytes / mib4);
-        /* pass r reads slice r of the buffer: the data is never in cache from the last pass */
-        j->p = (const char *)buf + (size_t)(r / 2) % n_slices * pass_bytes;
+        /* pass r reads slice r / 3 of the buffer: the data is never in cache from the last pass */
+        j->p = (const char *)buf + (size_t)(r / BW_PATTERNS) % n_slices * pass_bytes;
         double t0 = dh_now();
         tp_run(pool, n_tasks, bw_task, j);
         double gbs = (double)j->task_bytes * n_tasks / (dh_now() - t0) * 1e-9;

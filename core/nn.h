@@ -51,13 +51,14 @@ void nn_matmul_multi(const nn_mm *mms, int n);
  * The same bits as nn_matmul_ld. For q8/q4/q4k, T x W.cols must fit nn_reserve_local. */
 void nn_matmul_local(const nn_mm *m, int thread);
 
-/* Read bandwidth in GB/s of `pool` (NULL: the nn pool) over buf (bytes, a multiple of 4 MiB) with the fastest kernel table's read (kern_ops.read): the best of 2 reps
- * passes after one warm-up over all of buf, pass r reading the pass_bytes slice r/2 mod
- * (bytes / pass_bytes) (pass_bytes a multiple of 4 MiB, at least 8 times the last-level cache
- * to measure memory), the even passes as one contiguous share a thread in one stream, the odd
- * ones as 4 MiB tasks of 8 interleaved streams (machines differ in which their prefetchers
- * follow better). The best, not the median: whatever else runs on the machine can only make a
- * pass slower, so the fastest pass is the one least disturbed (docs/performance.md). */
+/* Read bandwidth in GB/s of `pool` (NULL: the nn pool) over buf (bytes, a multiple of 4 MiB)
+ * with the fastest kernel table's read (kern_ops.read): the best of 3 reps passes after one
+ * warm-up over all of buf, pass r reading the pass_bytes slice r/3 mod (bytes / pass_bytes)
+ * (pass_bytes a multiple of 4 MiB, at least 8 times the last-level cache to measure memory), in
+ * three patterns in turn: one contiguous share a thread in one stream, the same with a software
+ * prefetch 8 KiB ahead, and 4 MiB tasks of 8 interleaved streams (machines differ in which
+ * they read fastest). The best, not the median: whatever else runs on the machine can only make
+ * a pass slower, so the fastest pass is the one least disturbed (docs/performance.md). */
 double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, size_t pass_bytes, int reps);
 
 /* y = x * rsqrt(mean(x^2) + eps) * w, per row of D (y may alias x). */
