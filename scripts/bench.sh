@@ -43,6 +43,9 @@ rounds=${DH_BENCH_ROUNDS:-1}
 # each line of $out and $out.llama starts with its round: "R genesis-1b {json}" and "R {json}"
 for cfg in $only; do
   m=${cfg%%:*} w=${cfg##*:}
+  src=$dir/genesis-$m
+  # q4k is read from a copy stored in q4k: the same bits, without its slow conversion at each load
+  if [ "$w" = q4k ]; then src=$dir/genesis-$m-q4k && ensure_quantized "$dir/genesis-$m" "$src" q4k; fi
   for r in $(seq 1 "$rounds"); do
     if [ "${DH_BENCH_LLAMA:-0}" = 1 ]; then
       echo "bench: round $r/$rounds: llama.cpp genesis-$m ${w/q4k/q4 (Q4_K_M)}" >&2
@@ -50,10 +53,10 @@ for cfg in $only; do
         scripts/bench-llamacpp.sh | sed "s/^/$r /" >>"$llama"
     fi
     echo "bench: round $r/$rounds: darkhorse genesis-$m $w" >&2
-    "$bin" bench --model "$dir/genesis-$m" --weights "$w" -t 2 -p 512 -n 64 -r "$reps" --json 2>>"$out.log" |
+    "$bin" bench --model "$src" --weights "$w" -t 2 -p 512 -n 64 -r "$reps" --json 2>>"$out.log" |
       sed "s/^/$r genesis-$m /" >>"$out"
     if [ -n "$batch" ]; then
-      "$bin" bench --model "$dir/genesis-$m" --weights "$w" -t 2 -p 0 -n 64 -b "$batch" -r "$reps" --json \
+      "$bin" bench --model "$src" --weights "$w" -t 2 -p 0 -n 64 -b "$batch" -r "$reps" --json \
         2>>"$out.log" | sed "s/^/$r genesis-$m /" >>"$out"
     fi
   done
@@ -79,7 +82,7 @@ if sys.argv[2]:
         ref.setdefault((j["model"], j["format"], j["test"]), {})[int(r)] = j["tok_s"]
     if rounds > 1: source += ", alternated with ours %d times" % rounds
 
-runs, cpus = {}, []  # (model, weights, test) -> {round: json}
+runs, cpus, round_ratios = {}, [], []  # (model, weights, test) -> {round: json}; "model w test r1 r2 ..."
 for line in open(sys.argv[1]):
     r, model, js = line.split(" ", 2)
     j = json.loads(js)
@@ -96,6 +99,7 @@ def ours_and_theirs(model, w, test):
     theirs = ref.get((model, "q4" if w == "q4k" else w, test), {})  # q4k against Q4_K_M
     ratios = [got[r]["tok_s_median"] / (theirs.get(r) or theirs.get(0)) for r in got if theirs.get(r) or theirs.get(0)]
     l = median(theirs.values()) if theirs else None
+    if rounds > 1 and ratios: round_ratios.append("%s %s %s %s" % (model, w, test, " ".join("%.2f" % x for x in ratios)))
     return med, mn, mx, l, median(ratios) if ratios else None, js
 
 def cell(x):
@@ -121,6 +125,7 @@ if batched:
     print("|---|---|---|---|---|---|")
     for m, w, t in batched:
         print("| %s | %s | %s | %s |" % (m, w, t, cell(ours_and_theirs(m, w, t))))
+if round_ratios: print("\nThe rounds' ratios, in order: " + "; ".join(round_ratios) + ".")
 print("\nCPU: %s" % "; ".join(cpus or ["unknown"]))
 print("llama.cpp: %s; Darkhorse: median of the runs%s, 2 threads, this machine." %
       (source, " (of %d rounds: the median of the rounds' medians; ratio: the median of the rounds' ratios)" % rounds if rounds > 1 else ""))

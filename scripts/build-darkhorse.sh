@@ -21,3 +21,12 @@ ensure_model() {
   mkdir -p "$(dirname "$2")"
   "$bin" init-model --preset "$1" --out "$2"
 }
+
+# ensure_quantized SRC DIR WEIGHTS: a copy of checkpoint SRC stored in WEIGHTS (darkhorse quantize)
+# in DIR, made again when SRC is newer. Loading it gives the same bits as --weights WEIGHTS on SRC,
+# without quantizing at every load (q4k's conversion of genesis-5b takes about 90 s).
+ensure_quantized() {
+  [ -f "$2/model.safetensors" ] && [ "$2/model.safetensors" -nt "$1/model.safetensors" ] && return 0
+  echo "$_dh_name: storing $1 in $3 in $2 (once)" >&2
+  "$bin" quantize --model "$1" --out "$2" --weights "$3"
+}
