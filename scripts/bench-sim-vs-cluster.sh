@@ -9,14 +9,22 @@
 #            The plans' order alternates between rounds (drift within a round would otherwise
 #            be charged to the plan measured last). Then the same pairs at batch 1
 #            (contiguous): the latency calibration. Raw JSON,
-#            plans, load tables and the load average before each pair into DATA.
+#            plans, load tables and the load average before each pair into DATA. Each round
+#            also measures the read bandwidth (darkhorse bench's vector reader) on one thread
+#            and on as many threads as the workers (bandwidth.txt): the calibration's expert
+#            rate is one thread's, and the simulator's --mem-gbs is what the host's workers
+#            read together.
 #   predict  `darkhorse simulate` of each cluster run with the host model (3 ranks on this
 #            machine's cores) and its own calibration, and the table of medians on stdout. The one
+#            host's read bandwidth for weights is the fitted one-thread rate times the measured
+#            ratio of the workers' threads' bandwidth to one thread's (bandwidth.txt). The one
 #            fitted figure is the per-message latency: the batch-1 exchange measured, less what
 #            the simulator predicts for it with no latency, over 2 messages and 8 MoE layers.
 #            Link bandwidth (shared memory) is taken as 40 Gbit/s: at batch 64, 8 MB a step,
 #            2 ms of a step near a second, so its exact value does not matter here.
-#   scripts/bench-sim-vs-cluster.sh [measure|latency|predict|all]   (default all)
+#   bandwidth  RUNS passes of the read bandwidth only, added to DATA/bandwidth.txt (for data
+#            measured before the script took it)
+#   scripts/bench-sim-vs-cluster.sh [measure|latency|bandwidth|predict|all]   (default all)
 # Env: MODEL (default /work/models-local/genesis-1b, made if missing), DATA (default
 # docs/cluster-data), RUNS (3), N (generated tokens per run, 16), REPS (timed runs per bench, 1).
 set -euo pipefail
@@ -30,6 +38,7 @@ trace=data/traces/esft.dhtrace
 ensure_model genesis-1b "$model"
 mkdir -p "$data"
 cores=$(nproc)
+workers=2 # np 3: two workers, one thread each (rt_default_threads)
 
 # one in-process calibration run (1 thread) then one cluster run, side by side, so that both
 # meet the same load from other jobs: NAME B [cluster options...]
@@ -43,14 +52,24 @@ pair() {
     --routing-replay "$trace" "$@" >"$data/np3-$name.json" 2>"$data/np3-$name.err"
 }
 
+# "THREADS GB/s" of the engine's read bandwidth on 1 thread and on the workers' threads together
+bandwidth() {
+  local t
+  for t in 1 "$workers"; do
+    echo "$t $("$bin" bench --model "$model" -p 0 -n 0 --threads "$t" 2>&1 |
+      sed -n 's/^read bandwidth.*: \([0-9.]*\) GB\/s$/\1/p')" >>"$data/bandwidth.txt"
+  done
+}
 measure() {
   lscpu | grep 'Model name' | sed 's/  */ /g' >"$data/cpu.txt"
   : >"$data/load.txt"
+  : >"$data/bandwidth.txt"
   echo "routing counts for balanced: in process, batch 64, $N steps twice" >&2
   rm -f "$data/routing.txt"
   "$bin" bench --model "$model" -p 0 -n "$N" -b 64 -r 1 --no-bandwidth --routing-replay "$trace" \
     --routing-stats "$data/routing.txt" >/dev/null 2>"$data/routing.err"
   for i in $(seq 1 "$RUNS"); do
+    bandwidth
     # the plans' order alternates from round to round: the machine's speed drifts within a round,
     # and a plan always measured last would carry the drift as if it were the plan's
     algos="contiguous balanced"
@@ -79,15 +98,31 @@ latency() {
 }
 
 predict() {
-  python3 - "$bin" "$data" "$trace" "$model" "$cores" "$RUNS" <<'PY'
+  python3 - "$bin" "$data" "$trace" "$model" "$cores" "$RUNS" "$workers" <<'PY'
 import json, statistics, subprocess, sys
 bin_, data, trace, model, cores, runs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+workers = int(sys.argv[7])
 def load(path): return json.loads(open(path).read().strip().split("\n")[-1])
 cfg = json.load(open(f"{model}/config.json"))
 D, F, E, K = cfg["hidden_size"], cfg["moe_intermediate_size"], cfg["n_routed_experts"], cfg["num_experts_per_tok"]
 NS, M = cfg["n_shared_experts"], cfg["num_hidden_layers"] - cfg["first_k_dense_replace"]  # decode: no MTP block
 EB = 3 * D * F * 2  # bytes of one bf16 expert
 med = statistics.median
+# The fit below gives one thread's weight rate (the in-process runs are at --threads 1); the
+# simulator shares --mem-gbs, a host's bandwidth, among the host's workers. What the workers read
+# together is one thread's rate times the measured ratio of their threads' bandwidth to one's.
+bws = {}
+try:
+    lines = open(f"{data}/bandwidth.txt").readlines()
+except FileNotFoundError:
+    sys.exit(f"bench-sim-vs-cluster: no {data}/bandwidth.txt (measure writes it; for data measured without it, "
+             f"'bandwidth' adds {runs} passes taken now)")
+for line in lines:
+    t, g = line.split()
+    bws.setdefault(int(t), []).append(float(g))
+host_ratio = med(bws[workers]) / med(bws[1])
+print(f"read bandwidth: {med(bws[1]):.1f} GB/s on 1 thread, {med(bws[workers]):.1f} on {workers}: "
+      f"the host reads {host_ratio:.2f} times one thread's rate", file=sys.stderr)
 def sim(B, plan, extra):
     out = subprocess.run([bin_, "simulate", "--trace", trace, "--plan", plan, "--batch", str(B), "--mode", "decode",
                           "--model", model, "--json", "--no-mtp"] + extra, capture_output=True, text=True, check=True).stdout
@@ -117,7 +152,8 @@ def own(name):
 def simulate(B, plan, link_us, name, i):
     gbs, gflops = fit(i)
     return sim(B, plan, ["--ranks-per-host", "3", "--cores-per-host", str(cores), "--coord-ms", "%.3f" % own(name),
-                         "--worker-rate", "%.4f" % gflops, "--coord-gflops", "%.4f" % gflops, "--mem-gbs", "%.4f" % gbs,
+                         "--worker-rate", "%.4f" % gflops, "--coord-gflops", "%.4f" % gflops,
+                         "--mem-gbs", "%.4f" % (gbs * host_ratio),
                          "--link-gbps", "40", "--link-us", "%.3f" % link_us])
 for i in range(1, runs + 1):
     gbs, gflops = fit(i)
@@ -129,7 +165,8 @@ lat_us = max(0.001, med(x - p for x, p in zip(x1, p1)) / (2 * M) * 1e3)  # --lin
 print(f"latency calibration: batch 1 exchange {med(x1):.2f} ms a step measured, {med(p1):.2f} ms predicted without "
       f"latency: {lat_us:.0f} us a message", file=sys.stderr)
 fits = [fit(i) for i in range(1, runs + 1)]
-json.dump({"read_gbs": med(f[0] for f in fits), "gflops": med(f[1] for f in fits), "latency_us": lat_us,
+json.dump({"read_gbs": med(f[0] for f in fits), "host_read_ratio": host_ratio, "gflops": med(f[1] for f in fits),
+           "latency_us": lat_us,
            "coord_ms": {B: med(own(f"{a}-b{B}-{i}") for a in ("contiguous", "balanced") for i in range(1, runs + 1))
                         for B in (16, 64)}},
           open(f"{data}/calibration.json", "w"), indent=1)
@@ -154,7 +191,8 @@ PY
 case $what in
 measure) measure ;;
 latency) latency ;;
+bandwidth) for i in $(seq 1 "$RUNS"); do bandwidth; done ;;
 predict) predict ;;
 all) measure; predict ;;
-*) echo "usage: $0 [measure|latency|predict|all]" >&2; exit 2 ;;
+*) echo "usage: $0 [measure|latency|bandwidth|predict|all]" >&2; exit 2 ;;
 esac
