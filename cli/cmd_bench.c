@@ -61,34 +61,41 @@ typedef struct bench_args {
     int p, n, batch, reps, json, bandwidth;
 } bench_args;
 
+/* the clocks bench reads: the forward's parts [0, FWD_T_COUNT), then these */
+enum { BT_EXCHANGE = FWD_T_COUNT, BT_WORKER, BT_CLOCKS };
+
 typedef struct result {
     char test[32];
     double med, mn, mx; /* tok/s */
     double step_ms;     /* median step time */
-    double part_ms[FWD_T_COUNT + 1]; /* per step of the timed runs: the forward's parts, the exchange */
-    double forks[FWD_T_COUNT + 1];   /* per step of the timed runs: the pool's fork-joins in each
-                                        part of the forward pass, then in all (tp_forks) */
+    double part_ms[BT_CLOCKS]; /* per step of the timed runs: the forward's parts, the exchange,
+                                  the slowest worker's compute in each exchange */
+    double forks[BT_CLOCKS];   /* per step of the timed runs: the pool's fork-joins in each part
+                                  of the forward pass, then in all (tp_forks) */
 } result;
 
-/* seconds so far in each part of the forward pass, and in the exchange */
-static void part_clock(const rt *R, double *t /* [FWD_T_COUNT + 1] */) {
+/* seconds so far in each part of the forward pass, in the exchange, and in the slowest
+ * worker's compute of each exchange (as the workers report it) */
+static void part_clock(const rt *R, double *t /* [BT_CLOCKS] */) {
     fwd_times(R->f, t);
-    t[FWD_T_COUNT] = R->clustered ? R->stats->exchange_s : 0;
+    t[BT_EXCHANGE] = R->clustered ? R->stats->exchange_s : 0;
+    t[BT_WORKER] = R->clustered ? R->stats->slowest_s : 0;
 }
 
 /* the pool's fork-joins so far in each part of the forward pass, then in all */
-static void fork_clock(const rt *R, unsigned long *n /* [FWD_T_COUNT + 1] */) {
+static void fork_clock(const rt *R, unsigned long *n /* [BT_CLOCKS] */) {
     fwd_forks(R->f, n);
     n[FWD_T_COUNT] = tp_forks(nn_pool());
+    n[BT_WORKER] = 0;
 }
 
 /* res->part_ms and res->forks from the clocks at the first timed run, over steps steps */
 static void part_ms(const rt *R, const double *t0, const unsigned long *n0, double steps, result *res) {
-    double t[FWD_T_COUNT + 1];
-    unsigned long n[FWD_T_COUNT + 1];
+    double t[BT_CLOCKS];
+    unsigned long n[BT_CLOCKS];
     part_clock(R, t);
     fork_clock(R, n);
-    for (int i = 0; i <= FWD_T_COUNT; i++) {
+    for (int i = 0; i < BT_CLOCKS; i++) {
         res->part_ms[i] = 1e3 * (t[i] - t0[i]) / steps;
         res->forks[i] = (double)(n[i] - n0[i]) / steps;
     }
@@ -138,8 +145,8 @@ static int bench_tg(rt *R, const bench_args *a, result *res) {
     fwd_row *rows = xmalloc((size_t)B * sizeof *rows);
     float *logits = xmalloc(xmul((size_t)B * V, sizeof *logits));
     int *seqs = xmalloc((size_t)B * sizeof *seqs);
-    double clock0[FWD_T_COUNT + 1] = {0};
-    unsigned long forks0[FWD_T_COUNT + 1] = {0};
+    double clock0[BT_CLOCKS] = {0};
+    unsigned long forks0[BT_CLOCKS] = {0};
     double *toks = xmalloc((size_t)(a->reps + 1) * sizeof *toks), *steps = xmalloc((size_t)(a->reps + 1) * sizeof *steps);
     int rc = 0;
     for (int r = 0; r <= a->reps && !rc; r++) {
@@ -219,9 +226,9 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
     const double *pm = res->part_ms;
     if (gen)
         json_object_set_new(j, "ms_per_step",
-                            json_pack("{s:f, s:f, s:f, s:f, s:f}", "attention", pm[FWD_T_ATTENTION], "moe",
+                            json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "attention", pm[FWD_T_ATTENTION], "moe",
                                       pm[FWD_T_MOE], "dense", pm[FWD_T_DENSE], "head", pm[FWD_T_HEAD], "exchange",
-                                      pm[FWD_T_COUNT]));
+                                      pm[BT_EXCHANGE], "worker_compute", pm[BT_WORKER]));
     if (gen)
         json_object_set_new(j, "forks_per_step",
                             json_pack("{s:f, s:f, s:f, s:f, s:f}", "attention", fk[FWD_T_ATTENTION], "moe",

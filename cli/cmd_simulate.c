@@ -319,6 +319,7 @@ int cmd_simulate(int argc, char **argv) {
     json_object_set_new(j, "bytes_per_token", json_real(r.bytes_per_token));
     json_object_set_new(j, "step_ms_mean", json_real(r.step_ms_mean));
     json_object_set_new(j, "exchange_ms_mean", json_real(r.exchange_ms_mean));
+    json_object_set_new(j, "worker_compute_ms_mean", json_real(r.worker_compute_ms_mean));
     json_object_set_new(j, "coord_ms_mean", json_real(r.coord_ms_mean));
     json_object_set_new(j, "touched_mean", json_real(r.touched_mean));
     json_object_set_new(j, "steps", json_integer(r.steps));

@@ -244,7 +244,8 @@ static void stats_copy(ls_stats *dst, const ls_stats *src) {
     DH_ASSERT(dst->n_layers == src->n_layers && dst->n_experts == src->n_experts && dst->n_workers == src->n_workers);
     memcpy(dst->routed, src->routed, (size_t)src->n_layers * DH_MAX(src->n_experts, 1) * sizeof *dst->routed);
     memcpy(dst->workers, src->workers, ((size_t)src->n_workers + 1) * sizeof *dst->workers);
-    dst->exchange_s = src->exchange_s, dst->wait_s = src->wait_s, dst->steps = src->steps;
+    dst->exchange_s = src->exchange_s, dst->wait_s = src->wait_s, dst->slowest_s = src->slowest_s;
+    dst->steps = src->steps;
 }
 
 void engine_get_stats(engine *e, ls_stats *out) {

@@ -152,6 +152,7 @@ static int mpi_finish(moe_backend *base, float *out) {
         }
     // out[t] = sum of the workers' partial sums, in ascending rank
     memset(out, 0, (size_t)b->T * D * sizeof *out);
+    double slowest = 0;
     for (int wk = 1; wk <= W; wk++) {
         const unsigned char *part = b->recvbuf + b->rd[wk];
         const int *tk = b->tok + (size_t)wk * b->R;
@@ -164,7 +165,9 @@ static int mpi_finish(moe_backend *base, float *out) {
         }
         b->c->stats->workers[wk].compute_s += b->st[wk].compute_s;
         b->c->stats->workers[wk].expert_tokens += (uint64_t)b->st[wk].n_pairs;
+        slowest = DH_MAX(slowest, b->st[wk].compute_s);
     }
+    b->c->stats->slowest_s += slowest;
     double t1 = dh_now();
     b->c->stats->wait_s += t1 - t0;
     b->c->stats->exchange_s += t1 - b->t_start;

@@ -25,6 +25,7 @@ typedef struct ls_stats {
     ls_worker *workers;     /* [n_workers + 1], by rank; [0] is the coordinator itself */
     double exchange_s;      /* coordinator time from dispatch to combine */
     double wait_s;          /* of which spent waiting for workers after its own work */
+    double slowest_s;       /* the slowest worker's reported compute in each exchange, summed */
     uint64_t steps;         /* MoE exchanges */
 } ls_stats;
 

@@ -125,6 +125,7 @@ typedef struct sim_run_state {
     double fan_sum;
     uint64_t fan_n;
     double bytes;
+    double compute_s;     /* the slowest worker's compute (no link terms), summed over (layer, step) */
 } sim_run_state;
 
 /* One (layer, step): assign, count, and return the predicted exchange seconds. */
@@ -162,20 +163,21 @@ static double layer_step(sim_run_state *st, disp_state *d, const place_plan *p, 
     for (int w = 1; w <= W; w++) st->touched_sum += st->touched[w];
     st->touched_n++;
     double bw = sim_read_gbs(sp) * 1e9;
-    double worst = 0, act = (double)sp->wire_bytes * sp->hidden_size, all_req = 0, all_rep = 0;
+    double worst = 0, worst_c = 0, act = (double)sp->wire_bytes * sp->hidden_size, all_req = 0, all_rep = 0;
     double fw = sp->ranks_per_host > 0 ? DH_MIN(1.0, (double)sp->cores_per_host / sp->ranks_per_host) : 1.0;
     for (int w = 1; w <= W; w++) {
         double req = st->rows[w] * (K * 8.0 + act), rep = st->rows[w] * act;
         double rate = (sp->worker_gflops ? sp->worker_gflops[w - 1] : SIM_DEFAULT_GFLOPS) * 1e9;
-        double s = 2 * sp->link_us * 1e-6 + (req + rep) * 8 / (sp->link_gbps * 1e9) +
-                   st->load[w] * 6.0 * sp->hidden_size * sp->ffn_size / (rate * fw) +
+        double c = st->load[w] * 6.0 * sp->hidden_size * sp->ffn_size / (rate * fw) +
                    (bw > 0 ? st->touched[w] * sp->expert_bytes / bw : 0);
-        worst = DH_MAX(worst, s);
+        double s = 2 * sp->link_us * 1e-6 + (req + rep) * 8 / (sp->link_gbps * 1e9) + c;
+        worst = DH_MAX(worst, s), worst_c = DH_MAX(worst_c, c);
         sim_worker *sw = &r->workers[w];
         sw->pairs += (uint64_t)st->load[w], sw->rows += (uint64_t)st->rows[w];
         sw->bytes_in += (uint64_t)req, sw->bytes_out += (uint64_t)rep, sw->busy_s += s;
         st->bytes += req + rep, all_req += req, all_rep += rep;
     }
+    st->compute_s += worst_c;
     /* the coordinator's link carries every request out and every reply in (full duplex) */
     if (sp->coord_link_gbps > 0)
         worst = DH_MAX(worst, 2 * sp->link_us * 1e-6 + DH_MAX(all_req, all_rep) * 8 / (sp->coord_link_gbps * 1e9));
@@ -277,6 +279,7 @@ int sim_run(const trace *t, const place_plan *p, const sim_params *sp, sim_resul
     r->step_ms_mean = r->steps ? time_sum * 1e3 / (double)r->steps : 0;
     r->exchange_ms_mean = r->steps ? xchg_sum * 1e3 / (double)r->steps : 0;
     r->coord_ms_mean = r->steps ? coord_sum * 1e3 / (double)r->steps : 0;
+    r->worker_compute_ms_mean = r->steps ? st.compute_s * 1e3 / (double)r->steps : 0;
     r->touched_mean = st.touched_n ? st.touched_sum / (double)st.touched_n : 0;
     disp_free(d);
     stepper_free(&s);

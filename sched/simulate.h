@@ -74,6 +74,8 @@ typedef struct sim_result {
     double step_ms_mean;         /* predicted, all layers of a step (+ the coordinator's own work) */
     double exchange_ms_mean;     /* of which from dispatch to combine, all layers */
     double coord_ms_mean;        /* of which the coordinator's own work outside the exchange */
+    double worker_compute_ms_mean; /* the slowest worker's compute in each layer (no link terms),
+                                      all layers: what the cluster's worker_compute measures */
     double touched_mean;         /* distinct (worker, expert) of a (layer, step) with any pairs, averaged */
     long steps, tokens;
     int n_workers;

@@ -170,8 +170,8 @@ json.dump({"read_gbs": med(f[0] for f in fits), "host_read_ratio": host_ratio, "
            "coord_ms": {B: med(own(f"{a}-b{B}-{i}") for a in ("contiguous", "balanced") for i in range(1, runs + 1))
                         for B in (16, 64)}},
           open(f"{data}/calibration.json", "w"), indent=1)
-print("| batch | plan | step ms measured | predicted (A) | error | predicted (B) | error | dispatch-to-combine ms measured | predicted | error | coordinator's own ms, measured / predicted |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| batch | plan | step ms measured | predicted (A) | error | predicted (B) | error | dispatch-to-combine ms measured | predicted | error | of which the slowest worker's compute, measured / predicted | coordinator's own ms, measured / predicted |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for B in (16, 64):
     for algo in ("contiguous", "balanced"):
         ms = [load(f"{data}/np3-{algo}-b{B}-{i}.json") for i in range(1, runs + 1)]
@@ -180,11 +180,16 @@ for B in (16, 64):
         xchg, pxchg = med(m["ms_per_step"]["exchange"] for m in ms), med(p["exchange_ms_mean"] for p in ps)
         mown = med(m["ms_per_step"]["attention"] + m["ms_per_step"]["dense"] + m["ms_per_step"]["head"] for m in ms)
         pown = med(p["coord_ms_mean"] for p in ps)
+        # the slowest worker's compute in each exchange, as the workers report it (bench since
+        # 2026-12-06 04:00; earlier runs lack it), against the simulator's compute term
+        wc = [m["ms_per_step"].get("worker_compute") for m in ms]
+        mwc = "%.0f" % med(wc) if None not in wc else "-"
+        pwc = med(p["worker_compute_ms_mean"] for p in ps)
         # (B): the coordinator's own parts as the cluster run measured them (FWD_T_* on rank 0)
         pstep_b = med(p["step_ms_mean"] - p["coord_ms_mean"] for p in ps) + mown
         print(f"| {B} | {algo} | {step:.0f} | {pstep:.0f} | {100 * (pstep / step - 1):+.0f}% | {pstep_b:.0f} | "
               f"{100 * (pstep_b / step - 1):+.0f}% | {xchg:.0f} | {pxchg:.0f} | "
-              f"{100 * (pxchg / xchg - 1):+.0f}% | {mown:.0f} / {pown:.0f} |")
+              f"{100 * (pxchg / xchg - 1):+.0f}% | {mwc} / {pwc:.0f} | {mown:.0f} / {pown:.0f} |")
 PY
 }
 

@@ -211,6 +211,7 @@ static void test_simulate_host_model_shares_cores_and_adds_the_coordinator(void)
     sim_result r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
     CU_ASSERT_EQUAL(r.steps, 2);
     CLOSE(r.exchange_ms_mean, 2146);
+    CLOSE(r.worker_compute_ms_mean, 864); /* 2146 less the link's 2 + 1280 */
     CLOSE(r.coord_ms_mean, 564);
     CLOSE(r.step_ms_mean, 2710);
     sim_result_free(&r);
@@ -256,6 +257,7 @@ static void test_simulate_host_model_shares_cores_and_adds_the_coordinator(void)
     sp.ranks_per_host = 3, sp.cores_per_host = 2, sp.coord_threads = 2;
     r = replay(make_trace(2, lens, ids), make_plan(1, contiguous), &sp);
     CLOSE(r.exchange_ms_mean, 2146 + 4000);
+    CLOSE(r.worker_compute_ms_mean, 864 + 4000);
     sim_result_free(&r);
     sp.ranks_per_host = 0, sp.cores_per_host = 0, sp.coord_threads = 0, sp.mem_gbs = 0;
     /* skip_last: of 2 layers only the first runs (the second, the MTP block's, would double it) */
