@@ -540,6 +540,16 @@ AI void q4_rows(const uint8_t *p, const qrows *r, __m512i w[8], int hi16) {
     nib_rows(p + offsetof(wt_q4_block, q), r->stride, w, hi16);
 }
 
+/* *v, or the environment's `name` (bytes, 0 to max) or dflt when *v is still -1: a setting read
+ * once (kern_avx512() reads them all before any thread uses them) */
+static int env_bytes(int *v, const char *name, int dflt, int max) {
+    if (*v < 0) {
+        const char *e = getenv(name);
+        *v = e ? DH_MAX(0, DH_MIN(atoi(e), max)) : dflt;
+    }
+    return *v;
+}
+
 /* How far ahead (bytes of each row) the q8/q4/q4k decode kernels prefetch, 0 for not at all:
  * a block of 64 rows is read as 16 interleaved streams a register (rows 4 apart), more than
  * the hardware prefetchers follow well. DH_KERN_PREFETCH=BYTES sets it (0 turns it off), for
@@ -547,11 +557,7 @@ AI void q4_rows(const uint8_t *p, const qrows *r, __m512i w[8], int hi16) {
 #define QPF_DEFAULT 512 /* measured 512-4096 on Zen 5 (bench_kern, q8 cold): 512 best, 2-2.5x none */
 static int q_prefetch(void) {
     static int pf = -1;
-    if (pf < 0) {
-        const char *e = getenv("DH_KERN_PREFETCH");
-        pf = e ? DH_MAX(0, DH_MIN(atoi(e), 1 << 16)) : QPF_DEFAULT;
-    }
-    return pf;
+    return env_bytes(&pf, "DH_KERN_PREFETCH", QPF_DEFAULT, 1 << 16);
 }
 
 /* How far ahead (bytes) the q4k decode kernel prefetches in the one stream of a WT_G16 matrix,
@@ -564,11 +570,7 @@ static int q_prefetch(void) {
 #define QPF_G16_DEFAULT 8192 /* bench_kern --decode, q4k, 0-16384 on Zen 5: 8192 best */
 static int q_prefetch_g16(void) {
     static int pf = -1;
-    if (pf < 0) {
-        const char *e = getenv("DH_KERN_PREFETCH_G16");
-        pf = e ? DH_MAX(0, DH_MIN(atoi(e), 1 << 20)) : QPF_G16_DEFAULT;
-    }
-    return pf;
+    return env_bytes(&pf, "DH_KERN_PREFETCH_G16", QPF_G16_DEFAULT, 1 << 20);
 }
 
 /* 4 activation bytes broadcast to the 16 lanes */
