@@ -561,16 +561,16 @@ static int q_prefetch(void) {
 }
 
 /* How far ahead (bytes) the q4k decode kernel prefetches in the one stream of a WT_G16 matrix,
- * 0 for not at all. Without it q4k's loads wait on memory (perf: the time sits on the
- * instructions after its loads) and it read 13-16 GB/s on one thread where q8's packed stream
+ * 0 for not at all. On Zen 5 (AMD EPYC), without it q4k's loads wait on memory (perf: the
+ * time sits on the instructions after its loads) and it read 13-16 GB/s on one thread where q8's packed stream
  * reads 20; with it, 25-29. q8's packed stream does not gain (Zen 5, tg64 alternated 3 rounds:
  * genesis-1b q8 0.90x at 8192, genesis-5b q8 1.03x at 2048; genesis-1b q4k 1.52x and -5b q4k
- * 1.58x at 8192) and does not prefetch. DH_KERN_PREFETCH_G16=BYTES sets it (0 turns it off),
- * for tuning on a new CPU; read once. */
-#define QPF_G16_DEFAULT 8192 /* bench_kern --decode, q4k, 0-16384 on Zen 5: 8192 best */
+ * 1.58x at 8192) and does not prefetch. The default, KERN_G16_PREFETCH (kern.h), was the best
+ * of 0-8192 in bench_kern --decode on Zen 5 (and the largest tried). DH_KERN_PREFETCH_G16=BYTES
+ * sets it (0 turns it off), for tuning on a new CPU; read once. */
 static int q_prefetch_g16(void) {
     static int pf = -1;
-    return env_bytes(&pf, "DH_KERN_PREFETCH_G16", QPF_G16_DEFAULT, 1 << 20);
+    return env_bytes(&pf, "DH_KERN_PREFETCH_G16", KERN_G16_PREFETCH, 1 << 20);
 }
 
 /* 4 activation bytes broadcast to the 16 lanes */
@@ -897,8 +897,7 @@ AI void k_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
  * measuring one against the other in the same build); read once. */
 static int k_unpacked(void) {
     static int u = -1;
-    if (u < 0) u = getenv("DH_KERN_Q4K_UNPACKED") && atoi(getenv("DH_KERN_Q4K_UNPACKED")) > 0;
-    return u;
+    return env_bytes(&u, "DH_KERN_Q4K_UNPACKED", 0, 1);
 }
 
 static void k_small_any(float *y, int ldy, const int8_t *xq, const float *xd, const int32_t *bsum, int cols,
@@ -992,11 +991,12 @@ static void matmul_q4k(float *y, int ldy, const kern_act *a, const wmat *W, int 
         if (W->layout == WT_G16) { /* one sequential stream, as for q8 */
             qrows rw;
             qrows_init(&rw, rb, 1, 16);
+            int pf = q_prefetch_g16();
             for (int o = o0; o < o1; o += 16)
                 for (int t = 0; t < tn; t += 4)
                     k_small_any(yc + (size_t)t * ldy + o, ldy, xq + (size_t)t * cols, xd + (size_t)t * nb,
                                 bsum + (size_t)t * nb, cols, W->p.q4k + (size_t)o * rb, &rw, DH_MIN(4, tn - t),
-                                t == 0 ? q_prefetch_g16() : 0, 1);
+                                t == 0 ? pf : 0, 1);
             continue;
         }
         for (int ob = o0; ob < o1; ob += KERN_OBLOCK) {

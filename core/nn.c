@@ -275,7 +275,7 @@ double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, size_t pa
         int contiguous = r % BW_PATTERNS < 2 && share > 0;
         j->task_bytes = contiguous ? share : mib4;
         j->streams = contiguous ? 1 : 8;
-        j->prefetch = contiguous && r % BW_PATTERNS == 1 ? 8192 : 0;
+        j->prefetch = contiguous && r % BW_PATTERNS == 1 ? KERN_G16_PREFETCH : 0;
         int n_tasks = (int)(contiguous ? (size_t)nt : pass_bytes / mib4);
         /* pass r reads slice r / 3 of the buffer: the data is never in cache from the last pass */
         j->p = (const char *)buf + (size_t)(r / BW_PATTERNS) % n_slices * pass_bytes;

@@ -38,7 +38,8 @@ trace=data/traces/esft.dhtrace
 ensure_model genesis-1b "$model"
 mkdir -p "$data"
 cores=$(nproc)
-workers=2 # np 3: two workers, one thread each (rt_default_threads)
+ranks=3                # mpirun -np: the coordinator and its workers, all on this host
+workers=$((ranks - 1)) # one thread each when there are as many as cores (rt_default_threads)
 
 # one in-process calibration run (1 thread) then one cluster run, side by side, so that both
 # meet the same load from other jobs: NAME B [cluster options...]
@@ -48,7 +49,7 @@ pair() {
   uptime >>"$data/load.txt"
   "$bin" bench --model "$model" -p 0 -n "$N" -b "$B" -r "$REPS" --no-bandwidth --json --threads 1 \
     --routing-replay "$trace" >"$data/inproc-$name.json" 2>"$data/inproc-$name.err"
-  mpirun -np 3 --oversubscribe "$bin" bench --model "$model" -p 0 -n "$N" -b "$B" -r "$REPS" --no-bandwidth --json \
+  mpirun -np "$ranks" --oversubscribe "$bin" bench --model "$model" -p 0 -n "$N" -b "$B" -r "$REPS" --no-bandwidth --json \
     --routing-replay "$trace" "$@" >"$data/np3-$name.json" 2>"$data/np3-$name.err"
 }
 
@@ -98,10 +99,11 @@ latency() {
 }
 
 predict() {
-  python3 - "$bin" "$data" "$trace" "$model" "$cores" "$RUNS" "$workers" <<'PY'
+  python3 - "$bin" "$data" "$trace" "$model" "$cores" "$RUNS" "$ranks" <<'PY'
 import json, statistics, subprocess, sys
 bin_, data, trace, model, cores, runs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
-workers = int(sys.argv[7])
+ranks = int(sys.argv[7])
+workers = ranks - 1
 def load(path): return json.loads(open(path).read().strip().split("\n")[-1])
 cfg = json.load(open(f"{model}/config.json"))
 D, F, E, K = cfg["hidden_size"], cfg["moe_intermediate_size"], cfg["n_routed_experts"], cfg["num_experts_per_tok"]
@@ -151,7 +153,7 @@ def own(name):
     return m["attention"] + m["dense"] + m["head"]
 def simulate(B, plan, link_us, name, i):
     gbs, gflops = fit(i)
-    return sim(B, plan, ["--ranks-per-host", "3", "--cores-per-host", str(cores), "--coord-ms", "%.3f" % own(name),
+    return sim(B, plan, ["--ranks-per-host", str(ranks), "--cores-per-host", str(cores), "--coord-ms", "%.3f" % own(name),
                          "--worker-rate", "%.4f" % gflops, "--coord-gflops", "%.4f" % gflops,
                          "--mem-gbs", "%.4f" % (gbs * host_ratio),
                          "--link-gbps", "40", "--link-us", "%.3f" % link_us])
