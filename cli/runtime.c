@@ -54,6 +54,7 @@ int rt_parse_opt(rt_opts *o, int code, const char *arg) {
         o->wire_bf16 = strcmp(arg, "bf16") == 0;
         return 1;
     case 1008: o->portable = 1; return 1;
+    case 1015: o->mmap = 1; return 1;
     case 1010: o->routing_stats = arg; return 1;
     case 1012: o->trace_out = arg; return 1;
     case 1013: o->routing_replay = arg; return 1;
@@ -106,7 +107,7 @@ int rt_open_kv(rt *r, const rt_opts *o, int max_rows, int max_seq_len, int n_seq
     nn_init(rt_default_threads(o->threads), o->portable);
     r->clustered = xchg_size() > 1;
     if (r->clustered && xchg_rank() > 0) {
-        worker_opts wo = {.model_dir = o->model_dir, .weights = o->weights};
+        worker_opts wo = {.model_dir = o->model_dir, .weights = o->weights, .mmap = o->mmap};
         r->worker_rc = worker_main(&wo);
         nn_shutdown();
         return RT_WORKER;
@@ -115,6 +116,7 @@ int rt_open_kv(rt *r, const rt_opts *o, int max_rows, int max_seq_len, int n_seq
     model_params p = model_default_params();
     p.weights = o->weights;
     p.experts = !r->clustered;
+    p.copy = !o->mmap;
     r->m = model_load(o->model_dir, &p);
     if (!r->m) {
         if (r->clustered) xchg_abort(1); /* the workers wait for a hello */

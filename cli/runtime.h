@@ -27,6 +27,7 @@ typedef struct rt_opts {
     const char *routing_replay; /* replace the router's choices with this trace's (off: NULL) */
     int replay_order;          /* rpl_order */
     int replay_order_set;
+    int mmap;                  /* leave the weights mapped from the file (model_params.copy off) */
 } rt_opts;
 
 /* Long options every model command takes; codes from 1000 up. */
@@ -37,7 +38,8 @@ typedef struct rt_opts {
     {"worker-timeout", required_argument, 0, 1006}, {"wire", required_argument, 0, 1007}, \
     {"portable-kernels", no_argument, 0, 1008}, {"routing-stats", required_argument, 0, 1010}, \
     {"worker-capacity", required_argument, 0, 1011}, {"trace-out", required_argument, 0, 1012}, \
-    {"routing-replay", required_argument, 0, 1013}, {"replay-order", required_argument, 0, 1014}
+    {"routing-replay", required_argument, 0, 1013}, {"replay-order", required_argument, 0, 1014}, \
+    {"mmap", no_argument, 0, 1015}
 #define RT_HELP                                                                                  \
     "  --model DIR            checkpoint directory (config.json, *.safetensors)\n"               \
     "  --threads N            threads per rank (default: all cores, shared among local ranks)\n" \
@@ -57,7 +59,10 @@ typedef struct rt_opts {
     "  --routing-replay FILE  take every MoE layer's experts from this trace, not the router\n"    \
     "                         (off by default; docs/cluster.md)\n"                                \
     "  --replay-order O       turns (trace sequences in turn across domains, default) or domain\n" \
-    "                         (one domain after the other: a traffic shift)\n"
+    "                         (one domain after the other: a traffic shift)\n"                  \
+    "  --mmap                 compute on the file's pages, mapped, rather than on a copy of the\n" \
+    "                         weights read in at load (faster load, memory the page cache can\n" \
+    "                         share; slower steps on some machines: docs/performance.md)\n"
 
 rt_opts rt_default_opts(void);
 /* Threads for this rank's pool: requested if > 0; else all cores on rank 0 (or alone), and the

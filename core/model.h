@@ -61,6 +61,12 @@ typedef struct model_params {
     int mtp;                    /* load the MTP block when the checkpoint has one */
     int own_thread;             /* convert on the calling thread only, never on the nn pool (a
                                    load on a helper thread beside a serving one) */
+    int copy;                   /* matrices kept as stored get memory of the model's own, copied
+                                   from the file, not the file's pages mapped: on the AMD EPYC
+                                   (Zen 5) VM measured, products read the page cache's pages
+                                   1.2-1.5 times slower (docs/performance.md). Off by default (a
+                                   load for the shapes alone, or one beside serving that pages in
+                                   at its own pace); the commands' --mmap leaves it off */
 } model_params;
 
 typedef struct model {

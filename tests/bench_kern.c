@@ -255,8 +255,9 @@ static void bench_dtype(dh_dtype dt, void *big, float *x, float *y, const bench_
 
 /* ---- decode shapes and the T sweep (--decode, --sweep) ---- */
 
-/* the matrices decode streams: genesis-1b's and genesis-5b's lm_head, their routed experts */
-static const int decode_shapes[][2] = {{129280, 1024}, {129280, 2048}, {640, 2048}, {384, 1024}};
+/* the matrices decode streams: genesis-1b's and genesis-5b's lm_head, their routed experts'
+ * gate and up, and their down products (short rows: 640 and 384 inputs) */
+static const int decode_shapes[][2] = {{129280, 1024}, {129280, 2048}, {640, 2048}, {384, 1024}, {2048, 640}, {1024, 384}};
 
 /* T = 1 and 2 on the decode shapes, cold (cycling through the 1 GiB buffer, several times the
  * 300 MB L3; an f32 129280 x 2048 matrix is 1 GB on its own), in GB/s of weights, with the

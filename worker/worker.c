@@ -251,7 +251,7 @@ static int apply_plan(wstate *s) {
     if (plan) {
         s->host = host_mask(plan, s->rank, &r.experts_hosted);
         model_params p = model_default_params();
-        p.dense = 0, p.host = s->host, p.weights = s->o->weights;
+        p.dense = 0, p.host = s->host, p.weights = s->o->weights, p.copy = !s->o->mmap;
         s->m = model_load(s->o->model_dir, &p);
         if (s->m && s->m->n_layers != plan->n_layers) {
             snprintf(err, sizeof err, "rank %d: the plan has %d layers, the model %d", s->rank, plan->n_layers,

@@ -6,6 +6,7 @@
 typedef struct worker_opts {
     const char *model_dir;
     int weights;      /* -1: stored values; else a dh_dtype for the hosted experts */
+    int mmap;         /* compute on the file's pages, not a copy (model_params.copy off) */
 } worker_opts;
 
 /* Run this rank as a worker: say hello to the coordinator, load the experts the placement
