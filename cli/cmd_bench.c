@@ -62,14 +62,15 @@ typedef struct bench_args {
 } bench_args;
 
 /* the clocks bench reads: the forward's parts [0, FWD_T_COUNT), then these */
-enum { BT_EXCHANGE = FWD_T_COUNT, BT_WORKER, BT_CLOCKS };
+enum { BT_EXCHANGE = FWD_T_COUNT, BT_WAIT, BT_WORKER, BT_CLOCKS };
 
 typedef struct result {
     char test[32];
     double med, mn, mx; /* tok/s */
     double step_ms;     /* median step time */
     double part_ms[BT_CLOCKS]; /* per step of the timed runs: the forward's parts, the exchange,
-                                  the slowest worker's compute in each exchange */
+                                  the part of it in finish (waiting, then combining), the slowest
+                                  worker's compute in each exchange */
     double forks[BT_CLOCKS];   /* per step of the timed runs: the pool's fork-joins in each part
                                   of the forward pass, then in all (tp_forks) */
 } result;
@@ -79,6 +80,7 @@ typedef struct result {
 static void part_clock(const rt *R, double *t /* [BT_CLOCKS] */) {
     fwd_times(R->f, t);
     t[BT_EXCHANGE] = R->clustered ? R->stats->exchange_s : 0;
+    t[BT_WAIT] = R->clustered ? R->stats->wait_s : 0;
     t[BT_WORKER] = R->clustered ? R->stats->slowest_s : 0;
 }
 
@@ -86,7 +88,7 @@ static void part_clock(const rt *R, double *t /* [BT_CLOCKS] */) {
 static void fork_clock(const rt *R, unsigned long *n /* [BT_CLOCKS] */) {
     fwd_forks(R->f, n);
     n[FWD_T_COUNT] = tp_forks(nn_pool());
-    n[BT_WORKER] = 0;
+    n[BT_WAIT] = n[BT_WORKER] = 0;
 }
 
 /* res->part_ms and res->forks from the clocks at the first timed run, over steps steps */
@@ -226,9 +228,10 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
     const double *pm = res->part_ms;
     if (gen)
         json_object_set_new(j, "ms_per_step",
-                            json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "attention", pm[FWD_T_ATTENTION], "moe",
-                                      pm[FWD_T_MOE], "dense", pm[FWD_T_DENSE], "head", pm[FWD_T_HEAD], "exchange",
-                                      pm[BT_EXCHANGE], "worker_compute", pm[BT_WORKER]));
+                            json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "attention", pm[FWD_T_ATTENTION],
+                                      "moe", pm[FWD_T_MOE], "dense", pm[FWD_T_DENSE], "head", pm[FWD_T_HEAD],
+                                      "exchange", pm[BT_EXCHANGE], "exchange_wait", pm[BT_WAIT], "worker_compute",
+                                      pm[BT_WORKER]));
     if (gen)
         json_object_set_new(j, "forks_per_step",
                             json_pack("{s:f, s:f, s:f, s:f, s:f}", "attention", fk[FWD_T_ATTENTION], "moe",

@@ -141,11 +141,13 @@ expect 0 "bench --replay-order turns under mpirun -np 3" mpirun -np 3 --oversubs
   -n 4 -b 3 -r 1 --no-bandwidth --threads 1 --routing-replay "$tmp/hand.dhtrace" --replay-order turns \
   --trace-out "$tmp/b3.dhtrace" --json
 # the slowest worker's compute, as the workers report it, lies inside the coordinator's
-# dispatch-to-combine time of the same steps (the simulator's calibration compares the two)
-py "bench --json under mpirun: the workers' compute is reported, and within the exchange" '
+# dispatch-to-combine time of the same steps (the simulator's calibration compares the two),
+# and so does the part of it the coordinator spends in finish (waiting, then combining)
+py "bench --json under mpirun: the workers' compute and the wait are reported, and within the exchange" '
 import json, sys
 m = json.loads(open(sys.argv[1]).read().strip().split("\n")[-1])["ms_per_step"]
 assert 0 < m["worker_compute"] <= m["exchange"], m
+assert 0 < m["exchange_wait"] <= m["exchange"], m
 ' "$tmp/out"
 "$tool" dump "$tmp/b3.dhtrace" >"$tmp/b3.txt"
 py "bench under mpirun, turns order: in turn across the domains" "$oracle" "$tmp/hand.txt" "$tmp/b3.txt" turns "$bench_steps"
