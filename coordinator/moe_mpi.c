@@ -28,6 +28,8 @@
 typedef struct moe_mpi {
     moe_backend base;   /* first */
     cluster *c;
+    FILE *log;          /* the exchange log (xchg_log_open), or NULL */
+    double t_posted;    /* this exchange's requests posted (for the log) */
     const model *m;
     int P, W, K, D, E, R;   /* ranks, workers, slots, hidden, experts, max rows */
     size_t act;             /* bytes per activation on the wire */
@@ -123,6 +125,7 @@ static int mpi_start(moe_backend *base, int layer, const float *x, int T, const 
         MPI_Irecv(&b->st[wk], sizeof b->st[wk], MPI_BYTE, wk, XCHG_TAG_STATUS, MPI_COMM_WORLD, &b->req[2 + wk]);
     int flag;
     MPI_Testall(2, b->req, &flag, MPI_STATUSES_IGNORE); /* push the first messages out now */
+    if (b->log) b->t_posted = dh_now();
     return 0;
 }
 
@@ -171,6 +174,9 @@ static int mpi_finish(moe_backend *base, float *out) {
     double t1 = dh_now();
     b->c->stats->wait_s += t1 - t0;
     b->c->stats->exchange_s += t1 - b->t_start;
+    if (b->log)
+        fprintf(b->log, "%lld\t%d\t%d\t%.6f\t%.6f\t%.6f\t%.6f\n", (long long)b->step, b->layer, b->T, b->t_start,
+                b->t_posted, t0, t1);
     b->c->stats->steps++;
     return 0;
 }
@@ -181,6 +187,7 @@ static void mpi_destroy(moe_backend *base) {
     free(b->sc), free(b->sd), free(b->rc), free(b->rd), free(b->hs), free(b->hcounts), free(b->st);
     free(b->req);
     disp_free(b->disp);
+    if (b->log) fclose(b->log);
     free(b);
 }
 
@@ -191,6 +198,7 @@ moe_backend *moe_mpi_new(const model *m, cluster *c) {
     b->P = xchg_size(), b->W = c->n_workers, b->K = m->cfg.num_experts_per_tok, b->D = m->cfg.hidden_size;
     b->E = m->cfg.n_routed_experts, b->R = c->p.max_rows;
     b->act = c->p.wire_bf16 ? 2 : 4;
+    b->log = xchg_log_open(0);
     size_t R = (size_t)b->R, W = (size_t)b->W;
     b->slot_w = xmalloc(R * b->K * sizeof *b->slot_w);
     b->n_w = xcalloc(W + 1, sizeof *b->n_w);

@@ -8,6 +8,7 @@
  * that short sleeps are short. */
 #include "exchange.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +95,22 @@ int xchg_wait(MPI_Request *reqs, int n, double deadline) {
 }
 
 void xchg_wait_idle(MPI_Request *req) { xchg_wait(req, 1, 0); }
+
+FILE *xchg_log_open(int rank) {
+    const char *dir = getenv("DH_EXCHANGE_LOG");
+    if (!dir || !*dir) return NULL;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/exchange-%d.tsv", dir, rank);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        log_warn("DH_EXCHANGE_LOG: cannot write %s: %s; no exchange log on rank %d", path, strerror(errno), rank);
+        return NULL;
+    }
+    fputs(rank == 0 ? "exchange\tlayer\ttokens\tstart\tposted\tfinish\tend\n"
+                    : "exchange\tlayer\ttokens\theader\trequest\tcompute_start\tcompute_end\treplied\n",
+          f);
+    return f;
+}
 
 int xchg_gather(const void *mine, int len, char **all, int *lens, double deadline) {
     MPI_Request r;

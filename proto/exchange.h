@@ -27,6 +27,7 @@
 #define DH_EXCHANGE_H
 #include <mpi.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define XCHG_PROTOCOL 2     /* 2: PREPARE, COMMIT and CANCEL replace protocol 1's PLAN */
 #define XCHG_TAG_STATUS 101
@@ -80,6 +81,18 @@ void xchg_iheader(const xchg_header *hs, xchg_header *hr, int *counts, MPI_Reque
 int xchg_wait(MPI_Request *reqs, int n, double deadline);
 /* Sleep-poll one request without a deadline; for workers waiting for the next operation. */
 void xchg_wait_idle(MPI_Request *req);
+
+/* The exchange log (DH_EXCHANGE_LOG=DIR, off when unset): this rank's file DIR/exchange-RANK.tsv,
+ * opened for writing with its header line, or NULL (unset, or it cannot be opened: said once).
+ * One line per MoE exchange, CLOCK_MONOTONIC seconds (dh_now), so that the ranks of one host
+ * can be laid side by side (scripts/exchange-timeline.py; docs/cluster.md). Columns:
+ *   coordinator (rank 0): exchange layer tokens start posted finish end
+ *     start: dispatch begins; posted: headers and requests posted; finish: the coordinator's
+ *     own work in the window (the shared experts) done, finish() entered; end: combined
+ *   worker: exchange layer tokens header request compute_start compute_end replied
+ *     (exchange: the coordinator's count of MoE exchanges, the same on every rank)
+ *     header: the header seen; request: the payload in; replied: reply and status sent */
+FILE *xchg_log_open(int rank);
 
 /* Gather a byte string from every rank at rank 0: on rank 0 *all is the concatenation
  * (malloc'd) and lens[size] each length; elsewhere both untouched. 0 or DH_ETIMEOUT. */

@@ -126,6 +126,7 @@ typedef struct wstate {
     /* counters for LoadReport */
     uint64_t tokens, pairs, bytes_in, bytes_out;
     double compute_s;
+    FILE *log;                  /* the exchange log (xchg_log_open), or NULL */
 } wstate;
 
 static void mem_info(uint64_t *total, uint64_t *avail) {
@@ -622,12 +623,14 @@ static void serve_moe(wstate *s, const xchg_header *hd) {
                   (long long)hd->bytes, n);
         xchg_abort(1);
     }
+    double t_header = dh_now();
     grow(s, DH_MAX(n, 1), want + 1);
     int *sc = xcalloc((size_t)P * 4, sizeof *sc), *sd = sc + P, *rcnt = sc + 2 * P, *rd = sc + 3 * P;
     rcnt[0] = (int)hd->bytes;
     MPI_Request req;
     MPI_Ialltoallv(NULL, sc, sd, MPI_BYTE, s->in, rcnt, rd, MPI_BYTE, MPI_COMM_WORLD, &req);
     xchg_wait(&req, 1, 0);
+    double t_request = dh_now();
     const int32_t *ids = (const int32_t *)s->in;
     const float *w = (const float *)(ids + (size_t)n * K);
     const void *xa = w + (size_t)n * K;
@@ -652,6 +655,9 @@ static void serve_moe(wstate *s, const xchg_header *hd) {
     MPI_Ialltoallv(reply, sc, sd, MPI_BYTE, NULL, rcnt, rd, MPI_BYTE, MPI_COMM_WORLD, &req);
     xchg_wait(&req, 1, 0);
     xchg_wait(&sreq, 1, 0);
+    if (s->log)
+        fprintf(s->log, "%lld\t%d\t%d\t%.6f\t%.6f\t%.6f\t%.6f\t%.6f\n", (long long)hd->step, hd->layer, n, t_header,
+                t_request, t0, t0 + st.compute_s, dh_now());
     free(sc);
     s->tokens += (uint64_t)n;
     s->pairs += (uint64_t)st.n_pairs;
@@ -683,6 +689,7 @@ int worker_main(const worker_opts *o) {
         return 1;
     }
     int *counts = xcalloc(4 * (size_t)s.size, sizeof *counts);
+    s.log = xchg_log_open(s.rank);
     for (int running = 1; running;) {
         MPI_Request req;
         xchg_header header, *hd = &header;
@@ -701,6 +708,7 @@ int worker_main(const worker_opts *o) {
         }
     }
     free(counts);
+    if (s.log) fclose(s.log);
     prep_free(&s);
     experts_free(s.h);
     free(s.in), free(s.x), free(s.out), free(s.wire);

@@ -149,6 +149,39 @@ m = json.loads(open(sys.argv[1]).read().strip().split("\n")[-1])["ms_per_step"]
 assert 0 < m["worker_compute"] <= m["exchange"], m
 assert 0 < m["exchange_wait"] <= m["exchange"], m
 ' "$tmp/out"
+# the exchange log (DH_EXCHANGE_LOG): every rank's file, one line per exchange, each rank's times
+# in order, the workers' exchanges among the coordinator's; and the timeline script reads it
+mkdir -p "$tmp/xlog"
+expect 0 "bench under mpirun -np 3 with DH_EXCHANGE_LOG" env DH_EXCHANGE_LOG="$tmp/xlog" mpirun -np 3 --oversubscribe \
+  -x DH_EXCHANGE_LOG "$bin" bench --model "$ref" -p 0 -n 4 -b 3 -r 1 --no-bandwidth --threads 1 \
+  --routing-replay "$tmp/hand.dhtrace"
+py "the exchange log: one file a rank, each line's times in order" '
+import csv, sys
+d = sys.argv[1]
+rows = lambda r: list(csv.DictReader(open(f"{d}/exchange-{r}.tsv"), delimiter="\t"))
+c = rows(0)
+assert len(c) > 0 and [int(r["exchange"]) for r in c] == list(range(1, len(c) + 1)), c[:3]
+for r in c:
+    t = [float(r[k]) for k in ("start", "posted", "finish", "end")]
+    assert t == sorted(t) and int(r["tokens"]) == 3, r
+ids = {int(r["exchange"]) for r in c}
+seen = 0
+for w in (1, 2):
+    for r in rows(w):
+        t = [float(r[k]) for k in ("header", "request", "compute_start", "compute_end", "replied")]
+        assert t == sorted(t) and int(r["exchange"]) in ids and 0 < int(r["tokens"]) <= 3, r
+        seen += 1
+assert seen >= len(c), (seen, len(c))  # every exchange reaches at least one worker
+' "$tmp/xlog"
+expect 0 "exchange-timeline.py summarises the log" python3 "$(dirname "$0")/../../scripts/exchange-timeline.py" \
+  "$tmp/xlog" --json
+py "exchange-timeline.py: every phase, from both sides" '
+import json, sys
+j = json.load(open(sys.argv[1]))
+for k in ("dispatch and packing", "header reaches the worker", "worker compute", "exchange"):
+    assert j[k]["n"] > 0 and j[k]["median_ms"] <= j[k]["p90_ms"] + 1e-9, (k, j.get(k))
+assert j["worker compute"]["median_ms"] <= j["exchange"]["p90_ms"] + 1e-9, j
+' "$tmp/out"
 "$tool" dump "$tmp/b3.dhtrace" >"$tmp/b3.txt"
 py "bench under mpirun, turns order: in turn across the domains" "$oracle" "$tmp/hand.txt" "$tmp/b3.txt" turns "$bench_steps"
 py "the two orders differ on this trace" '
