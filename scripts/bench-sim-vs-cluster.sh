@@ -22,6 +22,9 @@
 #            the simulator predicts for it with no latency, over 2 messages and 8 MoE layers.
 #            Link bandwidth (shared memory) is taken as 40 Gbit/s: at batch 64, 8 MB a step,
 #            2 ms of a step near a second, so its exact value does not matter here.
+#            When the cluster runs kept their exchange logs (DATA/xlog-*, DH_EXCHANGE_LOG), a
+#            second table: the rest of the exchange beside its compute, measured and predicted,
+#            and the phases of it the log times (scripts/exchange-timeline.py).
 #   bandwidth  RUNS passes of the read bandwidth only, added to DATA/bandwidth.txt (for data
 #            measured before the script took it)
 #   scripts/bench-sim-vs-cluster.sh [measure|latency|bandwidth|predict|all]   (default all)
@@ -49,7 +52,10 @@ pair() {
   uptime >>"$data/load.txt"
   "$bin" bench --model "$model" -p 0 -n "$N" -b "$B" -r "$REPS" --no-bandwidth --json --threads 1 \
     --routing-replay "$trace" >"$data/inproc-$name.json" 2>"$data/inproc-$name.err"
-  mpirun -np "$ranks" --oversubscribe "$bin" bench --model "$model" -p 0 -n "$N" -b "$B" -r "$REPS" --no-bandwidth --json \
+  # the exchange log of the cluster run (scripts/exchange-timeline.py): where the exchange goes
+  rm -rf "$data/xlog-$name" && mkdir -p "$data/xlog-$name"
+  DH_EXCHANGE_LOG="$data/xlog-$name" mpirun -np "$ranks" --oversubscribe -x DH_EXCHANGE_LOG "$bin" bench \
+    --model "$model" -p 0 -n "$N" -b "$B" -r "$REPS" --no-bandwidth --json \
     --routing-replay "$trace" "$@" >"$data/np3-$name.json" 2>"$data/np3-$name.err"
 }
 
@@ -192,6 +198,30 @@ for B in (16, 64):
         print(f"| {B} | {algo} | {step:.0f} | {pstep:.0f} | {100 * (pstep / step - 1):+.0f}% | {pstep_b:.0f} | "
               f"{100 * (pstep_b / step - 1):+.0f}% | {xchg:.0f} | {pxchg:.0f} | "
               f"{100 * (pxchg / xchg - 1):+.0f}% | {mwc} / {pwc:.0f} | {mown:.0f} / {pown:.0f} |")
+# where the rest of the exchange goes, from the cluster runs' exchange logs (measured since
+# 2026-12-06 05:50; earlier data has none): per exchange, mean ms, timed exchanges only
+import os
+if all(os.path.isdir(f"{data}/xlog-{a}-b{B}-{i}") for B in (16, 64) for a in ("contiguous", "balanced")
+       for i in range(1, runs + 1)):
+    print()
+    print("| batch | plan | rest of the exchange (less the slowest worker's compute) ms a step, measured / predicted | "
+          "header reaches a worker, ms an exchange | worker's reply sent after its compute, ms | coordinator ends after that reply, ms |")
+    print("|---|---|---|---|---|---|")
+    N = int(os.environ.get("N", "16"))
+    for B in (16, 64):
+        for algo in ("contiguous", "balanced"):
+            ph, rest, prest = [], [], []
+            for i in range(1, runs + 1):
+                out = subprocess.run(["scripts/exchange-timeline.py", f"{data}/xlog-{algo}-b{B}-{i}", "--json",
+                                      "--skip-first", str(N * M)], capture_output=True, text=True, check=True).stdout
+                ph.append(json.loads(out))
+                m = load(f"{data}/np3-{algo}-b{B}-{i}.json")["ms_per_step"]
+                rest.append(m["exchange"] - m["worker_compute"])
+                p = simulate(B, f"{data}/{algo}-b{B}.plan", lat_us, f"{algo}-b{B}-{i}", i)
+                prest.append(p["exchange_ms_mean"] - p["worker_compute_ms_mean"])
+            f = lambda k: med(x[k]["mean_ms"] for x in ph)
+            print(f"| {B} | {algo} | {med(rest):.0f} / {med(prest):.0f} | {f('header reaches the worker'):.2f} | "
+                  f"{f('worker reply sent'):.2f} | {f('coordinator ends after the reply'):.2f} |")
 PY
 }
 
