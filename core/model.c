@@ -458,7 +458,7 @@ model *model_load(const char *dir, const model_params *p) {
         free(m);
         return NULL;
     }
-        const model_config *c = &m->cfg;
+    const model_config *c = &m->cfg;
     loader ld = {.m = m, .p = p};
     int D = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
     m->has_mtp = p->mtp && c->num_nextn_predict_layers > 0;
