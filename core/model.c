@@ -214,9 +214,9 @@ static wmat convert(loader *ld, const wmat *src, int to, int pack) {
     return w;
 }
 
-/* A copy in chunks on the pool: the first touch of fresh memory is the slow part of a copy on
- * some virtual machines (3-4 s a GB on the AMD EPYC VM measured here), and two threads take
- * their faults side by side. */
+/* A copy in 4 MiB chunks on the pool: on the AMD EPYC VM measured, the first touch of fresh
+ * memory is most of a copy's time (3 s a GiB), and two threads take it side by side (genesis-1b,
+ * 2 GB: loads of 5.3-6.7 s against 6.1-7.3 s with one memcpy, 3 alternated pairs). */
 #define COPY_CHUNK ((size_t)4 << 20)
 typedef struct copy_job {
     void *dst;
@@ -231,24 +231,22 @@ static void copy_task(void *ctx, int task, int thread) {
     memcpy((char *)j->dst + o, (const char *)j->src + o, DH_MIN(COPY_CHUNK, j->n - o));
 }
 
-/* A matrix w as stored (mapped), packed as WT_G16 into a buffer the model owns when want_g16
- * (a quantized checkpoint's own q8/q4k), else copied into one when the params ask for copies,
- * its mapping released; else w as it is. */
-static wmat g16_mapped(loader *ld, wmat w, const st_tensor *mapped) {
-    if (ld->rc) return w;
+/* A matrix w kept as stored (mapped): packed as WT_G16 into a buffer the model owns when
+ * want_g16 (a quantized checkpoint's own q8/q4k), else copied into one when the params ask for
+ * copies, its mapping released either way; else w as it is, on the file's pages. */
+static wmat as_stored(loader *ld, wmat w, const st_tensor *mapped) {
+    if (ld->rc || (!want_g16(&w) && !ld->p->copy)) return w;
+    size_t n = wt_bytes(w.dtype, (size_t)w.rows, (size_t)w.cols);
     if (want_g16(&w)) {
-        w = wt_g16_pack(&w, own(ld->m, wt_bytes(w.dtype, (size_t)w.rows, (size_t)w.cols)));
-    } else if (ld->p->copy) { /* memory of the model's own (model_params.copy) */
-        size_t n = wt_bytes(w.dtype, (size_t)w.rows, (size_t)w.cols);
+        w = wt_g16_pack(&w, own(ld->m, n));
+    } else {
         copy_job j = {.dst = own(ld->m, n), .src = w.p.bf16, .n = n};
-        int tasks = (int)((n + COPY_CHUNK - 1) / COPY_CHUNK);
-        if (tasks > 1 && nn_pool() && !ld->p->own_thread)
+        int tasks = (int)((n + COPY_CHUNK - 1) / COPY_CHUNK), pool = nn_pool() && !ld->p->own_thread;
+        if (pool && tasks > 1)
             tp_run(nn_pool(), tasks, copy_task, &j);
         else
             memcpy(j.dst, j.src, n);
         w.p.bf16 = j.dst;
-    } else {
-        return w;
     }
     st_release(ld->m->st, mapped);
     return w;
@@ -272,7 +270,7 @@ static wmat load_mat_as(loader *ld, const char *name, int rows, int cols, int to
     wmat stored = {.dtype = stored_dt(ld->m, t), .rows = rows, .cols = cols};
     stored.p.bf16 = d;
     if (to < 0 || to == (int)stored.dtype || !convertible(ld, name, cols, stored.dtype, to))
-        return g16_mapped(ld, stored, t);
+        return as_stored(ld, stored, t);
     w = convert(ld, &stored, to, 1);
     st_release(ld->m->st, t); /* the stored copy is not needed any more */
     return w;

@@ -105,10 +105,10 @@ latency() {
 }
 
 predict() {
-  python3 - "$bin" "$data" "$trace" "$model" "$cores" "$RUNS" "$ranks" <<'PY'
-import json, statistics, subprocess, sys
+  python3 - "$bin" "$data" "$trace" "$model" "$cores" "$RUNS" "$ranks" "$N" <<'PY'
+import json, os, statistics, subprocess, sys
 bin_, data, trace, model, cores, runs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
-ranks = int(sys.argv[7])
+ranks, N = int(sys.argv[7]), int(sys.argv[8])
 workers = ranks - 1
 def load(path): return json.loads(open(path).read().strip().split("\n")[-1])
 cfg = json.load(open(f"{model}/config.json"))
@@ -180,10 +180,12 @@ json.dump({"read_gbs": med(f[0] for f in fits), "host_read_ratio": host_ratio, "
           open(f"{data}/calibration.json", "w"), indent=1)
 print("| batch | plan | step ms measured | predicted (A) | error | predicted (B) | error | dispatch-to-combine ms measured | predicted | error | of which the slowest worker's compute, measured / predicted | coordinator's own ms, measured / predicted |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+sims = {}  # (B, algo): each round's prediction, for both tables
 for B in (16, 64):
     for algo in ("contiguous", "balanced"):
         ms = [load(f"{data}/np3-{algo}-b{B}-{i}.json") for i in range(1, runs + 1)]
-        ps = [simulate(B, f"{data}/{algo}-b{B}.plan", lat_us, f"{algo}-b{B}-{i}", i) for i in range(1, runs + 1)]
+        ps = sims[B, algo] = [simulate(B, f"{data}/{algo}-b{B}.plan", lat_us, f"{algo}-b{B}-{i}", i)
+                              for i in range(1, runs + 1)]
         step, pstep = med(m["step_ms_median"] for m in ms), med(p["step_ms_mean"] for p in ps)
         xchg, pxchg = med(m["ms_per_step"]["exchange"] for m in ms), med(p["exchange_ms_mean"] for p in ps)
         mown = med(m["ms_per_step"]["attention"] + m["ms_per_step"]["dense"] + m["ms_per_step"]["head"] for m in ms)
@@ -200,14 +202,12 @@ for B in (16, 64):
               f"{100 * (pxchg / xchg - 1):+.0f}% | {mwc} / {pwc:.0f} | {mown:.0f} / {pown:.0f} |")
 # where the rest of the exchange goes, from the cluster runs' exchange logs (measured since
 # 2026-12-06 05:50; earlier data has none): per exchange, mean ms, timed exchanges only
-import os
 if all(os.path.isdir(f"{data}/xlog-{a}-b{B}-{i}") for B in (16, 64) for a in ("contiguous", "balanced")
        for i in range(1, runs + 1)):
     print()
     print("| batch | plan | rest of the exchange (less the slowest worker's compute) ms a step, measured / predicted | "
           "header reaches a worker, ms an exchange | worker's reply sent after its compute, ms | coordinator ends after that reply, ms |")
     print("|---|---|---|---|---|---|")
-    N = int(os.environ.get("N", "16"))
     for B in (16, 64):
         for algo in ("contiguous", "balanced"):
             ph, rest, prest = [], [], []
@@ -217,7 +217,7 @@ if all(os.path.isdir(f"{data}/xlog-{a}-b{B}-{i}") for B in (16, 64) for a in ("c
                 ph.append(json.loads(out))
                 m = load(f"{data}/np3-{algo}-b{B}-{i}.json")["ms_per_step"]
                 rest.append(m["exchange"] - m["worker_compute"])
-                p = simulate(B, f"{data}/{algo}-b{B}.plan", lat_us, f"{algo}-b{B}-{i}", i)
+                p = sims[B, algo][i - 1]
                 prest.append(p["exchange_ms_mean"] - p["worker_compute_ms_mean"])
             f = lambda k: med(x[k]["mean_ms"] for x in ph)
             print(f"| {B} | {algo} | {med(rest):.0f} / {med(prest):.0f} | {f('header reaches the worker'):.2f} | "
