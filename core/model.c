@@ -512,6 +512,46 @@ void model_release_expert(model *m, int layer, int e, const ffn_weights *f) {
     }
 }
 
+static int owned(const model *m, const void *p) {
+    for (int i = 0; i < m->n_owned; i++)
+        if (m->owned[i] == p) return 1;
+    return 0;
+}
+
+size_t model_own_experts(model *m, size_t chunk, int (*pause)(void *ctx), void *ctx) {
+    static const char *const part[3] = {"gate_proj", "up_proj", "down_proj"};
+    int E = m->cfg.n_routed_experts;
+    size_t copied = 0;
+    chunk = chunk ? chunk : COPY_CHUNK;
+    for (int l = 0; l < m->n_layers; l++) {
+        if (!m->layers[l].is_moe) continue;
+        for (int e = 0; e < E; e++) {
+            ffn_weights *f = &m->layers[l].moe.experts[e];
+            wmat *ws[3] = {&f->gate_proj, &f->up_proj, &f->down_proj};
+            for (int k = 0; k < 3 && f->gate_proj.rows; k++) {
+                const char *src = (const char *)ws[k]->p.bf16;
+                if (!src || owned(m, src)) continue; /* converted or packed at load: its own already */
+                size_t n = wt_bytes(ws[k]->dtype, (size_t)ws[k]->rows, (size_t)ws[k]->cols);
+                char *dst = own(m, n);
+                for (size_t o = 0; o < n; o += chunk) {
+                    memcpy(dst + o, src + o, DH_MIN(chunk, n - o));
+                    if (pause && pause(ctx)) { /* stopped: this one stays on its pages */
+                        disown(m, dst);
+                        return copied;
+                    }
+                }
+                ws[k]->p.bf16 = (const void *)dst;
+                copied += n;
+                char name[256];
+                snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.%s.weight", l, e, part[k]);
+                const st_tensor *t = st_find(m->st, name);
+                if (t) st_release(m->st, t);
+            }
+        }
+    }
+    return copied;
+}
+
 /* bytes (or, with params, elements) of a matrix */
 static double mat_size(const wmat *w, int params) {
     if (!w->rows) return 0.0;

@@ -10,7 +10,10 @@
 # for each re-plan, its longest step over the median of the 100 steps before, beside the same
 # ratio for every window of as many steps without a re-plan in the same run (the control: this
 # machine's own noise). The coordinator's own log lines of the re-plans are printed too.
+# At the end, the workers' load table (the server's, at exit) with each worker's compute time
+# per (token, expert) pair: an expert a worker gained computes as fast as one it kept.
 #   scripts/bench-replan.sh           DH_BENCH_DIR: where the models are kept (~/.cache/darkhorse)
+#                                     DH_BENCH_BIN: another darkhorse executable (an older build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seqs=${DH_BENCH_SEQS:-8}
@@ -18,6 +21,7 @@ gap=${DH_BENCH_GAP:-400}
 replans=${DH_BENCH_REPLANS:-3}
 moves=${DH_MAX_MOVES:-16}
 . scripts/build-darkhorse.sh bench-replan
+bin=${DH_BENCH_BIN:-$bin}
 preset=${DH_BENCH_MODEL:-genesis-1b}
 model=${DH_BENCH_DIR:-$HOME/.cache/darkhorse}/$preset
 ensure_model "$preset" "$model"
@@ -26,7 +30,7 @@ job=""
 cleanup() { # rank 0 stops the workers; mpirun then ends
   local pid
   pid=$(grep -o "; pid [0-9]*" "$tmp/serve.err" 2>/dev/null | sed 's/.* //')
-  [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
+  [ -n "$pid" ] && { kill -TERM "$pid" 2>/dev/null || true; } # stopped already at the end of a run
   [ -n "$job" ] && { for _ in $(seq 1 300); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done; kill -KILL "$job" 2>/dev/null || true; }
   rm -rf "$tmp"
 }
@@ -54,9 +58,15 @@ for i in $(seq 1 "$seqs"); do
   pids+=($!)
 done
 wait "${pids[@]}"
-grep -E "re-plan step times|the longest step|placements moved|nothing moved|mapped the new plan|in use:" "$tmp/serve.err" |
-  sed 's/^\[rank 0\] info: [a-z_.]*:[0-9]*: //'
+# stop the server, so that it prints the workers' table
+kill -TERM "$(grep -o "; pid [0-9]*" "$tmp/serve.err" | sed 's/.* //')"
+for _ in $(seq 1 600); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
+grep -E "re-plan step times|the longest step|placements moved|nothing moved|mapped the new plan|in use:|copied" \
+  "$tmp/serve.err" | sed 's/^\[rank 0\] info: [a-z_.]*:[0-9]*: //'
 echo "step times (ms) during each re-plan against windows of as many steps without one, same run:"
 scripts/replan-steps.py "$tmp/steps.log"
+echo "the workers at exit (us_per_pair: compute_s over expert-tok):"
+awk '/^worker  experts/ { on = 1; print $0 "  us_per_pair"; next }
+     on && $1 ~ /^[0-9]+$/ { printf "%s  %11.1f\n", $0, ($4 > 0 ? 1e6 * $5 / $4 : 0); next } { on = 0 }' "$tmp/serve.err"
 lscpu | grep 'Model name' || true
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) (other work on this machine)"

@@ -17,9 +17,11 @@
  * worker receives the new plan and starts a helper thread, at nice 19, that loads the experts
  * it gains, and only those, from this host's copy of the checkpoint into a load of their own
  * (a "part": model_load with the gained experts' mask, so a checkpoint replaced on disk since
- * start-up is noticed by its identity), converting them on that thread when --weights asks,
- * then touches every page of them, 4 MiB at a time with a 1 ms pause between, so that the
- * first layer after the switch takes no page faults. The experts it keeps are not mapped again:
+ * start-up is noticed by its identity), converting them on that thread when --weights asks.
+ * Those computed as stored it then copies into memory of the part's own (model_own_experts,
+ * as the start-up load copies, docs/performance.md), or with --mmap touches every page of
+ * them; either 4 MiB at a time with a 1 ms pause between, so that serving goes on and the first
+ * layer after the switch takes no page faults. The experts it keeps are not mapped again:
  * their views, pages and page-table entries stay as they are. Serving the old plan goes on
  * meanwhile on this thread, which alone calls MPI (FUNNELED); while a helper runs, the wait for
  * the next operation wakes every few milliseconds to see whether it is done, and sends the
@@ -72,15 +74,18 @@ typedef struct prep {           /* a re-plan being prepared */
     atomic_int cancel;          /* the main thread no longer wants the result */
     /* the helper's inputs */
     int rank, weights, n_layers;
+    int copy;                   /* give the gained experts memory of their own (not --mmap) */
     const char *dir;            /* the checkpoint (or the fault hook's missing path) */
     uint64_t identity;          /* the serving model's config_hash: the part must have it too */
     double delay_s;             /* DH_FAULT_MAP_DELAY */
     uint8_t *host;              /* [n_layers * E] the new plan's experts here */
     uint8_t *gain;              /* [n_layers * E] those of them not hosted now */
     /* its outputs */
-    model *m;                   /* the part: the gained experts, mapped and touched; NULL on failure */
+    model *m;                   /* the part: the gained experts, copied (or mapped and touched);
+                                   NULL on failure */
     char err[512];
     double seconds;
+    size_t copied;              /* bytes of it copied into memory of its own */
     uint32_t hosted, gained;
     /* the Ready in flight to the coordinator */
     unsigned char *ready_buf;
@@ -320,6 +325,14 @@ static void touch_experts(prep *p) {
     (void)sink;
 }
 
+/* model_own_experts' pause: the helper's between two chunks; stop when cancelled */
+static int pause_unless_cancelled(void *ctx) {
+    prep *p = ctx;
+    if (atomic_load(&p->cancel)) return 1;
+    nap_ns(TOUCH_PAUSE_NS);
+    return 0;
+}
+
 /* The helper thread: load the gained experts into a part of their own, touch them, say done.
  * It touches nothing of the serving model. No MPI here. */
 static void *prep_main(void *arg) {
@@ -343,7 +356,10 @@ static void *prep_main(void *arg) {
         snprintf(p->err, sizeof p->err, "rank %d could not map the %u experts its new plan adds from %.300s (see "
                  "that rank's log)", p->rank, p->gained, p->dir);
     }
-    if (p->m) touch_experts(p);
+    if (p->m && p->copy) /* a cancelled copy stops part-way: poll_prep drops the part */
+        p->copied = model_own_experts(p->m, TOUCH_CHUNK, pause_unless_cancelled, p);
+    else if (p->m)
+        touch_experts(p);
     p->seconds = dh_now() - t0;
     atomic_store(&p->done, 1);
     return NULL;
@@ -433,8 +449,9 @@ static void poll_prep(wstate *s) {
     }
     p->state = p->m ? PREP_READY : PREP_FAILED;
     if (p->m)
-        log_info("plan attempt %lld mapped: %u experts, %u of them new (only those mapped), in %.2f s",
-                 (long long)p->attempt, p->hosted, p->gained, p->seconds);
+        log_info("plan attempt %lld mapped: %u experts, %u of them new (only those mapped), in %.2f s; %zu bytes "
+                 "of them copied into memory of their own%s", (long long)p->attempt, p->hosted, p->gained, p->seconds,
+                 p->copied, p->copy ? "" : " (--mmap: they compute on the file's pages)");
     else
         log_error("%s", p->err);
     send_prep_ready(s, p->m ? 0 : DH_EIO, p->err);
@@ -457,7 +474,7 @@ static void prepare(wstate *s, int64_t attempt) {
     if (p->state == PREP_READY) drop_model(s, p->m); /* prepared, never committed nor cancelled */
     join_drop(s);
     free(p->host), free(p->gain);
-    p->host = p->gain = NULL, p->m = NULL, p->err[0] = 0, p->seconds = 0, p->hosted = p->gained = 0;
+    p->host = p->gain = NULL, p->m = NULL, p->err[0] = 0, p->seconds = 0, p->copied = 0, p->hosted = p->gained = 0;
     p->attempt = attempt;
     p->state = PREP_FAILED;
     if (!plan || plan->n_layers != s->m->n_layers || plan->n_experts != s->m->cfg.n_routed_experts) {
@@ -474,7 +491,7 @@ static void prepare(wstate *s, int64_t attempt) {
         p->gain[i] = p->host[i] && !s->host[i];
         p->gained += p->gain[i];
     }
-    p->rank = s->rank, p->weights = s->o->weights, p->n_layers = plan->n_layers, p->dir = s->o->model_dir;
+    p->rank = s->rank, p->weights = s->o->weights, p->copy = !s->o->mmap, p->n_layers = plan->n_layers, p->dir = s->o->model_dir;
     p->identity = s->m->config_hash;
     place_free(plan);
     const char *fail = getenv("DH_FAULT_MAP_FAIL"), *delay = getenv("DH_FAULT_MAP_DELAY");

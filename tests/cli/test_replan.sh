@@ -143,6 +143,11 @@ if [ "$mode" = live ]; then
   gl=$(sed -n 's/.*rank [12]\] info: .*plan attempt 1 in use: [0-9]* experts (\([0-9]*\) gained, \([0-9]*\) given back.*/\1 \2/p' \
     "$log_of" | awk '{g += $1; l += $2; n++} END {print n, g, l}')
   [ "$gl" = "2 $moved $moved" ] || fail "workers switched, experts gained, given back: $gl (moved $moved)"
+  # what they gained computes in memory of their own, as at start-up: every byte of it copied
+  # (three [64, 32] f32 matrices an expert in ref-tiny)
+  copied=$(sed -n 's/.*rank [12]\] info: .*plan attempt 1 mapped: .* \([0-9]*\) bytes of them copied.*/\1/p' "$log_of" |
+    awk '{s += $1} END {print s + 0}')
+  [ "$copied" = $((moved * 3 * 64 * 32 * 4)) ] || fail "the workers copied $copied bytes for $moved gained experts"
   ok "/metrics and the log: generation 2, $moved moves, imbalance before and after; the workers gained and gave back $moved each"
   # the window now holds the requests' last steps too: a re-plan may move more; the one after it,
   # with no step between, has nothing left worth moving

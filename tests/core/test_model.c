@@ -8,6 +8,7 @@
 #include "core/common.h"
 #include "core/genmodel.h"
 #include "core/model.h"
+#include "core/safetensors.h"
 #include "tests/runner.h"
 
 static const char *base_cfg =
@@ -122,11 +123,54 @@ static void test_releasing_an_expert_gives_back_its_bytes_and_keeps_the_others(v
     }
 }
 
+static int stop_after(void *ctx) { return --*(int *)ctx < 0; }
+
+/* The re-plan helper's copy: experts on the file's pages get memory of the model's own with the
+ * same bits, their mappings go, a stop part-way leaves the rest as they were, and a release
+ * still gives back an expert's bytes. */
+static void test_experts_copied_into_memory_of_their_own_keep_their_bits(void) {
+    const char *dir = make(base_cfg);
+    uint8_t host[3 * 8] = {0};
+    host[1 * 8 + 3] = host[1 * 8 + 5] = host[2 * 8 + 0] = 1;
+    const uint64_t one = 3 * 64 * 32 * 2, mat = 64 * 32 * 2; /* an expert, a matrix: bf16 */
+    model_params wp = model_default_params();
+    wp.dense = 0, wp.host = host, wp.own_thread = 1;
+    model *w = model_load(dir, &wp), *ref = model_load(dir, &wp);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(w);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ref);
+    CU_ASSERT_EQUAL(st_mapped_bytes(w->st), 3 * one);
+    /* chunks of a quarter matrix; stopped after the sixth: one matrix copied, the second left */
+    int left = 5;
+    CU_ASSERT_EQUAL(model_own_experts(w, mat / 4, stop_after, &left), mat);
+    CU_ASSERT_EQUAL(st_mapped_bytes(w->st), 3 * one - mat);
+    CU_ASSERT_EQUAL(model_weight_bytes(w), 3 * one);
+    CU_ASSERT_EQUAL(model_own_experts(w, 0, NULL, NULL), 3 * one - mat); /* the rest, in one go */
+    CU_ASSERT_EQUAL(st_mapped_bytes(w->st), 0);
+    CU_ASSERT_EQUAL(model_weight_bytes(w), 3 * one);
+    CU_ASSERT_EQUAL(model_own_experts(w, 0, NULL, NULL), 0); /* nothing left to copy */
+    int ids[3][2] = {{1, 3}, {1, 5}, {2, 0}};
+    for (int i = 0; i < 3; i++) {
+        const ffn_weights *a = &w->layers[ids[i][0]].moe.experts[ids[i][1]];
+        const ffn_weights *b = &ref->layers[ids[i][0]].moe.experts[ids[i][1]];
+        CU_ASSERT(a->gate_proj.p.bf16 != b->gate_proj.p.bf16);
+        CU_ASSERT_EQUAL(memcmp(a->gate_proj.p.bf16, b->gate_proj.p.bf16, mat), 0);
+        CU_ASSERT_EQUAL(memcmp(a->up_proj.p.bf16, b->up_proj.p.bf16, mat), 0);
+        CU_ASSERT_EQUAL(memcmp(a->down_proj.p.bf16, b->down_proj.p.bf16, mat), 0);
+    }
+    ffn_weights lost = w->layers[1].moe.experts[3];
+    memset(&w->layers[1].moe.experts[3], 0, sizeof lost);
+    model_release_expert(w, 1, 3, &lost);
+    CU_ASSERT_EQUAL(model_weight_bytes(w), 2 * one);
+    model_free(w), model_free(ref);
+}
+
 static CU_TestInfo model_tests[] = {
     {"a generated checkpoint loads whole or in parts", test_a_generated_checkpoint_loads_whole_or_in_parts},
     {"a checkpoint that disagrees with its config is refused", test_a_checkpoint_that_disagrees_with_its_config_is_refused},
     {"releasing an expert gives back its bytes and keeps the others",
      test_releasing_an_expert_gives_back_its_bytes_and_keeps_the_others},
+    {"experts copied into memory of their own keep their bits",
+     test_experts_copied_into_memory_of_their_own_keep_their_bits},
     CU_TEST_INFO_NULL,
 };
 CU_SuiteInfo model_suite = {"model", NULL, NULL, NULL, NULL, model_tests};
