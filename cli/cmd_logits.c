@@ -1,4 +1,5 @@
-/* cmd_logits.c: `darkhorse logits`: a prompt in one prefill; float32 logits to a file. */
+/* cmd_logits.c: `darkhorse logits`: a prompt in one prefill (or, with --decode, the first token
+ * as a prompt and the others as generated tokens, one step each); float32 logits to a file. */
 #include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
@@ -16,6 +17,9 @@ static void usage(FILE *f) {
             "vocab_size. With --mtp-out, the MTP head's logits for positions 0..T-2 (row i predicts\n"
             "token i+2 from the hidden state at i and token i+1).\n\n"
             "  --ids LIST       comma-separated token ids\n"
+            "  --decode         the first id as a prompt, every later one as a generated token in a\n"
+            "                   step of its own (the decode rows' attention form): the logits a\n"
+            "                   generation computes (not with --mtp-out)\n"
             "  --out FILE       where the logits go\n"
             "  --mtp-out FILE2  where the MTP logits go\n" RT_HELP);
 }
@@ -31,11 +35,12 @@ static int write_all(const char *path, const float *x, size_t n) {
 
 int cmd_logits(int argc, char **argv) {
     static const struct option opts[] = {{"ids", required_argument, 0, 'i'}, {"out", required_argument, 0, 'o'},
-                                         {"mtp-out", required_argument, 0, 'm'}, {"help", no_argument, 0, 'h'},
+                                         {"mtp-out", required_argument, 0, 'm'}, {"decode", no_argument, 0, 'd'},
+                                         {"help", no_argument, 0, 'h'},
                                          RT_LONGOPTS, {0, 0, 0, 0}};
     rt_opts ro = rt_default_opts();
     const char *ids_s = NULL, *out = NULL, *mtp_out = NULL;
-    int c, r;
+    int c, r, decode = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if ((r = rt_parse_opt(&ro, c, optarg)) < 0) return 2;
@@ -44,11 +49,12 @@ int cmd_logits(int argc, char **argv) {
         case 'i': ids_s = optarg; break;
         case 'o': out = optarg; break;
         case 'm': mtp_out = optarg; break;
+        case 'd': decode = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc || !ids_s || !out || !ro.model_dir) {
+    if (optind < argc || !ids_s || !out || !ro.model_dir || (decode && mtp_out)) {
         usage(stderr);
         return 2;
     }
@@ -73,15 +79,18 @@ int cmd_logits(int argc, char **argv) {
     float *hidden = xmalloc(xmul((size_t)T * D, sizeof(float)));
     int seq = kv_seq_open(R.kv);
     if (kv_seq_reserve(R.kv, seq, T) != 0) goto out;
-    for (int t = 0; t < T; t++) rows[t] = (fwd_row){seq, t, ids[t], FWD_NAIVE | FWD_LOGITS};
-    fwd_out fo = {.logits = logits, .hidden = hidden};
+    for (int t = 0; t < T; t++) rows[t] = (fwd_row){seq, t, ids[t], FWD_LOGITS | (decode && t ? 0 : FWD_NAIVE)};
     double t0 = dh_now();
-    int frc = fwd_step(R.f, rows, T, &fo);
+    int frc = 0;
+    for (int t = 0; t < T && !frc; t += decode ? 1 : T) { /* one step: the prompt, or each row */
+        fwd_out fo = {.logits = logits + (size_t)t * V, .hidden = hidden + (size_t)t * D};
+        frc = fwd_step(R.f, rows + t, decode ? 1 : T, &fo);
+    }
     if (frc) {
         rt_step_failed(&R, frc);
         goto out;
     }
-    log_info("prefill of %d tokens: %.3f s", T, dh_now() - t0);
+    log_info("%s of %d tokens: %.3f s", decode ? "one prompt token and decode steps" : "prefill", T, dh_now() - t0);
     if (write_all(out, logits, (size_t)T * V) != 0) goto out;
     if (mtp_out) {
         if (!R.m->has_mtp) {

@@ -59,6 +59,25 @@ for q in q8 q4; do
   expect 0 "logits with --weights $q" "$bin" logits --model "$ref" --ids "$prompt" --out "$tmp/w.f32" --weights "$q"
   cmp -s "$tmp/s.f32" "$tmp/w.f32" && pass "stored $q == $q at load" || fail "stored $q differs from $q at load"
 done
+# the decode rows too, on a model whose absorbed attention matrices can be quantized (ref-tiny's
+# heads are 16 wide, not a whole block of 32, so they stay f32 either way): a stored checkpoint
+# holds them as --weights would, not in f32
+python3 -c 'import json, sys; c = json.load(open(sys.argv[1]))
+c.update(qk_nope_head_dim=32, v_head_dim=32, kv_lora_rank=64, vocab_size=512); json.dump(c, open(sys.argv[2], "w"))' \
+  "$ref/config.json" "$tmp/absorbed-config.json" || fail "absorbed-config.json"
+expect 0 "init-model with 32-wide heads" "$bin" init-model --config "$tmp/absorbed-config.json" --out "$tmp/ab" --seed 3
+for q in q8 q4k; do
+  expect 0 "quantize it to $q" "$bin" quantize --model "$tmp/ab" --out "$tmp/ab-$q" --weights "$q"
+  expect 0 "decode logits of the stored $q checkpoint" "$bin" logits --model "$tmp/ab-$q" --ids 5,17,42,7,99,3 --decode \
+    --out "$tmp/s.f32"
+  expect 0 "decode logits with --weights $q" "$bin" logits --model "$tmp/ab" --ids 5,17,42,7,99,3 --decode \
+    --out "$tmp/w.f32" --weights "$q"
+  expect 0 "prefill logits with --weights $q" "$bin" logits --model "$tmp/ab" --ids 5,17,42,7,99,3 \
+    --out "$tmp/p.f32" --weights "$q"
+  cmp -s "$tmp/s.f32" "$tmp/w.f32" && pass "decode rows: stored $q == $q at load" || fail "decode rows: stored $q differs from $q at load"
+  # the decode form is another computation than the prompt's: --decode did run it
+  cmp -s "$tmp/p.f32" "$tmp/w.f32" && fail "--decode gave the prefill's logits" || pass "--decode ran the decode rows"
+done
 expect 1 "quantizing a quantized checkpoint" "$bin" quantize --model "$tmp/q8" --out "$tmp/q8b" --weights q4
 grep_err "already quantized" "the message says so"
 
