@@ -54,8 +54,12 @@ int cmd_logits(int argc, char **argv) {
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc || !ids_s || !out || !ro.model_dir || (decode && mtp_out)) {
+    if (optind < argc || !ids_s || !out || !ro.model_dir) {
         usage(stderr);
+        return 2;
+    }
+    if (decode && mtp_out) {
+        fprintf(stderr, "darkhorse logits: --mtp-out runs a prefill's hidden states, not --decode's\n");
         return 2;
     }
     int *ids, T = rt_parse_ids(ids_s, INT_MAX, &ids);
