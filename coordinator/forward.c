@@ -189,12 +189,16 @@ static void abs_task(void *ctx, int task, int thread) {
         const fwd_row *r = &j->rows[f->ab[i0 + i]];
         const float *qv = qa + (size_t)i * H * row;
         // score[s] = (q_abs . c_kv[s] + q_pe . k_pe[s]) * softmax_scale    [S]
-        for (int s = 0; s <= r->pos; s++) sc[s] = nn_dot(qv, kv_row_c(f->kv, r->seq, j->layer, s), row) * scale;
+        // (a cache block's rows are contiguous: a block of positions at a time)
+        for (int s = 0; s <= r->pos; s += KV_BLOCK)
+            nn_dot_rows(sc + s, qv, kv_row_c(f->kv, r->seq, j->layer, s), (size_t)row, DH_MIN(KV_BLOCK, r->pos + 1 - s), row);
+        for (int s = 0; s <= r->pos; s++) sc[s] *= scale;
         nn_softmax(sc, r->pos + 1);
         // o_lat = softmax(score) . c_kv                                    [C]
         float *ol = f->olat + ((size_t)(i0 + i) * H + hh) * C;
         memset(ol, 0, (size_t)C * sizeof *ol);
-        for (int s = 0; s <= r->pos; s++) nn_axpy(ol, sc[s], kv_row_c(f->kv, r->seq, j->layer, s), C);
+        for (int s = 0; s <= r->pos; s += KV_BLOCK)
+            nn_axpy_rows(ol, sc + s, kv_row_c(f->kv, r->seq, j->layer, s), (size_t)row, DH_MIN(KV_BLOCK, r->pos + 1 - s), C);
     }
     // o[h] = W_UV[h] o_lat[h]                                              [n, Dv]
     nn_matmul_local(&(nn_mm){f->og + ((size_t)i0 * H + hh) * Dv, H * Dv, f->olat + ((size_t)i0 * H + hh) * C, H * C,
@@ -231,20 +235,22 @@ static void naive_task(void *ctx, int task, int thread) {
     const float *qh = f->q + (size_t)t * H * (Dn + Dr) + (size_t)hh * (Dn + Dr);
     float *st = f->ost + ((size_t)t * H + hh) * (Dv + 2), *acc = st + 2;
     float sc[NB], mx = st[0];
+    int n = last - j->b;
     // score[s] = ([q_nope | q_pe] . [k_nope[s] | k_pe[s]]) * softmax_scale  [block]
-    for (int s = j->b; s < last; s++) {
-        sc[s - j->b] = nn_dot(qh, f->keys + ((size_t)(s - j->b) * H + hh) * (Dn + Dr), Dn + Dr) * f->m->softmax_scale;
-        mx = fmaxf(mx, sc[s - j->b]);
+    nn_dot_rows(sc, qh, f->keys + (size_t)hh * (Dn + Dr), (size_t)H * (Dn + Dr), n, Dn + Dr);
+    for (int i = 0; i < n; i++) {
+        sc[i] *= f->m->softmax_scale;
+        mx = fmaxf(mx, sc[i]);
     }
     // online softmax: rescale what the earlier blocks summed, add this block's values
     float corr = expf(st[0] - mx);
     st[1] *= corr;
     for (int d = 0; d < Dv; d++) acc[d] *= corr;
-    for (int s = j->b; s < last; s++) {
-        float p = expf(sc[s - j->b] - mx);
-        st[1] += p;
-        nn_axpy(acc, p, f->kvx + (size_t)(s - j->b) * H * (Dn + Dv) + (size_t)hh * (Dn + Dv) + Dn, Dv);
+    for (int i = 0; i < n; i++) {
+        sc[i] = expf(sc[i] - mx); /* the weight p of position b + i */
+        st[1] += sc[i];
     }
+    nn_axpy_rows(acc, sc, f->kvx + (size_t)hh * (Dn + Dv) + Dn, (size_t)H * (Dn + Dv), n, Dv);
     st[0] = mx;
 }
 

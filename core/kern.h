@@ -54,6 +54,12 @@ typedef struct kern_ops {
     float (*dot)(const float *a, const float *b, int n);
     /* y[i] += a * x[i], each element on its own */
     void (*axpy)(float *y, float a, const float *x, int n);
+    /* out[r] = dot(q, x + r * ldx, n) for r < rows: each the bits dot gives, several rows at a
+     * time so that q is read once for them (attention's scores over a block of keys) */
+    void (*dot_rows)(float *out, const float *q, const float *x, size_t ldx, int rows, int n);
+    /* axpy(y, a[r], x + r * ldx, n) for r = 0, 1, ..., rows - 1 in that order: the bits of those
+     * calls, y held in registers between them (attention's weighted sum of values) */
+    void (*axpy_rows)(float *y, const float *a, const float *x, size_t ldx, int rows, int n);
     /* Reads bytes (a multiple of 256 * streams) at p as `streams`
      * interleaved sequential streams, as fast as this table can, prefetching `prefetch` bytes
      * ahead in each stream (0: no software prefetch); returns a value of the bytes (a sum of

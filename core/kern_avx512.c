@@ -385,6 +385,59 @@ static void axpy_avx(float *y, float a, const float *x, int n) {
     }
 }
 
+/* dot_avx over 4 rows at once: each row's accumulator takes the same fused steps, k ascending,
+ * and the same reduction, so each result is dot_avx's bits; q is loaded once for the 4 */
+static void dot_rows_avx(float *out, const float *q, const float *x, size_t ldx, int rows, int n) {
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *x0 = x + (size_t)r * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        int k = 0;
+        for (; k + 16 <= n; k += 16) {
+            __m512 qv = _mm512_loadu_ps(q + k);
+            a0 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(x0 + k), a0);
+            a1 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(x1 + k), a1);
+            a2 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(x2 + k), a2);
+            a3 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(x3 + k), a3);
+        }
+        if (k < n) {
+            __mmask16 m = (__mmask16)((1u << (n - k)) - 1);
+            __m512 qv = _mm512_maskz_loadu_ps(m, q + k);
+            a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, x0 + k), a0);
+            a1 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, x1 + k), a1);
+            a2 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, x2 + k), a2);
+            a3 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, x3 + k), a3);
+        }
+        out[r] = _mm512_reduce_add_ps(a0), out[r + 1] = _mm512_reduce_add_ps(a1);
+        out[r + 2] = _mm512_reduce_add_ps(a2), out[r + 3] = _mm512_reduce_add_ps(a3);
+    }
+    for (; r < rows; r++) out[r] = dot_avx(q, x + (size_t)r * ldx, n);
+}
+
+/* axpy_avx for rows 0, 1, ... in order, 128 elements of y at a time held in registers: each
+ * element takes the same fused steps in the same order, so the bits of the separate calls */
+static void axpy_rows_avx(float *y, const float *a, const float *x, size_t ldx, int rows, int n) {
+    enum { U = 8 };
+    int i = 0;
+    for (; i + 16 * U <= n; i += 16 * U) {
+        __m512 acc[U];
+        for (int u = 0; u < U; u++) acc[u] = _mm512_loadu_ps(y + i + 16 * u);
+        for (int r = 0; r < rows; r++) {
+            __m512 av = _mm512_set1_ps(a[r]);
+            const float *xr = x + (size_t)r * ldx + i;
+            for (int u = 0; u < U; u++) acc[u] = _mm512_fmadd_ps(av, _mm512_loadu_ps(xr + 16 * u), acc[u]);
+        }
+        for (int u = 0; u < U; u++) _mm512_storeu_ps(y + i + 16 * u, acc[u]);
+    }
+    for (; i < n; i += 16) { /* a vector at a time, the last one masked */
+        __mmask16 m = (__mmask16)(n - i >= 16 ? 0xFFFFu : (1u << (n - i)) - 1);
+        __m512 acc = _mm512_maskz_loadu_ps(m, y + i);
+        for (int r = 0; r < rows; r++)
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(a[r]), _mm512_maskz_loadu_ps(m, x + (size_t)r * ldx + i), acc);
+        _mm512_mask_storeu_ps(y + i, m, acc);
+    }
+}
+
 /* ---- q8 and q4 weights: int8 products with VNNI ----
  *
  * vpdpbusd multiplies unsigned bytes by signed bytes. The weights are made the unsigned side
@@ -1168,6 +1221,8 @@ static kern_ops avx_ops = {
     .quantize = quantize_avx,
     .dot = dot_avx,
     .axpy = axpy_avx,
+    .dot_rows = dot_rows_avx,
+    .axpy_rows = axpy_rows_avx,
     .read = read_avx,
 };
 

@@ -38,6 +38,14 @@ static void axpy_ref(float *y, float a, const float *x, int n) {
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+static void dot_rows_ref(float *out, const float *q, const float *x, size_t ldx, int rows, int n) {
+    for (int r = 0; r < rows; r++) out[r] = dot_ref(q, x + (size_t)r * ldx, n);
+}
+
+static void axpy_rows_ref(float *y, const float *a, const float *x, size_t ldx, int rows, int n) {
+    for (int r = 0; r < rows; r++) axpy_ref(y, a[r], x + (size_t)r * ldx, n);
+}
+
 static void quantize_ref(const float *x, int cols, int8_t *q, float *d) {
     DH_ASSERT(cols % WT_QBLOCK == 0);
     for (int b = 0; b < cols / WT_QBLOCK; b++) {
@@ -199,6 +207,8 @@ static const kern_ops ref_ops = {
     .quantize = quantize_ref,
     .dot = dot_ref,
     .axpy = axpy_ref,
+    .dot_rows = dot_rows_ref,
+    .axpy_rows = axpy_rows_ref,
     .read = read_ref,
 };
 

@@ -71,4 +71,8 @@ void nn_softmax(float *x, int n);
 float nn_dot(const float *a, const float *b, int n);
 /* y += a * x */
 void nn_axpy(float *y, float a, const float *x, int n);
+/* kern_ops.dot_rows and axpy_rows of the selected table: the bits of nn_dot and nn_axpy row by
+ * row, rows at a time */
+void nn_dot_rows(float *out, const float *q, const float *x, size_t ldx, int rows, int n);
+void nn_axpy_rows(float *y, const float *a, const float *x, size_t ldx, int rows, int n);
 #endif

@@ -290,6 +290,38 @@ static void test_dot_and_axpy_match_naive(void) {
     }
 }
 
+/* dot_rows and axpy_rows are dot and axpy row by row, bit for bit, in each table: the widths
+ * of attention's keys (192, 576), values (128, 512) and tails; strides wider than a row */
+static void test_dot_rows_and_axpy_rows_are_dot_and_axpy_bit_for_bit(void) {
+    const kern_ops *tables[2] = {kern_portable(), kern_avx512()};
+    enum { MAXR = 9, MAXN = 600, LD = 613 };
+    static float x[MAXR * LD], q[MAXN], a[MAXR], y[MAXN], y1[MAXN], out[MAXR];
+    for (size_t i = 0; i < sizeof x / sizeof *x; i++) x[i] = frand();
+    for (int i = 0; i < MAXN; i++) q[i] = frand(), y[i] = frand();
+    for (int i = 0; i < MAXR; i++) a[i] = frand();
+    const int ns[] = {1, 7, 16, 17, 32, 128, 129, 144, 192, 200, 512, 576, 600};
+    for (int k = 0; k < 2; k++) {
+        if (!tables[k]) continue;
+        for (size_t in = 0; in < sizeof ns / sizeof *ns; in++)
+            for (int rows = 0; rows <= MAXR; rows++) {
+                int n = ns[in], bad = 0;
+                tables[k]->dot_rows(out, q, x, LD, rows, n);
+                for (int r = 0; r < rows; r++) {
+                    float d = tables[k]->dot(q, x + (size_t)r * LD, n);
+                    bad += memcmp(&d, &out[r], sizeof d) != 0;
+                }
+                memcpy(y1, y, sizeof y);
+                float ya[MAXN];
+                memcpy(ya, y, sizeof y);
+                tables[k]->axpy_rows(y1, a, x, LD, rows, n);
+                for (int r = 0; r < rows; r++) tables[k]->axpy(ya, a[r], x + (size_t)r * LD, n);
+                bad += memcmp(ya, y1, sizeof ya) != 0; /* the elements past n untouched too */
+                CU_ASSERT_EQUAL(bad, 0);
+                if (bad) fprintf(stderr, "%s: n %d, rows %d differ\n", tables[k]->name, n, rows);
+            }
+    }
+}
+
 /* kern.h's order for f32/bf16/f16 products, written out: k ascending from +0, one fmaf a step
  * (AVX-512: fmaf is the fused operation, correctly rounded) or a product and a sum (portable:
  * ISO C mode keeps the compiler from fusing them). */
@@ -913,6 +945,7 @@ static CU_TestInfo kern_tests[] = {
     {"rows do not depend on the batch", test_rows_do_not_depend_on_the_batch},
     {"threaded matmul equals one thread", test_threaded_matmul_equals_one_thread},
     {"dot and axpy match naive", test_dot_and_axpy_match_naive},
+    {"dot_rows and axpy_rows are dot and axpy bit for bit", test_dot_rows_and_axpy_rows_are_dot_and_axpy_bit_for_bit},
     {"f32, bf16 and f16 products are their documented sequences",
      test_float_products_are_their_documented_sequences},
     {"f32 products agree with openblas sgemm", test_f32_products_agree_with_openblas_sgemm},
