@@ -233,7 +233,8 @@ static void copy_task(void *ctx, int task, int thread) {
 
 /* A matrix w kept as stored (mapped): packed as WT_G16 into a buffer the model owns when
  * want_g16 (a quantized checkpoint's own q8/q4k), else copied into one when the params ask for
- * copies, its mapping released either way; else w as it is, on the file's pages. */
+ * copies (pausing between chunks when they say so), its mapping released either way; else w as
+ * it is, on the file's pages. */
 static wmat as_stored(loader *ld, wmat w, const st_tensor *mapped) {
     if (ld->rc || (!want_g16(&w) && !ld->p->copy)) return w;
     size_t n = wt_bytes(w.dtype, (size_t)w.rows, (size_t)w.cols);
@@ -242,10 +243,14 @@ static wmat as_stored(loader *ld, wmat w, const st_tensor *mapped) {
     } else {
         copy_job j = {.dst = own(ld->m, n), .src = w.p.bf16, .n = n};
         int tasks = (int)((n + COPY_CHUNK - 1) / COPY_CHUNK), pool = nn_pool() && !ld->p->own_thread;
-        if (pool && tasks > 1)
+        if (pool && tasks > 1) {
             tp_run(nn_pool(), tasks, copy_task, &j);
-        else
-            memcpy(j.dst, j.src, n);
+        } else {
+            for (int i = 0; i < tasks && !ld->rc; i++) {
+                copy_task(&j, i, 0);
+                if (ld->p->pause && ld->p->pause(ld->p->pause_ctx)) ld->rc = DH_ECANCELLED;
+            }
+        }
         w.p.bf16 = j.dst;
     }
     st_release(ld->m->st, mapped);
@@ -512,46 +517,6 @@ void model_release_expert(model *m, int layer, int e, const ffn_weights *f) {
         const st_tensor *t = st_find(m->st, name);
         if (t) st_release(m->st, t); /* its mapping (none left after a conversion) */
     }
-}
-
-static int owned(const model *m, const void *p) {
-    for (int i = 0; i < m->n_owned; i++)
-        if (m->owned[i] == p) return 1;
-    return 0;
-}
-
-size_t model_own_experts(model *m, size_t chunk, int (*pause)(void *ctx), void *ctx) {
-    static const char *const part[3] = {"gate_proj", "up_proj", "down_proj"};
-    int E = m->cfg.n_routed_experts;
-    size_t copied = 0;
-    chunk = chunk ? chunk : COPY_CHUNK;
-    for (int l = 0; l < m->n_layers; l++) {
-        if (!m->layers[l].is_moe) continue;
-        for (int e = 0; e < E; e++) {
-            ffn_weights *f = &m->layers[l].moe.experts[e];
-            wmat *ws[3] = {&f->gate_proj, &f->up_proj, &f->down_proj};
-            for (int k = 0; k < 3 && f->gate_proj.rows; k++) {
-                const char *src = (const char *)ws[k]->p.bf16;
-                if (!src || owned(m, src)) continue; /* converted or packed at load: its own already */
-                size_t n = wt_bytes(ws[k]->dtype, (size_t)ws[k]->rows, (size_t)ws[k]->cols);
-                char *dst = own(m, n);
-                for (size_t o = 0; o < n; o += chunk) {
-                    memcpy(dst + o, src + o, DH_MIN(chunk, n - o));
-                    if (pause && pause(ctx)) { /* stopped: this one stays on its pages */
-                        disown(m, dst);
-                        return copied;
-                    }
-                }
-                ws[k]->p.bf16 = (const void *)dst;
-                copied += n;
-                char name[256];
-                snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.%s.weight", l, e, part[k]);
-                const st_tensor *t = st_find(m->st, name);
-                if (t) st_release(m->st, t);
-            }
-        }
-    }
-    return copied;
 }
 
 /* bytes (or, with params, elements) of a matrix */

@@ -65,9 +65,11 @@ typedef struct model_params {
                                    from the file, not the file's pages mapped: on the AMD EPYC
                                    (Zen 5) VM measured, products read the page cache's pages
                                    1.2-1.5 times slower (docs/performance.md). Off by default (a
-                                   load for the shapes alone, or one beside serving, which copies
-                                   at its own pace with model_own_experts); the commands' --mmap
-                                   leaves it off */
+                                   load for the shapes alone); the commands' --mmap leaves it off */
+    int (*pause)(void *ctx);    /* with own_thread: called after every 4 MiB copied, so that a load
+                                   beside serving copies at its own pace; a nonzero return stops
+                                   the load (model_load: NULL, DH_ECANCELLED). NULL: no pauses */
+    void *pause_ctx;
 } model_params;
 
 typedef struct model {
@@ -102,12 +104,6 @@ void model_free(model *m);      /* model_free(NULL) does nothing */
  * it may run on another thread while m's other experts serve, as long as nothing else loads
  * into or releases from m meanwhile. */
 void model_release_expert(model *m, int layer, int e, const ffn_weights *f);
-/* Give the routed experts of m that compute on the file's pages memory of m's own: each copied
- * `chunk` bytes at a time (0: 4 MiB), pause(ctx) called after each chunk (NULL: none); a nonzero
- * return stops it, and the expert being copied and those after it stay on their pages (correct
- * either way). Their mappings are released. For a load beside serving (the workers' re-plan
- * helper): nothing else may use m meanwhile. Returns the bytes copied. */
-size_t model_own_experts(model *m, size_t chunk, int (*pause)(void *ctx), void *ctx);
 /* Bytes of weight data the model reads per token (active parameters at their storage size):
  * attention, dense FFNs, shared experts, K routed experts per MoE layer and the head. */
 double model_active_bytes(const model *m);

@@ -18,10 +18,10 @@
  * it gains, and only those, from this host's copy of the checkpoint into a load of their own
  * (a "part": model_load with the gained experts' mask, so a checkpoint replaced on disk since
  * start-up is noticed by its identity), converting them on that thread when --weights asks.
- * Those computed as stored it then copies into memory of the part's own (model_own_experts,
- * as the start-up load copies, docs/performance.md), or with --mmap touches every page of
- * them; either 4 MiB at a time with a 1 ms pause between, so that serving goes on and the first
- * layer after the switch takes no page faults. The experts it keeps are not mapped again:
+ * Those computed as stored the load copies into memory of the part's own, as the start-up load
+ * does (docs/performance.md), or with --mmap the helper touches every page of them; either 4 MiB
+ * at a time with a 1 ms pause between, so that serving goes on and the first layer after the
+ * switch takes no page faults. The experts it keeps are not mapped again:
  * their views, pages and page-table entries stay as they are. Serving the old plan goes on
  * meanwhile on this thread, which alone calls MPI (FUNNELED); while a helper runs, the wait for
  * the next operation wakes every few milliseconds to see whether it is done, and sends the
@@ -82,10 +82,9 @@ typedef struct prep {           /* a re-plan being prepared */
     uint8_t *gain;              /* [n_layers * E] those of them not hosted now */
     /* its outputs */
     model *m;                   /* the part: the gained experts, copied (or mapped and touched);
-                                   NULL on failure */
+                                   NULL on failure or when cancelled */
     char err[512];
     double seconds;
-    size_t copied;              /* bytes of it copied into memory of its own */
     uint32_t hosted, gained;
     /* the Ready in flight to the coordinator */
     unsigned char *ready_buf;
@@ -325,7 +324,7 @@ static void touch_experts(prep *p) {
     (void)sink;
 }
 
-/* model_own_experts' pause: the helper's between two chunks; stop when cancelled */
+/* The load's pause (model_params.pause) between two chunks it copies: stop when cancelled */
 static int pause_unless_cancelled(void *ctx) {
     prep *p = ctx;
     if (atomic_load(&p->cancel)) return 1;
@@ -342,6 +341,7 @@ static void *prep_main(void *arg) {
     for (double until = t0 + p->delay_s; dh_now() < until && !atomic_load(&p->cancel);) nap_ns(10000000L);
     model_params mp = model_default_params();
     mp.dense = 0, mp.host = p->gain, mp.weights = p->weights, mp.own_thread = 1;
+    mp.copy = p->copy, mp.pause = pause_unless_cancelled, mp.pause_ctx = p;
     p->m = atomic_load(&p->cancel) ? NULL : model_load(p->dir, &mp);
     const char *wrong = !p->m ? NULL
                         : p->m->n_layers != p->n_layers ? "has another number of layers than the plan"
@@ -356,10 +356,7 @@ static void *prep_main(void *arg) {
         snprintf(p->err, sizeof p->err, "rank %d could not map the %u experts its new plan adds from %.300s (see "
                  "that rank's log)", p->rank, p->gained, p->dir);
     }
-    if (p->m && p->copy) /* a cancelled copy stops part-way: poll_prep drops the part */
-        p->copied = model_own_experts(p->m, TOUCH_CHUNK, pause_unless_cancelled, p);
-    else if (p->m)
-        touch_experts(p);
+    if (p->m && !p->copy) touch_experts(p);
     p->seconds = dh_now() - t0;
     atomic_store(&p->done, 1);
     return NULL;
@@ -449,9 +446,10 @@ static void poll_prep(wstate *s) {
     }
     p->state = p->m ? PREP_READY : PREP_FAILED;
     if (p->m)
-        log_info("plan attempt %lld mapped: %u experts, %u of them new (only those mapped), in %.2f s; %zu bytes "
-                 "of them copied into memory of their own%s", (long long)p->attempt, p->hosted, p->gained, p->seconds,
-                 p->copied, p->copy ? "" : " (--mmap: they compute on the file's pages)");
+        log_info("plan attempt %lld mapped: %u experts, %u of them new (only those mapped), in %.2f s; %llu bytes "
+                 "of them in memory of their own (copied or converted)%s", (long long)p->attempt, p->hosted, p->gained,
+                 p->seconds, (unsigned long long)p->m->owned_bytes,
+                 p->copy ? "" : " (--mmap: the rest compute on the file's pages)");
     else
         log_error("%s", p->err);
     send_prep_ready(s, p->m ? 0 : DH_EIO, p->err);
@@ -474,7 +472,7 @@ static void prepare(wstate *s, int64_t attempt) {
     if (p->state == PREP_READY) drop_model(s, p->m); /* prepared, never committed nor cancelled */
     join_drop(s);
     free(p->host), free(p->gain);
-    p->host = p->gain = NULL, p->m = NULL, p->err[0] = 0, p->seconds = 0, p->copied = 0, p->hosted = p->gained = 0;
+    p->host = p->gain = NULL, p->m = NULL, p->err[0] = 0, p->seconds = 0, p->hosted = p->gained = 0;
     p->attempt = attempt;
     p->state = PREP_FAILED;
     if (!plan || plan->n_layers != s->m->n_layers || plan->n_experts != s->m->cfg.n_routed_experts) {

@@ -145,7 +145,7 @@ if [ "$mode" = live ]; then
   [ "$gl" = "2 $moved $moved" ] || fail "workers switched, experts gained, given back: $gl (moved $moved)"
   # what they gained computes in memory of their own, as at start-up: every byte of it copied
   # (three [64, 32] f32 matrices an expert in ref-tiny)
-  copied=$(sed -n 's/.*rank [12]\] info: .*plan attempt 1 mapped: .* \([0-9]*\) bytes of them copied.*/\1/p' "$log_of" |
+  copied=$(sed -n 's/.*rank [12]\] info: .*plan attempt 1 mapped: .* \([0-9]*\) bytes of them in memory of their own.*/\1/p' "$log_of" |
     awk '{s += $1} END {print s + 0}')
   [ "$copied" = $((moved * 3 * 64 * 32 * 4)) ] || fail "the workers copied $copied bytes for $moved gained experts"
   ok "/metrics and the log: generation 2, $moved moves, imbalance before and after; the workers gained and gave back $moved each"

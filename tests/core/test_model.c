@@ -125,9 +125,9 @@ static void test_releasing_an_expert_gives_back_its_bytes_and_keeps_the_others(v
 
 static int stop_after(void *ctx) { return --*(int *)ctx < 0; }
 
-/* The re-plan helper's copy: experts on the file's pages get memory of the model's own with the
- * same bits, their mappings go, a stop part-way leaves the rest as they were, and a release
- * still gives back an expert's bytes. */
+/* The re-plan helper's load beside serving: with copies and pauses, experts get memory of the
+ * model's own with the same bits and their mappings go, the load pauses after every chunk, a
+ * stop from the pause cancels the load, and a release still gives back an expert's bytes. */
 static void test_experts_copied_into_memory_of_their_own_keep_their_bits(void) {
     const char *dir = make(base_cfg);
     uint8_t host[3 * 8] = {0};
@@ -135,19 +135,19 @@ static void test_experts_copied_into_memory_of_their_own_keep_their_bits(void) {
     const uint64_t one = 3 * 64 * 32 * 2, mat = 64 * 32 * 2; /* an expert, a matrix: bf16 */
     model_params wp = model_default_params();
     wp.dense = 0, wp.host = host, wp.own_thread = 1;
-    model *w = model_load(dir, &wp), *ref = model_load(dir, &wp);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(w);
+    model *ref = model_load(dir, &wp); /* on the file's pages */
     CU_ASSERT_PTR_NOT_NULL_FATAL(ref);
-    CU_ASSERT_EQUAL(st_mapped_bytes(w->st), 3 * one);
-    /* chunks of a quarter matrix; stopped after the sixth: one matrix copied, the second left */
-    int left = 5;
-    CU_ASSERT_EQUAL(model_own_experts(w, mat / 4, stop_after, &left), mat);
-    CU_ASSERT_EQUAL(st_mapped_bytes(w->st), 3 * one - mat);
-    CU_ASSERT_EQUAL(model_weight_bytes(w), 3 * one);
-    CU_ASSERT_EQUAL(model_own_experts(w, 0, NULL, NULL), 3 * one - mat); /* the rest, in one go */
+    CU_ASSERT_EQUAL(st_mapped_bytes(ref->st), 3 * one);
+    int left = 5; /* nine matrices of one chunk each: stopped after the sixth */
+    wp.copy = 1, wp.pause = stop_after, wp.pause_ctx = &left;
+    CU_ASSERT_PTR_NULL(model_load(dir, &wp));
+    left = 1000;
+    model *w = model_load(dir, &wp);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(w);
+    CU_ASSERT_EQUAL(left, 1000 - 9); /* a pause after each copied chunk */
     CU_ASSERT_EQUAL(st_mapped_bytes(w->st), 0);
     CU_ASSERT_EQUAL(model_weight_bytes(w), 3 * one);
-    CU_ASSERT_EQUAL(model_own_experts(w, 0, NULL, NULL), 0); /* nothing left to copy */
+    CU_ASSERT_EQUAL(w->owned_bytes, 3 * one);
     int ids[3][2] = {{1, 3}, {1, 5}, {2, 0}};
     for (int i = 0; i < 3; i++) {
         const ffn_weights *a = &w->layers[ids[i][0]].moe.experts[ids[i][1]];
