@@ -1,8 +1,10 @@
 /* test_threadpool.c: the fork-join pool: every task of a job runs exactly once, the join waits
- * for all of them, jobs larger than one claim word are split, and fork-joins are counted. */
+ * for all of them, a thread whose range is done steals from a slow one, jobs larger than one
+ * claim word are split, and fork-joins are counted. */
 #include <CUnit/CUnit.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "core/threadpool.h"
 
@@ -37,6 +39,43 @@ static void test_every_task_of_every_job_runs_once(void) {
     tp_free(p);
 }
 
+static void test_every_task_runs_once_with_more_threads_than_tasks(void) {
+    tp_pool *p = tp_new(5); /* ranges of no task, and workers arriving late */
+    int bad = 0;
+    for (int job = 0; job < 2000; job++) bad += run_counted(p, 2 + job % 7);
+    CU_ASSERT_EQUAL(bad, 0);
+    tp_free(p);
+}
+
+typedef struct slow_job {
+    int n;
+    atomic_int ran_by[20]; /* thread + 1 */
+} slow_job;
+
+/* the caller's range (the first half) is slow, the worker's is not */
+static void slow_task(void *ctx, int task, int thread) {
+    slow_job *j = ctx;
+    if (task < j->n / 2) nanosleep(&(struct timespec){0, 2000000}, NULL);
+    atomic_store(&j->ran_by[task], thread + 1);
+}
+
+static void test_a_thread_done_with_its_range_steals_from_a_slow_one(void) {
+    tp_pool *p = tp_new(2);
+    slow_job j = {.n = 20};
+    for (int i = 0; i < j.n; i++) atomic_init(&j.ran_by[i], 0);
+    tp_run(p, j.n, slow_task, &j);
+    int stolen = 0, unrun = 0;
+    for (int i = 0; i < j.n; i++) {
+        unrun += atomic_load(&j.ran_by[i]) == 0;
+        stolen += i < j.n / 2 && atomic_load(&j.ran_by[i]) == 2;
+    }
+    CU_ASSERT_EQUAL(unrun, 0);
+    /* 10 tasks of 2 ms on the caller's side: the worker, done with its own in microseconds,
+     * takes some of them from the back */
+    CU_ASSERT(stolen > 0);
+    tp_free(p);
+}
+
 static void test_a_job_larger_than_a_claim_word_runs_each_task_once(void) {
     tp_pool *p = tp_new(2);
     CU_ASSERT_EQUAL(run_counted(p, 600001), 0); /* 2^18 - 1 tasks a claim word */
@@ -57,6 +96,8 @@ static void test_forks_count_jobs_that_went_to_the_workers(void) {
 
 static CU_TestInfo threadpool_tests[] = {
     {"every task of every job runs once", test_every_task_of_every_job_runs_once},
+    {"every task runs once with more threads than tasks", test_every_task_runs_once_with_more_threads_than_tasks},
+    {"a thread done with its range steals from a slow one", test_a_thread_done_with_its_range_steals_from_a_slow_one},
     {"a job larger than a claim word runs each task once", test_a_job_larger_than_a_claim_word_runs_each_task_once},
     {"forks count the jobs that went to the workers", test_forks_count_jobs_that_went_to_the_workers},
     CU_TEST_INFO_NULL,
