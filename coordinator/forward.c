@@ -183,7 +183,7 @@ static void abs_task(void *ctx, int task, int thread) {
         memcpy(f->qg + ((size_t)(i0 + i) * H + hh) * Dn, qr, (size_t)Dn * sizeof(float));
         memcpy(qa + (size_t)i * H * row + C, qr + Dn, (size_t)Dr * sizeof(float));
     }
-    nn_matmul_local(&(nn_mm){qa, H * row, f->qg + ((size_t)i0 * H + hh) * Dn, H * Dn, &wuk, n}, thread);
+    nn_matmul_local(&(nn_mm){.y = qa, .ldy = H * row, .x = f->qg + ((size_t)i0 * H + hh) * Dn, .ldx = H * Dn, .W = &wuk, .T = n}, thread);
     float *sc = f->scores + (size_t)thread * f->S, scale = f->m->softmax_scale;
     for (int i = 0; i < n; i++) {
         const fwd_row *r = &j->rows[f->ab[i0 + i]];
@@ -201,8 +201,8 @@ static void abs_task(void *ctx, int task, int thread) {
             nn_axpy_rows(ol, sc + s, kv_row_c(f->kv, r->seq, j->layer, s), (size_t)row, DH_MIN(KV_BLOCK, r->pos + 1 - s), C);
     }
     // o[h] = W_UV[h] o_lat[h]                                              [n, Dv]
-    nn_matmul_local(&(nn_mm){f->og + ((size_t)i0 * H + hh) * Dv, H * Dv, f->olat + ((size_t)i0 * H + hh) * C, H * C,
-                             &wuv, n},
+    nn_matmul_local(&(nn_mm){.y = f->og + ((size_t)i0 * H + hh) * Dv, .ldy = H * Dv,
+                             .x = f->olat + ((size_t)i0 * H + hh) * C, .ldx = H * C, .W = &wuv, .T = n},
                     thread);
 }
 
@@ -296,14 +296,14 @@ static void attention(fwd_ctx *f, int layer, const fwd_row *rows, int T, const f
     float eps = f->m->cfg.rms_norm_eps;
     // q = W_Q h, or W_QB norm(W_QA h) with q LoRA                          [T, H, Dn + Dr]
     // [c_kv | k_pe] = W_DKV h (with the first query product, both reading h)  [T, C + Dr]
-    nn_mm mm[2] = {{f->kva, C + Dr, h, f->D, &w->kv_a_proj_with_mqa, T}};
+    nn_mm mm[2] = {{.y = f->kva, .ldy = C + Dr, .x = h, .ldx = f->D, .W = &w->kv_a_proj_with_mqa, .T = T}};
     if (f->Q > 0) {
-        mm[1] = (nn_mm){f->qlat, f->Q, h, f->D, &w->q_a_proj, T};
+        mm[1] = (nn_mm){.y = f->qlat, .ldy = f->Q, .x = h, .ldx = f->D, .W = &w->q_a_proj, .T = T};
         nn_matmul_multi(mm, 2);
         nn_rmsnorm(f->qlat, f->qlat, w->q_a_layernorm, T, f->Q, eps);
         nn_matmul(f->q, f->qlat, &w->q_b_proj, T);
     } else {
-        mm[1] = (nn_mm){f->q, qw, h, f->D, &w->q_proj, T};
+        mm[1] = (nn_mm){.y = f->q, .ldy = qw, .x = h, .ldx = f->D, .W = &w->q_proj, .T = T};
         nn_matmul_multi(mm, 2);
     }
     // c_kv = norm(c_kv); rope q_pe and k_pe

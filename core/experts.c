@@ -4,7 +4,9 @@
  * A batch arrives as (token, expert, weight) triples. Tokens are grouped by expert (counting
  * sort, so each group keeps token order) and gathered, and every expert runs its three
  * products as [n_e, D] matrices: the gate and up products of all the chosen experts in one
- * pass of the thread pool, the down products in another, so that the work of a layer is split
+ * pass of the thread pool (each task applying SwiGLU to the rows it computed, so the
+ * activation runs on every thread: prefill of genesis-1b q8 1.06-1.20x faster than with it on
+ * the caller after the pass), the down products in another, so that the work of a layer is split
  * across threads by output rows, not by expert (a decode step has only K experts of one row
  * each). The weighted sum per token then runs in ascending expert index, as DeepSeek's
  * reference accumulates, so the in-process backend and a worker hosting every expert add in
@@ -65,11 +67,9 @@ void experts_free(experts_host *h) {
 
 void experts_ffn(const ffn_weights *f, const float *x, int T, float *y, float *g, float *u) {
     int D = f->gate_proj.cols, F = f->gate_proj.rows;
-    // g, u = W_gate x, W_up x (one pass of the pool)           [T, F]
-    nn_mm mm[2] = {{g, F, x, D, &f->gate_proj, T}, {u, F, x, D, &f->up_proj, T}};
-    nn_matmul_multi(mm, 2);
-    // g = silu(g) * u; y = W_down g                            [T, D]
-    nn_swiglu(g, u, (size_t)T * F);
+    // g = silu(W_gate x) * W_up x (one pass of the pool)       [T, F]
+    nn_matmul_multi(&(nn_mm){g, F, x, D, &f->gate_proj, T, &f->up_proj, u}, 1);
+    // y = W_down g                                             [T, D]
     nn_matmul(y, g, &f->down_proj, T);
 }
 
@@ -112,27 +112,23 @@ int experts_run_with(experts_host *h, int layer, const float *x, int T, const in
             return DH_EINVAL;
         }
         size_t r0 = (size_t)h->count[e];
-        h->mm[n++] = (nn_mm){h->g + r0 * F, F, h->xe + r0 * D, D, &f->gate_proj, ne};
-        h->mm[n++] = (nn_mm){h->u + r0 * F, F, h->xe + r0 * D, D, &f->up_proj, ne};
+        h->mm[n++] = (nn_mm){h->g + r0 * F, F, h->xe + r0 * D, D, &f->gate_proj, ne, &f->up_proj, h->u + r0 * F};
     }
     const ffn_weights *xf = extra ? extra->f : NULL;
     int Fx = xf ? xf->gate_proj.rows : 0;
     if (xf) {
         DH_ASSERT(xf->gate_proj.cols == D);
-        h->mm[n++] = (nn_mm){extra->g, Fx, x, D, &xf->gate_proj, T};
-        h->mm[n++] = (nn_mm){extra->u, Fx, x, D, &xf->up_proj, T};
+        h->mm[n++] = (nn_mm){extra->g, Fx, x, D, &xf->gate_proj, T, &xf->up_proj, extra->u};
     }
     nn_matmul_multi(h->mm, n);
-    nn_swiglu(h->g, h->u, (size_t)rows * F);
-    if (xf) nn_swiglu(extra->g, extra->u, (size_t)T * Fx);
     n = 0;
     for (int e = 0; e < E; e++) {
         int ne = h->count[e + 1] - h->count[e];
         if (ne == 0) continue;
         size_t r0 = (size_t)h->count[e];
-        h->mm[n++] = (nn_mm){h->ye + r0 * D, D, h->g + r0 * F, F, &moe->experts[e].down_proj, ne};
+        h->mm[n++] = (nn_mm){h->ye + r0 * D, D, h->g + r0 * F, F, &moe->experts[e].down_proj, ne, NULL, NULL};
     }
-    if (xf) h->mm[n++] = (nn_mm){extra->y, D, extra->g, Fx, &xf->down_proj, T};
+    if (xf) h->mm[n++] = (nn_mm){extra->y, D, extra->g, Fx, &xf->down_proj, T, NULL, NULL};
     nn_matmul_multi(h->mm, n);
     // out[t] = sum_k w[t,k] * expert_k(x[t]), in ascending expert index
     for (int t = 0; t < T; t++) {

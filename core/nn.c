@@ -6,8 +6,9 @@
  * few microseconds, more than a 64 x 2048 router product. For q8/q4 weights the activations
  * are quantized once per call, before the product's tasks (on the pool for 16 rows or more),
  * into a buffer sized by nn_reserve, and once for two consecutive products of the same rows
- * (gate and up). nn_matmul_local runs a whole product inside a task of the pool (attention
- * per head), with a quantization buffer per thread.
+ * (attention's two projections of h) or a gate product paired with its up product, whose
+ * tasks also apply SwiGLU to their rows. nn_matmul_local runs a whole product inside a task of
+ * the pool (attention per head), with a quantization buffer per thread.
  *
  * State is process-wide (one pool, one kernel table, the scratch), set up by nn_init and
  * nn_reserve before the engine runs and used by the engine thread only. */
@@ -124,15 +125,16 @@ typedef struct mm_job {
  * weights are read in long runs the prefetchers follow rather than in blocks the threads take
  * in turn (each run starts cold), but at least DH_TASKS_PER_THREAD (8) tasks a thread in the
  * pass (`blocks` of all its products), so that a slow thread is waited for little. The split
- * changes no result: every output element is computed alone. */
-static int blocks_per_task(const wmat *W, int blocks, int threads) {
+ * changes no result: every output element is computed alone. A block of a gate product paired
+ * with its up product (nn_mm.up) reads both: mats = 2. */
+static int blocks_per_task(const wmat *W, int blocks, int threads, int mats) {
     static int per_thread = 0;
     if (!per_thread) {
         const char *e = getenv("DH_TASKS_PER_THREAD");
         per_thread = e && atoi(e) > 0 ? atoi(e) : 8;
     }
-    double block_bytes = (double)KERN_OBLOCK * (double)wt_bytes(W->dtype, 1, (size_t)W->cols);
-    int per = (int)DH_MIN((double)blocks / ((double)per_thread * threads), (double)(1 << 20) / block_bytes);
+    double block_bytes = (double)mats * KERN_OBLOCK * (double)wt_bytes(W->dtype, 1, (size_t)W->cols);
+    int per = (int)DH_MIN((double)blocks / ((double)per_thread * threads * mats), (double)(1 << 20) / block_bytes);
     return DH_MAX(per, 1);
 }
 
@@ -144,6 +146,11 @@ static void mm_task(void *ctx, int task, int thread) {
     int o0 = (task - j->first[i]) * KERN_OBLOCK * j->per[i];
     int o1 = DH_MIN(o0 + KERN_OBLOCK * j->per[i], m->W->rows);
     g_ops->matmul(m->y, m->ldy, &j->acts[i], m->W, m->T, o0, o1, g_scratch[thread]);
+    if (m->up) {
+        g_ops->matmul(m->yu, m->ldy, &j->acts[i], m->up, m->T, o0, o1, g_scratch[thread]);
+        for (int t = 0; t < m->T; t++)
+            nn_swiglu(m->y + (size_t)t * m->ldy + o0, m->yu + (size_t)t * m->ldy + o0, (size_t)(o1 - o0));
+    }
 }
 
 typedef struct q_job {
@@ -176,6 +183,8 @@ void nn_matmul_multi(const nn_mm *mms, int n) {
         const wmat *W = m->W;
         DH_ASSERT((size_t)kern_scratch_floats(W->cols) <= g_scratch_n);
         acts[i] = (kern_act){.x = m->x, .ldx = m->ldx};
+        DH_ASSERT(!m->up || (m->yu && m->up->rows == W->rows && m->up->cols == W->cols && m->up->dtype == W->dtype &&
+                             m->up->layout == W->layout));
         const nn_mm *pm = i > 0 ? &mms[i - 1] : NULL;
         if (pm && is_quantized(W->dtype) && is_quantized(pm->W->dtype) && pm->x == m->x && pm->ldx == m->ldx &&
             pm->T == m->T && pm->W->cols == W->cols) {
@@ -192,13 +201,14 @@ void nn_matmul_multi(const nn_mm *mms, int n) {
             acts[i].q = qj.q, acts[i].qd = qj.qd;
             qoff += (size_t)m->T * W->cols;
         }
-        work += (double)m->T * W->rows * W->cols;
+        work += (double)m->T * W->rows * W->cols * (m->up ? 2 : 1);
     }
-    int pass_blocks = 0;
-    for (int i = 0; i < n; i++) pass_blocks += mms[i].T > 0 ? (mms[i].W->rows + KERN_OBLOCK - 1) / KERN_OBLOCK : 0;
+    int pass_blocks = 0; /* blocks of rows of all the pass's matrices */
+    for (int i = 0; i < n; i++)
+        pass_blocks += mms[i].T > 0 ? (mms[i].W->rows + KERN_OBLOCK - 1) / KERN_OBLOCK * (mms[i].up ? 2 : 1) : 0;
     for (int i = 0; i < n; i++) {
         int blocks = (mms[i].W->rows + KERN_OBLOCK - 1) / KERN_OBLOCK;
-        per[i] = blocks_per_task(mms[i].W, pass_blocks, tp_threads(g_pool));
+        per[i] = blocks_per_task(mms[i].W, pass_blocks, tp_threads(g_pool), mms[i].up ? 2 : 1);
         first[i + 1] = first[i] + (mms[i].T > 0 ? (blocks + per[i] - 1) / per[i] : 0);
     }
     mm_job j = {.mms = mms, .acts = acts, .n = n, .first = first, .per = per};

@@ -35,6 +35,12 @@ typedef struct nn_mm {
     int ldx;
     const wmat *W;
     int T;
+    /* Optional: the up product of a SwiGLU whose gate product W is (the same shape, format
+     * and rows of x), into yu (rows ldy apart). The task computing a run of W's rows also
+     * computes up's and then y = silu(y) * yu on it (nn_swiglu's arithmetic, element by
+     * element), so the activation is spread over the pool with the products. */
+    const wmat *up;
+    float *yu;
 } nn_mm;
 
 /* y[T, W.rows] = x[T, W.cols] . W^T (x rows contiguous, y rows contiguous). */

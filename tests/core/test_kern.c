@@ -652,6 +652,40 @@ static void test_threaded_quantized_matmul_equals_one_thread(void) {
     }
 }
 
+/* A gate product paired with its up product (nn_mm.up) in a pass with another product: the
+ * gate's output is SwiGLU of the separate products, bit for bit, and the up's output is the up
+ * product; every format, decode and prompt row counts (with the pool and on the caller). */
+static void test_a_gate_paired_with_its_up_gives_swiglu_of_the_separate_products(void) {
+    const dh_dtype dts[] = {DT_F32, DT_BF16, DT_Q8, DT_Q4K};
+    const int Ts[] = {1, 3, 20}, shapes[][2] = {{300, 512}, {64, 256}}; /* the second, T = 1: on the caller */
+    int bad = 0;
+    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++)
+        for (size_t ti = 0; ti < sizeof Ts * 2 / sizeof Ts[0]; ti++) {
+            int T = Ts[ti % 3], rows = shapes[ti / 3][0], cols = shapes[ti / 3][1];
+            void *sg, *su, *so;
+            wmat G = make_w(dts[d], rows, cols, &sg), U = make_w(dts[d], rows, cols, &su),
+                 O = make_w(dts[d], 70, cols, &so);
+            size_t ny = (size_t)T * rows;
+            float *x = malloc((size_t)T * cols * 4), *g = malloc(ny * 4), *u = malloc(ny * 4), *o = malloc((size_t)T * 70 * 4),
+                  *g1 = malloc(ny * 4), *u1 = malloc(ny * 4), *o1 = malloc((size_t)T * 70 * 4);
+            for (int i = 0; i < T * cols; i++) x[i] = frand();
+            nn_reserve(T, cols);
+            nn_reserve_act((size_t)2 * T * cols);
+            nn_matmul(g1, x, &G, T);
+            nn_matmul(u1, x, &U, T);
+            nn_swiglu(g1, u1, ny);
+            nn_matmul(o1, x, &O, T);
+            nn_mm mm[2] = {{g, rows, x, cols, &G, T, &U, u}, {o, 70, x, cols, &O, T, NULL, NULL}};
+            nn_matmul_multi(mm, 2);
+            nn_matmul(u1, x, &U, T); /* the up product alone, SwiGLU having overwritten g1 only */
+            bad += memcmp(g, g1, ny * 4) != 0;
+            bad += memcmp(u, u1, ny * 4) != 0;
+            bad += memcmp(o, o1, (size_t)T * 70 * 4) != 0;
+            free(x), free(g), free(u), free(o), free(g1), free(u1), free(o1), free(sg), free(su), free(so);
+        }
+    CU_ASSERT_EQUAL(bad, 0);
+}
+
 /* ---- quantizers ---- */
 
 static uint32_t fbits(float f) {
@@ -959,6 +993,8 @@ static CU_TestInfo kern_tests[] = {
     {"quantized prompt rows equal decode rows", test_quantized_prompt_rows_equal_decode_rows},
     {"long rows do not depend on the batch", test_long_rows_do_not_depend_on_the_batch},
     {"threaded quantized matmul equals one thread", test_threaded_quantized_matmul_equals_one_thread},
+    {"a gate paired with its up gives swiglu of the separate products",
+     test_a_gate_paired_with_its_up_gives_swiglu_of_the_separate_products},
     {"avx512 quantize equals portable bit for bit", test_avx512_quantize_equals_portable_bit_for_bit},
     {"weight quantizers match their definitions", test_weight_quantizers_match_their_definitions},
     {"weight quantizers round-trip within half a step", test_weight_quantizers_round_trip_within_half_a_step},
