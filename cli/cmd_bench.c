@@ -63,7 +63,7 @@ static void reader_burst(reader *r, int reps) {
     r->best = DH_MAX(r->best, g);
     r->lo = r->passes ? DH_MIN(r->lo, g) : g;
     r->hi = DH_MAX(r->hi, g);
-    r->passes += 3 * reps; /* nn_read_bandwidth's three patterns */
+    r->passes += NN_READ_PATTERNS * reps;
 }
 
 static void reader_open(reader *r) {
@@ -323,8 +323,8 @@ int cmd_bench(int argc, char **argv) {
     double discard[FWD_T_COUNT];
     time_shares(&R, discard); /* from zero */
     if (rd)
-        fprintf(stderr, "read bandwidth (%d threads, best of 48 passes of 256 MiB, three read patterns): %.1f GB/s\n",
-                nn_threads(), rd->best);
+        fprintf(stderr, "read bandwidth (%d threads, best of %d passes of 256 MiB, %d read patterns): %.1f GB/s\n",
+                nn_threads(), rd->passes, NN_READ_PATTERNS, rd->best);
     fprintf(stderr, "model %s: %.3f GB of weights read per step (%.3fB active parameters, %.2f bits each)\n",
             R.o.model_dir, model_active_bytes(R.m) / 1e9, model_active_params(R.m) / 1e9,
             8 * model_active_bytes(R.m) / model_active_params(R.m));

@@ -121,10 +121,11 @@ typedef struct mm_job {
     int *per;         /* [n] blocks a task of each product */
 } mm_job;
 
-/* Blocks of KERN_OBLOCK rows a task of a product takes: about 1 MiB of weights, so that
- * weights are read in long runs the prefetchers follow rather than in blocks the threads take
- * in turn (each run starts cold), but at least DH_TASKS_PER_THREAD (8) tasks a thread in the
- * pass (`blocks` of all its products), so that a slow thread is waited for little. The split
+/* Blocks of KERN_OBLOCK rows a task of a product takes: at most about 1 MiB of weights, and at
+ * least DH_TASKS_PER_THREAD (8) tasks a thread in the pass (`blocks` of all its products), so
+ * that a slow thread is waited for little. Each thread claims a contiguous range of the tasks
+ * (threadpool.c), so its tasks read on as one stream whatever their size; on Zen 5, 3 or 32
+ * tasks a thread were no faster than 8 (genesis-5b q8 decode, docs/performance.md). The split
  * changes no result: every output element is computed alone. A block of a gate product paired
  * with its up product (nn_mm.up) reads both: mats = 2. */
 static int blocks_per_task(const wmat *W, int blocks, int threads, int mats) {
@@ -255,7 +256,6 @@ typedef struct bw_job {
     uint64_t sums[256];
 } bw_job;
 
-#define BW_PATTERNS 3 /* the read patterns of nn_read_bandwidth */
 
 static void bw_task(void *ctx, int task, int thread) {
     bw_job *j = ctx;
@@ -281,14 +281,14 @@ double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, size_t pa
     size_t share = pass_bytes / (size_t)nt / mib4 * mib4;
     size_t n_slices = bytes / pass_bytes;
     double best = 0;
-    for (int r = 0; r < BW_PATTERNS * reps; r++) {
-        int contiguous = r % BW_PATTERNS < 2 && share > 0;
+    for (int r = 0; r < NN_READ_PATTERNS * reps; r++) {
+        int contiguous = r % NN_READ_PATTERNS < 2 && share > 0;
         j->task_bytes = contiguous ? share : mib4;
         j->streams = contiguous ? 1 : 8;
-        j->prefetch = contiguous && r % BW_PATTERNS == 1 ? KERN_G16_PREFETCH : 0;
+        j->prefetch = contiguous && r % NN_READ_PATTERNS == 1 ? KERN_G16_PREFETCH : 0;
         int n_tasks = (int)(contiguous ? (size_t)nt : pass_bytes / mib4);
         /* pass r reads slice r / 3 of the buffer: the data is never in cache from the last pass */
-        j->p = (const char *)buf + (size_t)(r / BW_PATTERNS) % n_slices * pass_bytes;
+        j->p = (const char *)buf + (size_t)(r / NN_READ_PATTERNS) % n_slices * pass_bytes;
         double t0 = dh_now();
         tp_run(pool, n_tasks, bw_task, j);
         double gbs = (double)j->task_bytes * n_tasks / (dh_now() - t0) * 1e-9;

@@ -65,6 +65,7 @@ void nn_matmul_local(const nn_mm *m, int thread);
  * prefetch 8 KiB ahead, and 4 MiB tasks of 8 interleaved streams (machines differ in which
  * they read fastest). The best, not the median: whatever else runs on the machine can only make
  * a pass slower, so the fastest pass is the one least disturbed (docs/performance.md). */
+#define NN_READ_PATTERNS 3 /* passes of nn_read_bandwidth per rep: one in each pattern */
 double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, size_t pass_bytes, int reps);
 
 /* y = x * rsqrt(mean(x^2) + eps) * w, per row of D (y may alias x). */

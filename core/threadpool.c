@@ -12,7 +12,7 @@
  * product's tasks are runs of its rows in order, so a thread reads one contiguous stream
  * through its share, which the hardware prefetcher follows, instead of jumping over the
  * other thread's last task at every claim (each jump a cold start: with one shared word, the
- * decode passes of genesis-1b q8 took 7-23% longer, Zen 5). A thread whose range is empty
+ * decode stages of genesis-1b q8 took 8-32% longer on Zen 5, docs/performance.md). A thread whose range is empty
  * steals the back half of the fullest other range (the last task alone when one is left),
  * and takes the rest of it as its own range.
  *
