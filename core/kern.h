@@ -73,7 +73,7 @@ typedef struct kern_ops {
 /* Output rows a kernel call handles as one block (a task of nn_matmul covers whole blocks). */
 #define KERN_OBLOCK 64
 
-/* Bytes ahead that the packed (WT_G16) q4k decode stream prefetches by default
+/* Bytes ahead that the packed (WT_G16) q8 and q4k decode streams prefetch by default
  * (DH_KERN_PREFETCH_G16 overrides it), and so one of nn_read_bandwidth's read patterns: the
  * bandwidth ceiling must be read at least the way the fastest kernel reads. */
 #define KERN_G16_PREFETCH 8192

@@ -613,14 +613,19 @@ static int q_prefetch(void) {
     return env_bytes(&pf, "DH_KERN_PREFETCH", QPF_DEFAULT, 1 << 16);
 }
 
-/* How far ahead (bytes) the q4k decode kernel prefetches in the one stream of a WT_G16 matrix,
- * 0 for not at all. On Zen 5 (AMD EPYC), without it q4k's loads wait on memory (perf: the
- * time sits on the instructions after its loads) and it read 13-16 GB/s on one thread where q8's packed stream
- * reads 20; with it, 25-29. q8's packed stream does not gain (Zen 5, tg64 alternated 3 rounds:
- * genesis-1b q8 0.90x at 8192, genesis-5b q8 1.03x at 2048; genesis-1b q4k 1.52x and -5b q4k
- * 1.58x at 8192) and does not prefetch. The default, KERN_G16_PREFETCH (kern.h), was the best
- * of 0-8192 in bench_kern --decode on Zen 5 (and the largest tried). DH_KERN_PREFETCH_G16=BYTES
- * sets it (0 turns it off), for tuning on a new CPU; read once. */
+/* How far ahead (bytes) the q8 and q4k decode kernels prefetch in the one stream of a WT_G16
+ * matrix, 0 for not at all. On Zen 5 (AMD EPYC), without it the loads wait on memory (perf: the
+ * time sits on the instructions after them): one thread computing on data in L2 reads a q8
+ * expert at 96 GB/s, from memory at 20-25 where the plain reader gets 29, so computing and
+ * loading barely overlap. q4k gained first (tg64 alternated 3 rounds: genesis-1b q4k 1.52x and
+ * -5b q4k 1.58x at 8192). q8 did not while two threads took a product's tasks in turn (0.90x
+ * genesis-1b at 8192): each thread's stream broke at every task. Since each thread reads one
+ * contiguous range (threadpool.c), q8 gains too: switching at every step, genesis-5b q8's step
+ * took 0.69-1.00 (median 0.84) of the time and genesis-1b q8's 0.75-1.02 (median 0.90), over
+ * eight runs each; the busier the machine, the more. The default, KERN_G16_PREFETCH (kern.h),
+ * was the best of 0-8192 for q4k in bench_kern --decode on Zen 5; for q8 2-8 KiB were alike
+ * and 32 KiB worse. DH_KERN_PREFETCH_G16=BYTES sets it (0 turns it off), for tuning on a new
+ * CPU; read once. */
 static int q_prefetch_g16(void) {
     static int pf = -1;
     return env_bytes(&pf, "DH_KERN_PREFETCH_G16", KERN_G16_PREFETCH, 1 << 20);
@@ -649,6 +654,9 @@ AI void q_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
         __m512i w[8];
         __m512 dw;
         if (g16) { /* WT_G16: the 16 scales, then the 8 vectors as q8_rows makes them */
+            if (pf) /* the group's one stream: the lines of a block, pf bytes on */
+                UNROLL
+                for (int k = 0; k < 9; k++) _mm_prefetch((const char *)p + pf + 64 * k, _MM_HINT_T0);
             dw = _mm512_cvtph_ps(_mm256_loadu_si256((const void *)p));
             UNROLL
             for (int g = 0; g < 8; g++) w[g] = _mm512_loadu_si512(p + 2 * WT_G16_ROWS + 64 * g);
@@ -688,7 +696,7 @@ static void q_small_any(float *y, int ldy, const int8_t *xq, const float *xd, co
         if (q4)                                                                                  \
             q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 1, 0, RR, pf);                          \
         else if (g16)                                                                            \
-            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 0, 1, RR, 0);                           \
+            q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 0, 1, RR, pf);                          \
         else                                                                                     \
             q_small(y, ldy, xq, xd, corr, nb, p, bs, rw, 0, 0, RR, pf);                          \
         break;
@@ -1094,15 +1102,15 @@ static void matmul_q(float *y, int ldy, const kern_act *a, const wmat *W, int T,
         for (int t = 0; t < tn; t++)
             q_block_sums(xq + (size_t)t * cols, nb, q4 ? -8 : -128, corr + (size_t)t * nb);
         if (tn <= QSMALL_T && W->layout == WT_G16) {
-            /* one sequential stream: 16 rows a group, 544 bytes a block (the hardware
-             * prefetcher follows it; software prefetch measured slower) */
+            /* one sequential stream: 16 rows a group, 544 bytes a block, prefetched as q4k's */
             qrows rw;
             qrows_init(&rw, rb, 1, 16);
+            int pf = q_prefetch_g16();
             for (int o = o0; o < o1; o += 16)
                 for (int t = 0; t < tn; t += 4)
                     q_small_any(yc + (size_t)t * ldy + o, ldy, xq + (size_t)t * cols, xd + (size_t)t * nb,
                                 corr + (size_t)t * nb, nb, (const uint8_t *)(W->p.q8 + (size_t)o * nb), 16 * bs,
-                                &rw, 0, 1, DH_MIN(4, tn - t), 0);
+                                &rw, 0, 1, DH_MIN(4, tn - t), t == 0 ? pf : 0);
             continue;
         }
         if (tn <= QSMALL_T) {
