@@ -25,6 +25,7 @@
 #include "cli/runtime.h"
 #include "core/common.h"
 #include "core/cpu.h"
+#include "core/hugemem.h"
 #include "core/nn.h"
 #include "core/tensor.h"
 
@@ -68,7 +69,7 @@ static void reader_burst(reader *r, int reps) {
 
 static void reader_open(reader *r) {
     *r = (reader){.n = (size_t)1 << 30};
-    r->a = xmalloc(r->n);
+    r->a = hm_alloc(r->n); /* on the pages the weights are on (hugemem.h) */
     for (size_t i = 0; i < r->n / 8; i++) r->a[i] = i * 0x9E3779B97F4A7C15ULL;
     reader_burst(r, 16);
 }
@@ -353,7 +354,7 @@ int cmd_bench(int argc, char **argv) {
             report(&R, &a, &res, 1, rd, wire, share, cpu);
         }
     }
-    if (rd) free(rdr.a);
+    if (rd) hm_free(rdr.a, rdr.n);
     if (rc) rt_step_failed(&R, rc);
     rt_close(&R, 1);
     return rc ? 1 : 0;

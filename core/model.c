@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 
 #include "core/common.h"
+#include "core/hugemem.h"
 #include "core/nn.h"
 #include "core/quant.h"
 
@@ -38,11 +39,8 @@ static void *own(model *m, size_t bytes) {
         m->cap_owned = m->cap_owned ? m->cap_owned * 2 : 64;
         m->owned = xrealloc(m->owned, (size_t)m->cap_owned * sizeof *m->owned);
     }
-    void *p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) {
-        fprintf(stderr, "darkhorse: out of memory allocating %zu bytes of weights\n", bytes);
-        abort();
-    }
+    if (!m->arena) m->arena = hm_arena_new();
+    void *p = hm_arena_alloc(m->arena, bytes); /* on huge pages: a step streams them all */
     m->owned_len = xrealloc(m->owned_len, (size_t)m->cap_owned * sizeof *m->owned_len);
     m->owned_len[m->n_owned] = bytes;
     m->owned[m->n_owned++] = p;
@@ -54,7 +52,7 @@ static void *own(model *m, size_t bytes) {
 static void disown(model *m, const void *p) {
     for (int i = 0; p && i < m->n_owned; i++) {
         if (m->owned[i] != p) continue;
-        free(m->owned[i]);
+        hm_arena_free(m->arena, m->owned[i], m->owned_len[i]);
         m->owned_bytes -= m->owned_len[i];
         m->n_owned--;
         m->owned[i] = m->owned[m->n_owned], m->owned_len[i] = m->owned_len[m->n_owned];
@@ -499,7 +497,8 @@ void model_free(model *m) {
     if (!m) return;
     for (int i = 0; i < m->n_layers; i++) free(m->layers[i].moe.experts);
     free(m->layers);
-    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    for (int i = 0; i < m->n_owned; i++) hm_arena_free(m->arena, m->owned[i], m->owned_len[i]);
+    hm_arena_free_all(m->arena);
     free(m->owned);
     free(m->owned_len);
     free(m->inv_freq);

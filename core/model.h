@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "core/config.h"
+#include "core/hugemem.h"
 #include "core/safetensors.h"
 #include "core/tensor.h"
 
@@ -90,6 +91,7 @@ typedef struct model {
     size_t *owned_len;          /* [n_owned] their bytes */
     int n_owned, cap_owned;
     uint64_t owned_bytes;
+    hm_arena *arena;            /* where the owned buffers live (hugemem.h); NULL until one is */
 } model;
 
 model_params model_default_params(void);  /* stored values, everything, MTP */

@@ -43,6 +43,7 @@
 #include <cblas.h>
 
 #include "core/common.h"
+#include "core/hugemem.h"
 #include "core/kern.h"
 #include "core/nn.h"
 #include "core/threadpool.h"
@@ -435,7 +436,7 @@ int main(int argc, char **argv) {
         bench_forkjoin();
         return 0;
     }
-    void *big = xmalloc(BIG_BYTES);
+    void *big = hm_alloc(BIG_BYTES); /* on the pages model weights are on */
     memset(big, 1, BIG_BYTES);
     float *x = xmalloc((size_t)PREFILL_T * HIDDEN * sizeof *x);
     float *y = xmalloc((size_t)DH_MAX(PREFILL_T * PREFILL_ROWS, 2 * LMHEAD_ROWS) * sizeof *y);
@@ -450,7 +451,7 @@ int main(int argc, char **argv) {
             if (o.decode) bench_decode((dh_dtype)dt, big, x, y);
             else bench_sweep((dh_dtype)dt, big, x, y);
         }
-        free(x), free(y), free(big);
+        free(x), free(y), hm_free(big, BIG_BYTES);
         return 0;
     }
     fprintf(stderr, "OpenBLAS core type: %s\n", openblas_get_corename());
@@ -463,6 +464,6 @@ int main(int argc, char **argv) {
         if (o.only_dtype < 0 || o.only_dtype == dt) bench_dtype((dh_dtype)dt, big, x, y, &o);
     free(x);
     free(y);
-    free(big);
+    hm_free(big, BIG_BYTES);
     return 0;
 }
