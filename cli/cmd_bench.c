@@ -74,6 +74,8 @@ static void reader_open(reader *r) {
     reader_burst(r, 16);
 }
 
+static void reader_close(reader *r) { hm_free(r->a, r->n); }
+
 typedef struct bench_args {
     int p, n, batch, reps, json, bandwidth;
 } bench_args;
@@ -354,7 +356,7 @@ int cmd_bench(int argc, char **argv) {
             report(&R, &a, &res, 1, rd, wire, share, cpu);
         }
     }
-    if (rd) hm_free(rdr.a, rdr.n);
+    if (rd) reader_close(rd);
     if (rc) rt_step_failed(&R, rc);
     rt_close(&R, 1);
     return rc ? 1 : 0;

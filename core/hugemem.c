@@ -7,7 +7,8 @@
  * error. The arena hands out buffers in order from its last slab and never reuses an address;
  * freeing gives the whole small pages inside a buffer back with MADV_DONTNEED (the kernel
  * splits a huge page for that) and unmaps a slab when nothing in it is live; the next buffer
- * then opens a new slab. */
+ * then opens a new slab. Without mappings (HM_MAPPED 0) every buffer is a slab of its own,
+ * malloc'd at its size, so the same bookkeeping frees it. */
 #define _GNU_SOURCE
 #include "core/hugemem.h"
 
@@ -20,17 +21,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-#if defined(__SANITIZE_ADDRESS__)
-#define HM_MALLOC 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HM_MALLOC 1
-#endif
-#endif
-#ifndef HM_MALLOC
-#define HM_MALLOC 0
-#endif
 
 #define HM_SLAB ((size_t)64 << 20)
 #define HM_ALIGN ((size_t)64)
@@ -47,7 +37,7 @@ _Noreturn static void hm_oom(size_t bytes, int err) {
 
 void *hm_alloc(size_t bytes) {
     size_t n = round_up(bytes ? bytes : 1, HM_PAGE);
-#if HM_MALLOC
+#if !HM_MAPPED
     void *m = NULL;
     if (posix_memalign(&m, 64, n) != 0) hm_oom(n, ENOMEM);
     memset(m, 0, n);
@@ -67,7 +57,7 @@ void *hm_alloc(size_t bytes) {
 
 void hm_free(void *p, size_t bytes) {
     if (!p) return;
-#if HM_MALLOC
+#if !HM_MAPPED
     (void)bytes;
     free(p);
 #else
@@ -87,37 +77,44 @@ struct hm_arena {
 
 hm_arena *hm_arena_new(void) { return xcalloc(1, sizeof(hm_arena)); }
 
-#if HM_MALLOC
-void *hm_arena_alloc(hm_arena *a, size_t bytes) {
-    (void)a;
-    void *p = NULL;
-    if (posix_memalign(&p, HM_ALIGN, bytes ? bytes : HM_ALIGN) != 0) hm_oom(bytes, ENOMEM);
-    return p;
-}
-
-void hm_arena_free(hm_arena *a, void *p, size_t bytes) {
-    (void)a, (void)bytes;
-    free(p);
-}
-
-void hm_arena_free_all(hm_arena *a) { free(a); } /* with malloc, each buffer was freed by its owner */
-#else
-void *hm_arena_alloc(hm_arena *a, size_t bytes) {
-    size_t n = round_up(bytes ? bytes : 1, HM_ALIGN);
-    slab *s = a->n ? &a->slabs[a->n - 1] : NULL;
-    if (!s || s->size - s->used < n) {
-        if (a->n == a->cap) {
-            a->cap = a->cap ? 2 * a->cap : 16;
-            a->slabs = xrealloc(a->slabs, (size_t)a->cap * sizeof *a->slabs);
-        }
-        size_t size = n > HM_SLAB / 2 ? round_up(n, HM_PAGE) : HM_SLAB;
-        /* a big buffer gets its own slab; the current one stays last, still open to small ones */
-        int at = a->n;
-        if (s && size != HM_SLAB) at = a->n - 1, a->slabs[a->n] = a->slabs[at];
-        a->slabs[at] = (slab){.base = hm_alloc(size), .size = size};
-        a->n++;
-        s = &a->slabs[at];
+/* a new slab for a buffer of n bytes: 64 MiB, or a slab of its own for one over half that
+ * (or, without mappings, for every buffer); the last slab stays last, still open */
+static slab *slab_open(hm_arena *a, size_t n) {
+    if (a->n == a->cap) {
+        a->cap = a->cap ? 2 * a->cap : 16;
+        a->slabs = xrealloc(a->slabs, (size_t)a->cap * sizeof *a->slabs);
     }
+#if HM_MAPPED
+    int own = n > HM_SLAB / 2;
+    slab s = {.size = own ? round_up(n, HM_PAGE) : HM_SLAB};
+    s.base = hm_alloc(s.size);
+#else
+    int own = 1;
+    slab s = {.size = n};
+    if (posix_memalign((void **)&s.base, HM_ALIGN, n) != 0) hm_oom(n, ENOMEM);
+#endif
+    int at = a->n;
+    if (own && a->n > 0) at = a->n - 1, a->slabs[a->n] = a->slabs[at];
+    a->slabs[at] = s;
+    a->n++;
+    return &a->slabs[at];
+}
+
+static void slab_close(slab *s) {
+#if HM_MAPPED
+    hm_free(s->base, s->size);
+#else
+    free(s->base);
+#endif
+}
+
+/* the bytes a buffer takes in its slab: whole 64-byte lines, or (malloc'd) exactly its own */
+static size_t carved(size_t bytes) { return HM_MAPPED ? round_up(bytes ? bytes : 1, HM_ALIGN) : bytes ? bytes : 1; }
+
+void *hm_arena_alloc(hm_arena *a, size_t bytes) {
+    size_t n = carved(bytes);
+    slab *s = a->n ? &a->slabs[a->n - 1] : NULL;
+    if (!s || s->size - s->used < n) s = slab_open(a, n);
     void *p = s->base + s->used;
     s->used += n;
     s->live += n;
@@ -126,7 +123,7 @@ void *hm_arena_alloc(hm_arena *a, size_t bytes) {
 
 void hm_arena_free(hm_arena *a, void *p, size_t bytes) {
     if (!p) return;
-    size_t n = round_up(bytes ? bytes : 1, HM_ALIGN);
+    size_t n = carved(bytes);
     char *c = p;
     for (int i = 0; i < a->n; i++) {
         slab *s = &a->slabs[i];
@@ -134,13 +131,13 @@ void hm_arena_free(hm_arena *a, void *p, size_t bytes) {
         DH_ASSERT(c + n <= s->base + s->used && s->live >= n);
         s->live -= n;
         if (s->live == 0) {
-            hm_free(s->base, s->size);
+            slab_close(s);
             a->slabs[i] = a->slabs[--a->n];
-            return;
+        } else {
+            size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+            uintptr_t lo = round_up((uintptr_t)c, pg), hi = ((uintptr_t)c + bytes) / pg * pg;
+            if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
         }
-        size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-        uintptr_t lo = round_up((uintptr_t)c, pg), hi = ((uintptr_t)c + bytes) / pg * pg;
-        if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
         return;
     }
     DH_ASSERT(!"hm_arena_free: a pointer from no slab of this arena");
@@ -148,8 +145,7 @@ void hm_arena_free(hm_arena *a, void *p, size_t bytes) {
 
 void hm_arena_free_all(hm_arena *a) {
     if (!a) return;
-    for (int i = 0; i < a->n; i++) hm_free(a->slabs[i].base, a->slabs[i].size);
+    for (int i = 0; i < a->n; i++) slab_close(&a->slabs[i]);
     free(a->slabs);
     free(a);
 }
-#endif

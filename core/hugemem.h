@@ -13,6 +13,20 @@
 
 #define HM_PAGE ((size_t)2 << 20)
 
+/* 1 when buffers are mappings of their own (2 MiB-aligned, madvised); 0 under
+ * AddressSanitizer, where they come from malloc at their exact size so that the sanitizer
+ * sees each one's bounds. */
+#if defined(__SANITIZE_ADDRESS__)
+#define HM_MAPPED 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define HM_MAPPED 0
+#endif
+#endif
+#ifndef HM_MAPPED
+#define HM_MAPPED 1
+#endif
+
 /* One buffer of its own: bytes rounded up to 2 MiB, 2 MiB-aligned, zero-filled on first touch.
  * Aborts with a message when the memory cannot be had. Freed with hm_free(p, bytes). */
 void *hm_alloc(size_t bytes);
@@ -27,6 +41,7 @@ void *hm_arena_alloc(hm_arena *a, size_t bytes); /* aborts with a message when o
 /* Give back buffer p of bytes (as allocated): its whole small pages return to the system at
  * once, its slab when the slab's last buffer is freed. Its addresses are not reused. */
 void hm_arena_free(hm_arena *a, void *p, size_t bytes);
-/* Frees every slab, whatever is still allocated from them. hm_arena_free_all(NULL) does nothing. */
+/* Frees the arena and every buffer still allocated from it, without giving them back one by
+ * one. hm_arena_free_all(NULL) does nothing. */
 void hm_arena_free_all(hm_arena *a);
 #endif

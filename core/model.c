@@ -497,8 +497,7 @@ void model_free(model *m) {
     if (!m) return;
     for (int i = 0; i < m->n_layers; i++) free(m->layers[i].moe.experts);
     free(m->layers);
-    for (int i = 0; i < m->n_owned; i++) hm_arena_free(m->arena, m->owned[i], m->owned_len[i]);
-    hm_arena_free_all(m->arena);
+    hm_arena_free_all(m->arena); /* every owned buffer with it */
     free(m->owned);
     free(m->owned_len);
     free(m->inv_freq);

@@ -256,7 +256,6 @@ typedef struct bw_job {
     uint64_t sums[256];
 } bw_job;
 
-
 static void bw_task(void *ctx, int task, int thread) {
     bw_job *j = ctx;
     /* keeps the loads from being optimised away */
