@@ -647,8 +647,8 @@ AI void q_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
     UNROLL
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++, p += bs) {
-        /* a line ahead in each row every 68 (q8) or 72 (q4) bytes of it */
-        if (pf && (b & (q4 ? 3 : 1)) == 0)
+        /* rows apart: a line ahead in each row every 68 (q8) or 72 (q4) bytes of it */
+        if (pf && !g16 && (b & (q4 ? 3 : 1)) == 0)
             UNROLL
             for (int i = 0; i < 16; i++) _mm_prefetch((const char *)p + pf + i * rw->stride, _MM_HINT_T0);
         __m512i w[8];
