@@ -414,27 +414,40 @@ static void dot_rows_avx(float *out, const float *q, const float *x, size_t ldx,
     for (; r < rows; r++) out[r] = dot_avx(q, x + (size_t)r * ldx, n);
 }
 
-/* axpy_avx for rows 0, 1, ... in order, 128 elements of y at a time held in registers: each
- * element takes the same fused steps in the same order, so the bits of the separate calls */
-static void axpy_rows_avx(float *y, const float *a, const float *x, size_t ldx, int rows, int n) {
-    enum { U = 8 };
-    int i = 0;
-    for (; i + 16 * U <= n; i += 16 * U) {
-        __m512 acc[U];
-        for (int u = 0; u < U; u++) acc[u] = _mm512_loadu_ps(y + i + 16 * u);
-        for (int r = 0; r < rows; r++) {
-            __m512 av = _mm512_set1_ps(a[r]);
-            const float *xr = x + (size_t)r * ldx + i;
-            for (int u = 0; u < U; u++) acc[u] = _mm512_fmadd_ps(av, _mm512_loadu_ps(xr + 16 * u), acc[u]);
-        }
-        for (int u = 0; u < U; u++) _mm512_storeu_ps(y + i + 16 * u, acc[u]);
+/* axpy_avx for rows 0, 1, ... in order on V vectors of y (V <= 8, the last one masked by m) held
+ * in registers: V independent chains of fused steps, rows ascending */
+AI void axpy_rows_v(float *y, const float *a, const float *x, size_t ldx, int rows, int V, __mmask16 m) {
+    __m512 acc[8];
+    UNROLL
+    for (int u = 0; u < V; u++) acc[u] = _mm512_maskz_loadu_ps(u == V - 1 ? m : 0xFFFF, y + 16 * u);
+    for (int r = 0; r < rows; r++) {
+        __m512 av = _mm512_set1_ps(a[r]);
+        const float *xr = x + (size_t)r * ldx;
+        UNROLL
+        for (int u = 0; u < V; u++)
+            acc[u] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(u == V - 1 ? m : 0xFFFF, xr + 16 * u), acc[u]);
     }
-    for (; i < n; i += 16) { /* a vector at a time, the last one masked */
-        __mmask16 m = (__mmask16)(n - i >= 16 ? 0xFFFFu : (1u << (n - i)) - 1);
-        __m512 acc = _mm512_maskz_loadu_ps(m, y + i);
-        for (int r = 0; r < rows; r++)
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(a[r]), _mm512_maskz_loadu_ps(m, x + (size_t)r * ldx + i), acc);
-        _mm512_mask_storeu_ps(y + i, m, acc);
+    UNROLL
+    for (int u = 0; u < V; u++) _mm512_mask_storeu_ps(y + 16 * u, u == V - 1 ? m : 0xFFFF, acc[u]);
+}
+
+/* axpy_avx for rows 0, 1, ... in order, up to 128 elements of y at a time held in registers:
+ * each element takes the same fused steps in the same order, so the bits of the separate
+ * calls. A width under 128 (genesis-1b's 64-wide values) is one register block too, not a
+ * vector at a time: one vector's chain of fused steps waits on each step's latency, and on
+ * AMD EPYC Zen 4 that made attention half of genesis-1b q4k's pp512. */
+static void axpy_rows_avx(float *y, const float *a, const float *x, size_t ldx, int rows, int n) {
+    int i = 0;
+    for (; i + 128 <= n; i += 128) axpy_rows_v(y + i, a, x + i, ldx, rows, 8, 0xFFFF);
+    if (i == n) return;
+    int left = n - i;
+    __mmask16 m = (__mmask16)(left % 16 ? (1u << left % 16) - 1 : 0xFFFFu);
+    switch ((left + 15) / 16) {
+#define AXR_CASE(V)                                                                              \
+    case V: axpy_rows_v(y + i, a, x + i, ldx, rows, V, m); break;
+        AXR_CASE(1) AXR_CASE(2) AXR_CASE(3) AXR_CASE(4) AXR_CASE(5) AXR_CASE(6) AXR_CASE(7)
+#undef AXR_CASE
+    default: DH_ASSERT(0);
     }
 }
 

@@ -291,7 +291,8 @@ static void test_dot_and_axpy_match_naive(void) {
 }
 
 /* dot_rows and axpy_rows are dot and axpy row by row, bit for bit, in each table: the widths
- * of attention's keys (192, 576), values (128, 512) and tails; strides wider than a row */
+ * of attention's keys (96, 192, 576), values (64, 128, 512) and tails, every register block
+ * of 1 to 8 vectors with and without a masked last one; strides wider than a row */
 static void test_dot_rows_and_axpy_rows_are_dot_and_axpy_bit_for_bit(void) {
     const kern_ops *tables[2] = {kern_portable(), kern_avx512()};
     enum { MAXR = 9, MAXN = 600, LD = 613 };
@@ -299,7 +300,7 @@ static void test_dot_rows_and_axpy_rows_are_dot_and_axpy_bit_for_bit(void) {
     for (size_t i = 0; i < sizeof x / sizeof *x; i++) x[i] = frand();
     for (int i = 0; i < MAXN; i++) q[i] = frand(), y[i] = frand();
     for (int i = 0; i < MAXR; i++) a[i] = frand();
-    const int ns[] = {1, 7, 16, 17, 32, 128, 129, 144, 192, 200, 512, 576, 600};
+    const int ns[] = {1, 7, 16, 17, 32, 48, 64, 96, 112, 128, 129, 144, 192, 200, 512, 576, 600};
     for (int k = 0; k < 2; k++) {
         if (!tables[k]) continue;
         for (size_t in = 0; in < sizeof ns / sizeof *ns; in++)
