@@ -637,8 +637,10 @@ static int q_prefetch(void) {
  * took 0.69-1.00 (median 0.84) of the time and genesis-1b q8's 0.75-1.02 (median 0.90), over
  * eight runs each; the busier the machine, the more. The default, KERN_G16_PREFETCH (kern.h),
  * was the best of 0-8192 for q4k in bench_kern --decode on Zen 5; for q8 2-8 KiB were alike
- * and 32 KiB worse. DH_KERN_PREFETCH_G16=BYTES sets it (0 turns it off), for tuning on a new
- * CPU; read once. */
+ * and 32 KiB worse. (Those q8 figures were taken while q_small also ran the row-major path's
+ * prefetches on a WT_G16 group, a mistake that made q8 decode 1.3-1.8x slower on Zen 4; without
+ * them, on Zen 4, 0 and 8192 are alike for q8 and q4k, so one default serves both kinds.)
+ * DH_KERN_PREFETCH_G16=BYTES sets it (0 turns it off), for tuning on a new CPU; read once. */
 static int q_prefetch_g16(void) {
     static int pf = -1;
     return env_bytes(&pf, "DH_KERN_PREFETCH_G16", KERN_G16_PREFETCH, 1 << 20);
