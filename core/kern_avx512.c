@@ -437,17 +437,16 @@ AI void axpy_rows_v(float *y, const float *a, const float *x, size_t ldx, int ro
  * vector at a time: one vector's chain of fused steps waits on each step's latency, and on
  * AMD EPYC Zen 4 that put 26% of genesis-1b q4k's pp512 samples (perf) in this function. */
 static void axpy_rows_avx(float *y, const float *a, const float *x, size_t ldx, int rows, int n) {
-    int i = 0;
-    for (; i + 128 <= n; i += 128) axpy_rows_v(y + i, a, x + i, ldx, rows, 8, 0xFFFF);
-    if (i == n) return;
-    int left = n - i;
-    __mmask16 m = (__mmask16)(left % 16 ? (1u << left % 16) - 1 : 0xFFFFu);
-    switch ((left + 15) / 16) {
+    for (int i = 0; i < n; i += 128) {
+        int left = DH_MIN(128, n - i);
+        __mmask16 m = (__mmask16)(left % 16 ? (1u << left % 16) - 1 : 0xFFFFu);
+        switch ((left + 15) / 16) {
 #define AXR_CASE(V)                                                                              \
     case V: axpy_rows_v(y + i, a, x + i, ldx, rows, V, m); break;
-        AXR_CASE(1) AXR_CASE(2) AXR_CASE(3) AXR_CASE(4) AXR_CASE(5) AXR_CASE(6) AXR_CASE(7)
+            AXR_CASE(1) AXR_CASE(2) AXR_CASE(3) AXR_CASE(4) AXR_CASE(5) AXR_CASE(6) AXR_CASE(7) AXR_CASE(8)
 #undef AXR_CASE
-    default: DH_ASSERT(0);
+        default: DH_ASSERT(0);
+        }
     }
 }
 
@@ -662,10 +661,6 @@ AI void q_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
     UNROLL
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++, p += bs) {
-        /* rows apart: a line ahead in each row every 68 (q8) or 72 (q4) bytes of it */
-        if (pf && !g16 && (b & (q4 ? 3 : 1)) == 0)
-            UNROLL
-            for (int i = 0; i < 16; i++) _mm_prefetch((const char *)p + pf + i * rw->stride, _MM_HINT_T0);
         __m512i w[8];
         __m512 dw;
         if (g16) { /* WT_G16: the 16 scales, then the 8 vectors as q8_rows makes them */
@@ -676,6 +671,10 @@ AI void q_small(float *y, int ldy, const int8_t *xq, const float *xd, const int3
             UNROLL
             for (int g = 0; g < 8; g++) w[g] = _mm512_loadu_si512(p + 2 * WT_G16_ROWS + 64 * g);
         } else {
+            if (pf && (b & (q4 ? 3 : 1)) == 0) /* rows apart: a line ahead in each row every 68
+                                                  (q8) or 72 (q4) bytes of it */
+                UNROLL
+                for (int i = 0; i < 16; i++) _mm_prefetch((const char *)p + pf + i * rw->stride, _MM_HINT_T0);
             if (q4)
                 q4_rows(p, rw, w, 1);
             else

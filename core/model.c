@@ -38,10 +38,10 @@ static void *own(model *m, size_t bytes) {
     if (m->n_owned == m->cap_owned) {
         m->cap_owned = m->cap_owned ? m->cap_owned * 2 : 64;
         m->owned = xrealloc(m->owned, (size_t)m->cap_owned * sizeof *m->owned);
+        m->owned_len = xrealloc(m->owned_len, (size_t)m->cap_owned * sizeof *m->owned_len);
     }
     if (!m->arena) m->arena = hm_arena_new();
     void *p = hm_arena_alloc(m->arena, bytes); /* on huge pages: a step streams them all */
-    m->owned_len = xrealloc(m->owned_len, (size_t)m->cap_owned * sizeof *m->owned_len);
     m->owned_len[m->n_owned] = bytes;
     m->owned[m->n_owned++] = p;
     m->owned_bytes += bytes;
