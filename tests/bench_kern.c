@@ -262,7 +262,9 @@ static const int decode_shapes[][2] = {{129280, 1024}, {129280, 2048}, {640, 204
 
 /* T = 1 and 2 on the decode shapes, cold (cycling through the 1 GiB buffer, several times the
  * 300 MB L3; an f32 129280 x 2048 matrix is 1 GB on its own), in GB/s of weights, with the
- * kernels nn_init picks, on 1 and 2 threads. */
+ * kernels nn_init picks, on 1 and 2 threads; and T = 1 hot when the matrix is at most
+ * HOT_BYTES (in L2 or L3): the rate the kernel computes at, its ceiling on infinite bandwidth. */
+#define HOT_BYTES ((size_t)4 << 20)
 static void bench_decode(dh_dtype dt, void *big, float *x, float *y) {
     fill_weights(big, dt, BIG_BYTES);
     double bw[2] = {read_bandwidth(big, 1), read_bandwidth(big, 2)};
@@ -288,6 +290,9 @@ static void bench_decode(dh_dtype dt, void *big, float *x, float *y) {
                     cell(gbs, 8);
                     cell(100 * gbs / bw[threads - 1], 6);
                 }
+                /* hot: the one matrix again and again, when it fits in a core's L2 (the
+                 * kernel's own rate, with no memory to wait for) */
+                cell(bytes <= HOT_BYTES ? bytes / time_matmul_rc(dt, big, rows, cols, 1, 1, x, y, 0.3) * 1e-9 : 0, 8);
                 fprintf(stderr, "\n");
             }
         g_layout = WT_ROWS;
@@ -444,8 +449,9 @@ int main(int argc, char **argv) {
     if (o.decode || o.sweep) {
         if (o.decode)
             fprintf(stderr, "T=1 and T=2, cold, in GB/s of weights and %%bw against the read "
-                            "bandwidth on as many threads\n%-5s %-9s %7s %-14s %8s %6s %8s %6s\n",
-                    "dtype", "kernels", "threads", "shape", "T=1", "%bw", "T=2", "%bw");
+                            "bandwidth on as many threads; T=1 hot (matrices of 4 MiB or less, again and again: in L2 or L3)\n"
+                            "%-5s %-9s %7s %-14s %8s %6s %8s %6s %8s\n",
+                    "dtype", "kernels", "threads", "shape", "T=1", "%bw", "T=2", "%bw", "T=1 hot");
         for (int dt = 0; dt < DT_COUNT; dt++) {
             if (o.only_dtype >= 0 ? o.only_dtype != dt : dt != DT_BF16) continue;
             if (o.decode) bench_decode((dh_dtype)dt, big, x, y);
