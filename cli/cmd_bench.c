@@ -13,7 +13,11 @@
  * expert exchange. Every table and JSON line names the CPU it was measured on. Tables go to stderr;
  * --json prints one JSON object per line and test; a tg test's object also has ms_per_step: the
  * forward pass's parts and the exchange per timed step (the simulator's calibration, docs/cluster.md),
- * and forks_per_step: the thread pool's fork-joins per timed step, in all and per part. */
+ * and forks_per_step: the thread pool's fork-joins per timed step, in all and per part.
+ * --passes adds, for tg, the timed runs' passes (nn_matmul_multi: one product, or several read
+ * in one fork-join) by the bytes of weights each reads, classes of powers of two: passes and
+ * time per step, and GB/s (the key `passes` in JSON). A pass's time includes quantizing its
+ * activations and waking the pool, so a class far under the reader is where a step loses. */
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -40,6 +44,8 @@ static void usage(FILE *f) {
             "  -t THREADS          same as --threads\n"
             "  -r, --repetitions R timed runs of each test (default 5)\n"
             "  --no-bandwidth      skip the read-bandwidth measurement\n"
+            "  --passes            after tg, its products' passes by size: time, GB/s, share of the\n"
+            "                      bandwidth (where a decode step falls short of its roofline)\n"
             "  --json              one JSON object per test on stdout\n" RT_HELP);
 }
 
@@ -77,7 +83,7 @@ static void reader_open(reader *r) {
 static void reader_close(reader *r) { hm_free(r->a, r->n); }
 
 typedef struct bench_args {
-    int p, n, batch, reps, json, bandwidth;
+    int p, n, batch, reps, json, bandwidth, passes;
 } bench_args;
 
 /* the clocks bench reads: the forward's parts [0, FWD_T_COUNT), then these */
@@ -87,11 +93,13 @@ typedef struct result {
     char test[32];
     double med, mn, mx; /* tok/s */
     double step_ms;     /* median step time */
+    double step_ms_mean; /* mean step time over the timed runs (what the pass table divides) */
     double part_ms[BT_CLOCKS]; /* per step of the timed runs: the forward's parts, the exchange,
                                   the part of it in finish (waiting, then combining), the slowest
                                   worker's compute in each exchange */
     double forks[BT_CLOCKS];   /* per step of the timed runs: the pool's fork-joins in each part
                                   of the forward pass, then in all (tp_forks) */
+    nn_pass_class passes[NN_PASS_CLASSES]; /* tg with --passes: the timed runs' passes by size */
 } result;
 
 /* seconds so far in each part of the forward pass, in the exchange, and in the slowest
@@ -123,6 +131,9 @@ static void part_ms(const rt *R, const double *t0, const unsigned long *n0, doub
 }
 
 static void summarize(result *res, double *toks, double *steps, int reps) {
+    double sum = 0;
+    for (int i = 0; i < reps; i++) sum += steps[i];
+    res->step_ms_mean = sum / reps * 1e3;
     qsort(toks, (size_t)reps, sizeof *toks, cmp_d);
     qsort(steps, (size_t)reps, sizeof *steps, cmp_d);
     res->med = toks[reps / 2], res->mn = toks[0], res->mx = toks[reps - 1];
@@ -176,6 +187,8 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
             seqs[b] = kv_seq_open(R->kv);
             kv_seq_reserve(R->kv, seqs[b], a->n);
         }
+        if (r == 1) nn_pass_stats_take(res->passes); /* from zero */
+        nn_pass_stats(r > 0 && a->passes); /* the timed runs' steps only */
         double t0 = dh_now();
         for (int i = 0; i < a->n && !rc; i++) {
             for (int b = 0; b < B; b++) rows[b] = (fwd_row){seqs[b], i, (i * 31 + b * 977 + 1) % V, FWD_LOGITS};
@@ -183,6 +196,7 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
             rc = fwd_step(R->f, rows, B, &o);
         }
         double dt = dh_now() - t0;
+        nn_pass_stats(0);
         for (int b = 0; b < B; b++) kv_seq_close(R->kv, seqs[b]);
         if (r > 0) toks[r - 1] = (double)a->n * B / dt, steps[r - 1] = dt / a->n;
         if (r > 0 && rd) reader_burst(rd, 2);
@@ -192,6 +206,7 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
         else snprintf(res->test, sizeof res->test, "tg%d", a->n);
         summarize(res, toks, steps, a->reps);
         part_ms(R, clock0, forks0, (double)a->reps * a->n, res);
+        nn_pass_stats_take(res->passes);
     }
     free(rows), free(logits), free(seqs), free(toks), free(steps);
     return rc;
@@ -210,6 +225,45 @@ static void time_shares(const rt *R, double *share) {
     for (int i = 0; i < FWD_T_COUNT; i++) tot += share[i] = t[i] - last[i];
     for (int i = 0; i < FWD_T_COUNT; i++) share[i] = tot > 0 ? share[i] / tot : 0;
     memcpy(last, t, sizeof t);
+}
+
+/* a size class's bounds as text: (2^(k-1), 2^k] bytes */
+static void class_name(int k, char *buf, size_t n) {
+    static const char *unit[] = {"B", "KiB", "MiB", "GiB"};
+    double lo = k > 0 ? (double)((uint64_t)1 << (k - 1)) : 0, hi = (double)((uint64_t)1 << k);
+    int u = DH_MIN(k > 0 ? (k - 1) / 10 : 0, 3);
+    double s = (double)((uint64_t)1 << (10 * u));
+    snprintf(buf, n, "%g-%g %s", lo / s, hi / s, unit[u]);
+}
+
+/* --passes: the tg test's passes (nn_pass_stats) by size, per step of the timed runs, on
+ * stderr; and as a JSON array when j */
+static void report_passes(const bench_args *a, const result *res, double bw, json_t *j) {
+    double steps = (double)a->reps * a->n, ms = 0;
+    json_t *arr = j ? json_array() : NULL;
+    fprintf(stderr, "passes of the timed tg runs by weight bytes (this rank's products; %s the reader's best):\n",
+            bw > 0 ? "GB/s against" : "no bandwidth measured, so not against");
+    fprintf(stderr, "| %-17s | %11s | %9s | %9s | %7s | %6s | %10s |\n", "weights a pass", "passes/step", "MB a pass",
+            "us a pass", "ms/step", "GB/s", "of reader");
+    for (int k = 0; k < NN_PASS_CLASSES; k++) {
+        const nn_pass_class *c = &res->passes[k];
+        if (!c->n) continue;
+        char name[48];
+        class_name(k, name, sizeof name);
+        double gbs = c->seconds > 0 ? c->bytes / c->seconds * 1e-9 : 0;
+        ms += c->seconds * 1e3 / steps;
+        fprintf(stderr, "| %-17s | %11.1f | %9.3f | %9.1f | %7.3f | %6.1f |", name, c->n / steps, c->bytes / c->n / 1e6,
+                c->seconds / c->n * 1e6, c->seconds * 1e3 / steps, gbs);
+        if (bw > 0) fprintf(stderr, " %10.2f |\n", gbs / bw);
+        else fprintf(stderr, " %10s |\n", "-");
+        if (arr)
+            json_array_append_new(arr, json_pack("{s:f, s:f, s:f, s:f, s:f}", "bytes_max", (double)((uint64_t)1 << k),
+                                                 "per_step", c->n / steps, "bytes_mean", c->bytes / c->n,
+                                                 "ms_per_step", c->seconds * 1e3 / steps, "gb_s", gbs));
+    }
+    fprintf(stderr, "passes in all: %.2f ms a step, of the %.2f ms mean step (%.0f%%)\n", ms, res->step_ms_mean,
+            100 * ms / res->step_ms_mean);
+    if (j) json_object_set_new(j, "passes", arr);
 }
 
 static void report(const rt *R, const bench_args *a, const result *res, int gen, const reader *rd, double wire_per_tok,
@@ -231,6 +285,7 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
         fprintf(stderr, " fork-joins/step %.1f [attention %.1f, MoE %.1f, dense %.1f, head %.1f]", fk[FWD_T_COUNT],
                 fk[FWD_T_ATTENTION], fk[FWD_T_MOE], fk[FWD_T_DENSE], fk[FWD_T_HEAD]);
     fprintf(stderr, "\n");
+    if (gen && a->passes && !a->json) report_passes(a, res, bw, NULL);
     if (!a->json) return;
     json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:i, s:i}", "test", res->test, "cpu",
                           cpu, "model", R->o.model_dir, "weights", weights_name(R), "threads", nn_threads(), "bits_per_weight",
@@ -242,8 +297,8 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
         /* the lowest and highest best of a burst of passes: how much the machine moved */
         json_object_set_new(j, "bandwidth_gb_s_range", json_pack("[f, f]", rd->lo, rd->hi));
         json_object_set_new(j, "bandwidth_passes", json_integer(rd->passes));
-        json_object_set_new(j, "bytes_per_step", json_real(bytes_per_step));
     }
+    if (gen) json_object_set_new(j, "bytes_per_step", json_real(bytes_per_step));
     json_object_set_new(j, "time_share", json_pack("{s:f, s:f, s:f, s:f}", "attention", share[FWD_T_ATTENTION], "moe",
                                                    share[FWD_T_MOE], "dense", share[FWD_T_DENSE], "head",
                                                    share[FWD_T_HEAD]));
@@ -261,6 +316,10 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
                             json_pack("{s:f, s:f, s:f, s:f, s:f}", "attention", fk[FWD_T_ATTENTION], "moe",
                                       fk[FWD_T_MOE], "dense", fk[FWD_T_DENSE], "head", fk[FWD_T_HEAD], "total",
                                       fk[FWD_T_COUNT]));
+    if (gen && a->passes) {
+        json_object_set_new(j, "step_ms_mean", json_real(res->step_ms_mean));
+        report_passes(a, res, bw, j);
+    }
     if (R->clustered) {
         json_object_set_new(j, "wire_bytes_per_token", json_real(wire_per_tok));
         json_object_set_new(j, "exchange_share", json_real(xchg_share));
@@ -289,7 +348,8 @@ int cmd_bench(int argc, char **argv) {
         {"prompt", required_argument, 0, 'p'}, {"gen", required_argument, 0, 'n'},
         {"batch", required_argument, 0, 'b'},  {"repetitions", required_argument, 0, 'r'},
         {"json", no_argument, 0, 'j'},         {"no-bandwidth", no_argument, 0, 'B'},
-        {"help", no_argument, 0, 'h'},         RT_LONGOPTS,
+        {"passes", no_argument, 0, 'P'},       {"help", no_argument, 0, 'h'},
+        RT_LONGOPTS,
         {0, 0, 0, 0}};
     rt_opts ro = rt_default_opts();
     bench_args a = {.p = 512, .n = 64, .batch = 1, .reps = 5, .bandwidth = 1};
@@ -304,6 +364,7 @@ int cmd_bench(int argc, char **argv) {
         case 'r': a.reps = atoi(optarg); break;
         case 'j': a.json = 1; break;
         case 'B': a.bandwidth = 0; break;
+        case 'P': a.passes = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

@@ -118,7 +118,7 @@ typedef struct mm_job {
     kern_act *acts;   /* [n] */
     int n;
     int *first;       /* [n + 1] first task of each product */
-    int *per;         /* [n] blocks a task of each product */
+    int *step;        /* [n] rows a task of each product */
 } mm_job;
 
 /* Blocks of KERN_OBLOCK rows a task of a product takes: at most about 1 MiB of weights, and at
@@ -144,8 +144,8 @@ static void mm_task(void *ctx, int task, int thread) {
     int i = 0;
     while (task >= j->first[i + 1]) i++;
     const nn_mm *m = &j->mms[i];
-    int o0 = (task - j->first[i]) * KERN_OBLOCK * j->per[i];
-    int o1 = DH_MIN(o0 + KERN_OBLOCK * j->per[i], m->W->rows);
+    int o0 = (task - j->first[i]) * j->step[i];
+    int o1 = DH_MIN(o0 + j->step[i], m->W->rows);
     g_ops->matmul(m->y, m->ldy, &j->acts[i], m->W, m->T, o0, o1, g_scratch[thread]);
     if (m->up) {
         g_ops->matmul(m->yu, m->ldy, &j->acts[i], m->up, m->T, o0, o1, g_scratch[thread]);
@@ -172,11 +172,42 @@ static void q_task(void *ctx, int task, int thread) {
 
 #define MULTI_MAX 256
 
+/* the pass table (nn_pass_stats): passes by weight bytes while it is on */
+static int g_pass_on;
+static nn_pass_class g_pass[NN_PASS_CLASSES];
+
+void nn_pass_stats(int on) { g_pass_on = on; }
+
+void nn_pass_stats_take(nn_pass_class out[NN_PASS_CLASSES]) {
+    memcpy(out, g_pass, sizeof g_pass);
+    memset(g_pass, 0, sizeof g_pass);
+}
+
+static void matmul_pass(const nn_mm *mms, int n, double wbytes, double work);
+
 void nn_matmul_multi(const nn_mm *mms, int n) {
     DH_ASSERT(g_ops && n <= MULTI_MAX);
+    double work = 0, wbytes = 0; /* multiply-adds, and bytes of the weights the pass reads */
+    for (int i = 0; i < n; i++) {
+        const wmat *W = mms[i].W;
+        int mats = mms[i].up ? 2 : 1;
+        work += (double)mms[i].T * W->rows * W->cols * mats;
+        wbytes += mms[i].T > 0 ? (double)wt_bytes(W->dtype, (size_t)W->rows, (size_t)W->cols) * mats : 0;
+    }
+    if (!g_pass_on) {
+        matmul_pass(mms, n, wbytes, work);
+        return;
+    }
+    double t0 = dh_now();
+    matmul_pass(mms, n, wbytes, work);
+    int k = 0; /* the class: wbytes in (2^(k-1), 2^k] */
+    while (k < NN_PASS_CLASSES - 1 && (double)((uint64_t)1 << k) < wbytes) k++;
+    g_pass[k].n++, g_pass[k].bytes += wbytes, g_pass[k].seconds += dh_now() - t0;
+}
+
+static void matmul_pass(const nn_mm *mms, int n, double wbytes, double work) {
     kern_act acts[MULTI_MAX];
-    int first[MULTI_MAX + 1], per[MULTI_MAX];
-    double work = 0;
+    int first[MULTI_MAX + 1], step[MULTI_MAX];
     size_t qoff = 0;
     first[0] = 0;
     for (int i = 0; i < n; i++) {
@@ -202,19 +233,25 @@ void nn_matmul_multi(const nn_mm *mms, int n) {
             acts[i].q = qj.q, acts[i].qd = qj.qd;
             qoff += (size_t)m->T * W->cols;
         }
-        work += (double)m->T * W->rows * W->cols * (m->up ? 2 : 1);
     }
     int pass_blocks = 0; /* blocks of rows of all the pass's matrices */
     for (int i = 0; i < n; i++)
         pass_blocks += mms[i].T > 0 ? (mms[i].W->rows + KERN_OBLOCK - 1) / KERN_OBLOCK * (mms[i].up ? 2 : 1) : 0;
+    int threads = tp_threads(g_pool);
     for (int i = 0; i < n; i++) {
-        int blocks = (mms[i].W->rows + KERN_OBLOCK - 1) / KERN_OBLOCK;
-        per[i] = blocks_per_task(mms[i].W, pass_blocks, tp_threads(g_pool), mms[i].up ? 2 : 1);
-        first[i + 1] = first[i] + (mms[i].T > 0 ? (blocks + per[i] - 1) / per[i] : 0);
+        int rows = mms[i].W->rows;
+        if (pass_blocks < threads) /* fewer blocks than threads (a router): runs of 16 rows */
+            step[i] = DH_MAX(16, (rows + 16 * threads - 1) / (16 * threads) * 16);
+        else
+            step[i] = KERN_OBLOCK * blocks_per_task(mms[i].W, pass_blocks, threads, mms[i].up ? 2 : 1);
+        first[i + 1] = first[i] + (mms[i].T > 0 ? (rows + step[i] - 1) / step[i] : 0);
     }
-    mm_job j = {.mms = mms, .acts = acts, .n = n, .first = first, .per = per};
-    /* small work runs on the calling thread: waking the pool costs more */
-    if (work < 256.0 * 1024) {
+    mm_job j = {.mms = mms, .acts = acts, .n = n, .first = first, .step = step};
+    /* small work runs on the calling thread: waking the pool costs more than a few
+     * microseconds of it. Work is counted in multiply-adds and in weight bytes: genesis-5b's
+     * f32 router (64 x 2048: 131 k multiply-adds, 512 KiB) took 27-28 us a layer of decode on
+     * one thread, 19-20 on two (Zen 4, `darkhorse bench --passes`). */
+    if (work < 256.0 * 1024 && wbytes < 256.0 * 1024) {
         for (int t = 0; t < first[n]; t++) mm_task(&j, t, 0);
     } else {
         tp_run(g_pool, first[n], mm_task, &j);

@@ -52,6 +52,20 @@ void nn_matmul_ld(float *y, int ldy, const float *x, int ldx, const wmat *W, int
  * busy. Each result equals its own nn_matmul_ld, bit for bit. For q8/q4 the products' rows
  * together must fit the nn_reserve'd rows x cols. */
 void nn_matmul_multi(const nn_mm *mms, int n);
+
+/* The pass table: while on, every nn_matmul_multi (a pass: one fork-join of the pool, or the
+ * calling thread alone when the pass is small) is timed and counted in the class of the bytes of
+ * weights it reads, class k holding passes of (2^(k-1), 2^k] bytes. `darkhorse bench --passes`
+ * prints it for the timed decode runs: which sizes of product fall short of the bandwidth.
+ * nn_pass_stats_take copies the table out and clears it. The engine thread only. */
+#define NN_PASS_CLASSES 40
+typedef struct nn_pass_class {
+    unsigned long n; /* passes */
+    double bytes;    /* weight bytes they read, in all */
+    double seconds;  /* wall time they took, in all */
+} nn_pass_class;
+void nn_pass_stats(int on);
+void nn_pass_stats_take(nn_pass_class out[NN_PASS_CLASSES]);
 /* One product on the calling thread, from inside a task of the nn pool (tp_fn's `thread` picks
  * the scratch): what a task that fuses several steps (attention per head) uses between them.
  * The same bits as nn_matmul_ld. For q8/q4/q4k, T x W.cols must fit nn_reserve_local. */

@@ -134,4 +134,26 @@ cp "$ref/config.json" "$tmp/other/config.json"
 expect 1 "a worker with another checkpoint" mpirun -np 1 --oversubscribe "$bin" generate --model "$ref" --ids 1,2 --print-ids : -np 1 "$bin" generate --model "$tmp/other" --ids 1,2 --print-ids
 grep_err "has a different model" "the identity mismatch is named"
 
+# bench --passes: the timed decode steps' passes by size. A pass's bytes lie in its class; the
+# passes read no more than the step's weights (the absorbed per-head products are not passes),
+# and take no more than the timed steps' mean time; the warm-up and the bandwidth reader are not
+# counted. Without --passes, no table.
+expect 0 "bench --passes --json" "$bin" bench --model "$ref" -p 0 -n 4 -r 2 -t 2 --no-bandwidth --passes --json
+py "bench --passes: each class holds its sizes; bytes and time within the step's" '
+import json, sys
+j = json.loads(open(sys.argv[1]).read().strip().split("\n")[-1])
+p = j["passes"]
+assert p, j
+for c in p:
+    assert c["bytes_max"] / 2 < c["bytes_mean"] <= c["bytes_max"], c
+    assert c["per_step"] > 0 and c["ms_per_step"] > 0 and c["gb_s"] > 0, c
+read = sum(c["per_step"] * c["bytes_mean"] for c in p)
+assert 0.5 * j["bytes_per_step"] < read <= j["bytes_per_step"] * (1 + 1e-9), (read, j["bytes_per_step"])
+ms = sum(c["ms_per_step"] for c in p)
+assert 0 < ms <= j["step_ms_mean"], (ms, j["step_ms_mean"])
+' "$tmp/out"
+grep_err "passes in all: " "bench --passes prints its table on stderr"
+expect 0 "bench --json without --passes" "$bin" bench --model "$ref" -p 0 -n 2 -r 1 --no-bandwidth --json
+py "no pass table unless asked" 'import json, sys; assert "passes" not in json.loads(open(sys.argv[1]).read().strip().split("\n")[-1])' "$tmp/out"
+
 [ $fails -eq 0 ] && echo "PASS" || { echo "$fails FAILED"; exit 1; }
