@@ -249,8 +249,8 @@ static void matmul_pass(const nn_mm *mms, int n, double wbytes, double work) {
     mm_job j = {.mms = mms, .acts = acts, .n = n, .first = first, .step = step};
     /* small work runs on the calling thread: waking the pool costs more than a few
      * microseconds of it. Work is counted in multiply-adds and in weight bytes: genesis-5b's
-     * f32 router (64 x 2048: 131 k multiply-adds, 512 KiB) took 27-28 us a layer of decode on
-     * one thread, 19-20 on two (Zen 4, `darkhorse bench --passes`). */
+     * f32 router (64 x 2048: 131 k multiply-adds, 512 KiB) took 26-30 us a layer of decode on
+     * one thread, 19-24 on two (Zen 4; docs/performance.md). */
     if (work < 256.0 * 1024 && wbytes < 256.0 * 1024) {
         for (int t = 0; t < first[n]; t++) mm_task(&j, t, 0);
     } else {
