@@ -18,6 +18,9 @@
 #   DH_BENCH_LLAMA=1                  also measure llama.cpp here, in the same run, on GGUFs of
 #                                     the same shapes (scripts/bench-llamacpp.sh: builds it from
 #                                     the npm registry; the first time adds about 15 minutes)
+#   DH_BENCH_RAW=DIR                  keep the raw lines in DIR: darkhorse.jsonl (each line
+#                                     "ROUND MODEL {darkhorse bench --json}"), llama.jsonl and
+#                                     darkhorse.log (the tables and notes of each run, stderr)
 #   LLAMA_BENCH_JSONL=FILE            llama.cpp figures measured earlier on this machine (what
 #                                     scripts/bench-llamacpp.sh prints); with neither, the figures
 #                                     of issue 6 (llama.cpp v0.5.0, llama-bench -t 2 -p 512 -n 64
@@ -61,6 +64,13 @@ for cfg in $only; do
     fi
   done
 done
+
+if [ -n "${DH_BENCH_RAW:-}" ]; then
+  mkdir -p "$DH_BENCH_RAW"
+  cp "$out" "$DH_BENCH_RAW/darkhorse.jsonl"
+  cp "$out.log" "$DH_BENCH_RAW/darkhorse.log" 2>/dev/null || :
+  if [ -n "$llama" ] && [ -f "$llama" ]; then cp "$llama" "$DH_BENCH_RAW/llama.jsonl"; fi
+fi
 
 python3 - "$out" "$llama" "$rounds" <<'PY'
 import json, sys
@@ -126,6 +136,13 @@ if batched:
     for m, w, t in batched:
         print("| %s | %s | %s | %s |" % (m, w, t, cell(ours_and_theirs(m, w, t))))
 if round_ratios: print("\nThe rounds' ratios, in order: " + "; ".join(round_ratios) + ".")
+# the reader's lowest and highest burst in each tg run: a wide range means the machine changed
+# speed during the run (its share reads low); alike ranges mean the rounds met the same machine
+ranges = []
+for (m, w, t), got in runs.items():
+    if t == "tg64" and all("bandwidth_gb_s_range" in got[r] for r in got):
+        ranges.append("%s %s %s" % (m, w, " ".join("%.0f-%.0f" % tuple(got[r]["bandwidth_gb_s_range"]) for r in sorted(got))))
+if ranges: print("\nThe read bandwidth's bursts in each round's tg64 run, GB/s: " + "; ".join(ranges) + ".")
 print("\nCPU: %s" % "; ".join(cpus or ["unknown"]))
 print("llama.cpp: %s; Darkhorse: median of the runs%s, 2 threads, this machine." %
       (source, " (of %d rounds: the median of the rounds' medians; ratio: the median of the rounds' ratios)" % rounds if rounds > 1 else ""))
