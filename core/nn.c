@@ -121,22 +121,25 @@ typedef struct mm_job {
     int *step;        /* [n] rows a task of each product */
 } mm_job;
 
-/* Blocks of KERN_OBLOCK rows a task of a product takes: at most about 1 MiB of weights, and at
- * least DH_TASKS_PER_THREAD (8) tasks a thread in the pass (`blocks` of all its products), so
- * that a slow thread is waited for little. Each thread claims a contiguous range of the tasks
- * (threadpool.c), so its tasks read on as one stream whatever their size; on Zen 5, 3 or 32
- * tasks a thread were no faster than 8 (genesis-5b q8 decode, docs/performance.md). The split
- * changes no result: every output element is computed alone. A block of a gate product paired
- * with its up product (nn_mm.up) reads both: mats = 2. */
-static int blocks_per_task(const wmat *W, int blocks, int threads, int mats) {
+/* Rows a task of a product takes: whole blocks of KERN_OBLOCK rows, at most about 1 MiB of
+ * weights, and at least DH_TASKS_PER_THREAD (8) tasks a thread in the pass (`blocks` of all its
+ * products), so that a slow thread is waited for little. Each thread claims a contiguous range
+ * of the tasks (threadpool.c), so its tasks read on as one stream whatever their size; on Zen 5,
+ * 3 or 32 tasks a thread were no faster than 8 (genesis-5b q8 decode, docs/performance.md). A
+ * pass of fewer blocks than threads (a router: 64 rows) is cut in runs of 16 rows instead, one
+ * a thread, so that no thread reads it alone. The split changes no result: every output element
+ * is computed alone. A block of a gate product paired with its up product (nn_mm.up) reads
+ * both: mats = 2. */
+static int rows_per_task(const wmat *W, int blocks, int threads, int mats) {
     static int per_thread = 0;
     if (!per_thread) {
         const char *e = getenv("DH_TASKS_PER_THREAD");
         per_thread = e && atoi(e) > 0 ? atoi(e) : 8;
     }
+    if (blocks < threads) return DH_MAX(16, (W->rows + 16 * threads - 1) / (16 * threads) * 16);
     double block_bytes = (double)mats * KERN_OBLOCK * (double)wt_bytes(W->dtype, 1, (size_t)W->cols);
     int per = (int)DH_MIN((double)blocks / ((double)per_thread * threads * mats), (double)(1 << 20) / block_bytes);
-    return DH_MAX(per, 1);
+    return KERN_OBLOCK * DH_MAX(per, 1);
 }
 
 static void mm_task(void *ctx, int task, int thread) {
@@ -183,31 +186,13 @@ void nn_pass_stats_take(nn_pass_class out[NN_PASS_CLASSES]) {
     memset(g_pass, 0, sizeof g_pass);
 }
 
-static void matmul_pass(const nn_mm *mms, int n, double wbytes, double work);
-
 void nn_matmul_multi(const nn_mm *mms, int n) {
     DH_ASSERT(g_ops && n <= MULTI_MAX);
-    double work = 0, wbytes = 0; /* multiply-adds, and bytes of the weights the pass reads */
-    for (int i = 0; i < n; i++) {
-        const wmat *W = mms[i].W;
-        int mats = mms[i].up ? 2 : 1;
-        work += (double)mms[i].T * W->rows * W->cols * mats;
-        wbytes += mms[i].T > 0 ? (double)wt_bytes(W->dtype, (size_t)W->rows, (size_t)W->cols) * mats : 0;
-    }
-    if (!g_pass_on) {
-        matmul_pass(mms, n, wbytes, work);
-        return;
-    }
-    double t0 = dh_now();
-    matmul_pass(mms, n, wbytes, work);
-    int k = 0; /* the class: wbytes in (2^(k-1), 2^k] */
-    while (k < NN_PASS_CLASSES - 1 && (double)((uint64_t)1 << k) < wbytes) k++;
-    g_pass[k].n++, g_pass[k].bytes += wbytes, g_pass[k].seconds += dh_now() - t0;
-}
-
-static void matmul_pass(const nn_mm *mms, int n, double wbytes, double work) {
+    double t0 = g_pass_on ? dh_now() : 0;
     kern_act acts[MULTI_MAX];
     int first[MULTI_MAX + 1], step[MULTI_MAX];
+    double work = 0, wbytes = 0; /* multiply-adds, and bytes of the weights the pass reads */
+    int pass_blocks = 0;         /* blocks of rows of all the pass's matrices */
     size_t qoff = 0;
     first[0] = 0;
     for (int i = 0; i < n; i++) {
@@ -233,28 +218,31 @@ static void matmul_pass(const nn_mm *mms, int n, double wbytes, double work) {
             acts[i].q = qj.q, acts[i].qd = qj.qd;
             qoff += (size_t)m->T * W->cols;
         }
+        if (m->T > 0) {
+            int mats = m->up ? 2 : 1;
+            work += (double)m->T * W->rows * W->cols * mats;
+            wbytes += (double)wt_bytes(W->dtype, (size_t)W->rows, (size_t)W->cols) * mats;
+            pass_blocks += (W->rows + KERN_OBLOCK - 1) / KERN_OBLOCK * mats;
+        }
     }
-    int pass_blocks = 0; /* blocks of rows of all the pass's matrices */
-    for (int i = 0; i < n; i++)
-        pass_blocks += mms[i].T > 0 ? (mms[i].W->rows + KERN_OBLOCK - 1) / KERN_OBLOCK * (mms[i].up ? 2 : 1) : 0;
-    int threads = tp_threads(g_pool);
     for (int i = 0; i < n; i++) {
-        int rows = mms[i].W->rows;
-        if (pass_blocks < threads) /* fewer blocks than threads (a router): runs of 16 rows */
-            step[i] = DH_MAX(16, (rows + 16 * threads - 1) / (16 * threads) * 16);
-        else
-            step[i] = KERN_OBLOCK * blocks_per_task(mms[i].W, pass_blocks, threads, mms[i].up ? 2 : 1);
-        first[i + 1] = first[i] + (mms[i].T > 0 ? (rows + step[i] - 1) / step[i] : 0);
+        step[i] = rows_per_task(mms[i].W, pass_blocks, tp_threads(g_pool), mms[i].up ? 2 : 1);
+        first[i + 1] = first[i] + (mms[i].T > 0 ? (mms[i].W->rows + step[i] - 1) / step[i] : 0);
     }
     mm_job j = {.mms = mms, .acts = acts, .n = n, .first = first, .step = step};
     /* small work runs on the calling thread: waking the pool costs more than a few
      * microseconds of it. Work is counted in multiply-adds and in weight bytes: genesis-5b's
      * f32 router (64 x 2048: 131 k multiply-adds, 512 KiB) took 26-30 us a layer of decode on
-     * one thread, 19-24 on two (Zen 4; docs/performance.md). */
+     * one thread, 19-24 on two (AMD EPYC Zen 4; docs/performance.md). */
     if (work < 256.0 * 1024 && wbytes < 256.0 * 1024) {
         for (int t = 0; t < first[n]; t++) mm_task(&j, t, 0);
     } else {
         tp_run(g_pool, first[n], mm_task, &j);
+    }
+    if (g_pass_on) {
+        int k = 0; /* the class: wbytes in (2^(k-1), 2^k] */
+        while (k < NN_PASS_CLASSES - 1 && (double)((uint64_t)1 << k) < wbytes) k++;
+        g_pass[k].n++, g_pass[k].bytes += wbytes, g_pass[k].seconds += dh_now() - t0;
     }
 }
 

@@ -290,8 +290,8 @@ static void bench_decode(dh_dtype dt, void *big, float *x, float *y) {
                     cell(gbs, 8);
                     cell(100 * gbs / bw[threads - 1], 6);
                 }
-                /* hot: the one matrix again and again, when it fits in a core's L2 (the
-                 * kernel's own rate, with no memory to wait for) */
+                /* hot: the one matrix again and again, when it is at most HOT_BYTES (in L2
+                 * or L3: the kernel's own rate, with little memory to wait for) */
                 cell(bytes <= HOT_BYTES ? bytes / time_matmul_rc(dt, big, rows, cols, 1, 1, x, y, 0.3) * 1e-9 : 0, 8);
                 fprintf(stderr, "\n");
             }
