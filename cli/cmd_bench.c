@@ -381,7 +381,11 @@ int cmd_bench(int argc, char **argv) {
     if (orc) return orc == RT_WORKER ? R.worker_rc : 1;
     char cpu[256];
     cpu_describe(cpu, sizeof cpu);
-    fprintf(stderr, "cpu: %s, %d threads\n", cpu, nn_threads());
+    fprintf(stderr, "cpu: %s, %d threads; %s kernels", cpu, nn_threads(), nn_kernels()->name);
+    if (nn_kernels()->g16)
+        fprintf(stderr, ", packed decode streams prefetching %d bytes ahead (DH_KERN_PREFETCH_G16)",
+                nn_kernels()->g16_prefetch);
+    fprintf(stderr, "\n");
     reader rdr, *rd = NULL;
     if (a.bandwidth) reader_open(rd = &rdr);
     double discard[FWD_T_COUNT];

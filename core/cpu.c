@@ -68,6 +68,27 @@ static void proc_model_name(char *buf, size_t n) {
     fclose(f);
 }
 
+void cpu_family_model(unsigned *family, unsigned *model) {
+    *family = 0, *model = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    unsigned a, b, c, d;
+    if (__get_cpuid(1, &a, &b, &c, &d)) {
+        *family = (a >> 8) & 0xf, *model = (a >> 4) & 0xf;
+        if (*family == 0xf) *family += (a >> 20) & 0xff;
+        if (*family == 0x6 || *family >= 0xf) *model |= ((a >> 16) & 0xf) << 4;
+    }
+#endif
+}
+
+int cpu_is_amd(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd");
+#else
+    return 0;
+#endif
+}
+
 void cpu_describe(char *buf, size_t n) {
     char name[128] = "";
     if (n == 0) return;
@@ -85,12 +106,8 @@ void cpu_describe(char *buf, size_t n) {
     if (!name[0]) snprintf(name, sizeof name, "%s", cpuid_name);
     else if (cpuid_name[0] && strcmp(cpuid_name, name) != 0)
         snprintf(name + strlen(name), sizeof name - strlen(name), " [cpuid: %s]", cpuid_name);
-    unsigned fam = 0, model = 0;
-    if (__get_cpuid(1, &a, &b, &c, &d)) {
-        fam = (a >> 8) & 0xf, model = (a >> 4) & 0xf;
-        if (fam == 0xf) fam += (a >> 20) & 0xff;
-        if (fam == 0x6 || fam >= 0xf) model |= ((a >> 16) & 0xf) << 4;
-    }
+    unsigned fam, model;
+    cpu_family_model(&fam, &model);
     __builtin_cpu_init();
     snprintf(buf, n, "%s (family %u, model %u; %s%s%s)", name[0] ? name : "unknown CPU", fam, model,
              __builtin_cpu_supports("avx512f") ? "avx512" : "no avx512",

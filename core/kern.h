@@ -68,14 +68,17 @@ typedef struct kern_ops {
     /* 1 when this table reads q8 and q4k matrices fastest packed as WT_G16 (tensor.h), so
      * loaders should pack them; every table reads both layouts, with the same results. */
     int g16;
+    /* bytes ahead that the WT_G16 decode streams prefetch (0: the hardware prefetcher alone) */
+    int g16_prefetch;
 } kern_ops;
 
 /* Output rows a kernel call handles as one block (a task of nn_matmul covers whole blocks). */
 #define KERN_OBLOCK 64
 
-/* Bytes ahead that the packed (WT_G16) q8 and q4k decode streams prefetch by default
- * (DH_KERN_PREFETCH_G16 overrides it), and so one of nn_read_bandwidth's read patterns: the
- * bandwidth ceiling must be read at least the way the fastest kernel reads. */
+/* Bytes ahead that the packed (WT_G16) q8 and q4k decode streams prefetch by default, except on
+ * AMD Zen 4 where they leave it to the hardware (DH_KERN_PREFETCH_G16 overrides both), and so one
+ * of nn_read_bandwidth's read patterns: the bandwidth ceiling must be read at least the way the
+ * fastest kernel reads. */
 #define KERN_G16_PREFETCH 8192
 /* Floats of per-thread scratch a matmul with `cols` inputs needs. */
 size_t kern_scratch_floats(int cols);

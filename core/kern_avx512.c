@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "cpu.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
@@ -638,11 +639,19 @@ static int q_prefetch(void) {
  * was the best of 0-8192 for q4k in bench_kern --decode on Zen 5; for q8 2-8 KiB were alike
  * and 32 KiB worse. (Those q8 figures were taken while q_small also ran the row-major path's
  * prefetches on a WT_G16 group, a mistake that made q8 decode 1.3-1.8x slower on Zen 4; without
- * them, on Zen 4, 0 and 8192 are alike for q8 and q4k, so one default serves both kinds.)
- * DH_KERN_PREFETCH_G16=BYTES sets it (0 turns it off), for tuning on a new CPU; read once. */
+ * them, five rounds on Zen 4 looked alike.) On AMD Zen 4 (family 25) the hardware prefetcher
+ * does better alone: q8 decode without the prefetch won every one of 26 alternated rounds, and
+ * q4k was the same either way (docs/performance.md, "Zen 4: q8 without the software
+ * prefetch"), so there it is off by default. DH_KERN_PREFETCH_G16=BYTES
+ * sets it (0 turns it off), for tuning on a new CPU; read once. */
 static int q_prefetch_g16(void) {
     static int pf = -1;
-    return env_bytes(&pf, "DH_KERN_PREFETCH_G16", KERN_G16_PREFETCH, 1 << 20);
+    if (pf < 0) { /* cpuid once: in a VM it traps to the host */
+        unsigned fam, model;
+        cpu_family_model(&fam, &model);
+        env_bytes(&pf, "DH_KERN_PREFETCH_G16", cpu_is_amd() && fam == 25 ? 0 : KERN_G16_PREFETCH, 1 << 20);
+    }
+    return pf;
 }
 
 /* 4 activation bytes broadcast to the 16 lanes */
@@ -1254,7 +1263,7 @@ const kern_ops *kern_avx512(void) {
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
         (void)q_prefetch(); /* read the settings now, before the threads use them */
-        (void)q_prefetch_g16();
+        avx_ops.g16_prefetch = q_prefetch_g16();
         (void)k_unpacked();
         /* the packed decode paths are the VNNI ones; DH_KERN_ROWS=1 keeps q8 and q4k row-major
          * (the previous paths, for measuring one against the other) */

@@ -156,4 +156,18 @@ grep_err "passes in all: " "bench --passes prints its table on stderr"
 expect 0 "bench --json without --passes" "$bin" bench --model "$ref" -p 0 -n 2 -r 1 --no-bandwidth --json
 py "no pass table unless asked" 'import json, sys; assert "passes" not in json.loads(open(sys.argv[1]).read().strip().split("\n")[-1])' "$tmp/out"
 
+# The packed decode streams' prefetch distance is chosen at run time from the CPU (0 on AMD
+# Zen 4, cpuid family 25; 8192 elsewhere) and DH_KERN_PREFETCH_G16 overrides it; bench's cpu
+# line says which. Kernels without the packed layout claim no distance.
+if grep -q "avx512 kernels, packed" "$tmp/err"; then
+  want=8192
+  grep -q "^vendor_id.*AuthenticAMD" /proc/cpuinfo && grep -Eq "^cpu family[[:space:]]*: 25$" /proc/cpuinfo && want=0
+  grep_err "prefetching $want bytes ahead" "bench names this CPU's default prefetch distance ($want)"
+  expect 0 "bench with DH_KERN_PREFETCH_G16=4096" env DH_KERN_PREFETCH_G16=4096 "$bin" bench --model "$ref" -p 0 -n 2 -r 1 --no-bandwidth
+  grep_err "prefetching 4096 bytes ahead" "DH_KERN_PREFETCH_G16 overrides the default"
+else
+  grep -q "prefetching" "$tmp/err" && fail "kernels without packed streams name a prefetch distance" ||
+    pass "no prefetch distance named without packed kernels"
+fi
+
 [ $fails -eq 0 ] && echo "PASS" || { echo "$fails FAILED"; exit 1; }
