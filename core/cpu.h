@@ -15,8 +15,8 @@ void cpu_fix_openblas(char **argv);
  * /proc/cpuinfo's "model name"), family and model, and the vector features the kernels use,
  * e.g. "AMD EPYC (family 26, model 2; avx512 vnni bf16)". Always NUL-terminated. */
 void cpu_describe(char *buf, size_t n);
-/* cpuid's family and model (extended fields folded in: AMD Zen 4 is family 25, Zen 5 26); 0 and 0
- * where there is no cpuid. */
+/* cpuid's family and model, extended fields folded in (AMD Zen 3 and 4 are family 25, Zen 5
+ * 26); 0 and 0 where there is no cpuid. */
 void cpu_family_model(unsigned *family, unsigned *model);
 /* 1 on an AMD CPU (cpuid vendor "AuthenticAMD") */
 int cpu_is_amd(void);
