@@ -76,9 +76,9 @@ typedef struct kern_ops {
 #define KERN_OBLOCK 64
 
 /* Bytes ahead that the packed (WT_G16) q8 and q4k decode streams prefetch by default, except on
- * AMD Zen 4 where they leave it to the hardware (DH_KERN_PREFETCH_G16 overrides both), and so one
- * of nn_read_bandwidth's read patterns: the bandwidth ceiling must be read at least the way the
- * fastest kernel reads. */
+ * AMD family 25 (Zen 4) where they leave it to the hardware (DH_KERN_PREFETCH_G16 overrides
+ * both), and so one of nn_read_bandwidth's read patterns: the bandwidth ceiling must be read at
+ * least every way a kernel may read (its plain sequential pattern covers the hardware's). */
 #define KERN_G16_PREFETCH 8192
 /* Floats of per-thread scratch a matmul with `cols` inputs needs. */
 size_t kern_scratch_floats(int cols);

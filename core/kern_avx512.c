@@ -639,11 +639,11 @@ static int q_prefetch(void) {
  * was the best of 0-8192 for q4k in bench_kern --decode on Zen 5; for q8 2-8 KiB were alike
  * and 32 KiB worse. (Those q8 figures were taken while q_small also ran the row-major path's
  * prefetches on a WT_G16 group, a mistake that made q8 decode 1.3-1.8x slower on Zen 4; without
- * them, five rounds on Zen 4 looked alike.) On AMD Zen 4 (family 25) the hardware prefetcher
- * does better alone: q8 decode without the prefetch won every one of 26 alternated rounds, and
- * q4k was the same either way (docs/performance.md, "Zen 4: q8 without the software
- * prefetch"), so there it is off by default. DH_KERN_PREFETCH_G16=BYTES
- * sets it (0 turns it off), for tuning on a new CPU; read once. */
+ * them, five rounds on Zen 4 looked alike.) On AMD family 25 (Zen 4) the hardware prefetcher
+ * does better alone: q8 decode without the prefetch was faster in 40 of 44 alternated pairs of
+ * runs (2-13% in a set's median), q4k the same either way (docs/performance.md, "q8 without
+ * the software prefetch"), so there it is off by default; other CPUs keep KERN_G16_PREFETCH.
+ * DH_KERN_PREFETCH_G16=BYTES sets it (0 turns it off), for tuning on a new CPU; read once. */
 static int q_prefetch_g16(void) {
     static int pf = -1;
     if (pf < 0) { /* cpuid once: in a VM it traps to the host */
