@@ -8,7 +8,11 @@
  * reported. Generation's share of the bandwidth roofline is bytes of weights read per step
  * (attention, dense and shared FFNs, K routed experts per MoE layer and the head, at their
  * storage size) x steps/s / the two-thread read bandwidth measured here: the best pass of a
- * burst before the tests and of one after each timed tg run. Under mpirun the
+ * burst before the tests and of one after the warm-up and each timed tg run. Each timed run
+ * also gets its own share, against the faster of the bursts just before and after it (12
+ * passes each): on a machine whose memory changes speed during the test, a run is then judged
+ * by the memory it met (JSON: tok_s_runs, bandwidth_gb_s_runs, roofline_share_runs and their
+ * median roofline_share_runs_median). Under mpirun the
  * coordinator also reports the bytes on the wire per token and the share of time spent in the
  * expert exchange. Every table and JSON line names the CPU it was measured on. Tables go to stderr;
  * --json prints one JSON object per line and test; a tg test's object also has ms_per_step: the
@@ -55,7 +59,7 @@ static int cmp_d(const void *a, const void *b) {
 }
 
 /* The read bandwidth of this rank's pool over a 1 GiB array: 48 passes of 256 MiB before the
- * tests, and 6 more after each timed run of tg, so that a neighbour busy through the first
+ * tests, and 12 more after the warm-up and each timed run of tg, so that a neighbour busy through the first
  * passes alone cannot lower the figure the roofline divides by (nn_read_bandwidth: why the
  * best). best is the best pass of all; lo and hi the lowest and highest best of a burst. */
 typedef struct reader {
@@ -65,12 +69,14 @@ typedef struct reader {
     int passes;
 } reader;
 
-static void reader_burst(reader *r, int reps) {
+/* one burst of reps passes of each pattern; returns its best */
+static double reader_burst(reader *r, int reps) {
     double g = nn_read_bandwidth(NULL, r->a, r->n, r->n / 4, reps);
     r->best = DH_MAX(r->best, g);
     r->lo = r->passes ? DH_MIN(r->lo, g) : g;
     r->hi = DH_MAX(r->hi, g);
     r->passes += NN_READ_PATTERNS * reps;
+    return g;
 }
 
 static void reader_open(reader *r) {
@@ -100,7 +106,19 @@ typedef struct result {
     double forks[BT_CLOCKS];   /* per step of the timed runs: the pool's fork-joins in each part
                                   of the forward pass, then in all (tp_forks) */
     nn_pass_class passes[NN_PASS_CLASSES]; /* tg with --passes: the timed runs' passes by size */
+    /* tg with --passes and a reader: the seconds each class's bytes would take at the ceiling of
+     * the run they were read in (run_bw), summed over the runs: its share is this over its time */
+    double pass_ideal_s[NN_PASS_CLASSES];
+    /* tg with a reader: each timed run's tok/s, in run order, and the faster of the reader
+     * bursts just before and just after it (GB/s): the ceiling of the memory that run met.
+     * Owned here (result_free); NULL otherwise. */
+    double *run_tok_s, *run_bw;
 } result;
+
+static void result_free(result *res) {
+    free(res->run_tok_s), free(res->run_bw);
+    res->run_tok_s = res->run_bw = NULL;
+}
 
 /* seconds so far in each part of the forward pass, in the exchange, and in the slowest
  * worker's compute of each exchange (as the workers report it) */
@@ -180,6 +198,9 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
     double clock0[BT_CLOCKS] = {0};
     unsigned long forks0[BT_CLOCKS] = {0};
     double *toks = xmalloc((size_t)(a->reps + 1) * sizeof *toks), *steps = xmalloc((size_t)(a->reps + 1) * sizeof *steps);
+    /* the bursts after the warm-up and after each timed run: run r lies between r - 1 and r */
+    double *bursts = rd ? xmalloc((size_t)(a->reps + 1) * sizeof *bursts) : NULL;
+    nn_pass_class(*run_passes)[NN_PASS_CLASSES] = xcalloc((size_t)a->reps + 1, sizeof *run_passes);
     int rc = 0;
     for (int r = 0; r <= a->reps && !rc; r++) {
         if (r == 1) part_clock(R, clock0), fork_clock(R, forks0);
@@ -187,7 +208,7 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
             seqs[b] = kv_seq_open(R->kv);
             kv_seq_reserve(R->kv, seqs[b], a->n);
         }
-        if (r == 1) nn_pass_stats_take(res->passes); /* from zero */
+        if (r == 1) nn_pass_stats_take(run_passes[0]); /* from zero */
         nn_pass_stats(r > 0 && a->passes); /* the timed runs' steps only */
         double t0 = dh_now();
         for (int i = 0; i < a->n && !rc; i++) {
@@ -197,18 +218,32 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
         }
         double dt = dh_now() - t0;
         nn_pass_stats(0);
+        if (r > 0) nn_pass_stats_take(run_passes[r]);
         for (int b = 0; b < B; b++) kv_seq_close(R->kv, seqs[b]);
         if (r > 0) toks[r - 1] = (double)a->n * B / dt, steps[r - 1] = dt / a->n;
-        if (r > 0 && rd) reader_burst(rd, 2);
+        if (rd) bursts[r] = reader_burst(rd, 4);
     }
     if (!rc) {
+        res->run_tok_s = xmalloc((size_t)a->reps * sizeof *res->run_tok_s);
+        memcpy(res->run_tok_s, toks, (size_t)a->reps * sizeof *toks); /* summarize sorts toks */
+        if (rd) {
+            res->run_bw = xmalloc((size_t)a->reps * sizeof *res->run_bw);
+            for (int r = 0; r < a->reps; r++) res->run_bw[r] = DH_MAX(bursts[r], bursts[r + 1]);
+        }
         if (B > 1) snprintf(res->test, sizeof res->test, "tg%d@b%d", a->n, B);
         else snprintf(res->test, sizeof res->test, "tg%d", a->n);
         summarize(res, toks, steps, a->reps);
         part_ms(R, clock0, forks0, (double)a->reps * a->n, res);
-        nn_pass_stats_take(res->passes);
+        memset(res->passes, 0, sizeof res->passes);
+        memset(res->pass_ideal_s, 0, sizeof res->pass_ideal_s);
+        for (int r = 1; r <= a->reps; r++)
+            for (int k = 0; k < NN_PASS_CLASSES; k++) {
+                const nn_pass_class *c = &run_passes[r][k];
+                res->passes[k].n += c->n, res->passes[k].bytes += c->bytes, res->passes[k].seconds += c->seconds;
+                if (rd) res->pass_ideal_s[k] += c->bytes / (res->run_bw[r - 1] * 1e9);
+            }
     }
-    free(rows), free(logits), free(seqs), free(toks), free(steps);
+    free(rows), free(logits), free(seqs), free(toks), free(steps), free(bursts), free(run_passes);
     return rc;
 }
 
@@ -241,10 +276,13 @@ static void class_name(int k, char *buf, size_t n) {
 static void report_passes(const bench_args *a, const result *res, double bw, json_t *j) {
     double steps = (double)a->reps * a->n, ms = 0;
     json_t *arr = j ? json_array() : NULL;
-    fprintf(stderr, "passes of the timed tg runs by weight bytes (this rank's products; %s the reader's best):\n",
-            bw > 0 ? "GB/s against" : "no bandwidth measured, so not against");
-    fprintf(stderr, "| %-17s | %11s | %9s | %9s | %7s | %6s | %10s |\n", "weights a pass", "passes/step", "MB a pass",
-            "us a pass", "ms/step", "GB/s", "of reader");
+    if (bw > 0)
+        fprintf(stderr, "passes of the timed tg runs by weight bytes (this rank's products; GB/s against the reader's "
+                        "best, and against each run's own bursts as its share is):\n");
+    else
+        fprintf(stderr, "passes of the timed tg runs by weight bytes (this rank's products; no bandwidth measured):\n");
+    fprintf(stderr, "| %-17s | %11s | %9s | %9s | %7s | %6s | %10s | %8s |\n", "weights a pass", "passes/step",
+            "MB a pass", "us a pass", "ms/step", "GB/s", "of reader", "of runs'");
     for (int k = 0; k < NN_PASS_CLASSES; k++) {
         const nn_pass_class *c = &res->passes[k];
         if (!c->n) continue;
@@ -254,12 +292,16 @@ static void report_passes(const bench_args *a, const result *res, double bw, jso
         ms += c->seconds * 1e3 / steps;
         fprintf(stderr, "| %-17s | %11.1f | %9.3f | %9.1f | %7.3f | %6.1f |", name, c->n / steps, c->bytes / c->n / 1e6,
                 c->seconds / c->n * 1e6, c->seconds * 1e3 / steps, gbs);
-        if (bw > 0) fprintf(stderr, " %10.2f |\n", gbs / bw);
-        else fprintf(stderr, " %10s |\n", "-");
-        if (arr)
-            json_array_append_new(arr, json_pack("{s:f, s:f, s:f, s:f, s:f}", "bytes_max", (double)((uint64_t)1 << k),
-                                                 "per_step", c->n / steps, "bytes_mean", c->bytes / c->n,
-                                                 "ms_per_step", c->seconds * 1e3 / steps, "gb_s", gbs));
+        double runs = c->seconds > 0 ? res->pass_ideal_s[k] / c->seconds : 0;
+        if (bw > 0) fprintf(stderr, " %10.2f | %8.2f |\n", gbs / bw, runs);
+        else fprintf(stderr, " %10s | %8s |\n", "-", "-");
+        if (arr) {
+            json_t *o = json_pack("{s:f, s:f, s:f, s:f, s:f}", "bytes_max", (double)((uint64_t)1 << k), "per_step",
+                                  c->n / steps, "bytes_mean", c->bytes / c->n, "ms_per_step", c->seconds * 1e3 / steps,
+                                  "gb_s", gbs);
+            if (bw > 0) json_object_set_new(o, "share_runs", json_real(runs));
+            json_array_append_new(arr, o);
+        }
     }
     fprintf(stderr, "passes in all: %.2f ms a step, of the %.2f ms mean step (%.0f%%)\n", ms, res->step_ms_mean,
             100 * ms / res->step_ms_mean);
@@ -285,8 +327,28 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
         fprintf(stderr, " fork-joins/step %.1f [attention %.1f, MoE %.1f, dense %.1f, head %.1f]", fk[FWD_T_COUNT],
                 fk[FWD_T_ATTENTION], fk[FWD_T_MOE], fk[FWD_T_DENSE], fk[FWD_T_HEAD]);
     fprintf(stderr, "\n");
+    /* each run against the reader bursts beside it: a run in a slow minute is not measured
+     * against a fast minute's best, so a machine that changes speed during the test (Zen 4's
+     * VM: 30-36 or 50-69 GB/s, from one ten seconds to the next) still gives shares to trust */
+    double *run_share = gen && res->run_bw ? xmalloc((size_t)a->reps * sizeof *run_share) : NULL, share_med = NAN;
+    if (run_share) {
+        fprintf(stderr, "each timed run's share, against the faster reader burst just before or after it:");
+        for (int r = 0; r < a->reps; r++) {
+            run_share[r] = bytes_per_step * (res->run_tok_s[r] / a->batch) / (res->run_bw[r] * 1e9);
+            fprintf(stderr, "%s %.2f of %.1f GB/s", r ? "," : "", run_share[r], res->run_bw[r]);
+        }
+        double *sorted = xmalloc((size_t)a->reps * sizeof *sorted);
+        memcpy(sorted, run_share, (size_t)a->reps * sizeof *sorted);
+        qsort(sorted, (size_t)a->reps, sizeof *sorted, cmp_d);
+        share_med = sorted[a->reps / 2];
+        free(sorted);
+        fprintf(stderr, "; median %.2f\n", share_med);
+    }
     if (gen && a->passes && !a->json) report_passes(a, res, bw, NULL);
-    if (!a->json) return;
+    if (!a->json) {
+        free(run_share);
+        return;
+    }
     json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:i, s:i}", "test", res->test, "cpu",
                           cpu, "model", R->o.model_dir, "weights", weights_name(R), "threads", nn_threads(), "bits_per_weight",
                           bpw, "tok_s_median", res->med, "tok_s_min", res->mn, "tok_s_max", res->mx, "step_ms_median",
@@ -297,6 +359,19 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
         /* the lowest and highest best of a burst of passes: how much the machine moved */
         json_object_set_new(j, "bandwidth_gb_s_range", json_pack("[f, f]", rd->lo, rd->hi));
         json_object_set_new(j, "bandwidth_passes", json_integer(rd->passes));
+    }
+    if (run_share) {
+        json_t *ts = json_array(), *bs = json_array(), *ss = json_array();
+        for (int r = 0; r < a->reps; r++) {
+            json_array_append_new(ts, json_real(res->run_tok_s[r]));
+            json_array_append_new(bs, json_real(res->run_bw[r]));
+            json_array_append_new(ss, json_real(run_share[r]));
+        }
+        json_object_set_new(j, "tok_s_runs", ts);
+        json_object_set_new(j, "bandwidth_gb_s_runs", bs);
+        json_object_set_new(j, "roofline_share_runs", ss);
+        json_object_set_new(j, "roofline_share_runs_median", json_real(share_med));
+        free(run_share);
     }
     if (gen) json_object_set_new(j, "bytes_per_step", json_real(bytes_per_step));
     json_object_set_new(j, "time_share", json_pack("{s:f, s:f, s:f, s:f}", "attention", share[FWD_T_ATTENTION], "moe",
@@ -399,7 +474,7 @@ int cmd_bench(int argc, char **argv) {
     fprintf(stderr, "| %-12s | %-8s | %7s | %10s | %10s | %10s | %9s |\n", "test", "weights", "threads", "tok/s med",
             "tok/s min", "tok/s max", "step ms");
     int rc = 0;
-    result res;
+    result res = {0};
     double wire = 0, share = 0;
     cluster_delta(&R, 0, 0, &wire, &share);
     if (a.p > 0) {
@@ -421,9 +496,10 @@ int cmd_bench(int argc, char **argv) {
             if (rd && rd->hi > 1.25 * rd->lo) /* e.g. Zen 4's VM: 30-36 or 50-62 GB/s, minute to minute */
                 fprintf(stderr, "note: the bursts' best ranged over %.1f-%.1f GB/s: the machine's memory changed speed "
                                 "during the run, so the roofline share (against the best) reads low for the steps run "
-                                "while it was slow\n", rd->lo, rd->hi);
+                                "while it was slow; each run's own share follows the table\n", rd->lo, rd->hi);
             report(&R, &a, &res, 1, rd, wire, share, cpu);
         }
+        result_free(&res);
     }
     if (rd) reader_close(rd);
     if (rc) rt_step_failed(&R, rc);

@@ -4,7 +4,9 @@
 # genesis-1b in f32, bf16, q8, q4 and q4k, and genesis-5b in bf16, q8, q4 and q4k (f32 of 5b
 # does not fit in memory; our q4 and q4k are both compared with llama.cpp's Q4_K_M), 2 threads, prompt processing of 512 tokens and generation of 64 (darkhorse bench,
 # llama-bench's definitions), median of 5 runs each, with the read bandwidth measured in the same
-# run. Prints a markdown table with llama.cpp's figures and the ratio.
+# run. Prints a markdown table with llama.cpp's figures and the ratio. The roofline column gives
+# the share against the best reader burst of each run, then ("runs") the median over every
+# timed run of its share against the reader bursts just before and after it (darkhorse bench).
 #
 #   scripts/bench.sh                  (about 10 minutes; models are created on first use)
 #   DH_BENCH_DIR=DIR                  where genesis-1b/5b are kept (default ~/.cache/darkhorse)
@@ -127,6 +129,8 @@ for model, w in keys:
     share = "-"
     if tg and all("roofline_share" in j for j in tg[5]):
         share = "%.2f (of %.1f GB/s)" % (median(j["roofline_share"] for j in tg[5]), median(j["bandwidth_gb_s"] for j in tg[5]))
+        if all("roofline_share_runs" in j for j in tg[5]):  # each run against the bursts beside it
+            share += "; runs %.2f" % median(s for j in tg[5] for s in j["roofline_share_runs"])
     bpw = (pp or tg)[5][0]["bits_per_weight"]
     print("| %s | %s | %.2f | %s | %s | %s |" % (model, w, bpw, cell(pp), cell(tg), share))
 batched = [(m, w, t) for (m, w, t) in runs if "@b" in t]

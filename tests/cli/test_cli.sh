@@ -151,10 +151,39 @@ read = sum(c["per_step"] * c["bytes_mean"] for c in p)
 assert 0.5 * j["bytes_per_step"] < read <= j["bytes_per_step"] * (1 + 1e-9), (read, j["bytes_per_step"])
 ms = sum(c["ms_per_step"] for c in p)
 assert 0 < ms <= j["step_ms_mean"], (ms, j["step_ms_mean"])
+assert not any("share_runs" in c for c in p), p  # no reader, no share
 ' "$tmp/out"
 grep_err "passes in all: " "bench --passes prints its table on stderr"
 expect 0 "bench --json without --passes" "$bin" bench --model "$ref" -p 0 -n 2 -r 1 --no-bandwidth --json
 py "no pass table unless asked" 'import json, sys; assert "passes" not in json.loads(open(sys.argv[1]).read().strip().split("\n")[-1])' "$tmp/out"
+
+# bench's roofline with the reader: each timed tg run also gets a share against the faster of
+# the reader bursts just before and after it (so that a run in a slow minute is not judged by a
+# fast minute's best). Recomputed here from the run's own tok/s and bytes; each run's ceiling is
+# one of the bursts, so no higher than the best of all of them. The pass table's classes are
+# judged the same way: their share lies between their GB/s over the fastest and the slowest run's
+# ceiling.
+expect 0 "bench --json with the reader" "$bin" bench --model "$ref" -p 0 -n 4 -r 3 -t 2 --passes --json
+py "bench: each run's share, from its tok/s, the step's bytes and the bursts beside it" '
+import json, sys
+j = json.loads(open(sys.argv[1]).read().strip().split("\n")[-1])
+runs, bws, shares = j["tok_s_runs"], j["bandwidth_gb_s_runs"], j["roofline_share_runs"]
+assert len(runs) == len(bws) == len(shares) == 3, j
+assert sorted(runs)[1] == j["tok_s_median"] and min(runs) == j["tok_s_min"] and max(runs) == j["tok_s_max"], j
+lo, hi = j["bandwidth_gb_s_range"]
+for t, bw, s in zip(runs, bws, shares):
+    assert lo <= bw <= hi <= j["bandwidth_gb_s"], (bw, j)
+    want = j["bytes_per_step"] * t / j["batch"] / (bw * 1e9)
+    assert abs(s - want) <= 1e-9 * want, (s, want)
+assert j["roofline_share_runs_median"] == sorted(shares)[1], j
+assert abs(j["roofline_share"] - j["bytes_per_step"] * j["tok_s_median"] / (j["bandwidth_gb_s"] * 1e9)) <= 1e-9, j
+assert j["passes"], j
+for c in j["passes"]:
+    assert c["gb_s"] / max(bws) * (1 - 1e-9) <= c["share_runs"] <= c["gb_s"] / min(bws) * (1 + 1e-9), (c, bws)
+' "$tmp/out"
+grep_err "each timed run.s share, against the faster reader burst just before or after it: [0-9.]+ of [0-9.]+ GB/s, " "bench prints each run's share"
+expect 0 "bench --json --no-bandwidth" "$bin" bench --model "$ref" -p 0 -n 2 -r 2 --no-bandwidth --json
+py "no shares without the reader" 'import json, sys; j = json.loads(open(sys.argv[1]).read().strip().split("\n")[-1]); assert not any(k.startswith("roofline") or k.endswith("_runs") for k in j), j' "$tmp/out"
 
 # The packed decode streams' prefetch distance is chosen at run time from the CPU (0 on AMD
 # Zen 4, cpuid family 25; 8192 elsewhere) and DH_KERN_PREFETCH_G16 overrides it; bench's cpu
