@@ -43,7 +43,7 @@ typedef struct rt_opts {
 #define RT_HELP                                                                                  \
     "  --model DIR            checkpoint directory (config.json, *.safetensors)\n"               \
     "  --threads N            threads per rank (default: all cores, shared among local ranks)\n" \
-    "  --weights W            f32|bf16|q8|q4 (default: compute in f32 on the stored values)\n"   \
+    "  --weights W            f32|bf16|q8|q4|q4k (default: compute in f32 on the stored values)\n"\
     "  --placement-algo NAME  contiguous|round-robin|balanced (cluster only)\n"                  \
     "  --placement FILE       load the expert placement plan from FILE\n"                        \
     "  --placement-out FILE   save the placement plan in use to FILE\n"                          \
