@@ -18,6 +18,11 @@
  * --decode measures instead T = 1 and 2 on the matrices decode streams (genesis-1b's and -5b's
  * lm_head, 129280 x 1024 and x 2048, and their experts, 384 x 1024 and 640 x 2048), cold (q8
  * and q4k in both layouts when the kernels pack them: the "/g16" rows are WT_G16, tensor.h);
+ * --segments measures the memory alone, no kernel: a decode pass's worth of bytes (2.5 MiB, as
+ * genesis-1b q4k's routed experts' gate and up products) read through the pool as pieces of 32 KiB
+ * to 1.25 MiB at scattered places of the 1 GiB buffer (a task a piece, each thread a contiguous
+ * range of them, as nn_matmul_multi's tasks go), against 256 MiB passes read just before: what a
+ * pass made of short streams can get from this machine's memory at best.
  * --sweep measures GFLOP/s against T from 1 to 512 on prefill and expert shapes, where the
  * kernels' small-T and packed paths meet. Both use the kernels nn_init picks, bf16 unless
  * --dtype says otherwise (f32, bf16, f16).
@@ -31,8 +36,8 @@
  * For f32, an "openblas" row gives cblas_sgemm's GFLOP/s on the same T = 512 product (with the
  * core type OpenBLAS chose, printed first): the baseline the packed kernels are measured against.
  *
- * Usage: bench_kern [--runs N] [--quick] [--dtype f32|bf16|f16|q8|q4] [--portable-prefill]
- *                   [--decode | --sweep | --blas-invariance | --forkjoin]
+ * Usage: bench_kern [--runs N] [--quick] [--dtype f32|bf16|f16|q8|q4|q4k] [--portable-prefill]
+ *                   [--decode | --sweep | --blas-invariance | --forkjoin | --segments]
  *   --quick skips the portable kernels; their T = 512 runs only with --portable-prefill (it
  *   takes seconds a run). The table goes to stderr. */
 #include <stdio.h>
@@ -177,6 +182,7 @@ typedef struct bench_opts {
     int decode;     /* the decode-shape table instead of the main one */
     int sweep;      /* the T sweep instead of the main table */
     int forkjoin;   /* the thread pool's fork-join instead of any product */
+    int segments;   /* a pass read in pieces, no kernel */
 } bench_opts;
 
 /* one table cell: the value, or "-" when not measured */
@@ -373,6 +379,54 @@ static void bench_forkjoin(void) {
     tp_free(p);
 }
 
+/* ---- a pass read in pieces (--segments) ---- */
+
+typedef struct seg_job {
+    const kern_ops *k;
+    const char *base;
+    const size_t *off; /* [pieces] byte offsets of the pieces in base */
+    size_t piece;
+    uint64_t sums[2];  /* keeps the loads */
+} seg_job;
+
+static void seg_task(void *ctx, int task, int thread) {
+    seg_job *j = ctx;
+    j->sums[thread & 1] += j->k->read(j->base + j->off[task], j->piece, 1, 0);
+}
+
+static void bench_segments(const void *big) {
+    static const size_t pieces[] = {32 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10, 1280 << 10};
+    const size_t pass = (size_t)2560 << 10; /* a whole number of each piece */
+    const int passes = 200;
+    size_t off[80];
+    double t[200];
+    tp_pool *p = tp_new(2);
+    seg_job j = {.k = kern_avx512() ? kern_avx512() : kern_portable(), .base = big, .off = off};
+    fprintf(stderr, "a pass of %zu KiB read in pieces at scattered places (2 threads, a task a piece): median GB/s "
+                    "of %d passes over the reader's (256 MiB passes, best of 3 patterns just before)\n%9s",
+            pass >> 10, passes, "reader");
+    for (size_t s = 0; s < sizeof pieces / sizeof pieces[0]; s++) fprintf(stderr, " %8zuK", pieces[s] >> 10);
+    fprintf(stderr, "\n");
+    for (int r = 0; r < g_runs; r++) {
+        double ref = nn_read_bandwidth(p, big, BIG_BYTES, (size_t)256 << 20, 1);
+        fprintf(stderr, "%9.1f", ref);
+        for (size_t s = 0; s < sizeof pieces / sizeof pieces[0]; s++) {
+            j.piece = pieces[s];
+            int n = (int)(pass / pieces[s]);
+            for (int k = 0; k < passes; k++) {
+                for (int i = 0; i < n; i++) off[i] = next_u64() % ((BIG_BYTES - pieces[s]) / 4096) * 4096;
+                double t0 = dh_now();
+                tp_run(p, n, seg_task, &j);
+                t[k] = (double)pass / (dh_now() - t0) * 1e-9;
+            }
+            fprintf(stderr, " %9.2f", median(t, passes) / ref);
+        }
+        fprintf(stderr, "\n");
+    }
+    if (j.sums[0] == 1 && j.sums[1] == 1) fprintf(stderr, "\n"); /* the sums are used */
+    tp_free(p);
+}
+
 /* --blas-invariance: is OpenBLAS's sgemm batch-invariant? For a few shapes [N, K], each of the
  * first M rows of X W^T computed in one call of M rows against the same row computed alone
  * (M = 1): how many of the M N outputs differ in any bit. Our kernels give 0 by construction
@@ -419,6 +473,8 @@ int main(int argc, char **argv) {
             o.sweep = 1;
         } else if (!strcmp(argv[i], "--forkjoin")) {
             o.forkjoin = 1;
+        } else if (!strcmp(argv[i], "--segments")) {
+            o.segments = 1;
         } else if (!strcmp(argv[i], "--blas-invariance")) {
             bench_blas_invariance();
             return 0;
@@ -432,17 +488,25 @@ int main(int argc, char **argv) {
         } else {
             fprintf(stderr,
                     "usage: %s [--runs N] [--quick] [--dtype D] [--portable-prefill] "
-                    "[--decode | --sweep | --blas-invariance | --forkjoin]\n",
+                    "[--decode | --sweep | --blas-invariance | --forkjoin | --segments]\n",
                     argv[0]);
             return 2;
         }
     }
+    char cpu[256];
+    cpu_describe(cpu, sizeof cpu);
+    fprintf(stderr, "cpu: %s\n", cpu); /* every figure is this CPU's */
     if (o.forkjoin) {
         bench_forkjoin();
         return 0;
     }
     void *big = hm_alloc(BIG_BYTES); /* on the pages model weights are on */
     memset(big, 1, BIG_BYTES);
+    if (o.segments) {
+        bench_segments(big);
+        hm_free(big, BIG_BYTES);
+        return 0;
+    }
     float *x = xmalloc((size_t)PREFILL_T * HIDDEN * sizeof *x);
     float *y = xmalloc((size_t)DH_MAX(PREFILL_T * PREFILL_ROWS, 2 * LMHEAD_ROWS) * sizeof *y);
     for (size_t i = 0; i < (size_t)PREFILL_T * HIDDEN; i++) x[i] = frand();
