@@ -59,9 +59,10 @@ static int cmp_d(const void *a, const void *b) {
 }
 
 /* The read bandwidth of this rank's pool over a 1 GiB array: 48 passes of 256 MiB before the
- * tests, and 12 more after the warm-up and each timed run of tg, so that a neighbour busy through the first
- * passes alone cannot lower the figure the roofline divides by (nn_read_bandwidth: why the
- * best). best is the best pass of all; lo and hi the lowest and highest best of a burst. */
+ * tests, and 12 more after the warm-up and after each timed run of tg, so that a neighbour busy
+ * through the first passes alone cannot lower the figure the roofline divides by
+ * (nn_read_bandwidth: why the best). best is the best pass of all; lo and hi the lowest and
+ * highest best of a burst. */
 typedef struct reader {
     uint64_t *a;
     size_t n;
@@ -327,9 +328,9 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
         fprintf(stderr, " fork-joins/step %.1f [attention %.1f, MoE %.1f, dense %.1f, head %.1f]", fk[FWD_T_COUNT],
                 fk[FWD_T_ATTENTION], fk[FWD_T_MOE], fk[FWD_T_DENSE], fk[FWD_T_HEAD]);
     fprintf(stderr, "\n");
-    /* each run against the reader bursts beside it: a run in a slow minute is not measured
-     * against a fast minute's best, so a machine that changes speed during the test (Zen 4's
-     * VM: 30-36 or 50-69 GB/s, from one ten seconds to the next) still gives shares to trust */
+    /* each run against the reader bursts beside it: a run made while the memory was slow is
+     * not measured against the best of a fast moment, so a machine that changes speed during
+     * the test (Zen 4's VM: 30-36 or 50-69 GB/s, every few seconds) still gives shares to trust */
     double *run_share = gen && res->run_bw ? xmalloc((size_t)a->reps * sizeof *run_share) : NULL, share_med = NAN;
     if (run_share) {
         fprintf(stderr, "each timed run's share, against the faster reader burst just before or after it:");
@@ -493,7 +494,7 @@ int cmd_bench(int argc, char **argv) {
             if (rd)
                 fprintf(stderr, "read bandwidth, best of %d passes (before the tests and after each timed tg run): "
                                 "%.1f GB/s (bursts %.1f-%.1f)\n", rd->passes, rd->best, rd->lo, rd->hi);
-            if (rd && rd->hi > 1.25 * rd->lo) /* e.g. Zen 4's VM: 30-36 or 50-62 GB/s, minute to minute */
+            if (rd && rd->hi > 1.25 * rd->lo) /* e.g. Zen 4's VM: 30-36 or 50-69 GB/s, every few seconds */
                 fprintf(stderr, "note: the bursts' best ranged over %.1f-%.1f GB/s: the machine's memory changed speed "
                                 "during the run, so the roofline share (against the best) reads low for the steps run "
                                 "while it was slow; each run's own share follows the table\n", rd->lo, rd->hi);
