@@ -1243,7 +1243,12 @@ static uint64_t read_avx(const void *p, size_t bytes, int streams, int prefetch)
             a2 = _mm512_add_epi64(a2, _mm512_loadu_si512(q + 128));
             a3 = _mm512_add_epi64(a3, _mm512_loadu_si512(q + 192));
         }
-    return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3)));
+    /* summed as unsigned words: the intrinsic _mm512_reduce_add_epi64 adds signed long longs,
+     * whose wrap-around is undefined (UBSan stops on it) */
+    uint64_t w[8], sum = 0;
+    _mm512_storeu_si512(w, _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3)));
+    for (int k = 0; k < 8; k++) sum += w[k];
+    return sum;
 }
 
 static kern_ops avx_ops = {
