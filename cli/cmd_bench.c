@@ -199,9 +199,12 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
     double clock0[BT_CLOCKS] = {0};
     unsigned long forks0[BT_CLOCKS] = {0};
     double *toks = xmalloc((size_t)(a->reps + 1) * sizeof *toks), *steps = xmalloc((size_t)(a->reps + 1) * sizeof *steps);
-    /* the bursts after the warm-up and after each timed run: run r lies between r - 1 and r */
-    double *bursts = rd ? xmalloc((size_t)(a->reps + 1) * sizeof *bursts) : NULL;
-    nn_pass_class(*run_passes)[NN_PASS_CLASSES] = xcalloc((size_t)a->reps + 1, sizeof *run_passes);
+    /* freed by result_free, whatever happens here */
+    res->run_tok_s = xmalloc((size_t)a->reps * sizeof *res->run_tok_s);
+    res->run_bw = rd ? xmalloc((size_t)a->reps * sizeof *res->run_bw) : NULL;
+    memset(res->passes, 0, sizeof res->passes);
+    memset(res->pass_ideal_s, 0, sizeof res->pass_ideal_s);
+    double burst = 0; /* the reader's best in the burst after the run before */
     int rc = 0;
     for (int r = 0; r <= a->reps && !rc; r++) {
         if (r == 1) part_clock(R, clock0), fork_clock(R, forks0);
@@ -209,7 +212,6 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
             seqs[b] = kv_seq_open(R->kv);
             kv_seq_reserve(R->kv, seqs[b], a->n);
         }
-        if (r == 1) nn_pass_stats_take(run_passes[0]); /* from zero */
         nn_pass_stats(r > 0 && a->passes); /* the timed runs' steps only */
         double t0 = dh_now();
         for (int i = 0; i < a->n && !rc; i++) {
@@ -219,32 +221,27 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
         }
         double dt = dh_now() - t0;
         nn_pass_stats(0);
-        if (r > 0) nn_pass_stats_take(run_passes[r]);
+        nn_pass_class run[NN_PASS_CLASSES];
+        nn_pass_stats_take(run);
         for (int b = 0; b < B; b++) kv_seq_close(R->kv, seqs[b]);
-        if (r > 0) toks[r - 1] = (double)a->n * B / dt, steps[r - 1] = dt / a->n;
-        if (rd) bursts[r] = reader_burst(rd, 4);
+        /* run r lies between the burst after run r - 1 (or the warm-up) and its own */
+        double before = burst;
+        if (rd) burst = reader_burst(rd, 4);
+        if (r == 0) continue;
+        toks[r - 1] = res->run_tok_s[r - 1] = (double)a->n * B / dt, steps[r - 1] = dt / a->n;
+        if (rd) res->run_bw[r - 1] = DH_MAX(before, burst);
+        for (int k = 0; k < NN_PASS_CLASSES; k++) {
+            res->passes[k].n += run[k].n, res->passes[k].bytes += run[k].bytes, res->passes[k].seconds += run[k].seconds;
+            if (rd) res->pass_ideal_s[k] += run[k].bytes / (res->run_bw[r - 1] * 1e9);
+        }
     }
     if (!rc) {
-        res->run_tok_s = xmalloc((size_t)a->reps * sizeof *res->run_tok_s);
-        memcpy(res->run_tok_s, toks, (size_t)a->reps * sizeof *toks); /* summarize sorts toks */
-        if (rd) {
-            res->run_bw = xmalloc((size_t)a->reps * sizeof *res->run_bw);
-            for (int r = 0; r < a->reps; r++) res->run_bw[r] = DH_MAX(bursts[r], bursts[r + 1]);
-        }
         if (B > 1) snprintf(res->test, sizeof res->test, "tg%d@b%d", a->n, B);
         else snprintf(res->test, sizeof res->test, "tg%d", a->n);
-        summarize(res, toks, steps, a->reps);
+        summarize(res, toks, steps, a->reps); /* sorts toks: run_tok_s keeps the order */
         part_ms(R, clock0, forks0, (double)a->reps * a->n, res);
-        memset(res->passes, 0, sizeof res->passes);
-        memset(res->pass_ideal_s, 0, sizeof res->pass_ideal_s);
-        for (int r = 1; r <= a->reps; r++)
-            for (int k = 0; k < NN_PASS_CLASSES; k++) {
-                const nn_pass_class *c = &run_passes[r][k];
-                res->passes[k].n += c->n, res->passes[k].bytes += c->bytes, res->passes[k].seconds += c->seconds;
-                if (rd) res->pass_ideal_s[k] += c->bytes / (res->run_bw[r - 1] * 1e9);
-            }
     }
-    free(rows), free(logits), free(seqs), free(toks), free(steps), free(bursts), free(run_passes);
+    free(rows), free(logits), free(seqs), free(toks), free(steps);
     return rc;
 }
 
