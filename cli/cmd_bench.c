@@ -58,21 +58,22 @@ static int cmp_d(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* The read bandwidth of this rank's pool over a 1 GiB array: 48 passes of 256 MiB before the
- * tests, and 12 more after the warm-up and after each timed run of tg, so that a neighbour busy
- * through the first passes alone cannot lower the figure the roofline divides by
- * (nn_read_bandwidth: why the best). best is the best pass of all; lo and hi the lowest and
- * highest best of a burst. */
+/* The read bandwidth of this rank's pool over a 1 GiB array: 80 passes of 256 MiB before the
+ * tests (16 in each read pattern), and 20 more after the warm-up and after each timed run of
+ * tg, so that a neighbour busy through the first passes alone cannot lower the figure the
+ * roofline divides by (nn_read_bandwidth: why the best). best is the best pass of all; lo and
+ * hi the lowest and highest best of a burst; pattern[k] the best pass of pattern k. */
 typedef struct reader {
     uint64_t *a;
     size_t n;
     double best, lo, hi;
+    double pattern[NN_READ_PATTERNS]; /* the best pass of each read pattern */
     int passes;
 } reader;
 
 /* one burst of reps passes of each pattern; returns its best */
 static double reader_burst(reader *r, int reps) {
-    double g = nn_read_bandwidth(NULL, r->a, r->n, r->n / 4, reps);
+    double g = nn_read_bandwidth(NULL, r->a, r->n, r->n / 4, reps, r->pattern);
     r->best = DH_MAX(r->best, g);
     r->lo = r->passes ? DH_MIN(r->lo, g) : g;
     r->hi = DH_MAX(r->hi, g);
@@ -357,6 +358,9 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
         /* the lowest and highest best of a burst of passes: how much the machine moved */
         json_object_set_new(j, "bandwidth_gb_s_range", json_pack("[f, f]", rd->lo, rd->hi));
         json_object_set_new(j, "bandwidth_passes", json_integer(rd->passes));
+        json_t *pat = json_object();
+        for (int k = 0; k < NN_READ_PATTERNS; k++) json_object_set_new(pat, nn_read_pattern_name[k], json_real(rd->pattern[k]));
+        json_object_set_new(j, "bandwidth_gb_s_patterns", pat);
     }
     if (run_share) {
         json_t *ts = json_array(), *bs = json_array(), *ss = json_array();
@@ -488,9 +492,13 @@ int cmd_bench(int argc, char **argv) {
         rc = bench_tg(&R, &a, &res, rd);
         if (!rc) {
             cluster_delta(&R, (uint64_t)a.n * a.batch * (a.reps + 1), dh_now() - t0, &wire, &share);
-            if (rd)
+            if (rd) {
                 fprintf(stderr, "read bandwidth, best of %d passes (before the tests and after each timed tg run): "
-                                "%.1f GB/s (bursts %.1f-%.1f)\n", rd->passes, rd->best, rd->lo, rd->hi);
+                                "%.1f GB/s (bursts %.1f-%.1f); best of each pattern:", rd->passes, rd->best, rd->lo, rd->hi);
+                for (int k = 0; k < NN_READ_PATTERNS; k++)
+                    fprintf(stderr, "%s %s %.1f", k ? "," : "", nn_read_pattern_name[k], rd->pattern[k]);
+                fprintf(stderr, "\n");
+            }
             if (rd && rd->hi > 1.25 * rd->lo) /* e.g. Zen 4's VM: 30-36 or 50-69 GB/s, every few seconds */
                 fprintf(stderr, "note: the bursts' best ranged over %.1f-%.1f GB/s: the machine's memory changed speed "
                                 "during the run, so the roofline share (against the best) reads low for the steps run "

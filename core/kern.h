@@ -62,9 +62,12 @@ typedef struct kern_ops {
     void (*axpy_rows)(float *y, const float *a, const float *x, size_t ldx, int rows, int n);
     /* Reads bytes (a multiple of 256 * streams) at p as `streams`
      * interleaved sequential streams, as fast as this table can, prefetching `prefetch` bytes
-     * ahead in each stream (0: no software prefetch); returns a value of the bytes (a sum of
-     * words, so that the loads stay). For measuring the read bandwidth. */
-    uint64_t (*read)(const void *p, size_t bytes, int streams, int prefetch);
+     * ahead in each stream (0: no software prefetch), with `pace` dependent multiply-adds on
+     * each 64-byte line's data before it is summed (0: bare loads; a kernel's compute between
+     * its loads, which on some CPUs lets the memory serve more than bare loads do); returns a
+     * value of the bytes (a sum of words, so that the loads stay). For measuring the read
+     * bandwidth. */
+    uint64_t (*read)(const void *p, size_t bytes, int streams, int prefetch, int pace);
     /* 1 when this table reads q8 and q4k matrices fastest packed as WT_G16 (tensor.h), so
      * loaders should pack them; every table reads both layouts, with the same results. */
     int g16;

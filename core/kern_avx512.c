@@ -1227,21 +1227,30 @@ static void quantize_avx(const float *x, int cols, int8_t *q, float *d) {
     }
 }
 
-/* four 64-byte loads in flight per stream step, and the same four lines `prefetch` bytes
- * ahead when asked (docs/performance.md, "How the bandwidth is measured") */
-static uint64_t read_avx(const void *p, size_t bytes, int streams, int prefetch) {
+/* four 64-byte loads in flight per stream step, the same four lines `prefetch` bytes ahead
+ * when asked, and `pace` rounds of multiply-adds chaining the four (AVX-512 BW's, which every
+ * CPU of this table has; docs/performance.md, "How the bandwidth is measured") */
+static uint64_t read_avx(const void *p, size_t bytes, int streams, int prefetch, int pace) {
     const char *c = p;
     size_t per = bytes / (size_t)streams;
-    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, m3 = _mm512_set1_epi16(3);
     for (size_t i = 0; i < per; i += 256)
         for (int s = 0; s < streams; s++) {
             const char *q = c + (size_t)s * per + i;
             if (prefetch)
                 for (int l = 0; l < 4; l++) _mm_prefetch(q + prefetch + 64 * l, _MM_HINT_T0);
-            a0 = _mm512_add_epi64(a0, _mm512_loadu_si512(q));
-            a1 = _mm512_add_epi64(a1, _mm512_loadu_si512(q + 64));
-            a2 = _mm512_add_epi64(a2, _mm512_loadu_si512(q + 128));
-            a3 = _mm512_add_epi64(a3, _mm512_loadu_si512(q + 192));
+            __m512i x0 = _mm512_loadu_si512(q), x1 = _mm512_loadu_si512(q + 64);
+            __m512i x2 = _mm512_loadu_si512(q + 128), x3 = _mm512_loadu_si512(q + 192);
+            for (int k = 0; k < pace; k++) {
+                x0 = _mm512_add_epi32(x0, _mm512_madd_epi16(x1, m3));
+                x1 = _mm512_add_epi32(x1, _mm512_madd_epi16(x2, m3));
+                x2 = _mm512_add_epi32(x2, _mm512_madd_epi16(x3, m3));
+                x3 = _mm512_add_epi32(x3, _mm512_madd_epi16(x0, m3));
+            }
+            a0 = _mm512_add_epi64(a0, x0);
+            a1 = _mm512_add_epi64(a1, x1);
+            a2 = _mm512_add_epi64(a2, x2);
+            a3 = _mm512_add_epi64(a3, x3);
         }
     /* summed as unsigned words: the intrinsic _mm512_reduce_add_epi64 adds signed long longs,
      * whose wrap-around is undefined (UBSan stops on it) */

@@ -185,7 +185,7 @@ static void matmul_ref(float *y, int ldy, const kern_act *a, const wmat *W, int 
     matmul_float_ref(y, ldy, a, W, T, o0, o1, scratch);
 }
 
-static uint64_t read_ref(const void *p, size_t bytes, int streams, int prefetch) {
+static uint64_t read_ref(const void *p, size_t bytes, int streams, int prefetch, int pace) {
     const uint64_t *w = p;
     size_t per = bytes / 8 / (size_t)streams;
     uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -193,10 +193,9 @@ static uint64_t read_ref(const void *p, size_t bytes, int streams, int prefetch)
         for (int s = 0; s < streams; s++) {
             const uint64_t *q = w + (size_t)s * per + i;
             if (prefetch) __builtin_prefetch((const char *)q + prefetch);
-            s0 += q[0] ^ q[4];
-            s1 += q[1] ^ q[5];
-            s2 += q[2] ^ q[6];
-            s3 += q[3] ^ q[7];
+            uint64_t x0 = q[0] ^ q[4], x1 = q[1] ^ q[5], x2 = q[2] ^ q[6], x3 = q[3] ^ q[7];
+            for (int k = 0; k < pace; k++) x0 = x0 * 3 + x1, x1 = x1 * 3 + x2, x2 = x2 * 3 + x3, x3 = x3 * 3 + x0;
+            s0 += x0, s1 += x1, s2 += x2, s3 += x3;
         }
     return s0 ^ s1 ^ s2 ^ s3;
 }

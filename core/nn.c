@@ -277,17 +277,21 @@ typedef struct bw_job {
     const kern_ops *k; /* the fastest table the CPU has, whichever the products use */
     const char *p;
     size_t task_bytes;
-    int streams, prefetch;
+    int streams, prefetch, pace;
     uint64_t sums[256];
 } bw_job;
 
 static void bw_task(void *ctx, int task, int thread) {
     bw_job *j = ctx;
     /* keeps the loads from being optimised away */
-    j->sums[thread & 255] += j->k->read(j->p + (size_t)task * j->task_bytes, j->task_bytes, j->streams, j->prefetch);
+    j->sums[thread & 255] += j->k->read(j->p + (size_t)task * j->task_bytes, j->task_bytes, j->streams, j->prefetch, j->pace);
 }
 
-double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, size_t pass_bytes, int reps) {
+const char *const nn_read_pattern_name[NN_READ_PATTERNS] = {"plain", "prefetch 8 KiB", "8 streams", "paced 2",
+                                                             "paced 4"};
+
+double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, size_t pass_bytes, int reps,
+                         double *pattern_best) {
     size_t mib4 = (size_t)4 << 20;
     DH_ASSERT(bytes % mib4 == 0 && pass_bytes % mib4 == 0 && pass_bytes > 0 && pass_bytes <= bytes &&
               reps > 0);
@@ -298,25 +302,31 @@ double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, size_t pa
     if (!j->k) j->k = kern_portable();
     j->p = buf, j->task_bytes = mib4, j->streams = 1;
     tp_run(pool, (int)(bytes / mib4), bw_task, j); /* warm the pages */
-    /* three ways of reading a pass: a contiguous share a thread in one stream (how a packed q8
-     * product reads), the same prefetching 8 KiB ahead (how a packed q4k product reads), and
-     * 4 MiB tasks of 8 interleaved streams each (how a product reading 16 rows at once does);
-     * each reps times, in turn */
+    /* the ways of reading a pass, taken in turn (docs/performance.md, "How the bandwidth is
+     * measured"): each thread a contiguous share in one stream (how a packed q8 or q4k product
+     * reads), the same prefetching 8 KiB ahead (the packed streams' software prefetch), 4 MiB
+     * tasks of 8 interleaved streams each (how a product reading 16 rows at once does), and the
+     * contiguous share with 2 and with 4 rounds of multiply-adds on each line (a kernel's
+     * compute between its loads: on AMD Zen 4 bare loads read less than that) */
+    static const struct { int contiguous, prefetch, streams, pace; } pat[NN_READ_PATTERNS] = {
+        {1, 0, 1, 0}, {1, KERN_G16_PREFETCH, 1, 0}, {0, 0, 8, 0}, {1, 0, 1, 2}, {1, 0, 1, 4}};
     size_t share = pass_bytes / (size_t)nt / mib4 * mib4;
     size_t n_slices = bytes / pass_bytes;
     double best = 0;
     for (int r = 0; r < NN_READ_PATTERNS * reps; r++) {
-        int contiguous = r % NN_READ_PATTERNS < 2 && share > 0;
+        int k = r % NN_READ_PATTERNS, contiguous = pat[k].contiguous && share > 0;
         j->task_bytes = contiguous ? share : mib4;
-        j->streams = contiguous ? 1 : 8;
-        j->prefetch = contiguous && r % NN_READ_PATTERNS == 1 ? KERN_G16_PREFETCH : 0;
+        j->streams = contiguous ? 1 : pat[k].streams;
+        j->prefetch = contiguous ? pat[k].prefetch : 0;
+        j->pace = pat[k].pace;
         int n_tasks = (int)(contiguous ? (size_t)nt : pass_bytes / mib4);
-        /* pass r reads slice r / 3 of the buffer: the data is never in cache from the last pass */
+        /* pass r reads slice r / NN_READ_PATTERNS of the buffer: never in cache from the last pass */
         j->p = (const char *)buf + (size_t)(r / NN_READ_PATTERNS) % n_slices * pass_bytes;
         double t0 = dh_now();
         tp_run(pool, n_tasks, bw_task, j);
         double gbs = (double)j->task_bytes * n_tasks / (dh_now() - t0) * 1e-9;
         if (gbs > best) best = gbs;
+        if (pattern_best && gbs > pattern_best[k]) pattern_best[k] = gbs;
     }
     free(j);
     return best;

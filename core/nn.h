@@ -72,15 +72,20 @@ void nn_pass_stats_take(nn_pass_class out[NN_PASS_CLASSES]);
 void nn_matmul_local(const nn_mm *m, int thread);
 
 /* Read bandwidth in GB/s of `pool` (NULL: the nn pool) over buf (bytes, a multiple of 4 MiB)
- * with the fastest kernel table's read (kern_ops.read): the best of 3 reps passes after one
- * warm-up over all of buf, pass r reading the pass_bytes slice r/3 mod (bytes / pass_bytes)
- * (pass_bytes a multiple of 4 MiB, at least 8 times the last-level cache to measure memory), in
- * three patterns in turn: one contiguous share a thread in one stream, the same with a software
- * prefetch 8 KiB ahead, and 4 MiB tasks of 8 interleaved streams (machines differ in which
- * they read fastest). The best, not the median: whatever else runs on the machine can only make
- * a pass slower, so the fastest pass is the one least disturbed (docs/performance.md). */
-#define NN_READ_PATTERNS 3 /* passes of nn_read_bandwidth per rep: one in each pattern */
-double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, size_t pass_bytes, int reps);
+ * with the fastest kernel table's read (kern_ops.read): the best of NN_READ_PATTERNS * reps
+ * passes after one warm-up over all of buf, pass r reading the pass_bytes slice
+ * r / NN_READ_PATTERNS mod (bytes / pass_bytes) (pass_bytes a multiple of 4 MiB, at least 8
+ * times the last-level cache to measure memory), in the patterns of nn_read_pattern_name in
+ * turn: one contiguous share a thread in one stream, the same with a software prefetch 8 KiB
+ * ahead, 4 MiB tasks of 8 interleaved streams, and the contiguous share with 2 and with 4
+ * rounds of multiply-adds on each line (machines differ in which they read fastest). The best,
+ * not the median: whatever else runs on the machine can only make a pass slower, so the
+ * fastest pass is the one least disturbed (docs/performance.md). When pattern_best is not
+ * NULL, pattern_best[k] is raised to pattern k's best pass when that is higher. */
+#define NN_READ_PATTERNS 5 /* passes of nn_read_bandwidth per rep: one in each pattern */
+extern const char *const nn_read_pattern_name[NN_READ_PATTERNS];
+double nn_read_bandwidth(tp_pool *pool, const void *buf, size_t bytes, size_t pass_bytes, int reps,
+                         double *pattern_best);
 
 /* y = x * rsqrt(mean(x^2) + eps) * w, per row of D (y may alias x). */
 void nn_rmsnorm(float *y, const float *x, const float *w, int T, int D, float eps);

@@ -135,7 +135,7 @@ static double cpu_seconds(void) {
 
 static double read_bandwidth(const uint64_t *buf, int threads) {
     tp_pool *pool = tp_new(threads);
-    double gbs = nn_read_bandwidth(pool, buf, BIG_BYTES, BIG_BYTES, g_runs);
+    double gbs = nn_read_bandwidth(pool, buf, BIG_BYTES, BIG_BYTES, g_runs, NULL);
     tp_free(pool);
     return gbs;
 }
@@ -391,7 +391,7 @@ typedef struct seg_job {
 
 static void seg_task(void *ctx, int task, int thread) {
     seg_job *j = ctx;
-    j->sums[thread & 1] += j->k->read(j->base + j->off[task], j->piece, 1, 0);
+    j->sums[thread & 1] += j->k->read(j->base + j->off[task], j->piece, 1, 0, 0);
 }
 
 static void bench_segments(const void *big) {
@@ -408,7 +408,7 @@ static void bench_segments(const void *big) {
     for (size_t s = 0; s < sizeof pieces / sizeof pieces[0]; s++) fprintf(stderr, " %8zuK", pieces[s] >> 10);
     fprintf(stderr, "\n");
     for (int r = 0; r < g_runs; r++) {
-        double ref = nn_read_bandwidth(p, big, BIG_BYTES, (size_t)256 << 20, 1);
+        double ref = nn_read_bandwidth(p, big, BIG_BYTES, (size_t)256 << 20, 1, NULL);
         fprintf(stderr, "%9.1f", ref);
         for (size_t s = 0; s < sizeof pieces / sizeof pieces[0]; s++) {
             j.piece = pieces[s];

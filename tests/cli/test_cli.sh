@@ -180,7 +180,11 @@ assert abs(j["roofline_share"] - j["bytes_per_step"] * j["tok_s_median"] / (j["b
 assert j["passes"], j
 for c in j["passes"]:
     assert c["gb_s"] / max(bws) * (1 - 1e-9) <= c["share_runs"] <= c["gb_s"] / min(bws) * (1 + 1e-9), (c, bws)
+pat = j["bandwidth_gb_s_patterns"]
+assert sorted(pat) == sorted(["plain", "prefetch 8 KiB", "8 streams", "paced 2", "paced 4"]), pat
+assert all(0 < g <= j["bandwidth_gb_s"] for g in pat.values()) and max(pat.values()) == j["bandwidth_gb_s"], (pat, j)
 ' "$tmp/out"
+grep_err "best of each pattern: plain [0-9.]+, prefetch 8 KiB [0-9.]+, 8 streams [0-9.]+, paced 2 [0-9.]+, paced 4 [0-9.]+" "bench prints each read pattern's best"
 grep_err "each timed run.s share, against the faster reader burst just before or after it: [0-9.]+ of [0-9.]+ GB/s, " "bench prints each run's share"
 expect 0 "bench --json --no-bandwidth" "$bin" bench --model "$ref" -p 0 -n 2 -r 2 --no-bandwidth --json
 py "no shares without the reader" 'import json, sys; j = json.loads(open(sys.argv[1]).read().strip().split("\n")[-1]); assert not any(k.startswith("roofline") or k.endswith("_runs") for k in j), j' "$tmp/out"
