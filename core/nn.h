@@ -76,9 +76,7 @@ void nn_matmul_local(const nn_mm *m, int thread);
  * passes after one warm-up over all of buf, pass r reading the pass_bytes slice
  * r / NN_READ_PATTERNS mod (bytes / pass_bytes) (pass_bytes a multiple of 4 MiB, at least 8
  * times the last-level cache to measure memory), in the patterns of nn_read_pattern_name in
- * turn: one contiguous share a thread in one stream, the same with a software prefetch 8 KiB
- * ahead, 4 MiB tasks of 8 interleaved streams, and the contiguous share with 2 and with 4
- * rounds of multiply-adds on each line (machines differ in which they read fastest). The best,
+ * turn (nn.c says what each is and why; machines differ in which they read fastest). The best,
  * not the median: whatever else runs on the machine can only make a pass slower, so the
  * fastest pass is the one least disturbed (docs/performance.md). When pattern_best is not
  * NULL, pattern_best[k] is raised to pattern k's best pass when that is higher. */

@@ -53,7 +53,6 @@
 #include "core/nn.h"
 #include "core/threadpool.h"
 #include "core/cpu.h"
-#include "core/threadpool.h"
 
 #define BIG_BYTES ((size_t)1 << 30)
 #define HIDDEN 2048
@@ -396,15 +395,15 @@ static void seg_task(void *ctx, int task, int thread) {
 
 static void bench_segments(const void *big) {
     static const size_t pieces[] = {32 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10, 1280 << 10};
+    enum { PASSES = 200 };
     const size_t pass = (size_t)2560 << 10; /* a whole number of each piece */
-    const int passes = 200;
-    size_t off[80];
-    double t[200];
+    size_t off[(2560 << 10) / (32 << 10)];   /* a pass of the smallest pieces */
+    double t[PASSES];
     tp_pool *p = tp_new(2);
     seg_job j = {.k = kern_avx512() ? kern_avx512() : kern_portable(), .base = big, .off = off};
     fprintf(stderr, "a pass of %zu KiB read in pieces at scattered places (2 threads, a task a piece): median GB/s "
-                    "of %d passes over the reader's (256 MiB passes, best of 3 patterns just before)\n%9s",
-            pass >> 10, passes, "reader");
+                    "of %d passes over the reader's (256 MiB passes, best of %d patterns just before)\n%9s",
+            pass >> 10, PASSES, NN_READ_PATTERNS, "reader");
     for (size_t s = 0; s < sizeof pieces / sizeof pieces[0]; s++) fprintf(stderr, " %8zuK", pieces[s] >> 10);
     fprintf(stderr, "\n");
     for (int r = 0; r < g_runs; r++) {
@@ -413,13 +412,14 @@ static void bench_segments(const void *big) {
         for (size_t s = 0; s < sizeof pieces / sizeof pieces[0]; s++) {
             j.piece = pieces[s];
             int n = (int)(pass / pieces[s]);
-            for (int k = 0; k < passes; k++) {
+            DH_ASSERT((size_t)n <= sizeof off / sizeof off[0]);
+            for (int k = 0; k < PASSES; k++) {
                 for (int i = 0; i < n; i++) off[i] = next_u64() % ((BIG_BYTES - pieces[s]) / 4096) * 4096;
                 double t0 = dh_now();
                 tp_run(p, n, seg_task, &j);
                 t[k] = (double)pass / (dh_now() - t0) * 1e-9;
             }
-            fprintf(stderr, " %9.2f", median(t, passes) / ref);
+            fprintf(stderr, " %9.2f", median(t, PASSES) / ref);
         }
         fprintf(stderr, "\n");
     }
