@@ -36,6 +36,7 @@
 #include "core/hugemem.h"
 #include "core/nn.h"
 #include "core/tensor.h"
+#include "core/threadpool.h"
 
 #define CHUNK 512
 
@@ -62,13 +63,17 @@ static int cmp_d(const void *a, const void *b) {
  * tests (16 in each read pattern), and 20 more after the warm-up and after each timed run of
  * tg, so that a neighbour busy through the first passes alone cannot lower the figure the
  * roofline divides by (nn_read_bandwidth: why the best). best is the best pass of all; lo and
- * hi the lowest and highest best of a burst; pattern[k] the best pass of pattern k. */
+ * hi the lowest and highest best of a burst; pattern[k] the best pass of pattern k. With each
+ * burst, the round trip of a cache line between the pool's threads (tp_round_trip_ns): on a VM
+ * whose two vCPUs are sometimes on one CCD of an AMD EPYC and sometimes on two, it says which
+ * the run met (docs/performance.md). */
 typedef struct reader {
     uint64_t *a;
     size_t n;
     double best, lo, hi;
     double pattern[NN_READ_PATTERNS]; /* the best pass of each read pattern */
     int passes;
+    double rt, rt_lo, rt_hi; /* ns: the last burst's round trip, the lowest and highest; NAN: none */
 } reader;
 
 /* one burst of reps passes of each pattern; returns its best */
@@ -77,12 +82,17 @@ static double reader_burst(reader *r, int reps) {
     r->best = DH_MAX(r->best, g);
     r->lo = r->passes ? DH_MIN(r->lo, g) : g;
     r->hi = DH_MAX(r->hi, g);
+    r->rt = tp_round_trip_ns(nn_pool(), 200, NULL);
+    if (!isnan(r->rt)) {
+        r->rt_lo = isnan(r->rt_lo) ? r->rt : DH_MIN(r->rt_lo, r->rt);
+        r->rt_hi = isnan(r->rt_hi) ? r->rt : DH_MAX(r->rt_hi, r->rt);
+    }
     r->passes += NN_READ_PATTERNS * reps;
     return g;
 }
 
 static void reader_open(reader *r) {
-    *r = (reader){.n = (size_t)1 << 30};
+    *r = (reader){.n = (size_t)1 << 30, .rt = NAN, .rt_lo = NAN, .rt_hi = NAN};
     r->a = hm_alloc(r->n); /* on the pages the weights are on (hugemem.h) */
     for (size_t i = 0; i < r->n / 8; i++) r->a[i] = i * 0x9E3779B97F4A7C15ULL;
     reader_burst(r, 16);
@@ -113,13 +123,14 @@ typedef struct result {
     double pass_ideal_s[NN_PASS_CLASSES];
     /* tg with a reader: each timed run's tok/s, in run order, and the faster of the reader
      * bursts just before and just after it (GB/s): the ceiling of the memory that run met.
-     * Owned here (result_free); NULL otherwise. */
-    double *run_tok_s, *run_bw;
+     * Owned here (result_free); NULL otherwise. run_rt: the threads' round trip (ns) measured
+     * with those two bursts, [2 * run] before and [2 * run + 1] after (NAN: one thread). */
+    double *run_tok_s, *run_bw, *run_rt;
 } result;
 
 static void result_free(result *res) {
-    free(res->run_tok_s), free(res->run_bw);
-    res->run_tok_s = res->run_bw = NULL;
+    free(res->run_tok_s), free(res->run_bw), free(res->run_rt);
+    res->run_tok_s = res->run_bw = res->run_rt = NULL;
 }
 
 /* seconds so far in each part of the forward pass, in the exchange, and in the slowest
@@ -203,6 +214,7 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
     /* freed by result_free, whatever happens here */
     res->run_tok_s = xmalloc((size_t)a->reps * sizeof *res->run_tok_s);
     res->run_bw = rd ? xmalloc((size_t)a->reps * sizeof *res->run_bw) : NULL;
+    res->run_rt = rd ? xmalloc((size_t)a->reps * 2 * sizeof *res->run_rt) : NULL;
     memset(res->passes, 0, sizeof res->passes);
     memset(res->pass_ideal_s, 0, sizeof res->pass_ideal_s);
     double burst = 0; /* the reader's best in the burst after the run before */
@@ -226,11 +238,14 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
         nn_pass_stats_take(run);
         for (int b = 0; b < B; b++) kv_seq_close(R->kv, seqs[b]);
         /* run r lies between the burst after run r - 1 (or the warm-up) and its own */
-        double before = burst;
+        double before = burst, rt_before = rd ? rd->rt : NAN;
         if (rd) burst = reader_burst(rd, 4);
         if (r == 0) continue;
         toks[r - 1] = res->run_tok_s[r - 1] = (double)a->n * B / dt, steps[r - 1] = dt / a->n;
-        if (rd) res->run_bw[r - 1] = DH_MAX(before, burst);
+        if (rd) {
+            res->run_bw[r - 1] = DH_MAX(before, burst);
+            res->run_rt[2 * (r - 1)] = rt_before, res->run_rt[2 * (r - 1) + 1] = rd->rt;
+        }
         for (int k = 0; k < NN_PASS_CLASSES; k++) {
             res->passes[k].n += run[k].n, res->passes[k].bytes += run[k].bytes, res->passes[k].seconds += run[k].seconds;
             if (rd) res->pass_ideal_s[k] += run[k].bytes / (res->run_bw[r - 1] * 1e9);
@@ -335,6 +350,8 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
         for (int r = 0; r < a->reps; r++) {
             run_share[r] = bytes_per_step * (res->run_tok_s[r] / a->batch) / (res->run_bw[r] * 1e9);
             fprintf(stderr, "%s %.2f of %.1f GB/s", r ? "," : "", run_share[r], res->run_bw[r]);
+            if (nn_threads() > 1) /* the threads' round trip before and after it */
+                fprintf(stderr, " (round trip %.0f, %.0f ns)", res->run_rt[2 * r], res->run_rt[2 * r + 1]);
         }
         double *sorted = xmalloc((size_t)a->reps * sizeof *sorted);
         memcpy(sorted, run_share, (size_t)a->reps * sizeof *sorted);
@@ -361,14 +378,23 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
         json_t *pat = json_object();
         for (int k = 0; k < NN_READ_PATTERNS; k++) json_object_set_new(pat, nn_read_pattern_name[k], json_real(rd->pattern[k]));
         json_object_set_new(j, "bandwidth_gb_s_patterns", pat);
+        if (!isnan(rd->rt_lo)) json_object_set_new(j, "thread_round_trip_ns_range", json_pack("[f, f]", rd->rt_lo, rd->rt_hi));
     }
     if (run_share) {
-        json_t *ts = json_array(), *bs = json_array(), *ss = json_array();
+        json_t *ts = json_array(), *bs = json_array(), *ss = json_array(), *rs = json_array();
         for (int r = 0; r < a->reps; r++) {
             json_array_append_new(ts, json_real(res->run_tok_s[r]));
             json_array_append_new(bs, json_real(res->run_bw[r]));
             json_array_append_new(ss, json_real(run_share[r]));
+            json_t *pair = json_array(); /* before and after; null where no worker answered */
+            for (int k = 0; k < 2; k++) {
+                double v = res->run_rt[2 * r + k];
+                json_array_append_new(pair, isnan(v) ? json_null() : json_real(v));
+            }
+            json_array_append_new(rs, pair);
         }
+        if (nn_threads() > 1) json_object_set_new(j, "thread_round_trip_ns_runs", rs);
+        else json_decref(rs);
         json_object_set_new(j, "tok_s_runs", ts);
         json_object_set_new(j, "bandwidth_gb_s_runs", bs);
         json_object_set_new(j, "roofline_share_runs", ss);
@@ -467,9 +493,12 @@ int cmd_bench(int argc, char **argv) {
     if (a.bandwidth) reader_open(rd = &rdr);
     double discard[FWD_T_COUNT];
     time_shares(&R, discard); /* from zero */
-    if (rd)
-        fprintf(stderr, "read bandwidth (%d threads, best of %d passes of 256 MiB, %d read patterns): %.1f GB/s\n",
+    if (rd) {
+        fprintf(stderr, "read bandwidth (%d threads, best of %d passes of 256 MiB, %d read patterns): %.1f GB/s",
                 nn_threads(), rd->passes, NN_READ_PATTERNS, rd->best);
+        if (!isnan(rd->rt)) fprintf(stderr, "; a cache line's round trip between the threads: %.0f ns", rd->rt);
+        fprintf(stderr, "\n");
+    }
     fprintf(stderr, "model %s: %.3f GB of weights read per step (%.3fB active parameters, %.2f bits each)\n",
             R.o.model_dir, model_active_bytes(R.m) / 1e9, model_active_params(R.m) / 1e9,
             8 * model_active_bytes(R.m) / model_active_params(R.m));
@@ -497,6 +526,8 @@ int cmd_bench(int argc, char **argv) {
                                 "%.1f GB/s (bursts %.1f-%.1f); best of each pattern:", rd->passes, rd->best, rd->lo, rd->hi);
                 for (int k = 0; k < NN_READ_PATTERNS; k++)
                     fprintf(stderr, "%s %s %.1f", k ? "," : "", nn_read_pattern_name[k], rd->pattern[k]);
+                if (!isnan(rd->rt_lo))
+                    fprintf(stderr, "; the threads' round trip %.0f-%.0f ns", rd->rt_lo, rd->rt_hi);
                 fprintf(stderr, "\n");
             }
             if (rd && rd->hi > 1.25 * rd->lo) /* e.g. Zen 4's VM: 30-36 or 50-69 GB/s, every few seconds */

@@ -26,6 +26,7 @@
  * after every task of this one has finished. */
 #include "threadpool.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -224,4 +225,91 @@ void tp_run(tp_pool *p, int n_tasks, tp_fn fn, void *ctx) {
     pthread_mutex_lock(&p->mu);
     while (atomic_load(&p->finished) < n_tasks) pthread_cond_wait(&p->done, &p->mu);
     pthread_mutex_unlock(&p->mu);
+}
+
+/* --- the round trip between the caller and each worker (tp_round_trip_ns) --- */
+
+typedef struct rt_line {
+    _Alignas(64) atomic_int ball; /* odd: the caller's ping; the next even number: the reply; -1: over */
+    atomic_int ready;             /* the worker is in its task */
+    char pad[64 - 2 * sizeof(atomic_int)];
+} rt_line;
+
+typedef struct rt_job {
+    rt_line *lines; /* [n_threads], each worker's on a cache line of its own */
+    int n_threads, rounds;
+    double *ns; /* [n_threads]: each worker's median batch; NAN if it did not come */
+} rt_job;
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Task k is thread k's: the workers answer pings, the caller (task 0) pings each in turn. Unlike
+ * other jobs this one depends on which thread runs a task, so a task run by another thread (a
+ * steal) does nothing, and the caller does not wait more than 50 ms for a worker that the
+ * scheduler has not run. */
+static void rt_task(void *ctx, int task, int thread) {
+    rt_job *j = ctx;
+    if (task != thread) return;
+    if (thread > 0) {
+        rt_line *l = &j->lines[thread];
+        atomic_store(&l->ready, 1);
+        for (;;) {
+            int b = atomic_load(&l->ball);
+            if (b < 0) return;
+            if (b & 1) atomic_store(&l->ball, b + 1);
+        }
+    }
+    for (int k = 1; k < j->n_threads; k++) {
+        rt_line *l = &j->lines[k];
+        double t0 = dh_now();
+        while (!atomic_load(&l->ready) && dh_now() - t0 < 50e-3) {
+        }
+        if (!atomic_load(&l->ready)) { /* never came: if it comes later, it finds the job over */
+            atomic_store(&l->ball, -1);
+            continue;
+        }
+        double batch[5];
+        int b = 0;
+        for (int s = 0; s < 5; s++) {
+            double t = dh_now();
+            for (int i = 0; i < j->rounds; i++) {
+                atomic_store(&l->ball, b + 1);
+                while (atomic_load(&l->ball) != b + 2) {
+                }
+                b += 2;
+            }
+            batch[s] = (dh_now() - t) / j->rounds * 1e9;
+        }
+        atomic_store(&l->ball, -1);
+        qsort(batch, 5, sizeof batch[0], cmp_double);
+        j->ns[k] = batch[2];
+    }
+}
+
+double tp_round_trip_ns(tp_pool *p, int rounds, double *worst) {
+    if (worst) *worst = NAN;
+    if (!p || p->n_threads < 2 || rounds < 1) return NAN;
+    int n = p->n_threads;
+    rt_job j = {.lines = aligned_alloc(64, (size_t)n * sizeof(rt_line)), .n_threads = n, .rounds = rounds,
+                .ns = xmalloc((size_t)n * sizeof(double))};
+    DH_ASSERT(j.lines);
+    for (int k = 0; k < n; k++) {
+        atomic_init(&j.lines[k].ball, 0);
+        atomic_init(&j.lines[k].ready, 0);
+        j.ns[k] = NAN;
+    }
+    tp_run(p, n, rt_task, &j);
+    /* the measured workers' figures, sorted */
+    int m = 0;
+    for (int k = 1; k < n; k++)
+        if (!isnan(j.ns[k])) j.ns[m++] = j.ns[k];
+    qsort(j.ns, (size_t)m, sizeof j.ns[0], cmp_double);
+    double med = m ? j.ns[m / 2] : NAN;
+    if (worst && m) *worst = j.ns[m - 1];
+    free(j.lines);
+    free(j.ns);
+    return med;
 }

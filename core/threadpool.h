@@ -19,4 +19,12 @@ void tp_run(tp_pool *p, int n_tasks, tp_fn fn, void *ctx);
  * workers and a wait for the last of them). Calls with one task or one thread, which run on
  * the caller alone, are not counted. Read it from the caller thread. */
 unsigned long tp_forks(const tp_pool *p);
+/* How long a cache line takes to go from the caller thread to a worker and back (ns): each
+ * worker in turn answers `rounds` pings a batch, 5 batches, and its figure is its median batch.
+ * Returns the median over the workers and sets *worst (if given) to the slowest; NAN when the
+ * pool has one thread or no worker came to its task within 50 ms. Threads that share a cache
+ * (one CCD of an AMD EPYC) answer in tens of nanoseconds; threads on two CCDs or sockets in
+ * hundreds, and every fork-join and every activation one thread writes and the other reads
+ * pays that (docs/performance.md). Runs on the caller thread, between tp_run calls. */
+double tp_round_trip_ns(tp_pool *p, int rounds, double *worst);
 #endif

@@ -183,9 +183,19 @@ for c in j["passes"]:
 pat = j["bandwidth_gb_s_patterns"]
 assert sorted(pat) == sorted(["plain", "prefetch 8 KiB", "8 streams", "paced 2", "paced 4"]), pat
 assert all(0 < g <= j["bandwidth_gb_s"] for g in pat.values()) and max(pat.values()) == j["bandwidth_gb_s"], (pat, j)
+# the round trip between the threads, measured with each burst: the burst after run r is the
+# one before run r + 1; every figure lies within the range of all of them
+rt = j["thread_round_trip_ns_runs"]
+lo, hi = j["thread_round_trip_ns_range"]
+assert len(rt) == 3 and all(len(p) == 2 for p in rt), rt
+assert all(rt[r][1] == rt[r + 1][0] for r in range(2)), rt
+assert 0 < lo <= hi and all(v is None or lo <= v <= hi for p in rt for v in p), (rt, lo, hi)
 ' "$tmp/out"
 grep_err "best of each pattern: plain [0-9.]+, prefetch 8 KiB [0-9.]+, 8 streams [0-9.]+, paced 2 [0-9.]+, paced 4 [0-9.]+" "bench prints each read pattern's best"
-grep_err "each timed run.s share, against the faster reader burst just before or after it: [0-9.]+ of [0-9.]+ GB/s, " "bench prints each run's share"
+grep_err "each timed run.s share, against the faster reader burst just before or after it: [0-9.]+ of [0-9.]+ GB/s \\(round trip [0-9nan]+, [0-9nan]+ ns\\), " "bench prints each run's share and the threads' round trip beside it"
+grep_err "the threads' round trip [0-9]+-[0-9]+ ns" "bench prints the range of the threads' round trip"
+expect 0 "bench --json on one thread" "$bin" bench --model "$ref" -p 0 -n 2 -r 1 -t 1 --json
+py "one thread: no round trip" 'import json, sys; j = json.loads(open(sys.argv[1]).read().strip().split("\n")[-1]); assert j["bandwidth_gb_s"] > 0 and not any("round_trip" in k for k in j), j' "$tmp/out"
 expect 0 "bench --json --no-bandwidth" "$bin" bench --model "$ref" -p 0 -n 2 -r 2 --no-bandwidth --json
 py "no shares without the reader" 'import json, sys; j = json.loads(open(sys.argv[1]).read().strip().split("\n")[-1]); assert not any(k.startswith("roofline") or k.endswith("_runs") for k in j), j' "$tmp/out"
 

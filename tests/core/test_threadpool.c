@@ -2,6 +2,7 @@
  * for all of them, a thread whose range is done steals from a slow one, jobs larger than one
  * claim word are split, and fork-joins are counted. */
 #include <CUnit/CUnit.h>
+#include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
@@ -76,6 +77,21 @@ static void test_a_thread_done_with_its_range_steals_from_a_slow_one(void) {
     tp_free(p);
 }
 
+static void test_round_trip_between_the_threads(void) {
+    tp_pool *one = tp_new(1);
+    double worst = 0;
+    CU_ASSERT(isnan(tp_round_trip_ns(one, 10, &worst)) && isnan(worst)); /* no other thread */
+    tp_free(one);
+    tp_pool *p = tp_new(2);
+    /* the worker answers unless the scheduler keeps it off a core for 50 ms: three tries */
+    double rt = NAN;
+    for (int i = 0; i < 3 && isnan(rt); i++) rt = tp_round_trip_ns(p, 20, &worst);
+    CU_ASSERT(isfinite(rt) && rt > 0 && worst == rt); /* one worker: its figure is both */
+    /* the pool still runs jobs after it */
+    CU_ASSERT_EQUAL(run_counted(p, 37), 0);
+    tp_free(p);
+}
+
 static void test_a_job_larger_than_a_claim_word_runs_each_task_once(void) {
     tp_pool *p = tp_new(2);
     CU_ASSERT_EQUAL(run_counted(p, 600001), 0); /* 2^18 - 1 tasks a claim word */
@@ -100,6 +116,7 @@ static CU_TestInfo threadpool_tests[] = {
     {"a thread done with its range steals from a slow one", test_a_thread_done_with_its_range_steals_from_a_slow_one},
     {"a job larger than a claim word runs each task once", test_a_job_larger_than_a_claim_word_runs_each_task_once},
     {"forks count the jobs that went to the workers", test_forks_count_jobs_that_went_to_the_workers},
+    {"round trip between the threads", test_round_trip_between_the_threads},
     CU_TEST_INFO_NULL,
 };
 CU_SuiteInfo threadpool_suite = {"threadpool", NULL, NULL, NULL, NULL, threadpool_tests};
