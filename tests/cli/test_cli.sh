@@ -190,6 +190,9 @@ lo, hi = j["thread_round_trip_ns_range"]
 assert len(rt) == 3 and all(len(p) == 2 for p in rt), rt
 assert all(rt[r][1] == rt[r + 1][0] for r in range(2)), rt
 assert 0 < lo <= hi and all(v is None or lo <= v <= hi for p in rt for v in p), (rt, lo, hi)
+# the fork-joins a step are the steps own, not the reader bursts between the timed runs
+f = j["forks_per_step"]
+assert abs(f["total"] - (f["attention"] + f["moe"] + f["dense"] + f["head"])) < 1e-6, f
 ' "$tmp/out"
 grep_err "best of each pattern: plain [0-9.]+, prefetch 8 KiB [0-9.]+, 8 streams [0-9.]+, paced 2 [0-9.]+, paced 4 [0-9.]+" "bench prints each read pattern's best"
 grep_err "each timed run.s share, against the faster reader burst just before or after it: [0-9.]+ of [0-9.]+ GB/s \\(round trip [0-9nan]+, [0-9nan]+ ns\\), " "bench prints each run's share and the threads' round trip beside it"
