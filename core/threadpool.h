@@ -20,7 +20,8 @@ void tp_run(tp_pool *p, int n_tasks, tp_fn fn, void *ctx);
  * the caller alone, are not counted. Read it from the caller thread. */
 unsigned long tp_forks(const tp_pool *p);
 /* How long a cache line takes to go from the caller thread to a worker and back (ns): each
- * worker in turn answers `rounds` pings a batch, 5 batches, and its figure is its median batch.
+ * worker in turn answers `rounds` pings a batch (a batch stops early after 2 ms), 5 batches,
+ * and its figure is its median batch.
  * Returns the median over the workers and sets *worst (if given) to the slowest; NAN when the
  * pool has one thread or no worker came to its task within 50 ms. Threads that share a cache
  * (one CCD of an AMD EPYC) answer in tens of nanoseconds; threads on two CCDs or sockets in
