@@ -54,18 +54,13 @@ static void usage(FILE *f) {
             "  --json              one JSON object per test on stdout\n" RT_HELP);
 }
 
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* The read bandwidth of this rank's pool over a 1 GiB array: 80 passes of 256 MiB before the
  * tests (16 in each read pattern), and 20 more after the warm-up and after each timed run of
  * tg, so that a neighbour busy through the first passes alone cannot lower the figure the
  * roofline divides by (nn_read_bandwidth: why the best). best is the best pass of all; lo and
  * hi the lowest and highest best of a burst; pattern[k] the best pass of pattern k. With each
- * burst, the round trip of a cache line between the pool's threads (tp_round_trip_ns): on a VM
- * whose two vCPUs are sometimes on one CCD of an AMD EPYC and sometimes on two, it says which
+ * burst, the round trip of a cache line between the pool's threads (tp_round_trip_ns): on the
+ * AMD EPYC Zen 4 VM whose two vCPUs are sometimes on one CCD and sometimes on two, it says which
  * the run met (docs/performance.md). */
 typedef struct reader {
     uint64_t *a;
@@ -116,21 +111,22 @@ typedef struct result {
                                   the part of it in finish (waiting, then combining), the slowest
                                   worker's compute in each exchange */
     double forks[BT_CLOCKS];   /* per step of the timed runs: the pool's fork-joins in each part
-                                  of the forward pass, then in all (tp_forks) */
+                                  of the forward pass, then in all (tp_forks around the steps) */
     nn_pass_class passes[NN_PASS_CLASSES]; /* tg with --passes: the timed runs' passes by size */
     /* tg with --passes and a reader: the seconds each class's bytes would take at the ceiling of
      * the run they were read in (run_bw), summed over the runs: its share is this over its time */
     double pass_ideal_s[NN_PASS_CLASSES];
     /* tg with a reader: each timed run's tok/s, in run order, and the faster of the reader
      * bursts just before and just after it (GB/s): the ceiling of the memory that run met.
-     * Owned here (result_free); NULL otherwise. run_rt: the threads' round trip (ns) measured
-     * with those two bursts, [2 * run] before and [2 * run + 1] after (NAN: one thread). */
-    double *run_tok_s, *run_bw, *run_rt;
+     * Owned here (result_free); NULL otherwise. burst_rt[k]: the threads' round trip (ns)
+     * measured with the burst after run k (0: the warm-up), so run r's are burst_rt[r] and
+     * burst_rt[r + 1] (NAN: one thread). */
+    double *run_tok_s, *run_bw, *burst_rt;
 } result;
 
 static void result_free(result *res) {
-    free(res->run_tok_s), free(res->run_bw), free(res->run_rt);
-    res->run_tok_s = res->run_bw = res->run_rt = NULL;
+    free(res->run_tok_s), free(res->run_bw), free(res->burst_rt);
+    res->run_tok_s = res->run_bw = res->burst_rt = NULL;
 }
 
 /* seconds so far in each part of the forward pass, in the exchange, and in the slowest
@@ -142,15 +138,17 @@ static void part_clock(const rt *R, double *t /* [BT_CLOCKS] */) {
     t[BT_WORKER] = R->clustered ? R->stats->slowest_s : 0;
 }
 
-/* the pool's fork-joins so far in each part of the forward pass, then in all */
+/* the pool's fork-joins so far in each part of the forward pass (the other slots 0) */
 static void fork_clock(const rt *R, unsigned long *n /* [BT_CLOCKS] */) {
+    memset(n, 0, BT_CLOCKS * sizeof *n);
     fwd_forks(R->f, n);
-    n[FWD_T_COUNT] = tp_forks(nn_pool());
-    n[BT_WAIT] = n[BT_WORKER] = 0;
 }
 
-/* res->part_ms and res->forks from the clocks at the first timed run, over steps steps */
-static void part_ms(const rt *R, const double *t0, const unsigned long *n0, double steps, result *res) {
+/* res->part_ms and res->forks from the clocks at the first timed run, over steps steps;
+ * all_forks: the pool's fork-joins in those steps, counted around them (the reader's bursts
+ * between the timed runs fork the pool too, and are not the steps') */
+static void part_ms(const rt *R, const double *t0, const unsigned long *n0, unsigned long all_forks, double steps,
+                    result *res) {
     double t[BT_CLOCKS];
     unsigned long n[BT_CLOCKS];
     part_clock(R, t);
@@ -159,14 +157,15 @@ static void part_ms(const rt *R, const double *t0, const unsigned long *n0, doub
         res->part_ms[i] = 1e3 * (t[i] - t0[i]) / steps;
         res->forks[i] = (double)(n[i] - n0[i]) / steps;
     }
+    res->forks[FWD_T_COUNT] = (double)all_forks / steps;
 }
 
 static void summarize(result *res, double *toks, double *steps, int reps) {
     double sum = 0;
     for (int i = 0; i < reps; i++) sum += steps[i];
     res->step_ms_mean = sum / reps * 1e3;
-    qsort(toks, (size_t)reps, sizeof *toks, cmp_d);
-    qsort(steps, (size_t)reps, sizeof *steps, cmp_d);
+    qsort(toks, (size_t)reps, sizeof *toks, dh_cmp_double);
+    qsort(steps, (size_t)reps, sizeof *steps, dh_cmp_double);
     res->med = toks[reps / 2], res->mn = toks[0], res->mx = toks[reps - 1];
     res->step_ms = steps[reps / 2] * 1e3;
 }
@@ -214,11 +213,11 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
     /* freed by result_free, whatever happens here */
     res->run_tok_s = xmalloc((size_t)a->reps * sizeof *res->run_tok_s);
     res->run_bw = rd ? xmalloc((size_t)a->reps * sizeof *res->run_bw) : NULL;
-    res->run_rt = rd ? xmalloc((size_t)a->reps * 2 * sizeof *res->run_rt) : NULL;
+    res->burst_rt = rd ? xmalloc((size_t)(a->reps + 1) * sizeof *res->burst_rt) : NULL;
     memset(res->passes, 0, sizeof res->passes);
     memset(res->pass_ideal_s, 0, sizeof res->pass_ideal_s);
     double burst = 0; /* the reader's best in the burst after the run before */
-    unsigned long burst_forks = 0; /* the pool's fork-joins in the bursts after timed runs */
+    unsigned long step_forks = 0; /* the pool's fork-joins in the timed runs' steps */
     int rc = 0;
     for (int r = 0; r <= a->reps && !rc; r++) {
         if (r == 1) part_clock(R, clock0), fork_clock(R, forks0);
@@ -227,6 +226,7 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
             kv_seq_reserve(R->kv, seqs[b], a->n);
         }
         nn_pass_stats(r > 0 && a->passes); /* the timed runs' steps only */
+        unsigned long f0 = tp_forks(nn_pool());
         double t0 = dh_now();
         for (int i = 0; i < a->n && !rc; i++) {
             for (int b = 0; b < B; b++) rows[b] = (fwd_row){seqs[b], i, (i * 31 + b * 977 + 1) % V, FWD_LOGITS};
@@ -234,23 +234,17 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
             rc = fwd_step(R->f, rows, B, &o);
         }
         double dt = dh_now() - t0;
+        if (r > 0) step_forks += tp_forks(nn_pool()) - f0;
         nn_pass_stats(0);
         nn_pass_class run[NN_PASS_CLASSES];
         nn_pass_stats_take(run);
         for (int b = 0; b < B; b++) kv_seq_close(R->kv, seqs[b]);
         /* run r lies between the burst after run r - 1 (or the warm-up) and its own */
-        double before = burst, rt_before = rd ? rd->rt : NAN;
-        if (rd) {
-            unsigned long f0 = tp_forks(nn_pool());
-            burst = reader_burst(rd, 4);
-            if (r > 0) burst_forks += tp_forks(nn_pool()) - f0;
-        }
+        double before = burst;
+        if (rd) burst = reader_burst(rd, 4), res->burst_rt[r] = rd->rt;
         if (r == 0) continue;
         toks[r - 1] = res->run_tok_s[r - 1] = (double)a->n * B / dt, steps[r - 1] = dt / a->n;
-        if (rd) {
-            res->run_bw[r - 1] = DH_MAX(before, burst);
-            res->run_rt[2 * (r - 1)] = rt_before, res->run_rt[2 * (r - 1) + 1] = rd->rt;
-        }
+        if (rd) res->run_bw[r - 1] = DH_MAX(before, burst);
         for (int k = 0; k < NN_PASS_CLASSES; k++) {
             res->passes[k].n += run[k].n, res->passes[k].bytes += run[k].bytes, res->passes[k].seconds += run[k].seconds;
             if (rd) res->pass_ideal_s[k] += run[k].bytes / (res->run_bw[r - 1] * 1e9);
@@ -260,10 +254,7 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
         if (B > 1) snprintf(res->test, sizeof res->test, "tg%d@b%d", a->n, B);
         else snprintf(res->test, sizeof res->test, "tg%d", a->n);
         summarize(res, toks, steps, a->reps); /* sorts toks: run_tok_s keeps the order */
-        part_ms(R, clock0, forks0, (double)a->reps * a->n, res);
-        /* the steps' own: the bursts between the timed runs are not theirs (they were 0.3 of
-         * the "fork-joins/step" bench printed before 2026-12-07 06:40) */
-        res->forks[FWD_T_COUNT] -= (double)burst_forks / ((double)a->reps * a->n);
+        part_ms(R, clock0, forks0, step_forks, (double)a->reps * a->n, res);
     }
     free(rows), free(logits), free(seqs), free(toks), free(steps);
     return rc;
@@ -359,11 +350,11 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
             run_share[r] = bytes_per_step * (res->run_tok_s[r] / a->batch) / (res->run_bw[r] * 1e9);
             fprintf(stderr, "%s %.2f of %.1f GB/s", r ? "," : "", run_share[r], res->run_bw[r]);
             if (nn_threads() > 1) /* the threads' round trip before and after it */
-                fprintf(stderr, " (round trip %.0f, %.0f ns)", res->run_rt[2 * r], res->run_rt[2 * r + 1]);
+                fprintf(stderr, " (round trip %.0f, %.0f ns)", res->burst_rt[r], res->burst_rt[r + 1]);
         }
         double *sorted = xmalloc((size_t)a->reps * sizeof *sorted);
         memcpy(sorted, run_share, (size_t)a->reps * sizeof *sorted);
-        qsort(sorted, (size_t)a->reps, sizeof *sorted, cmp_d);
+        qsort(sorted, (size_t)a->reps, sizeof *sorted, dh_cmp_double);
         share_med = sorted[a->reps / 2];
         free(sorted);
         fprintf(stderr, "; median %.2f\n", share_med);
@@ -396,7 +387,7 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
             json_array_append_new(ss, json_real(run_share[r]));
             json_t *pair = json_array(); /* before and after; null where no worker answered */
             for (int k = 0; k < 2; k++) {
-                double v = res->run_rt[2 * r + k];
+                double v = res->burst_rt[r + k];
                 json_array_append_new(pair, isnan(v) ? json_null() : json_real(v));
             }
             json_array_append_new(rs, pair);

@@ -214,11 +214,6 @@ static int run_decode(const tokenizer *t, const char *list) {
     return 0;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Encode every line of the file (newlines excluded), runs times, cache emptied before each. */
 static int run_bench(const tokenizer *t, const char *path, int runs) {
     FILE *f = fopen(path, "rb");
@@ -255,7 +250,7 @@ static int run_bench(const tokenizer *t, const char *path, int runs) {
     }
     double *sorted = xmalloc((size_t)runs * sizeof *sorted);
     memcpy(sorted, mbs, (size_t)runs * sizeof *sorted);
-    qsort(sorted, (size_t)runs, sizeof *sorted, cmp_double);
+    qsort(sorted, (size_t)runs, sizeof *sorted, dh_cmp_double);
     fprintf(stderr, "tokenize bench: %s: %zu bytes, %zu lines (%zu invalid), %zu tokens\n",
             path, file.n, lines, bad, tokens);
     fprintf(stderr, "tokenize bench: runs (MB/s):");

@@ -120,6 +120,11 @@ void log_msg(int level, const char *file, int line, const char *fmt, ...) {
     fputs(buf, stderr);
 }
 
+int dh_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 double dh_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -54,6 +54,8 @@ void log_msg(int level, const char *file, int line, const char *fmt, ...)
 
 /* Monotonic seconds. */
 double dh_now(void);
+/* qsort's comparator for doubles, ascending. */
+int dh_cmp_double(const void *a, const void *b);
 /* Resident memory of this process in bytes (VmRSS), 0 if unknown. */
 uint64_t dh_rss_bytes(void);
 

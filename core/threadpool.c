@@ -241,11 +241,6 @@ typedef struct rt_job {
     double *ns; /* [n_threads]: each worker's median batch; NAN if it did not come */
 } rt_job;
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Task k is thread k's: the workers answer pings, the caller (task 0) pings each in turn. Unlike
  * other jobs this one depends on which thread runs a task, so a task run by another thread (a
  * steal) does nothing, and the caller does not wait more than 50 ms for a worker that the
@@ -271,8 +266,9 @@ static void rt_task(void *ctx, int task, int thread) {
             atomic_store(&l->ball, -1);
             continue;
         }
-        /* a batch stops after 2 ms: when the two threads share a core (ranks sharing a machine
-         * under mpirun), each round waits for the scheduler, and the figure says so anyway */
+        /* a batch ends at the first reply that comes after 2 ms: when the two threads share a
+         * core (ranks sharing a machine under mpirun), each round waits for the scheduler, and
+         * the figure says so anyway (a plain round is far shorter than 4096 spins) */
         double batch[5];
         int b = 0;
         for (int s = 0; s < 5; s++) {
@@ -284,12 +280,11 @@ static void rt_task(void *ctx, int task, int thread) {
                 for (unsigned spins = 1; atomic_load(&l->ball) != b + 2; spins++)
                     if (spins % 4096 == 0 && dh_now() - t > 2e-3) late = 1;
                 b += 2, i++;
-                if (i % 16 == 0 && dh_now() - t > 2e-3) late = 1;
             }
             batch[s] = (dh_now() - t) / i * 1e9;
         }
         atomic_store(&l->ball, -1);
-        qsort(batch, 5, sizeof batch[0], cmp_double);
+        qsort(batch, 5, sizeof batch[0], dh_cmp_double);
         j->ns[k] = batch[2];
     }
 }
@@ -311,7 +306,7 @@ double tp_round_trip_ns(tp_pool *p, int rounds, double *worst) {
     int m = 0;
     for (int k = 1; k < n; k++)
         if (!isnan(j.ns[k])) j.ns[m++] = j.ns[k];
-    qsort(j.ns, (size_t)m, sizeof j.ns[0], cmp_double);
+    qsort(j.ns, (size_t)m, sizeof j.ns[0], dh_cmp_double);
     double med = m ? j.ns[m / 2] : NAN;
     if (worst && m) *worst = j.ns[m - 1];
     free(j.lines);

@@ -23,9 +23,9 @@ unsigned long tp_forks(const tp_pool *p);
  * worker in turn answers `rounds` pings a batch (a batch stops early after 2 ms), 5 batches,
  * and its figure is its median batch.
  * Returns the median over the workers and sets *worst (if given) to the slowest; NAN when the
- * pool has one thread or no worker came to its task within 50 ms. Threads that share a cache
- * (one CCD of an AMD EPYC) answer in tens of nanoseconds; threads on two CCDs or sockets in
- * hundreds, and every fork-join and every activation one thread writes and the other reads
- * pays that (docs/performance.md). Runs on the caller thread, between tp_run calls. */
+ * pool has one thread or no worker came to its task within 50 ms. On the AMD EPYC Zen 4 VM of
+ * docs/performance.md it is about 66 ns while the two vCPUs share a CCD and about 324 ns while
+ * they are on two, and every fork-join and every activation one thread writes and the other
+ * reads pays it. Runs on the caller thread, between tp_run calls. */
 double tp_round_trip_ns(tp_pool *p, int rounds, double *worst);
 #endif

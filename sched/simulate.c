@@ -46,14 +46,9 @@ sim_params sim_default_params(void) {
                         .wire_bytes = 4, .link_gbps = SIM_DEFAULT_LINK_GBPS, .link_us = SIM_DEFAULT_LINK_US};
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 double sim_quantile(double *v, size_t n, double q) {
     if (n == 0) return 0;
-    qsort(v, n, sizeof *v, cmp_double);
+    qsort(v, n, sizeof *v, dh_cmp_double);
     double h = q * (double)(n - 1);
     size_t lo = (size_t)floor(h);
     if (lo + 1 >= n) return v[n - 1];

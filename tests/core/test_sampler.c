@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/common.h"
 #include "core/sampler.h"
 
 #define V 5000
@@ -201,11 +202,6 @@ static void test_draws_are_uniform_along_every_key_field(void) {
     }
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Keys that differ in one field give unrelated streams: no value of one appears in another
  * (also at shifted positions, which catches a key that adds its fields), and streams are
  * uncorrelated position by position. */
@@ -220,7 +216,7 @@ static void test_distinct_keys_give_distinct_streams(void) {
     static double u[NS][NP], all[NS * NP];
     for (int k = 0; k < NS; k++)
         for (int p = 0; p < NP; p++) all[k * NP + p] = u[k][p] = sampler_uniform(key[k].seed, key[k].choice, p, key[k].purpose);
-    qsort(all, NS * NP, sizeof *all, cmp_double);
+    qsort(all, NS * NP, sizeof *all, dh_cmp_double);
     int dup = 0;
     for (int i = 1; i < NS * NP; i++) dup += all[i] == all[i - 1];
     CU_ASSERT_EQUAL(dup, 0); /* 12000 values of 53 bits: a repeat by chance has odds ~1e-8 */
