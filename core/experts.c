@@ -98,7 +98,9 @@ int experts_run_with(experts_host *h, int layer, const float *x, int T, const in
     int rows = h->count[E];
     for (int i = 0; i < rows; i++) {
         h->pos[h->order[i]] = i;
-        memcpy(h->xe + (size_t)i * D, x + (size_t)(h->order[i] / K) * D, (size_t)D * sizeof(float));
+        int e = idx[h->order[i]];
+        if (h->count[e + 1] - h->count[e] > 1) /* a one-row product reads its token's row in x */
+            memcpy(h->xe + (size_t)i * D, x + (size_t)(h->order[i] / K) * D, (size_t)D * sizeof(float));
     }
     // every chosen expert's SwiGLU, each one product over its tokens; gate and up of all the
     // experts in one pass of the pool, then the downs in another
@@ -112,7 +114,11 @@ int experts_run_with(experts_host *h, int layer, const float *x, int T, const in
             return DH_EINVAL;
         }
         size_t r0 = (size_t)h->count[e];
-        h->mm[n++] = (nn_mm){h->g + r0 * F, F, h->xe + r0 * D, D, &f->gate_proj, ne, &f->up_proj, h->u + r0 * F};
+        /* An expert with one row reads it where it is, in x: in decode every chosen expert and
+         * the extra FFN then read the same row, and nn_matmul_multi quantizes it once for all
+         * of them instead of once each (the same bits: each row is quantized on its own). */
+        const float *xr = ne == 1 ? x + (size_t)(h->order[r0] / K) * D : h->xe + r0 * D;
+        h->mm[n++] = (nn_mm){h->g + r0 * F, F, xr, D, &f->gate_proj, ne, &f->up_proj, h->u + r0 * F};
     }
     const ffn_weights *xf = extra ? extra->f : NULL;
     int Fx = xf ? xf->gate_proj.rows : 0;

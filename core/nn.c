@@ -205,7 +205,8 @@ void nn_matmul_multi(const nn_mm *mms, int n) {
         const nn_mm *pm = i > 0 ? &mms[i - 1] : NULL;
         if (pm && is_quantized(W->dtype) && is_quantized(pm->W->dtype) && pm->x == m->x && pm->ldx == m->ldx &&
             pm->T == m->T && pm->W->cols == W->cols) {
-            acts[i].q = acts[i - 1].q, acts[i].qd = acts[i - 1].qd; /* same rows (gate and up): the same bits */
+            /* the same rows as the product before (the experts of one decode row, experts.c): the same bits */
+            acts[i].q = acts[i - 1].q, acts[i].qd = acts[i - 1].qd;
         } else if (is_quantized(W->dtype) && m->T > 0) {
             /* quantized once per product (each row on its own: the same bits whichever thread
              * does it), on the pool when there are many rows */
