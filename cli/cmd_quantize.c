@@ -3,7 +3,7 @@
  * of the bytes.
  *
  * Every 2-D tensor is quantized (embedding, attention, dense and expert FFNs, MTP projections,
- * head) except the routers (`*.mlp.gate.weight`), which the engine keeps in f32, and any matrix
+ * head) except the routers (`*.mlp.gate.weight`), which the engine computes as stored, and any matrix
  * whose rows are not a multiple of 32 wide; vectors (norms, the correction bias) are copied as
  * they are. A quantized matrix is stored as U8 [rows, blocks per row * block bytes] in the
  * block layout of core/tensor.h, and the file's __metadata__ says "darkhorse_weights": "q8",

@@ -4,8 +4,9 @@
  * implies, so a checkpoint that disagrees with its config.json fails at load with the tensor's
  * name rather than computing garbage. Large matrices are used where they lie in the mmap'd
  * file (f32, bf16 or f16) unless a conversion was asked for (--weights), in which case the
- * converted copy is owned by the model. Vectors (norms, the correction bias) and the router
- * are widened to f32 once: they are small and computed in f32 everywhere.
+ * converted copy is owned by the model. Vectors (norms, the correction bias) are widened to
+ * f32 once; the router stays as stored (f32, bf16 or f16) under every --weights, computed in
+ * f32 on the exactly widened values.
  *
  * Two matrices are derived for the absorbed attention: per head W_UK^T [C, Dn] (to fold W_UK
  * into the query) and W_UV [Dv, C], both f32. The load parameters decide what a rank maps: the
@@ -365,7 +366,11 @@ static void load_moe(loader *ld, int i, moe_weights *moe) {
     moe->experts = xcalloc((size_t)E, sizeof *moe->experts);
     if (ld->p->dense) {
         snprintf(name, sizeof name, "model.layers.%d.mlp.gate.weight", i);
-        moe->gate = load_mat_as(ld, name, E, D, DT_F32);
+        /* as stored, never quantized: the f32, bf16 and f16 kernels add the same products in
+         * the same order (kern.h), so a bf16 router gives the bits its f32 widening gave, from
+         * half the bytes (test_kern checks every float product against one written-out sequence);
+         * genesis-1b's (64 x 1024) then runs on the calling thread (nn.c) */
+        moe->gate = load_mat_as(ld, name, E, D, -1);
         snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", i);
         if (st_find(ld->m->st, name)) moe->e_score_correction_bias = load_vec(ld, name, E);
         if (c->n_shared_experts > 0) {

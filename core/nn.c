@@ -232,10 +232,12 @@ void nn_matmul_multi(const nn_mm *mms, int n) {
     }
     mm_job j = {.mms = mms, .acts = acts, .n = n, .first = first, .step = step};
     /* small work runs on the calling thread: waking the pool costs more than a few
-     * microseconds of it. Work is counted in multiply-adds and in weight bytes: genesis-5b's
-     * f32 router (64 x 2048: 131 k multiply-adds, 512 KiB) took 26-30 us a layer of decode on
-     * one thread, 19-24 on two (AMD EPYC Zen 4; docs/performance.md). */
-    if (work < 256.0 * 1024 && wbytes < 256.0 * 1024) {
+     * microseconds of it. Work is counted in multiply-adds and in weight bytes, and a thread
+     * alone reads a small matrix's short rows slowly: genesis-5b's f32 router (64 x 2048, 512
+     * KiB) took 26-30 us a layer of decode on one thread, 19-24 on two, and genesis-1b's bf16
+     * router (64 x 1024, 128 KiB) about 10 us on one thread and 6-7 on two (AMD EPYC Zen 4;
+     * docs/performance.md). */
+    if (work < 256.0 * 1024 && wbytes < 64.0 * 1024) {
         for (int t = 0; t < first[n]; t++) mm_task(&j, t, 0);
     } else {
         tp_run(g_pool, first[n], mm_task, &j);
