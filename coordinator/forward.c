@@ -155,27 +155,24 @@ static void rope(const fwd_ctx *f, float *x, int t) {
     }
 }
 
-/* --- absorbed attention: one task per (head, chunk of absorbed rows) ---
- * A task runs all of a head's steps for its rows: W_UK's product, the scores and the weighted
- * latent, W_UV's product; one fork-join of the pool for the whole of it, where a pass per step
- * took three (and ran the two small products on one thread). Each step's result is what the
- * separate passes computed, bit for bit: products are batch invariant (kern.h). */
+/* --- absorbed attention: one task per (run of heads, chunk of absorbed rows) ---
+ * A task runs all of its heads' steps for its rows: W_UK's products, the scores and the
+ * weighted latents, W_UV's products; one fork-join of the pool for the whole of it, where a
+ * pass per step took three (and ran the two small products on one thread). Each step's result
+ * is what the separate passes computed, bit for bit: products are batch invariant (kern.h). */
 
 typedef struct abs_job {
     fwd_ctx *f;
     const layer_weights *lw;
     const fwd_row *rows;
-    int layer, nA, chunk; /* absorbed rows, rows a task */
+    int layer, nA, chunk, heads; /* absorbed rows, rows a task, heads a task */
 } abs_job;
 
-static void abs_task(void *ctx, int task, int thread) {
-    abs_job *j = ctx;
+/* q_abs[h] = W_UK[h]^T q_nope[h]; qa[h] = [q_abs | q_pe]                   [n, C + Dr] */
+static void abs_query(const abs_job *j, int hh, int i0, int n, int thread) {
     fwd_ctx *f = j->f;
-    int H = f->H, C = f->C, Dn = f->Dn, Dr = f->Dr, Dv = f->Dv, qw = H * (Dn + Dr), row = C + Dr;
-    int n_chunks = (j->nA + j->chunk - 1) / j->chunk, hh = task / n_chunks;
-    int i0 = task % n_chunks * j->chunk, n = DH_MIN(j->chunk, j->nA - i0);
-    // q_abs[h] = W_UK[h]^T q_nope[h]; qa[h] = [q_abs | q_pe]               [n, C + Dr]
-    wmat wuk = wt_rows(&j->lw->attn.w_uk_t, hh * C, C), wuv = wt_rows(&j->lw->attn.w_uv, hh * Dv, Dv);
+    int H = f->H, C = f->C, Dn = f->Dn, Dr = f->Dr, qw = H * (Dn + Dr), row = C + Dr;
+    wmat wuk = wt_rows(&j->lw->attn.w_uk_t, hh * C, C);
     const float *qh = f->q + (size_t)hh * (Dn + Dr);
     float *qa = f->qa + ((size_t)i0 * H + hh) * row;
     for (int i = 0; i < n; i++) {
@@ -184,6 +181,13 @@ static void abs_task(void *ctx, int task, int thread) {
         memcpy(qa + (size_t)i * H * row + C, qr + Dn, (size_t)Dr * sizeof(float));
     }
     nn_matmul_local(&(nn_mm){.y = qa, .ldy = H * row, .x = f->qg + ((size_t)i0 * H + hh) * Dn, .ldx = H * Dn, .W = &wuk, .T = n}, thread);
+}
+
+/* o_lat[h] = softmax(scores) . c_kv                                        [n, C] */
+static void abs_latent(const abs_job *j, int hh, int i0, int n, int thread) {
+    fwd_ctx *f = j->f;
+    int H = f->H, C = f->C, row = C + f->Dr;
+    const float *qa = f->qa + ((size_t)i0 * H + hh) * row;
     float *sc = f->scores + (size_t)thread * f->S, scale = f->m->softmax_scale;
     for (int i = 0; i < n; i++) {
         const fwd_row *r = &j->rows[f->ab[i0 + i]];
@@ -194,24 +198,47 @@ static void abs_task(void *ctx, int task, int thread) {
             nn_dot_rows(sc + s, qv, kv_row_c(f->kv, r->seq, j->layer, s), (size_t)row, DH_MIN(KV_BLOCK, r->pos + 1 - s), row);
         for (int s = 0; s <= r->pos; s++) sc[s] *= scale;
         nn_softmax(sc, r->pos + 1);
-        // o_lat = softmax(score) . c_kv                                    [C]
         float *ol = f->olat + ((size_t)(i0 + i) * H + hh) * C;
         memset(ol, 0, (size_t)C * sizeof *ol);
         for (int s = 0; s <= r->pos; s += KV_BLOCK)
             nn_axpy_rows(ol, sc + s, kv_row_c(f->kv, r->seq, j->layer, s), (size_t)row, DH_MIN(KV_BLOCK, r->pos + 1 - s), C);
     }
-    // o[h] = W_UV[h] o_lat[h]                                              [n, Dv]
+}
+
+/* o[h] = W_UV[h] o_lat[h]                                                  [n, Dv] */
+static void abs_value(const abs_job *j, int hh, int i0, int n, int thread) {
+    fwd_ctx *f = j->f;
+    int H = f->H, C = f->C, Dv = f->Dv;
+    wmat wuv = wt_rows(&j->lw->attn.w_uv, hh * Dv, Dv);
     nn_matmul_local(&(nn_mm){.y = f->og + ((size_t)i0 * H + hh) * Dv, .ldy = H * Dv,
                              .x = f->olat + ((size_t)i0 * H + hh) * C, .ldx = H * C, .W = &wuv, .T = n},
                     thread);
 }
 
+/* a task: the rows [i0, i0 + n) of a run of heads, each step for every head before the next
+ * step (each head's products and sums are the same calls in any order: the same bits) */
+static void abs_task(void *ctx, int task, int thread) {
+    abs_job *j = ctx;
+    int n_chunks = (j->nA + j->chunk - 1) / j->chunk, h0 = task / n_chunks * j->heads;
+    int h1 = DH_MIN(j->f->H, h0 + j->heads);
+    int i0 = task % n_chunks * j->chunk, n = DH_MIN(j->chunk, j->nA - i0);
+    for (int hh = h0; hh < h1; hh++) abs_query(j, hh, i0, n, thread);
+    for (int hh = h0; hh < h1; hh++) abs_latent(j, hh, i0, n, thread);
+    for (int hh = h0; hh < h1; hh++) abs_value(j, hh, i0, n, thread);
+}
+
 static void attend_absorbed(fwd_ctx *f, const layer_weights *lw, const fwd_row *rows, int nA, int layer) {
     int H = f->H, Dv = f->Dv;
-    /* at least 4 tasks a thread when the heads alone are fewer */
+    /* at least 4 tasks a thread when the heads alone are fewer; else two tasks a thread, each
+     * a run of heads, whose products then follow each other in one stream of W_UK^T's (and of
+     * W_UV's) rows: genesis-1b q4k's pass took 14.8 us a decode layer instead of 16.6 with a
+     * task a head (AMD EPYC Zen 4, medians of ~40 runs in the slow state; 21.1 against 21.9 in
+     * the fast; docs/performance.md) */
     int per_head = DH_MAX(1, DH_MIN(nA, (4 * nn_threads() + H - 1) / H));
-    abs_job j = {.f = f, .lw = lw, .rows = rows, .layer = layer, .nA = nA, .chunk = (nA + per_head - 1) / per_head};
-    tp_run(nn_pool(), H * ((nA + j.chunk - 1) / j.chunk), abs_task, &j);
+    int heads = DH_MAX(1, H / (2 * nn_threads()));
+    abs_job j = {.f = f, .lw = lw, .rows = rows, .layer = layer, .nA = nA, .chunk = (nA + per_head - 1) / per_head,
+                 .heads = heads};
+    tp_run(nn_pool(), (H + heads - 1) / heads * ((nA + j.chunk - 1) / j.chunk), abs_task, &j);
     for (int i = 0; i < nA; i++)
         memcpy(f->o + (size_t)f->ab[i] * H * Dv, f->og + (size_t)i * H * Dv, (size_t)H * Dv * sizeof(float));
 }
