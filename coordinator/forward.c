@@ -231,8 +231,8 @@ static void attend_absorbed(fwd_ctx *f, const layer_weights *lw, const fwd_row *
     int H = f->H, Dv = f->Dv;
     /* at least 4 tasks a thread when the heads alone are fewer; else two tasks a thread, each
      * a run of heads, whose products then follow each other in one stream of W_UK^T's (and of
-     * W_UV's) rows: genesis-1b q4k's pass took 14.8 us a decode layer instead of 16.6 with a
-     * task a head (AMD EPYC Zen 4, medians of ~40 runs in the slow state; 21.1 against 21.9 in
+     * W_UV's) rows: genesis-1b q4k's pass took 14.8 us a decode layer instead of 16.7 with a
+     * task a head (AMD EPYC Zen 4, medians of ~40 runs in the slow state; 21.2 against 22.0 in
      * the fast; docs/performance.md) */
     int per_head = DH_MAX(1, DH_MIN(nA, (4 * nn_threads() + H - 1) / H));
     int heads = DH_MAX(1, H / (2 * nn_threads()));
