@@ -369,7 +369,7 @@ static void load_moe(loader *ld, int i, moe_weights *moe) {
         /* as stored, never quantized: the f32, bf16 and f16 kernels add the same products in
          * the same order (kern.h), so a bf16 router gives the bits its f32 widening gave, from
          * half the bytes (test_kern checks every float product against one written-out sequence);
-         * genesis-1b's (64 x 1024) then runs on the calling thread (nn.c) */
+         * genesis-1b's (64 x 1024, 128 KiB) still runs on both threads (nn.c) */
         moe->gate = load_mat_as(ld, name, E, D, -1);
         snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", i);
         if (st_find(ld->m->st, name)) moe->e_score_correction_bias = load_vec(ld, name, E);
