@@ -95,15 +95,9 @@ int experts_run_with(experts_host *h, int layer, const float *x, int T, const in
         if (idx[i] >= 0) h->order[h->count[idx[i]]++] = i;
     for (int e = E; e > 0; e--) h->count[e] = h->count[e - 1]; /* back to starts */
     h->count[0] = 0;
-    int rows = h->count[E];
-    for (int i = 0; i < rows; i++) {
-        h->pos[h->order[i]] = i;
-        int e = idx[h->order[i]];
-        if (h->count[e + 1] - h->count[e] > 1) /* a one-row product reads its token's row in x */
-            memcpy(h->xe + (size_t)i * D, x + (size_t)(h->order[i] / K) * D, (size_t)D * sizeof(float));
-    }
-    // every chosen expert's SwiGLU, each one product over its tokens; gate and up of all the
-    // experts in one pass of the pool, then the downs in another
+    for (int i = 0; i < h->count[E]; i++) h->pos[h->order[i]] = i;
+    // every chosen expert's SwiGLU, each one product over its tokens (gathered into xe); gate
+    // and up of all the experts in one pass of the pool, then the downs in another
     int n = 0;
     for (int e = 0; e < E; e++) {
         int ne = h->count[e + 1] - h->count[e];
@@ -117,7 +111,12 @@ int experts_run_with(experts_host *h, int layer, const float *x, int T, const in
         /* An expert with one row reads it where it is, in x: in decode every chosen expert and
          * the extra FFN then read the same row, and nn_matmul_multi quantizes it once for all
          * of them instead of once each (the same bits: each row is quantized on its own). */
-        const float *xr = ne == 1 ? x + (size_t)(h->order[r0] / K) * D : h->xe + r0 * D;
+        const float *xr = x + (size_t)(h->order[r0] / K) * D;
+        if (ne > 1) {
+            for (int i = 0; i < ne; i++)
+                memcpy(h->xe + (r0 + i) * D, x + (size_t)(h->order[r0 + i] / K) * D, (size_t)D * sizeof(float));
+            xr = h->xe + r0 * D;
+        }
         h->mm[n++] = (nn_mm){h->g + r0 * F, F, xr, D, &f->gate_proj, ne, &f->up_proj, h->u + r0 * F};
     }
     const ffn_weights *xf = extra ? extra->f : NULL;
