@@ -47,7 +47,7 @@ struct fwd_ctx {
     float *rlog;                   /* [R, E] router logits */
     int *ridx;                     /* [R, K] */
     float *rw;                     /* [R, K] */
-    float *scores;                 /* [threads, S] */
+    float *scores;                 /* [threads, heads a task, S] */
     float *lat, *kvx, *keys;       /* naive form: [NB, C], [NB, H*(Dn+Dv)], [NB, H, Dn+Dr] */
     float *ost;                    /* [R, H, Dv + 2] online softmax: max, sum, acc */
     float *cat;                    /* [R, 2D] MTP input */
@@ -61,6 +61,9 @@ struct fwd_ctx {
     double t[FWD_T_COUNT];         /* seconds per part */
     unsigned long forks[FWD_T_COUNT]; /* the pool's fork-joins per part */
 };
+
+/* Heads a task of the absorbed attention: two tasks a thread (see attend_absorbed). */
+static int abs_heads(int H) { return DH_MAX(1, H / (2 * nn_threads())); }
 
 fwd_ctx *fwd_new(const model *m, kv_cache *kv, moe_backend *moe, int max_rows) {
     const model_config *c = &m->cfg;
@@ -83,7 +86,7 @@ fwd_ctx *fwd_new(const model *m, kv_cache *kv, moe_backend *moe, int max_rows) {
     ALLOC(f->cosv, R * (size_t)f->Dr / 2), ALLOC(f->sinv, R * (size_t)f->Dr / 2);
     ALLOC(f->g, R * (size_t)f->Fmax), ALLOC(f->u, R * (size_t)f->Fmax);
     ALLOC(f->rlog, R * (size_t)DH_MAX(f->E, 1)), ALLOC(f->ridx, R * (size_t)f->K), ALLOC(f->rw, R * (size_t)f->K);
-    ALLOC(f->scores, (size_t)nn_threads() * (size_t)f->S);
+    ALLOC(f->scores, (size_t)nn_threads() * (size_t)abs_heads(f->H) * (size_t)f->S);
     ALLOC(f->lat, (size_t)NB * f->C), ALLOC(f->kvx, (size_t)NB * H * (size_t)(f->Dn + f->Dv));
     ALLOC(f->keys, (size_t)NB * H * (size_t)(f->Dn + f->Dr)), ALLOC(f->ost, R * H * (size_t)(f->Dv + 2));
     ALLOC(f->cat, R * 2 * D), ALLOC(f->ab, R);
@@ -183,25 +186,34 @@ static void abs_query(const abs_job *j, int hh, int i0, int n, int thread) {
     nn_matmul_local(&(nn_mm){.y = qa, .ldy = H * row, .x = f->qg + ((size_t)i0 * H + hh) * Dn, .ldx = H * Dn, .W = &wuk, .T = n}, thread);
 }
 
-/* o_lat[h] = softmax(scores) . c_kv                                        [n, C] */
-static void abs_latent(const abs_job *j, int hh, int i0, int n, int thread) {
+/* o_lat[h] = softmax(scores) . c_kv for the heads [h0, h1) together: the scores in tiles of up
+ * to 4 heads by 4 positions, the sums in tiles of 4 heads by 64 columns (kern.h), so each vector
+ * of the cache is loaded once a tile, not once a head. The same dots and the same chains of
+ * fused steps, positions ascending, as a head at a time: the same bits. With a long context
+ * this is most of a step: genesis-5b q4k decode after 1024 tokens went from ~35 to ~44 tok/s
+ * (AMD EPYC Zen 4, docs/performance.md)                                    [n, C] */
+static void abs_latent(const abs_job *j, int h0, int h1, int i0, int n, int thread) {
     fwd_ctx *f = j->f;
-    int H = f->H, C = f->C, row = C + f->Dr;
-    const float *qa = f->qa + ((size_t)i0 * H + hh) * row;
-    float *sc = f->scores + (size_t)thread * f->S, scale = f->m->softmax_scale;
+    int H = f->H, C = f->C, row = C + f->Dr, nh = h1 - h0;
+    size_t S = (size_t)f->S;
+    float *sc = f->scores + (size_t)thread * (size_t)j->heads * S, scale = f->m->softmax_scale;
     for (int i = 0; i < n; i++) {
         const fwd_row *r = &j->rows[f->ab[i0 + i]];
-        const float *qv = qa + (size_t)i * H * row;
-        // score[s] = (q_abs . c_kv[s] + q_pe . k_pe[s]) * softmax_scale    [S]
+        const float *qv = f->qa + ((size_t)(i0 + i) * H + h0) * row;
+        // score[h][s] = (q_abs[h] . c_kv[s] + q_pe[h] . k_pe[s]) * softmax_scale   [nh, S]
         // (a cache block's rows are contiguous: a block of positions at a time)
         for (int s = 0; s <= r->pos; s += KV_BLOCK)
-            nn_dot_rows(sc + s, qv, kv_row_c(f->kv, r->seq, j->layer, s), (size_t)row, DH_MIN(KV_BLOCK, r->pos + 1 - s), row);
-        for (int s = 0; s <= r->pos; s++) sc[s] *= scale;
-        nn_softmax(sc, r->pos + 1);
-        float *ol = f->olat + ((size_t)(i0 + i) * H + hh) * C;
-        memset(ol, 0, (size_t)C * sizeof *ol);
+            nn_dot_rows(sc + s, S, qv, (size_t)row, nh, kv_row_c(f->kv, r->seq, j->layer, s), (size_t)row,
+                        DH_MIN(KV_BLOCK, r->pos + 1 - s), row);
+        for (int h = 0; h < nh; h++) {
+            for (int s = 0; s <= r->pos; s++) sc[h * S + s] *= scale;
+            nn_softmax(sc + h * S, r->pos + 1);
+        }
+        float *ol = f->olat + ((size_t)(i0 + i) * H + h0) * C;
+        memset(ol, 0, (size_t)nh * C * sizeof *ol);
         for (int s = 0; s <= r->pos; s += KV_BLOCK)
-            nn_axpy_rows(ol, sc + s, kv_row_c(f->kv, r->seq, j->layer, s), (size_t)row, DH_MIN(KV_BLOCK, r->pos + 1 - s), C);
+            nn_axpy_rows(ol, (size_t)C, sc + s, S, nh, kv_row_c(f->kv, r->seq, j->layer, s), (size_t)row,
+                         DH_MIN(KV_BLOCK, r->pos + 1 - s), C);
     }
 }
 
@@ -223,7 +235,7 @@ static void abs_task(void *ctx, int task, int thread) {
     int h1 = DH_MIN(j->f->H, h0 + j->heads);
     int i0 = task % n_chunks * j->chunk, n = DH_MIN(j->chunk, j->nA - i0);
     for (int hh = h0; hh < h1; hh++) abs_query(j, hh, i0, n, thread);
-    for (int hh = h0; hh < h1; hh++) abs_latent(j, hh, i0, n, thread);
+    abs_latent(j, h0, h1, i0, n, thread);
     for (int hh = h0; hh < h1; hh++) abs_value(j, hh, i0, n, thread);
 }
 
@@ -235,7 +247,7 @@ static void attend_absorbed(fwd_ctx *f, const layer_weights *lw, const fwd_row *
      * task a head (AMD EPYC Zen 4, medians of ~40 runs in the slow state; 21.2 against 22.0 in
      * the fast; docs/performance.md) */
     int per_head = DH_MAX(1, DH_MIN(nA, (4 * nn_threads() + H - 1) / H));
-    int heads = DH_MAX(1, H / (2 * nn_threads()));
+    int heads = abs_heads(H);
     abs_job j = {.f = f, .lw = lw, .rows = rows, .layer = layer, .nA = nA, .chunk = (nA + per_head - 1) / per_head,
                  .heads = heads};
     tp_run(nn_pool(), (H + heads - 1) / heads * ((nA + j.chunk - 1) / j.chunk), abs_task, &j);
@@ -269,7 +281,7 @@ static void naive_task(void *ctx, int task, int thread) {
     float sc[NB], mx = st[0];
     int n = last - j->b;
     // score[s] = ([q_nope | q_pe] . [k_nope[s] | k_pe[s]]) * softmax_scale  [block]
-    nn_dot_rows(sc, qh, f->keys + (size_t)hh * (Dn + Dr), (size_t)H * (Dn + Dr), n, Dn + Dr);
+    nn_dot_rows(sc, 0, qh, 0, 1, f->keys + (size_t)hh * (Dn + Dr), (size_t)H * (Dn + Dr), n, Dn + Dr);
     for (int i = 0; i < n; i++) {
         sc[i] *= f->m->softmax_scale;
         mx = fmaxf(mx, sc[i]);
@@ -282,7 +294,7 @@ static void naive_task(void *ctx, int task, int thread) {
         sc[i] = expf(sc[i] - mx); /* the weight p of position b + i */
         st[1] += sc[i];
     }
-    nn_axpy_rows(acc, sc, f->kvx + (size_t)hh * (Dn + Dv) + Dn, (size_t)H * (Dn + Dv), n, Dv);
+    nn_axpy_rows(acc, 0, sc, 0, 1, f->kvx + (size_t)hh * (Dn + Dv) + Dn, (size_t)H * (Dn + Dv), n, Dv);
     st[0] = mx;
 }
 

@@ -54,12 +54,16 @@ typedef struct kern_ops {
     float (*dot)(const float *a, const float *b, int n);
     /* y[i] += a * x[i], each element on its own */
     void (*axpy)(float *y, float a, const float *x, int n);
-    /* out[r] = dot(q, x + r * ldx, n) for r < rows: each the bits dot gives, several rows at a
-     * time so that q is read once for them (attention's scores over a block of keys) */
-    void (*dot_rows)(float *out, const float *q, const float *x, size_t ldx, int rows, int n);
-    /* axpy(y, a[r], x + r * ldx, n) for r = 0, 1, ..., rows - 1 in that order: the bits of those
-     * calls, y held in registers between them (attention's weighted sum of values) */
-    void (*axpy_rows)(float *y, const float *a, const float *x, size_t ldx, int rows, int n);
+    /* out[i * ldo + r] = dot(q + i * ldq, x + r * ldx, n) for i < nq, r < rows: each the bits
+     * dot gives, tiles of queries and rows at a time so that each q and each row of x is read
+     * once for several (attention's scores of a run of heads over a block of keys) */
+    void (*dot_rows)(float *out, size_t ldo, const float *q, size_t ldq, int nq, const float *x, size_t ldx,
+                     int rows, int n);
+    /* for each i < ny: axpy(y + i * ldy, a[i * lda + r], x + r * ldx, n) for r = 0, 1, ...,
+     * rows - 1 in that order: the bits of those calls, y held in registers between them, each
+     * row of x read once for several y (a run of heads' weighted sums of the same values) */
+    void (*axpy_rows)(float *y, size_t ldy, const float *a, size_t lda, int ny, const float *x, size_t ldx,
+                      int rows, int n);
     /* Reads bytes (a multiple of 256 * streams) at p as `streams`
      * interleaved sequential streams, as fast as this table can, prefetching `prefetch` bytes
      * ahead in each stream (0: no software prefetch), with `pace` dependent multiply-adds on

@@ -386,67 +386,106 @@ static void axpy_avx(float *y, float a, const float *x, int n) {
     }
 }
 
-/* dot_avx over 4 rows at once: each row's accumulator takes the same fused steps, k ascending,
- * and the same reduction, so each result is dot_avx's bits; q is loaded once for the 4 */
-static void dot_rows_avx(float *out, const float *q, const float *x, size_t ldx, int rows, int n) {
-    int r = 0;
-    for (; r + 4 <= rows; r += 4) {
-        const float *x0 = x + (size_t)r * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        int k = 0;
-        for (; k + 16 <= n; k += 16) {
-            __m512 qv = _mm512_loadu_ps(q + k);
-            a0 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(x0 + k), a0);
-            a1 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(x1 + k), a1);
-            a2 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(x2 + k), a2);
-            a3 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(x3 + k), a3);
+/* dot_avx of Q queries (q, ldq apart) with R rows of x at once (Q, R <= 4): each pair's
+ * accumulator takes the same fused steps, k ascending, the tail masked, and the same reduction,
+ * so each result is dot_avx's bits; each vector of q and of x is loaded once for the tile */
+AI void dot_tile(float *out, size_t ldo, const float *q, size_t ldq, const float *x, size_t ldx, int n, int Q,
+                 int R) {
+    __m512 acc[4][4], xv[4];
+    UNROLL
+    for (int i = 0; i < Q; i++)
+        UNROLL
+        for (int r = 0; r < R; r++) acc[i][r] = _mm512_setzero_ps();
+    for (int k = 0; k < n; k += 16) {
+        __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1);
+        UNROLL
+        for (int r = 0; r < R; r++) xv[r] = _mm512_maskz_loadu_ps(m, x + (size_t)r * ldx + k);
+        UNROLL
+        for (int i = 0; i < Q; i++) {
+            __m512 qv = _mm512_maskz_loadu_ps(m, q + (size_t)i * ldq + k);
+            UNROLL
+            for (int r = 0; r < R; r++) acc[i][r] = _mm512_fmadd_ps(qv, xv[r], acc[i][r]);
         }
-        if (k < n) {
-            __mmask16 m = (__mmask16)((1u << (n - k)) - 1);
-            __m512 qv = _mm512_maskz_loadu_ps(m, q + k);
-            a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, x0 + k), a0);
-            a1 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, x1 + k), a1);
-            a2 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, x2 + k), a2);
-            a3 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, x3 + k), a3);
-        }
-        out[r] = _mm512_reduce_add_ps(a0), out[r + 1] = _mm512_reduce_add_ps(a1);
-        out[r + 2] = _mm512_reduce_add_ps(a2), out[r + 3] = _mm512_reduce_add_ps(a3);
     }
-    for (; r < rows; r++) out[r] = dot_avx(q, x + (size_t)r * ldx, n);
+    UNROLL
+    for (int i = 0; i < Q; i++)
+        UNROLL
+        for (int r = 0; r < R; r++) out[(size_t)i * ldo + r] = _mm512_reduce_add_ps(acc[i][r]);
 }
 
-/* axpy_avx for rows 0, 1, ... in order on V vectors of y (V <= 8, the last one masked by m) held
- * in registers: V independent chains of fused steps, rows ascending */
-AI void axpy_rows_v(float *y, const float *a, const float *x, size_t ldx, int rows, int V, __mmask16 m) {
-    __m512 acc[8];
+static void dot_rows_avx(float *out, size_t ldo, const float *q, size_t ldq, int nq, const float *x, size_t ldx,
+                         int rows, int n) {
+    for (int i = 0; i < nq; i += 4)
+        for (int r = 0; r < rows; r += 4) {
+            int Q = DH_MIN(4, nq - i), R = DH_MIN(4, rows - r);
+            float *o = out + (size_t)i * ldo + r;
+            const float *qi = q + (size_t)i * ldq, *xr = x + (size_t)r * ldx;
+            switch ((Q - 1) * 4 + R - 1) {
+#define DT_CASE(QQ, RR)                                                                          \
+    case (QQ - 1) * 4 + RR - 1: dot_tile(o, ldo, qi, ldq, xr, ldx, n, QQ, RR); break;
+                DT_CASE(1, 1) DT_CASE(1, 2) DT_CASE(1, 3) DT_CASE(1, 4) DT_CASE(2, 1) DT_CASE(2, 2)
+                DT_CASE(2, 3) DT_CASE(2, 4) DT_CASE(3, 1) DT_CASE(3, 2) DT_CASE(3, 3) DT_CASE(3, 4)
+                DT_CASE(4, 1) DT_CASE(4, 2) DT_CASE(4, 3) DT_CASE(4, 4)
+#undef DT_CASE
+            default: DH_ASSERT(0);
+            }
+        }
+}
+
+/* axpy_avx for rows 0, 1, ... in order on NY outputs (y, ldy apart; weights a, lda apart) of V
+ * vectors each (NY * V <= 16, the last vector masked by m) held in registers: NY * V
+ * independent chains of fused steps, rows ascending; a row's vectors are loaded once for all
+ * NY */
+AI void axpy_rows_v(float *y, size_t ldy, const float *a, size_t lda, const float *x, size_t ldx, int rows, int NY,
+                    int V, __mmask16 m) {
+    __m512 acc[16], xv[8];
     UNROLL
-    for (int u = 0; u < V; u++) acc[u] = _mm512_maskz_loadu_ps(u == V - 1 ? m : 0xFFFF, y + 16 * u);
+    for (int i = 0; i < NY; i++)
+        UNROLL
+        for (int u = 0; u < V; u++) acc[i * V + u] = _mm512_maskz_loadu_ps(u == V - 1 ? m : 0xFFFF, y + i * ldy + 16 * u);
     for (int r = 0; r < rows; r++) {
-        __m512 av = _mm512_set1_ps(a[r]);
         const float *xr = x + (size_t)r * ldx;
         UNROLL
-        for (int u = 0; u < V; u++)
-            acc[u] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(u == V - 1 ? m : 0xFFFF, xr + 16 * u), acc[u]);
+        for (int u = 0; u < V; u++) xv[u] = _mm512_maskz_loadu_ps(u == V - 1 ? m : 0xFFFF, xr + 16 * u);
+        UNROLL
+        for (int i = 0; i < NY; i++) {
+            __m512 av = _mm512_set1_ps(a[i * lda + r]);
+            UNROLL
+            for (int u = 0; u < V; u++) acc[i * V + u] = _mm512_fmadd_ps(av, xv[u], acc[i * V + u]);
+        }
     }
     UNROLL
-    for (int u = 0; u < V; u++) _mm512_mask_storeu_ps(y + 16 * u, u == V - 1 ? m : 0xFFFF, acc[u]);
+    for (int i = 0; i < NY; i++)
+        UNROLL
+        for (int u = 0; u < V; u++) _mm512_mask_storeu_ps(y + i * ldy + 16 * u, u == V - 1 ? m : 0xFFFF, acc[i * V + u]);
 }
 
-/* axpy_avx for rows 0, 1, ... in order, up to 128 elements of y at a time held in registers:
- * each element takes the same fused steps in the same order, so the bits of the separate
- * calls. A width under 128 (genesis-1b's 64-wide values) is one register block too, not a
- * vector at a time: one vector's chain of fused steps waits on each step's latency, and on
- * AMD EPYC Zen 4 that put 26% of genesis-1b q4k's pp512 samples (perf) in this function. */
-static void axpy_rows_avx(float *y, const float *a, const float *x, size_t ldx, int rows, int n) {
-    for (int i = 0; i < n; i += 128) {
-        int left = DH_MIN(128, n - i);
-        __mmask16 m = (__mmask16)(left % 16 ? (1u << left % 16) - 1 : 0xFFFFu);
-        switch ((left + 15) / 16) {
-#define AXR_CASE(V)                                                                              \
-    case V: axpy_rows_v(y + i, a, x + i, ldx, rows, V, m); break;
-            AXR_CASE(1) AXR_CASE(2) AXR_CASE(3) AXR_CASE(4) AXR_CASE(5) AXR_CASE(6) AXR_CASE(7) AXR_CASE(8)
+/* axpy_avx for rows 0, 1, ... in order: each element takes the same fused steps in the same
+ * order, so the bits of the separate calls. One output at a time in blocks of up to 128
+ * elements held in registers; a width under 128 (genesis-1b's 64-wide values) is one register
+ * block too, not a vector at a time: one vector's chain of fused steps waits on each step's
+ * latency, and on AMD EPYC Zen 4 that put 26% of genesis-1b q4k's pp512 samples (perf) in this
+ * function. Two to four outputs go together in blocks of 64 elements, each row of x read once
+ * for them (a run of heads over the same latents). */
+static void axpy_rows_avx(float *y, size_t ldy, const float *a, size_t lda, int ny, const float *x, size_t ldx,
+                          int rows, int n) {
+    for (int i0 = 0; i0 < ny; i0 += 4) {
+        int NY = DH_MIN(4, ny - i0), wb = NY == 1 ? 128 : 64;
+        float *yi = y + i0 * ldy;
+        const float *ai = a + i0 * lda;
+        for (int i = 0; i < n; i += wb) {
+            int left = DH_MIN(wb, n - i);
+            __mmask16 m = (__mmask16)(left % 16 ? (1u << left % 16) - 1 : 0xFFFFu);
+            switch ((NY - 1) * 8 + (left + 15) / 16 - 1) {
+#define AXR_CASE(NN, V)                                                                          \
+    case (NN - 1) * 8 + V - 1: axpy_rows_v(yi + i, ldy, ai, lda, x + i, ldx, rows, NN, V, m); break;
+                AXR_CASE(1, 1) AXR_CASE(1, 2) AXR_CASE(1, 3) AXR_CASE(1, 4) AXR_CASE(1, 5) AXR_CASE(1, 6)
+                AXR_CASE(1, 7) AXR_CASE(1, 8) AXR_CASE(2, 1) AXR_CASE(2, 2) AXR_CASE(2, 3) AXR_CASE(2, 4)
+                AXR_CASE(3, 1) AXR_CASE(3, 2) AXR_CASE(3, 3) AXR_CASE(3, 4) AXR_CASE(4, 1) AXR_CASE(4, 2)
+                AXR_CASE(4, 3) AXR_CASE(4, 4)
 #undef AXR_CASE
-        default: DH_ASSERT(0);
+            default: DH_ASSERT(0);
+            }
         }
     }
 }

@@ -38,12 +38,16 @@ static void axpy_ref(float *y, float a, const float *x, int n) {
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-static void dot_rows_ref(float *out, const float *q, const float *x, size_t ldx, int rows, int n) {
-    for (int r = 0; r < rows; r++) out[r] = dot_ref(q, x + (size_t)r * ldx, n);
+static void dot_rows_ref(float *out, size_t ldo, const float *q, size_t ldq, int nq, const float *x, size_t ldx,
+                         int rows, int n) {
+    for (int i = 0; i < nq; i++)
+        for (int r = 0; r < rows; r++) out[i * ldo + r] = dot_ref(q + i * ldq, x + (size_t)r * ldx, n);
 }
 
-static void axpy_rows_ref(float *y, const float *a, const float *x, size_t ldx, int rows, int n) {
-    for (int r = 0; r < rows; r++) axpy_ref(y, a[r], x + (size_t)r * ldx, n);
+static void axpy_rows_ref(float *y, size_t ldy, const float *a, size_t lda, int ny, const float *x, size_t ldx,
+                          int rows, int n) {
+    for (int i = 0; i < ny; i++)
+        for (int r = 0; r < rows; r++) axpy_ref(y + i * ldy, a[i * lda + r], x + (size_t)r * ldx, n);
 }
 
 static void quantize_ref(const float *x, int cols, int8_t *q, float *d) {

@@ -363,9 +363,11 @@ void nn_softmax(float *x, int n) {
 
 float nn_dot(const float *a, const float *b, int n) { return g_ops->dot(a, b, n); }
 void nn_axpy(float *y, float a, const float *x, int n) { g_ops->axpy(y, a, x, n); }
-void nn_dot_rows(float *out, const float *q, const float *x, size_t ldx, int rows, int n) {
-    g_ops->dot_rows(out, q, x, ldx, rows, n);
+void nn_dot_rows(float *out, size_t ldo, const float *q, size_t ldq, int nq, const float *x, size_t ldx, int rows,
+                 int n) {
+    g_ops->dot_rows(out, ldo, q, ldq, nq, x, ldx, rows, n);
 }
-void nn_axpy_rows(float *y, const float *a, const float *x, size_t ldx, int rows, int n) {
-    g_ops->axpy_rows(y, a, x, ldx, rows, n);
+void nn_axpy_rows(float *y, size_t ldy, const float *a, size_t lda, int ny, const float *x, size_t ldx, int rows,
+                  int n) {
+    g_ops->axpy_rows(y, ldy, a, lda, ny, x, ldx, rows, n);
 }

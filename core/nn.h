@@ -96,7 +96,9 @@ float nn_dot(const float *a, const float *b, int n);
 /* y += a * x */
 void nn_axpy(float *y, float a, const float *x, int n);
 /* kern_ops.dot_rows and axpy_rows of the selected table: the bits of nn_dot and nn_axpy row by
- * row, rows at a time */
-void nn_dot_rows(float *out, const float *q, const float *x, size_t ldx, int rows, int n);
-void nn_axpy_rows(float *y, const float *a, const float *x, size_t ldx, int rows, int n);
+ * row, for nq queries (ny outputs) and rows at a time */
+void nn_dot_rows(float *out, size_t ldo, const float *q, size_t ldq, int nq, const float *x, size_t ldx, int rows,
+                 int n);
+void nn_axpy_rows(float *y, size_t ldy, const float *a, size_t lda, int ny, const float *x, size_t ldx, int rows,
+                  int n);
 #endif

@@ -292,34 +292,38 @@ static void test_dot_and_axpy_match_naive(void) {
 
 /* dot_rows and axpy_rows are dot and axpy row by row, bit for bit, in each table: the widths
  * of attention's keys (96, 192, 576), values (64, 128, 512) and tails, every register block
- * of 1 to 8 vectors with and without a masked last one; strides wider than a row */
+ * of 1 to 8 vectors with and without a masked last one; 1 to 6 queries (outputs) at once, so
+ * every tile of up to 4 and the ones after it; strides wider than a row */
 static void test_dot_rows_and_axpy_rows_are_dot_and_axpy_bit_for_bit(void) {
     const kern_ops *tables[2] = {kern_portable(), kern_avx512()};
-    enum { MAXR = 9, MAXN = 600, LD = 613 };
-    static float x[MAXR * LD], q[MAXN], a[MAXR], y[MAXN], y1[MAXN], out[MAXR];
+    enum { MAXR = 9, MAXN = 600, LD = 613, MAXQ = 6, LDQ = 607, LDA = 11, LDO = 13 };
+    static float x[MAXR * LD], q[MAXQ * LDQ], a[MAXQ * LDA], y[MAXQ * LDQ], y1[MAXQ * LDQ], ya[MAXQ * LDQ];
+    static float out[MAXQ * LDO];
     for (size_t i = 0; i < sizeof x / sizeof *x; i++) x[i] = frand();
-    for (int i = 0; i < MAXN; i++) q[i] = frand(), y[i] = frand();
-    for (int i = 0; i < MAXR; i++) a[i] = frand();
+    for (int i = 0; i < MAXQ * LDQ; i++) q[i] = frand(), y[i] = frand();
+    for (int i = 0; i < MAXQ * LDA; i++) a[i] = frand();
     const int ns[] = {1, 7, 16, 17, 32, 48, 64, 96, 112, 128, 129, 144, 192, 200, 512, 576, 600};
     for (int k = 0; k < 2; k++) {
         if (!tables[k]) continue;
         for (size_t in = 0; in < sizeof ns / sizeof *ns; in++)
-            for (int rows = 0; rows <= MAXR; rows++) {
-                int n = ns[in], bad = 0;
-                tables[k]->dot_rows(out, q, x, LD, rows, n);
-                for (int r = 0; r < rows; r++) {
-                    float d = tables[k]->dot(q, x + (size_t)r * LD, n);
-                    bad += memcmp(&d, &out[r], sizeof d) != 0;
+            for (int nq = 1; nq <= MAXQ; nq++)
+                for (int rows = 0; rows <= MAXR; rows++) {
+                    int n = ns[in], bad = 0;
+                    tables[k]->dot_rows(out, LDO, q, LDQ, nq, x, LD, rows, n);
+                    for (int i = 0; i < nq; i++)
+                        for (int r = 0; r < rows; r++) {
+                            float d = tables[k]->dot(q + i * LDQ, x + (size_t)r * LD, n);
+                            bad += memcmp(&d, &out[i * LDO + r], sizeof d) != 0;
+                        }
+                    memcpy(y1, y, sizeof y);
+                    memcpy(ya, y, sizeof y);
+                    tables[k]->axpy_rows(y1, LDQ, a, LDA, nq, x, LD, rows, n);
+                    for (int i = 0; i < nq; i++)
+                        for (int r = 0; r < rows; r++) tables[k]->axpy(ya + i * LDQ, a[i * LDA + r], x + (size_t)r * LD, n);
+                    bad += memcmp(ya, y1, sizeof ya) != 0; /* the elements past n untouched too */
+                    CU_ASSERT_EQUAL(bad, 0);
+                    if (bad) fprintf(stderr, "%s: n %d, queries %d, rows %d differ\n", tables[k]->name, n, nq, rows);
                 }
-                memcpy(y1, y, sizeof y);
-                float ya[MAXN];
-                memcpy(ya, y, sizeof y);
-                tables[k]->axpy_rows(y1, a, x, LD, rows, n);
-                for (int r = 0; r < rows; r++) tables[k]->axpy(ya, a[r], x + (size_t)r * LD, n);
-                bad += memcmp(ya, y1, sizeof ya) != 0; /* the elements past n untouched too */
-                CU_ASSERT_EQUAL(bad, 0);
-                if (bad) fprintf(stderr, "%s: n %d, rows %d differ\n", tables[k]->name, n, rows);
-            }
     }
 }
 
