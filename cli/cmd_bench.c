@@ -3,7 +3,10 @@
  *
  * pp<P>: P prompt tokens in one step (chunks of 512) from an empty context, naive attention.
  * tg<N>: N tokens one at a time from an empty context, absorbed attention, B sequences per
- *        step with --batch B (tok/s then counts all B).
+ *        step with --batch B (tok/s then counts all B). With --depth D (tg<N>@d<D>) each
+ *        sequence first takes D context tokens as a prompt, untimed, and the N tokens follow
+ *        them, as llama-bench's -d: decode at the cost of a long context's cache. The roofline
+ *        counts the weights' bytes alone, not the cache's.
  * Each test runs -r times (after one untimed warm-up run); the median, min and max are
  * reported. Generation's share of the bandwidth roofline is bytes of weights read per step
  * (attention, dense and shared FFNs, K routed experts per MoE layer and the head, at their
@@ -46,6 +49,7 @@ static void usage(FILE *f) {
             "  -p, --prompt N      prompt tokens of the pp test (0 skips it; default 512)\n"
             "  -n, --gen N         generated tokens of the tg test (0 skips it; default 64)\n"
             "  -b, --batch B       sequences decoding together in the tg test (default 1)\n"
+            "  -d, --depth D       context tokens before the tg test's, prefilled untimed (default 0)\n"
             "  -t THREADS          same as --threads\n"
             "  -r, --repetitions R timed runs of each test (default 5)\n"
             "  --no-bandwidth      skip the read-bandwidth measurement\n"
@@ -96,7 +100,7 @@ static void reader_open(reader *r) {
 static void reader_close(reader *r) { hm_free(r->a, r->n); }
 
 typedef struct bench_args {
-    int p, n, batch, reps, json, bandwidth, passes;
+    int p, n, d, batch, reps, json, bandwidth, passes;
 } bench_args;
 
 /* the clocks bench reads: the forward's parts [0, FWD_T_COUNT), then these */
@@ -144,18 +148,23 @@ static void fork_clock(const rt *R, unsigned long *n /* [BT_CLOCKS] */) {
     fwd_forks(R->f, n);
 }
 
-/* res->part_ms and res->forks from the clocks at the first timed run, over steps steps;
+/* the clocks' advance since t0 and n0 added to t and n (the timed steps of a run, without the
+ * prefill of --depth before them) */
+static void clocks_add(const rt *R, const double *t0, const unsigned long *n0, double *t, unsigned long *n) {
+    double t1[BT_CLOCKS];
+    unsigned long n1[BT_CLOCKS];
+    part_clock(R, t1);
+    fork_clock(R, n1);
+    for (int i = 0; i < BT_CLOCKS; i++) t[i] += t1[i] - t0[i], n[i] += n1[i] - n0[i];
+}
+
+/* res->part_ms and res->forks from the timed steps' clocks t and n, over steps steps;
  * all_forks: the pool's fork-joins in those steps, counted around them (the reader's bursts
  * between the timed runs fork the pool too, and are not the steps') */
-static void part_ms(const rt *R, const double *t0, const unsigned long *n0, unsigned long all_forks, double steps,
-                    result *res) {
-    double t[BT_CLOCKS];
-    unsigned long n[BT_CLOCKS];
-    part_clock(R, t);
-    fork_clock(R, n);
+static void part_ms(const double *t, const unsigned long *n, unsigned long all_forks, double steps, result *res) {
     for (int i = 0; i < BT_CLOCKS; i++) {
-        res->part_ms[i] = 1e3 * (t[i] - t0[i]) / steps;
-        res->forks[i] = (double)(n[i] - n0[i]) / steps;
+        res->part_ms[i] = 1e3 * t[i] / steps;
+        res->forks[i] = (double)n[i] / steps;
     }
     res->forks[FWD_T_COUNT] = (double)all_forks / steps;
 }
@@ -201,14 +210,27 @@ static int bench_pp(rt *R, const bench_args *a, result *res) {
     return rc;
 }
 
-/* tg: N tokens one at a time for B sequences from an empty context */
+/* --depth: a.d context tokens into seq as prompts (chunks of CHUNK rows, naive attention) */
+static int prefill(rt *R, const bench_args *a, int seq, fwd_row *rows, float *logits) {
+    int V = R->m->cfg.vocab_size, rc = 0;
+    for (int t0 = 0; t0 < a->d && !rc; t0 += CHUNK) {
+        int n = DH_MIN(CHUNK, a->d - t0);
+        for (int i = 0; i < n; i++) rows[i] = (fwd_row){seq, t0 + i, (t0 + i) * 7919 % V, FWD_NAIVE};
+        rows[n - 1].flags |= FWD_LOGITS;
+        fwd_out o = {.logits = logits};
+        rc = fwd_step(R->f, rows, n, &o);
+    }
+    return rc;
+}
+
+/* tg: N tokens one at a time for B sequences from an empty context, or after a.d tokens each */
 static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
     int V = R->m->cfg.vocab_size, B = a->batch;
-    fwd_row *rows = xmalloc((size_t)B * sizeof *rows);
+    fwd_row *rows = xmalloc((size_t)DH_MAX(B, a->d > 0 ? CHUNK : 0) * sizeof *rows);
     float *logits = xmalloc(xmul((size_t)B * V, sizeof *logits));
     int *seqs = xmalloc((size_t)B * sizeof *seqs);
-    double clock0[BT_CLOCKS] = {0};
-    unsigned long forks0[BT_CLOCKS] = {0};
+    double clocks[BT_CLOCKS] = {0}, clock0[BT_CLOCKS];
+    unsigned long forks[BT_CLOCKS] = {0}, forks0[BT_CLOCKS];
     double *toks = xmalloc((size_t)(a->reps + 1) * sizeof *toks), *steps = xmalloc((size_t)(a->reps + 1) * sizeof *steps);
     /* freed by result_free, whatever happens here */
     res->run_tok_s = xmalloc((size_t)a->reps * sizeof *res->run_tok_s);
@@ -220,21 +242,22 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
     unsigned long step_forks = 0; /* the pool's fork-joins in the timed runs' steps */
     int rc = 0;
     for (int r = 0; r <= a->reps && !rc; r++) {
-        if (r == 1) part_clock(R, clock0), fork_clock(R, forks0);
         for (int b = 0; b < B; b++) {
             seqs[b] = kv_seq_open(R->kv);
-            kv_seq_reserve(R->kv, seqs[b], a->n);
+            kv_seq_reserve(R->kv, seqs[b], a->d + a->n);
+            if (!rc) rc = prefill(R, a, seqs[b], rows, logits);
         }
+        part_clock(R, clock0), fork_clock(R, forks0);
         nn_pass_stats(r > 0 && a->passes); /* the timed runs' steps only */
         unsigned long f0 = tp_forks(nn_pool());
         double t0 = dh_now();
         for (int i = 0; i < a->n && !rc; i++) {
-            for (int b = 0; b < B; b++) rows[b] = (fwd_row){seqs[b], i, (i * 31 + b * 977 + 1) % V, FWD_LOGITS};
+            for (int b = 0; b < B; b++) rows[b] = (fwd_row){seqs[b], a->d + i, (i * 31 + b * 977 + 1) % V, FWD_LOGITS};
             fwd_out o = {.logits = logits};
             rc = fwd_step(R->f, rows, B, &o);
         }
         double dt = dh_now() - t0;
-        if (r > 0) step_forks += tp_forks(nn_pool()) - f0;
+        if (r > 0) step_forks += tp_forks(nn_pool()) - f0, clocks_add(R, clock0, forks0, clocks, forks);
         nn_pass_stats(0);
         nn_pass_class run[NN_PASS_CLASSES];
         nn_pass_stats_take(run);
@@ -251,10 +274,11 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
         }
     }
     if (!rc) {
-        if (B > 1) snprintf(res->test, sizeof res->test, "tg%d@b%d", a->n, B);
-        else snprintf(res->test, sizeof res->test, "tg%d", a->n);
+        int len = snprintf(res->test, sizeof res->test, "tg%d", a->n);
+        if (B > 1) len += snprintf(res->test + len, sizeof res->test - (size_t)len, "@b%d", B);
+        if (a->d > 0) snprintf(res->test + len, sizeof res->test - (size_t)len, "@d%d", a->d);
         summarize(res, toks, steps, a->reps); /* sorts toks: run_tok_s keeps the order */
-        part_ms(R, clock0, forks0, step_forks, (double)a->reps * a->n, res);
+        part_ms(clocks, forks, step_forks, (double)a->reps * a->n, res);
     }
     free(rows), free(logits), free(seqs), free(toks), free(steps);
     return rc;
@@ -326,6 +350,11 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
     double bw = rd ? rd->best : 0;
     double share[FWD_T_COUNT];
     time_shares(R, share);
+    if (gen) { /* the timed steps' alone (not the warm-up's, nor --depth's prefills) */
+        double tot = 0;
+        for (int i = 0; i < FWD_T_COUNT; i++) tot += res->part_ms[i];
+        for (int i = 0; i < FWD_T_COUNT; i++) share[i] = tot > 0 ? res->part_ms[i] / tot : 0;
+    }
     double bpw = 8.0 * model_active_bytes(R->m) / model_active_params(R->m);
     double bytes_per_step = model_active_bytes(R->m);
     double roof = gen && bw > 0 ? bytes_per_step * (res->med / a->batch) / (bw * 1e9) : NAN;
@@ -368,6 +397,7 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
                           cpu, "model", R->o.model_dir, "weights", weights_name(R), "threads", nn_threads(), "bits_per_weight",
                           bpw, "tok_s_median", res->med, "tok_s_min", res->mn, "tok_s_max", res->mx, "step_ms_median",
                           res->step_ms, "batch", gen ? a->batch : 1, "ranks", R->clustered ? R->cl.n_workers + 1 : 1);
+    if (gen) json_object_set_new(j, "depth", json_integer(a->d));
     if (gen && bw > 0) {
         json_object_set_new(j, "roofline_share", json_real(roof));
         json_object_set_new(j, "bandwidth_gb_s", json_real(bw));
@@ -449,6 +479,7 @@ int cmd_bench(int argc, char **argv) {
     static const struct option opts[] = {
         {"prompt", required_argument, 0, 'p'}, {"gen", required_argument, 0, 'n'},
         {"batch", required_argument, 0, 'b'},  {"repetitions", required_argument, 0, 'r'},
+        {"depth", required_argument, 0, 'd'},
         {"json", no_argument, 0, 'j'},         {"no-bandwidth", no_argument, 0, 'B'},
         {"passes", no_argument, 0, 'P'},       {"help", no_argument, 0, 'h'},
         RT_LONGOPTS,
@@ -456,13 +487,14 @@ int cmd_bench(int argc, char **argv) {
     rt_opts ro = rt_default_opts();
     bench_args a = {.p = 512, .n = 64, .batch = 1, .reps = 5, .bandwidth = 1};
     int c, r;
-    while ((c = getopt_long(argc, argv, "p:n:b:r:t:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "p:n:b:d:r:t:h", opts, NULL)) != -1) {
         if ((r = rt_parse_opt(&ro, c == 't' ? 1001 : c, optarg)) < 0) return 2;
         if (r) continue;
         switch (c) {
         case 'p': a.p = atoi(optarg); break;
         case 'n': a.n = atoi(optarg); break;
         case 'b': a.batch = atoi(optarg); break;
+        case 'd': a.d = atoi(optarg); break;
         case 'r': a.reps = atoi(optarg); break;
         case 'j': a.json = 1; break;
         case 'B': a.bandwidth = 0; break;
@@ -471,15 +503,14 @@ int cmd_bench(int argc, char **argv) {
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc || !ro.model_dir || a.p < 0 || a.n < 0 || a.batch < 1 || a.batch > 4096 || a.reps < 1 ||
-        a.reps > 1000 || a.p > 1 << 20 || a.n > 1 << 20) {
+    if (optind < argc || !ro.model_dir || a.p < 0 || a.n < 0 || a.d < 0 || a.batch < 1 || a.batch > 4096 ||
+        a.reps < 1 || a.reps > 1000 || a.p > 1 << 20 || a.n > 1 << 20 || a.d > 1 << 20) {
         usage(stderr);
         return 2;
     }
     rt R;
-    int rows = DH_MAX(DH_MIN(a.p, CHUNK), a.batch);
-    int orc = rt_open_kv(&R, &ro, rows, DH_MAX(a.p, a.n) + 1, a.batch,
-                         (size_t)(DH_MAX(a.p, a.n) + KV_BLOCK) * a.batch);
+    int rows = DH_MAX(DH_MIN(DH_MAX(a.p, a.d), CHUNK), a.batch), len = DH_MAX(a.p, a.d + a.n);
+    int orc = rt_open_kv(&R, &ro, rows, len + 1, a.batch, (size_t)(len + KV_BLOCK) * a.batch);
     if (orc) return orc == RT_WORKER ? R.worker_rc : 1;
     char cpu[256];
     cpu_describe(cpu, sizeof cpu);

@@ -268,6 +268,11 @@ for cfg in $only; do
   raw=$(mktemp)
   phase "bench genesis-$m $f" sh -c '"$1" -m "$2" -t 2 -p 512 -n 64 -r "$3" -o jsonl >"$4" 2>>"$5"' _ \
     "$dir/build/bin/llama-bench" "$g" "$reps" "$raw" "$dir/llama-bench.log"
+  if [ -n "${DH_BENCH_DEPTH:-}" ]; then # tg after a context of that many tokens (llama-bench -d)
+    phase "bench genesis-$m $f at depth $DH_BENCH_DEPTH" sh -c \
+      '"$1" -m "$2" -t 2 -p 0 -n 64 -d "$6" -r "$3" -o jsonl >>"$4" 2>>"$5"' _ \
+      "$dir/build/bin/llama-bench" "$g" "$reps" "$raw" "$dir/llama-bench.log" "$DH_BENCH_DEPTH"
+  fi
   cat "$raw" >>"$dir/llama-bench.jsonl"
   "$py" - "$raw" "genesis-$m" "$f" "$cpu" <<'PY'
 import json, statistics, sys
@@ -278,6 +283,7 @@ for line in open(raw):
         continue
     j = json.loads(line)
     test = "pp%d" % j["n_prompt"] if j["n_gen"] == 0 else "tg%d" % j["n_gen"] if j["n_prompt"] == 0 else "pp%d+tg%d" % (j["n_prompt"], j["n_gen"])
+    if j.get("n_depth"): test += "@d%d" % j["n_depth"]  # as darkhorse bench names it
     ts = j["samples_ts"]
     print(json.dumps({"model": model, "format": fmt, "test": test, "tok_s": round(statistics.median(ts), 2),
                       "tok_s_min": round(min(ts), 2), "tok_s_max": round(max(ts), 2),

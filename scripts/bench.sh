@@ -14,6 +14,8 @@
 #   DH_BENCH_ONLY="1b:q8 5b:q4k"      a subset
 #   DH_BENCH_BATCH=B                  also batch decode: darkhorse bench -b B -p 0 -n 64 against
 #                                     llama-batched-bench -npp 0 -ntg 64 -npl B (with DH_BENCH_LLAMA=1)
+#   DH_BENCH_DEPTH=D                  also decode after a context of D tokens: darkhorse bench -d D -p 0
+#                                     -n 64 against llama-bench -d D -p 0 -n 64 (with DH_BENCH_LLAMA=1)
 #   DH_BENCH_ROUNDS=R                 alternate the engines R times per model and format (default 1):
 #                                     llama.cpp, then ours, R times over; the table gives the median
 #                                     of the rounds' medians and the median of the rounds' ratios
@@ -34,6 +36,7 @@ dir=${DH_BENCH_DIR:-$HOME/.cache/darkhorse}
 reps=${DH_BENCH_REPS:-5}
 only=${DH_BENCH_ONLY:-"1b:f32 1b:bf16 1b:q8 1b:q4 1b:q4k 5b:bf16 5b:q8 5b:q4 5b:q4k"}
 batch=${DH_BENCH_BATCH:-}
+depth=${DH_BENCH_DEPTH:-}
 mkdir -p "$dir"
 out=$(mktemp)
 trap 'rm -f "$out" "$out.llama" "$out.log"' EXIT
@@ -55,13 +58,17 @@ for cfg in $only; do
     if [ "${DH_BENCH_LLAMA:-0}" = 1 ]; then
       echo "bench: round $r/$rounds: llama.cpp genesis-$m ${w/q4k/q4 (Q4_K_M)}" >&2
       DH_BENCH_DIR=$dir DH_BENCH_REPS=$reps DH_BENCH_ONLY=${cfg/:q4k/:q4} DH_BENCH_BATCH=$batch \
-        scripts/bench-llamacpp.sh | sed "s/^/$r /" >>"$llama"
+        DH_BENCH_DEPTH=$depth scripts/bench-llamacpp.sh | sed "s/^/$r /" >>"$llama"
     fi
     echo "bench: round $r/$rounds: darkhorse genesis-$m $w" >&2
     "$bin" bench --model "$src" --weights "$w" -t 2 -p 512 -n 64 -r "$reps" --json 2>>"$out.log" |
       sed "s/^/$r genesis-$m /" >>"$out"
     if [ -n "$batch" ]; then
       "$bin" bench --model "$src" --weights "$w" -t 2 -p 0 -n 64 -b "$batch" -r "$reps" --json \
+        2>>"$out.log" | sed "s/^/$r genesis-$m /" >>"$out"
+    fi
+    if [ -n "$depth" ]; then
+      "$bin" bench --model "$src" --weights "$w" -t 2 -p 0 -n 64 -d "$depth" -r "$reps" --json \
         2>>"$out.log" | sed "s/^/$r genesis-$m /" >>"$out"
     fi
   done
@@ -121,7 +128,7 @@ def cell(x):
 
 keys = []
 for (m, w, t) in runs:
-    if (m, w) not in keys and "@b" not in t: keys.append((m, w))
+    if (m, w) not in keys and "@" not in t: keys.append((m, w))
 print("| model | format | bits/weight | pp512 tok/s (min-max) | llama.cpp | ratio | tg64 tok/s (min-max) | llama.cpp | ratio | roofline share of tg |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for model, w in keys:
@@ -133,9 +140,9 @@ for model, w in keys:
             share += "; runs %.2f" % median(s for j in tg[5] for s in j["roofline_share_runs"])
     bpw = (pp or tg)[5][0]["bits_per_weight"]
     print("| %s | %s | %.2f | %s | %s | %s |" % (model, w, bpw, cell(pp), cell(tg), share))
-batched = [(m, w, t) for (m, w, t) in runs if "@b" in t]
+batched = [(m, w, t) for (m, w, t) in runs if "@" in t]  # tg64@bB (batched), tg64@dD (after D tokens)
 if batched:
-    print("\n| model | format | test | tok/s (min-max) | llama-batched-bench | ratio |")
+    print("\n| model | format | test | tok/s (min-max) | llama-batched-bench (@b), llama-bench (@d) | ratio |")
     print("|---|---|---|---|---|---|")
     for m, w, t in batched:
         print("| %s | %s | %s | %s |" % (m, w, t, cell(ours_and_theirs(m, w, t))))
