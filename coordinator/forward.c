@@ -263,39 +263,48 @@ typedef struct naive_job {
     int t0, nq, b, e; /* chunk's first row and its row count; key positions [b, e) this block */
 } naive_job;
 
+#define NQ 4 /* prompt rows a task of the naive form: their scores in tiles (kern.h) */
+
 static void naive_task(void *ctx, int task, int thread) {
     (void)thread;
     naive_job *j = ctx;
     fwd_ctx *f = j->f;
-    int H = f->H, Dn = f->Dn, Dr = f->Dr, Dv = f->Dv;
+    int H = f->H, Dn = f->Dn, Dr = f->Dr, Dv = f->Dv, kw = Dn + Dr;
     /* head-major: a thread's contiguous range of tasks (threadpool.c) runs the rows of one head
      * in turn, so that head's keys and values of the block (80 KB on genesis-5b) stay in L2
      * between rows; row-major, a row's pass over every head's (1.3 MB) does not fit Zen 4's
      * 1 MiB L2. On AMD EPYC Zen 4, genesis-5b q4k pp512 1.00, 1.06 and 1.03x (alternated).
-     * Tasks are independent (each its own st and acc), so the order changes no bits. */
-    int t = j->t0 + task % j->nq, hh = task / j->nq;
-    int last = DH_MIN(j->e, j->rows[t].pos + 1);
-    if (last <= j->b) return;
-    const float *qh = f->q + (size_t)t * H * (Dn + Dr) + (size_t)hh * (Dn + Dr);
-    float *st = f->ost + ((size_t)t * H + hh) * (Dv + 2), *acc = st + 2;
-    float sc[NB], mx = st[0];
-    int n = last - j->b;
-    // score[s] = ([q_nope | q_pe] . [k_nope[s] | k_pe[s]]) * softmax_scale  [block]
-    nn_dot_rows(sc, 0, qh, 0, 1, f->keys + (size_t)hh * (Dn + Dr), (size_t)H * (Dn + Dr), n, Dn + Dr);
-    for (int i = 0; i < n; i++) {
-        sc[i] *= f->m->softmax_scale;
-        mx = fmaxf(mx, sc[i]);
+     * A task takes NQ rows of the head: their scores in one call, so each key is loaded once
+     * for the NQ of them (a row's positions past its own last are computed and not used; every
+     * score used is the dot it was). Tasks are independent (each its own st and acc), so the
+     * order changes no bits. */
+    int ng = (j->nq + NQ - 1) / NQ, ta = j->t0 + task % ng * NQ, hh = task / ng;
+    int tn = DH_MIN(NQ, j->t0 + j->nq - ta), nmax = 0;
+    for (int u = 0; u < tn; u++) nmax = DH_MAX(nmax, DH_MIN(j->e, j->rows[ta + u].pos + 1) - j->b);
+    if (nmax <= 0) return;
+    float sc[NQ][NB];
+    // score[s] = ([q_nope | q_pe] . [k_nope[s] | k_pe[s]]) * softmax_scale  [rows, block]
+    nn_dot_rows(sc[0], NB, f->q + (size_t)ta * H * kw + (size_t)hh * kw, (size_t)H * kw, tn,
+                f->keys + (size_t)hh * kw, (size_t)H * kw, nmax, kw);
+    for (int u = 0; u < tn; u++) {
+        int t = ta + u, n = DH_MIN(j->e, j->rows[t].pos + 1) - j->b;
+        if (n <= 0) continue;
+        float *st = f->ost + ((size_t)t * H + hh) * (Dv + 2), *acc = st + 2, *p = sc[u], mx = st[0];
+        for (int i = 0; i < n; i++) {
+            p[i] *= f->m->softmax_scale;
+            mx = fmaxf(mx, p[i]);
+        }
+        // online softmax: rescale what the earlier blocks summed, add this block's values
+        float corr = expf(st[0] - mx);
+        st[1] *= corr;
+        for (int d = 0; d < Dv; d++) acc[d] *= corr;
+        for (int i = 0; i < n; i++) {
+            p[i] = expf(p[i] - mx); /* the weight p of position b + i */
+            st[1] += p[i];
+        }
+        nn_axpy_rows(acc, 0, p, 0, 1, f->kvx + (size_t)hh * (Dn + Dv) + Dn, (size_t)H * (Dn + Dv), n, Dv);
+        st[0] = mx;
     }
-    // online softmax: rescale what the earlier blocks summed, add this block's values
-    float corr = expf(st[0] - mx);
-    st[1] *= corr;
-    for (int d = 0; d < Dv; d++) acc[d] *= corr;
-    for (int i = 0; i < n; i++) {
-        sc[i] = expf(sc[i] - mx); /* the weight p of position b + i */
-        st[1] += sc[i];
-    }
-    nn_axpy_rows(acc, 0, sc, 0, 1, f->kvx + (size_t)hh * (Dn + Dv) + Dn, (size_t)H * (Dn + Dv), n, Dv);
-    st[0] = mx;
 }
 
 static void attend_naive(fwd_ctx *f, const layer_weights *lw, const fwd_row *rows, int t0, int t1, int layer) {
@@ -321,7 +330,7 @@ static void attend_naive(fwd_ctx *f, const layer_weights *lw, const fwd_row *row
             }
         }
         naive_job j = {.f = f, .rows = rows, .t0 = t0, .nq = t1 - t0, .b = b, .e = e};
-        tp_run(nn_pool(), (t1 - t0) * H, naive_task, &j);
+        tp_run(nn_pool(), (t1 - t0 + NQ - 1) / NQ * H, naive_task, &j);
     }
     // o[h] = acc / sum                                                    [rows, H, Dv]
     for (int t = t0; t < t1; t++)
