@@ -286,8 +286,12 @@ static void naive_task(void *ctx, int task, int thread) {
     // score[s] = ([q_nope | q_pe] . [k_nope[s] | k_pe[s]]) * softmax_scale  [rows, block]
     nn_dot_rows(sc[0], NB, f->q + (size_t)ta * H * kw + (size_t)hh * kw, (size_t)H * kw, tn,
                 f->keys + (size_t)hh * kw, (size_t)H * kw, nmax, kw);
+    const float *vals = f->kvx + (size_t)hh * (Dn + Dv) + Dn;
+    size_t ldv = (size_t)H * (Dn + Dv), lds = (size_t)H * (Dv + 2);
+    int nmin = nmax;
     for (int u = 0; u < tn; u++) {
         int t = ta + u, n = DH_MIN(j->e, j->rows[t].pos + 1) - j->b;
+        nmin = DH_MIN(nmin, n);
         if (n <= 0) continue;
         float *st = f->ost + ((size_t)t * H + hh) * (Dv + 2), *acc = st + 2, *p = sc[u], mx = st[0];
         for (int i = 0; i < n; i++) {
@@ -302,8 +306,16 @@ static void naive_task(void *ctx, int task, int thread) {
             p[i] = expf(p[i] - mx); /* the weight p of position b + i */
             st[1] += p[i];
         }
-        nn_axpy_rows(acc, 0, p, 0, 1, f->kvx + (size_t)hh * (Dn + Dv) + Dn, (size_t)H * (Dn + Dv), n, Dv);
         st[0] = mx;
+    }
+    /* acc += p . v: the positions every row has in one tile of rows, then each row's own rest,
+     * continuing its chains in order (positions ascending: the bits of one call a row) */
+    float *acc0 = f->ost + ((size_t)ta * H + hh) * (Dv + 2) + 2;
+    int shared = DH_MAX(nmin, 0);
+    if (shared > 0) nn_axpy_rows(acc0, lds, sc[0], NB, tn, vals, ldv, shared, Dv);
+    for (int u = 0; u < tn; u++) {
+        int n = DH_MIN(j->e, j->rows[ta + u].pos + 1) - j->b;
+        if (n > shared) nn_axpy_rows(acc0 + u * lds, 0, sc[u] + shared, 0, 1, vals + shared * ldv, ldv, n - shared, Dv);
     }
 }
 
