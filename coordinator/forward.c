@@ -190,8 +190,8 @@ static void abs_query(const abs_job *j, int hh, int i0, int n, int thread) {
  * to 4 heads by 4 positions, the sums in tiles of 4 heads by 64 columns (kern.h), so each vector
  * of the cache is loaded once a tile, not once a head. The same dots and the same chains of
  * fused steps, positions ascending, as a head at a time: the same bits. With a long context
- * this is most of a step: genesis-5b q4k decode after 1024 tokens went from ~35 to ~44 tok/s
- * (AMD EPYC Zen 4, docs/performance.md)                                    [n, C] */
+ * this is most of a step: genesis-5b q4k decode after 1024 tokens went from 33.3 to 42.5 tok/s
+ * (AMD EPYC Zen 4, medians of 3 alternated rounds, docs/performance.md)                                    [n, C] */
 static void abs_latent(const abs_job *j, int h0, int h1, int i0, int n, int thread) {
     fwd_ctx *f = j->f;
     int H = f->H, C = f->C, row = C + f->Dr, nh = h1 - h0;
