@@ -179,47 +179,46 @@ static void summarize(result *res, double *toks, double *steps, int reps) {
     res->step_ms = steps[reps / 2] * 1e3;
 }
 
+/* n prompt tokens into seq from position 0 (chunks of CHUNK rows, naive attention, the last
+ * row's logits): pp's prompt, and --depth's context before tg; *steps gets the chunks */
+static int prompt(rt *R, int seq, int n, fwd_row *rows, float *logits, int *steps) {
+    int V = R->m->cfg.vocab_size, rc = 0;
+    *steps = 0;
+    for (int t0 = 0; t0 < n && !rc; t0 += CHUNK, ++*steps) {
+        int m = DH_MIN(CHUNK, n - t0);
+        for (int i = 0; i < m; i++) rows[i] = (fwd_row){seq, t0 + i, (t0 + i) * 7919 % V, FWD_NAIVE};
+        rows[m - 1].flags |= FWD_LOGITS;
+        fwd_out o = {.logits = logits};
+        rc = fwd_step(R->f, rows, m, &o);
+    }
+    return rc;
+}
+
 /* pp: P tokens from an empty context */
 static int bench_pp(rt *R, const bench_args *a, result *res) {
     int V = R->m->cfg.vocab_size;
     fwd_row *rows = xmalloc((size_t)CHUNK * sizeof *rows);
     float *logits = xmalloc((size_t)V * sizeof *logits);
     double *toks = xmalloc((size_t)(a->reps + 1) * sizeof *toks), *steps = xmalloc((size_t)(a->reps + 1) * sizeof *steps);
-    int rc = 0;
+    double clocks[BT_CLOCKS] = {0}, clock0[BT_CLOCKS];
+    unsigned long forks[BT_CLOCKS] = {0}, forks0[BT_CLOCKS];
+    int rc = 0, n_steps = 0;
     for (int r = 0; r <= a->reps && !rc; r++) { /* r == 0: warm-up */
         int seq = kv_seq_open(R->kv);
         kv_seq_reserve(R->kv, seq, a->p);
+        part_clock(R, clock0), fork_clock(R, forks0);
         double t0 = dh_now();
-        int n_steps = 0;
-        for (int t0i = 0; t0i < a->p && !rc; t0i += CHUNK, n_steps++) {
-            int n = DH_MIN(CHUNK, a->p - t0i);
-            for (int i = 0; i < n; i++)
-                rows[i] = (fwd_row){seq, t0i + i, (t0i + i) * 7919 % V, FWD_NAIVE | (t0i + i == a->p - 1 ? FWD_LOGITS : 0)};
-            fwd_out o = {.logits = logits};
-            rc = fwd_step(R->f, rows, n, &o);
-        }
+        rc = prompt(R, seq, a->p, rows, logits, &n_steps);
         double dt = dh_now() - t0;
         kv_seq_close(R->kv, seq);
-        if (r > 0) toks[r - 1] = a->p / dt, steps[r - 1] = dt / n_steps;
+        if (r > 0) toks[r - 1] = a->p / dt, steps[r - 1] = dt / n_steps, clocks_add(R, clock0, forks0, clocks, forks);
     }
     if (!rc) {
         snprintf(res->test, sizeof res->test, "pp%d", a->p);
         summarize(res, toks, steps, a->reps);
+        part_ms(clocks, forks, 0, (double)a->reps * n_steps, res); /* for the shares */
     }
     free(rows), free(logits), free(toks), free(steps);
-    return rc;
-}
-
-/* --depth: a.d context tokens into seq as prompts (chunks of CHUNK rows, naive attention) */
-static int prefill(rt *R, const bench_args *a, int seq, fwd_row *rows, float *logits) {
-    int V = R->m->cfg.vocab_size, rc = 0;
-    for (int t0 = 0; t0 < a->d && !rc; t0 += CHUNK) {
-        int n = DH_MIN(CHUNK, a->d - t0);
-        for (int i = 0; i < n; i++) rows[i] = (fwd_row){seq, t0 + i, (t0 + i) * 7919 % V, FWD_NAIVE};
-        rows[n - 1].flags |= FWD_LOGITS;
-        fwd_out o = {.logits = logits};
-        rc = fwd_step(R->f, rows, n, &o);
-    }
     return rc;
 }
 
@@ -245,7 +244,8 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
         for (int b = 0; b < B; b++) {
             seqs[b] = kv_seq_open(R->kv);
             kv_seq_reserve(R->kv, seqs[b], a->d + a->n);
-            if (!rc) rc = prefill(R, a, seqs[b], rows, logits);
+            int chunks;
+            if (!rc) rc = prompt(R, seqs[b], a->d, rows, logits, &chunks);
         }
         part_clock(R, clock0), fork_clock(R, forks0);
         nn_pass_stats(r > 0 && a->passes); /* the timed runs' steps only */
@@ -287,16 +287,6 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
 static const char *weights_name(const rt *R) {
     if (R->o.weights >= 0) return wt_dtype_name((dh_dtype)R->o.weights);
     return wt_dtype_name(R->m->lm_head.dtype); /* the stored format */
-}
-
-/* the share of the forward pass's time in each part since the last call, for the table */
-static void time_shares(const rt *R, double *share) {
-    static double last[FWD_T_COUNT];
-    double t[FWD_T_COUNT], tot = 0;
-    fwd_times(R->f, t);
-    for (int i = 0; i < FWD_T_COUNT; i++) tot += share[i] = t[i] - last[i];
-    for (int i = 0; i < FWD_T_COUNT; i++) share[i] = tot > 0 ? share[i] / tot : 0;
-    memcpy(last, t, sizeof t);
 }
 
 /* a size class's bounds as text: (2^(k-1), 2^k] bytes */
@@ -348,13 +338,11 @@ static void report_passes(const bench_args *a, const result *res, double bw, jso
 static void report(const rt *R, const bench_args *a, const result *res, int gen, const reader *rd, double wire_per_tok,
                    double xchg_share, const char *cpu) {
     double bw = rd ? rd->best : 0;
-    double share[FWD_T_COUNT];
-    time_shares(R, share);
-    if (gen) { /* the timed steps' alone (not the warm-up's, nor --depth's prefills) */
-        double tot = 0;
-        for (int i = 0; i < FWD_T_COUNT; i++) tot += res->part_ms[i];
-        for (int i = 0; i < FWD_T_COUNT; i++) share[i] = tot > 0 ? res->part_ms[i] / tot : 0;
-    }
+    /* the forward pass's time in each part, of the timed runs alone (not the warm-up's, nor
+     * --depth's prompts) */
+    double share[FWD_T_COUNT], tot = 0;
+    for (int i = 0; i < FWD_T_COUNT; i++) tot += res->part_ms[i];
+    for (int i = 0; i < FWD_T_COUNT; i++) share[i] = tot > 0 ? res->part_ms[i] / tot : 0;
     double bpw = 8.0 * model_active_bytes(R->m) / model_active_params(R->m);
     double bytes_per_step = model_active_bytes(R->m);
     double roof = gen && bw > 0 ? bytes_per_step * (res->med / a->batch) / (bw * 1e9) : NAN;
@@ -521,8 +509,6 @@ int cmd_bench(int argc, char **argv) {
     fprintf(stderr, "\n");
     reader rdr, *rd = NULL;
     if (a.bandwidth) reader_open(rd = &rdr);
-    double discard[FWD_T_COUNT];
-    time_shares(&R, discard); /* from zero */
     if (rd) {
         fprintf(stderr, "read bandwidth (%d threads, best of %d passes of 256 MiB, %d read patterns): %.1f GB/s",
                 nn_threads(), rd->passes, NN_READ_PATTERNS, rd->best);

@@ -191,7 +191,7 @@ static void abs_query(const abs_job *j, int hh, int i0, int n, int thread) {
  * of the cache is loaded once a tile, not once a head. The same dots and the same chains of
  * fused steps, positions ascending, as a head at a time: the same bits. With a long context
  * this is most of a step: genesis-5b q4k decode after 1024 tokens went from 33.3 to 42.5 tok/s
- * (AMD EPYC Zen 4, medians of 3 alternated rounds, docs/performance.md)                                    [n, C] */
+ * (AMD EPYC Zen 4, medians of 3 alternated rounds, docs/performance.md)    [n, C] */
 static void abs_latent(const abs_job *j, int h0, int h1, int i0, int n, int thread) {
     fwd_ctx *f = j->f;
     int H = f->H, C = f->C, row = C + f->Dr, nh = h1 - h0;
@@ -279,8 +279,11 @@ static void naive_task(void *ctx, int task, int thread) {
      * score used is the dot it was). Tasks are independent (each its own st and acc), so the
      * order changes no bits. */
     int ng = (j->nq + NQ - 1) / NQ, ta = j->t0 + task % ng * NQ, hh = task / ng;
-    int tn = DH_MIN(NQ, j->t0 + j->nq - ta), nmax = 0;
-    for (int u = 0; u < tn; u++) nmax = DH_MAX(nmax, DH_MIN(j->e, j->rows[ta + u].pos + 1) - j->b);
+    int tn = DH_MIN(NQ, j->t0 + j->nq - ta), nr[NQ], nmax = 0, nmin = NB;
+    for (int u = 0; u < tn; u++) { /* each row's positions in this block */
+        nr[u] = DH_MIN(j->e, j->rows[ta + u].pos + 1) - j->b;
+        nmax = DH_MAX(nmax, nr[u]), nmin = DH_MIN(nmin, nr[u]);
+    }
     if (nmax <= 0) return;
     float sc[NQ][NB];
     // score[s] = ([q_nope | q_pe] . [k_nope[s] | k_pe[s]]) * softmax_scale  [rows, block]
@@ -288,10 +291,8 @@ static void naive_task(void *ctx, int task, int thread) {
                 f->keys + (size_t)hh * kw, (size_t)H * kw, nmax, kw);
     const float *vals = f->kvx + (size_t)hh * (Dn + Dv) + Dn;
     size_t ldv = (size_t)H * (Dn + Dv), lds = (size_t)H * (Dv + 2);
-    int nmin = nmax;
     for (int u = 0; u < tn; u++) {
-        int t = ta + u, n = DH_MIN(j->e, j->rows[t].pos + 1) - j->b;
-        nmin = DH_MIN(nmin, n);
+        int t = ta + u, n = nr[u];
         if (n <= 0) continue;
         float *st = f->ost + ((size_t)t * H + hh) * (Dv + 2), *acc = st + 2, *p = sc[u], mx = st[0];
         for (int i = 0; i < n; i++) {
@@ -313,10 +314,9 @@ static void naive_task(void *ctx, int task, int thread) {
     float *acc0 = f->ost + ((size_t)ta * H + hh) * (Dv + 2) + 2;
     int shared = DH_MAX(nmin, 0);
     if (shared > 0) nn_axpy_rows(acc0, lds, sc[0], NB, tn, vals, ldv, shared, Dv);
-    for (int u = 0; u < tn; u++) {
-        int n = DH_MIN(j->e, j->rows[ta + u].pos + 1) - j->b;
-        if (n > shared) nn_axpy_rows(acc0 + u * lds, 0, sc[u] + shared, 0, 1, vals + shared * ldv, ldv, n - shared, Dv);
-    }
+    for (int u = 0; u < tn; u++)
+        if (nr[u] > shared)
+            nn_axpy_rows(acc0 + u * lds, 0, sc[u] + shared, 0, 1, vals + shared * ldv, ldv, nr[u] - shared, Dv);
 }
 
 static void attend_naive(fwd_ctx *f, const layer_weights *lw, const fwd_row *rows, int t0, int t1, int layer) {
