@@ -1,12 +1,13 @@
 /* cmd_bench.c: `darkhorse bench`: prompt processing and generation speed, as llama-bench
  * measures them, with the machine's read bandwidth measured in the same run.
  *
- * pp<P>: P prompt tokens in one step (chunks of 512) from an empty context, naive attention.
+ * pp<P>: P prompt tokens (chunks of 512) from an empty context, naive attention.
  * tg<N>: N tokens one at a time from an empty context, absorbed attention, B sequences per
- *        step with --batch B (tok/s then counts all B). With --depth D (tg<N>@d<D>) each
- *        sequence first takes D context tokens as a prompt, untimed, and the N tokens follow
- *        them, as llama-bench's -d: decode at the cost of a long context's cache. The roofline
- *        counts the weights' bytes alone, not the cache's.
+ *        step with --batch B (tok/s then counts all B).
+ * With --depth D (pp<P>@d<D>, tg<N>@d<D>) each sequence first takes D context tokens as a
+ * prompt, untimed, and the test's tokens follow them, as llama-bench's -d: a prompt's chunk
+ * or a decode step at the cost of a long context's cache. The roofline counts the weights'
+ * bytes alone, not the cache's.
  * Each test runs -r times (after one untimed warm-up run); the median, min and max are
  * reported. Generation's share of the bandwidth roofline is bytes of weights read per step
  * (attention, dense and shared FFNs, K routed experts per MoE layer and the head, at their
@@ -49,7 +50,7 @@ static void usage(FILE *f) {
             "  -p, --prompt N      prompt tokens of the pp test (0 skips it; default 512)\n"
             "  -n, --gen N         generated tokens of the tg test (0 skips it; default 64)\n"
             "  -b, --batch B       sequences decoding together in the tg test (default 1)\n"
-            "  -d, --depth D       context tokens before the tg test's, prefilled untimed (default 0)\n"
+            "  -d, --depth D       context tokens before each test's, prefilled untimed (default 0)\n"
             "  -t THREADS          same as --threads\n"
             "  -r, --repetitions R timed runs of each test (default 5)\n"
             "  --no-bandwidth      skip the read-bandwidth measurement\n"
@@ -179,13 +180,13 @@ static void summarize(result *res, double *toks, double *steps, int reps) {
     res->step_ms = steps[reps / 2] * 1e3;
 }
 
-/* n prompt tokens into seq from position 0 (chunks of CHUNK rows, naive attention, the last
- * row's logits): pp's prompt, and --depth's context before tg; *steps gets the chunks */
-static int prompt(rt *R, int seq, int n, fwd_row *rows, float *logits, int *steps) {
+/* n prompt tokens into seq from position from (chunks of CHUNK rows, naive attention, the
+ * last row's logits): pp's prompt, and --depth's context before a test; *steps gets the chunks */
+static int prompt(rt *R, int seq, int from, int n, fwd_row *rows, float *logits, int *steps) {
     int V = R->m->cfg.vocab_size, rc = 0;
     *steps = 0;
-    for (int t0 = 0; t0 < n && !rc; t0 += CHUNK, ++*steps) {
-        int m = DH_MIN(CHUNK, n - t0);
+    for (int t0 = from; t0 < from + n && !rc; t0 += CHUNK, ++*steps) {
+        int m = DH_MIN(CHUNK, from + n - t0);
         for (int i = 0; i < m; i++) rows[i] = (fwd_row){seq, t0 + i, (t0 + i) * 7919 % V, FWD_NAIVE};
         rows[m - 1].flags |= FWD_LOGITS;
         fwd_out o = {.logits = logits};
@@ -194,7 +195,7 @@ static int prompt(rt *R, int seq, int n, fwd_row *rows, float *logits, int *step
     return rc;
 }
 
-/* pp: P tokens from an empty context */
+/* pp: P tokens from an empty context, or after a.d tokens */
 static int bench_pp(rt *R, const bench_args *a, result *res) {
     int V = R->m->cfg.vocab_size;
     fwd_row *rows = xmalloc((size_t)CHUNK * sizeof *rows);
@@ -204,17 +205,23 @@ static int bench_pp(rt *R, const bench_args *a, result *res) {
     unsigned long forks[BT_CLOCKS] = {0}, forks0[BT_CLOCKS];
     int rc = 0, n_steps = 0;
     for (int r = 0; r <= a->reps && !rc; r++) { /* r == 0: warm-up */
-        int seq = kv_seq_open(R->kv);
-        kv_seq_reserve(R->kv, seq, a->p);
+        int seq = kv_seq_open(R->kv), chunks;
+        kv_seq_reserve(R->kv, seq, a->d + a->p);
+        rc = prompt(R, seq, 0, a->d, rows, logits, &chunks);
+        if (rc) {
+            kv_seq_close(R->kv, seq);
+            break;
+        }
         part_clock(R, clock0), fork_clock(R, forks0);
         double t0 = dh_now();
-        rc = prompt(R, seq, a->p, rows, logits, &n_steps);
+        rc = prompt(R, seq, a->d, a->p, rows, logits, &n_steps);
         double dt = dh_now() - t0;
         kv_seq_close(R->kv, seq);
         if (r > 0) toks[r - 1] = a->p / dt, steps[r - 1] = dt / n_steps, clocks_add(R, clock0, forks0, clocks, forks);
     }
     if (!rc) {
-        snprintf(res->test, sizeof res->test, "pp%d", a->p);
+        int len = snprintf(res->test, sizeof res->test, "pp%d", a->p);
+        if (a->d > 0) snprintf(res->test + len, sizeof res->test - (size_t)len, "@d%d", a->d);
         summarize(res, toks, steps, a->reps);
         part_ms(clocks, forks, 0, (double)a->reps * n_steps, res); /* for the shares */
     }
@@ -245,7 +252,7 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
             seqs[b] = kv_seq_open(R->kv);
             kv_seq_reserve(R->kv, seqs[b], a->d + a->n);
             int chunks;
-            if (!rc) rc = prompt(R, seqs[b], a->d, rows, logits, &chunks);
+            if (!rc) rc = prompt(R, seqs[b], 0, a->d, rows, logits, &chunks);
         }
         part_clock(R, clock0), fork_clock(R, forks0);
         nn_pass_stats(r > 0 && a->passes); /* the timed runs' steps only */
@@ -385,7 +392,7 @@ static void report(const rt *R, const bench_args *a, const result *res, int gen,
                           cpu, "model", R->o.model_dir, "weights", weights_name(R), "threads", nn_threads(), "bits_per_weight",
                           bpw, "tok_s_median", res->med, "tok_s_min", res->mn, "tok_s_max", res->mx, "step_ms_median",
                           res->step_ms, "batch", gen ? a->batch : 1, "ranks", R->clustered ? R->cl.n_workers + 1 : 1);
-    if (gen) json_object_set_new(j, "depth", json_integer(a->d));
+    json_object_set_new(j, "depth", json_integer(a->d));
     if (gen && bw > 0) {
         json_object_set_new(j, "roofline_share", json_real(roof));
         json_object_set_new(j, "bandwidth_gb_s", json_real(bw));
@@ -497,7 +504,7 @@ int cmd_bench(int argc, char **argv) {
         return 2;
     }
     rt R;
-    int rows = DH_MAX(DH_MIN(DH_MAX(a.p, a.d), CHUNK), a.batch), len = DH_MAX(a.p, a.d + a.n);
+    int rows = DH_MAX(DH_MIN(DH_MAX(a.p, a.d), CHUNK), a.batch), len = a.d + DH_MAX(a.p, a.n);
     int orc = rt_open_kv(&R, &ro, rows, len + 1, a.batch, (size_t)(len + KV_BLOCK) * a.batch);
     if (orc) return orc == RT_WORKER ? R.worker_rc : 1;
     char cpu[256];

@@ -268,9 +268,9 @@ for cfg in $only; do
   raw=$(mktemp)
   phase "bench genesis-$m $f" sh -c '"$1" -m "$2" -t 2 -p 512 -n 64 -r "$3" -o jsonl >"$4" 2>>"$5"' _ \
     "$dir/build/bin/llama-bench" "$g" "$reps" "$raw" "$dir/llama-bench.log"
-  if [ -n "${DH_BENCH_DEPTH:-}" ]; then # tg after a context of that many tokens (llama-bench -d)
+  if [ -n "${DH_BENCH_DEPTH:-}" ]; then # pp and tg after a context of that many tokens (llama-bench -d)
     phase "bench genesis-$m $f at depth $DH_BENCH_DEPTH" sh -c \
-      '"$1" -m "$2" -t 2 -p 0 -n 64 -d "$6" -r "$3" -o jsonl >>"$4" 2>>"$5"' _ \
+      '"$1" -m "$2" -t 2 -p 512 -n 64 -d "$6" -r "$3" -o jsonl >>"$4" 2>>"$5"' _ \
       "$dir/build/bin/llama-bench" "$g" "$reps" "$raw" "$dir/llama-bench.log" "$DH_BENCH_DEPTH"
   fi
   cat "$raw" >>"$dir/llama-bench.jsonl"

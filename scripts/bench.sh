@@ -14,8 +14,9 @@
 #   DH_BENCH_ONLY="1b:q8 5b:q4k"      a subset
 #   DH_BENCH_BATCH=B                  also batch decode: darkhorse bench -b B -p 0 -n 64 against
 #                                     llama-batched-bench -npp 0 -ntg 64 -npl B (with DH_BENCH_LLAMA=1)
-#   DH_BENCH_DEPTH=D                  also decode after a context of D tokens: darkhorse bench -d D -p 0
-#                                     -n 64 against llama-bench -d D -p 0 -n 64 (with DH_BENCH_LLAMA=1)
+#   DH_BENCH_DEPTH=D                  also a prompt and decode after a context of D tokens:
+#                                     darkhorse bench -d D -p 512 -n 64 against llama-bench -d D -p 512
+#                                     -n 64 (with DH_BENCH_LLAMA=1): pp512@dD and tg64@dD
 #   DH_BENCH_ROUNDS=R                 alternate the engines R times per model and format (default 1):
 #                                     llama.cpp, then ours, R times over; the table gives the median
 #                                     of the rounds' medians and the median of the rounds' ratios
@@ -68,7 +69,7 @@ for cfg in $only; do
         2>>"$out.log" | sed "s/^/$r genesis-$m /" >>"$out"
     fi
     if [ -n "$depth" ]; then
-      "$bin" bench --model "$src" --weights "$w" -t 2 -p 0 -n 64 -d "$depth" -r "$reps" --json \
+      "$bin" bench --model "$src" --weights "$w" -t 2 -p 512 -n 64 -d "$depth" -r "$reps" --json \
         2>>"$out.log" | sed "s/^/$r genesis-$m /" >>"$out"
     fi
   done
@@ -140,7 +141,7 @@ for model, w in keys:
             share += "; runs %.2f" % median(s for j in tg[5] for s in j["roofline_share_runs"])
     bpw = (pp or tg)[5][0]["bits_per_weight"]
     print("| %s | %s | %.2f | %s | %s | %s |" % (model, w, bpw, cell(pp), cell(tg), share))
-batched = [(m, w, t) for (m, w, t) in runs if "@" in t]  # tg64@bB (batched), tg64@dD (after D tokens)
+batched = [(m, w, t) for (m, w, t) in runs if "@" in t]  # tg64@bB (batched), pp512@dD and tg64@dD (after D tokens)
 if batched:
     print("\n| model | format | test | tok/s (min-max) | llama-batched-bench (@b), llama-bench (@d) | ratio |")
     print("|---|---|---|---|---|---|")

@@ -157,13 +157,14 @@ grep_err "passes in all: " "bench --passes prints its table on stderr"
 expect 0 "bench --json without --passes" "$bin" bench --model "$ref" -p 0 -n 2 -r 1 --no-bandwidth --json
 py "no pass table unless asked" 'import json, sys; assert "passes" not in json.loads(open(sys.argv[1]).read().strip().split("\n")[-1])' "$tmp/out"
 
-# bench --depth: the tg test decodes after D context tokens a sequence, prefilled untimed. Its
+# bench --depth: each test runs after D context tokens a sequence, prefilled untimed. Its
 # name says so, the JSON carries the depth, and the forward pass's parts per step, which would
 # count the prefills' long steps if they were in, stay within the timed steps' mean.
-expect 0 "bench --depth --json" "$bin" bench --model "$ref" -p 0 -n 3 -d 40 -b 2 -r 2 -t 2 --no-bandwidth --passes --json
-py "bench --depth: the test is tg3@b2@d40 and its clocks are the timed steps'" '
+expect 0 "bench --depth --json" "$bin" bench --model "$ref" -p 20 -n 3 -d 40 -b 2 -r 2 -t 2 --no-bandwidth --passes --json
+py "bench --depth: the tests are pp20@d40 and tg3@b2@d40, and the clocks are the timed steps'" '
 import json, sys
-j = json.loads(open(sys.argv[1]).read().strip().split("\n")[-1])
+pp, j = [json.loads(l) for l in open(sys.argv[1]).read().strip().split("\n")[-2:]]
+assert pp["test"] == "pp20@d40" and pp["depth"] == 40 and pp["batch"] == 1, pp
 assert j["test"] == "tg3@b2@d40" and j["depth"] == 40 and j["batch"] == 2, j
 parts = sum(j["ms_per_step"][k] for k in ("attention", "moe", "dense", "head"))
 assert 0 < parts <= j["step_ms_mean"], (parts, j["step_ms_mean"])
