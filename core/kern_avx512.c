@@ -393,6 +393,35 @@ static void axpy_avx(float *y, float a, const float *x, int n) {
  * ahead 11.1; measured on no other CPU). A hint past the last row is a hint, not a load. */
 #define DOT_PF_ROWS 8
 
+/* _mm512_reduce_add_ps of 16 accumulators at once, acc[i][r] to lane 4 i + r: its halving tree
+ * (lanes l and l + 8, then l and l + 4, l and l + 2, l and l + 1), each level one add for two
+ * accumulators' halves side by side, not 4 adds and 4 shuffles for each. Each lane adds only
+ * its own accumulator's values, the same pairs at each level (an add is the same bits either
+ * way round), so each result is _mm512_reduce_add_ps's: 15 adds and 30 shuffles for 16, where
+ * a short dot (a prompt's keys, 96 wide on genesis-1b: 6 fused steps) spent more on its own
+ * reduction than on its products. */
+AI __m512 reduce16(__m512 acc[4][4]) {
+    __m512 c[8], e[4], f[2];
+    UNROLL
+    for (int j = 0; j < 8; j++) { /* lanes l, l + 8: [a | b], 8 lanes each (numbered L = 4 r + i) */
+        __m512 a = acc[2 * j % 4][2 * j / 4], b = acc[(2 * j + 1) % 4][(2 * j + 1) / 4];
+        c[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    UNROLL
+    for (int m = 0; m < 4; m++) /* l, l + 4: four accumulators of 4 lanes, in 128-bit blocks */
+        e[m] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * m], c[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(c[2 * m], c[2 * m + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    UNROLL
+    for (int m = 0; m < 2; m++) /* l, l + 2 within each block: two lanes each */
+        f[m] = _mm512_add_ps(_mm512_shuffle_ps(e[2 * m], e[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(e[2 * m], e[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* l, l + 1: block b holds e[0..3]'s block b: accumulators L = b, 4 + b, 8 + b, 12 + b, which
+     * are acc[b][0..3] */
+    return _mm512_add_ps(_mm512_shuffle_ps(f[0], f[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_ps(f[0], f[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
 /* dot_avx of Q queries (q, ldq apart) with R rows of x at once (Q, R <= 4): each pair's
  * accumulator takes the same fused steps, k ascending, the tail masked, and the same reduction,
  * so each result is dot_avx's bits; each vector of q and of x is loaded once for the tile */
@@ -400,9 +429,9 @@ AI void dot_tile(float *out, size_t ldo, const float *q, size_t ldq, const float
                  int R) {
     __m512 acc[4][4], xv[4];
     UNROLL
-    for (int i = 0; i < Q; i++)
+    for (int i = 0; i < 4; i++)
         UNROLL
-        for (int r = 0; r < R; r++) acc[i][r] = _mm512_setzero_ps();
+        for (int r = 0; r < 4; r++) acc[i][r] = _mm512_setzero_ps(); /* the unused reduced too */
     for (int k = 0; k < n; k += 16) {
         __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1);
         UNROLL
@@ -418,10 +447,17 @@ AI void dot_tile(float *out, size_t ldo, const float *q, size_t ldq, const float
             for (int r = 0; r < R; r++) acc[i][r] = _mm512_fmadd_ps(qv, xv[r], acc[i][r]);
         }
     }
+    if (Q * R <= 2) { /* one or two: their own trees cost less */
+        UNROLL
+        for (int i = 0; i < Q; i++)
+            UNROLL
+            for (int r = 0; r < R; r++) out[(size_t)i * ldo + r] = _mm512_reduce_add_ps(acc[i][r]);
+        return;
+    }
+    __m512 s = reduce16(acc); /* query i's R results in block i */
     UNROLL
     for (int i = 0; i < Q; i++)
-        UNROLL
-        for (int r = 0; r < R; r++) out[(size_t)i * ldo + r] = _mm512_reduce_add_ps(acc[i][r]);
+        _mm_mask_storeu_ps(out + (size_t)i * ldo, (__mmask8)((1u << R) - 1), _mm512_extractf32x4_ps(s, i));
 }
 
 static void dot_rows_avx(float *out, size_t ldo, const float *q, size_t ldq, int nq, const float *x, size_t ldx,
