@@ -62,8 +62,12 @@ struct fwd_ctx {
     unsigned long forks[FWD_T_COUNT]; /* the pool's fork-joins per part */
 };
 
-/* Heads a task of the absorbed attention: two tasks a thread (see attend_absorbed). */
-static int abs_heads(int H) { return DH_MAX(1, H / (2 * nn_threads())); }
+/* Heads a task of the absorbed attention: two tasks a thread, or one after a long context
+ * (see attend_absorbed). */
+static int abs_heads(int H, int long_ctx) { return DH_MAX(1, H / ((long_ctx ? 1 : 2) * nn_threads())); }
+
+/* A layer's cache of a row past which a task a thread reads it fewer times (attend_absorbed) */
+#define ABS_LONG_BYTES (2u << 20)
 
 fwd_ctx *fwd_new(const model *m, kv_cache *kv, moe_backend *moe, int max_rows) {
     const model_config *c = &m->cfg;
@@ -86,7 +90,7 @@ fwd_ctx *fwd_new(const model *m, kv_cache *kv, moe_backend *moe, int max_rows) {
     ALLOC(f->cosv, R * (size_t)f->Dr / 2), ALLOC(f->sinv, R * (size_t)f->Dr / 2);
     ALLOC(f->g, R * (size_t)f->Fmax), ALLOC(f->u, R * (size_t)f->Fmax);
     ALLOC(f->rlog, R * (size_t)DH_MAX(f->E, 1)), ALLOC(f->ridx, R * (size_t)f->K), ALLOC(f->rw, R * (size_t)f->K);
-    ALLOC(f->scores, (size_t)nn_threads() * (size_t)abs_heads(f->H) * (size_t)f->S);
+    ALLOC(f->scores, (size_t)nn_threads() * (size_t)abs_heads(f->H, 1) * (size_t)f->S);
     ALLOC(f->lat, (size_t)NB * f->C), ALLOC(f->kvx, (size_t)NB * H * (size_t)(f->Dn + f->Dv));
     ALLOC(f->keys, (size_t)NB * H * (size_t)(f->Dn + f->Dr)), ALLOC(f->ost, R * H * (size_t)(f->Dv + 2));
     ALLOC(f->cat, R * 2 * D), ALLOC(f->ab, R);
@@ -245,9 +249,15 @@ static void attend_absorbed(fwd_ctx *f, const layer_weights *lw, const fwd_row *
      * a run of heads, whose products then follow each other in one stream of W_UK^T's (and of
      * W_UV's) rows: genesis-1b q4k's pass took 14.8 us a decode layer instead of 16.7 with a
      * task a head (AMD EPYC Zen 4, medians of ~40 runs in the slow state; 21.2 against 22.0 in
-     * the fast; docs/performance.md) */
-    int per_head = DH_MAX(1, DH_MIN(nA, (4 * nn_threads() + H - 1) / H));
-    int heads = abs_heads(H);
+     * the fast; docs/performance.md). After a long context, one task a thread: each task reads
+     * a layer's cache twice (scores, sums), so a thread's two read it four times, from L3 or
+     * memory once it outgrows L2. genesis-1b q4k tg64@d4096: 98.4-109.9 tok/s against
+     * 89.9-94.5 (attention 5.9-6.9 ms a step against 7.2-7.7); genesis-5b q4k @d2048: attention
+     * 15.4-17.2 ms against 16.4-17.8, @d1024 (2.4 MB a layer) about the same (AMD EPYC Zen 4,
+     * alternated; docs/performance.md). */
+    int per_head = DH_MAX(1, DH_MIN(nA, (4 * nn_threads() + H - 1) / H)), maxpos = 0;
+    for (int i = 0; i < nA; i++) maxpos = DH_MAX(maxpos, rows[f->ab[i]].pos);
+    int heads = abs_heads(H, (size_t)(maxpos + 1) * (size_t)(f->C + f->Dr) * sizeof(float) >= ABS_LONG_BYTES);
     abs_job j = {.f = f, .lw = lw, .rows = rows, .layer = layer, .nA = nA, .chunk = (nA + per_head - 1) / per_head,
                  .heads = heads};
     tp_run(nn_pool(), (H + heads - 1) / heads * ((nA + j.chunk - 1) / j.chunk), abs_task, &j);
