@@ -454,10 +454,10 @@ AI void dot_tile(float *out, size_t ldo, const float *q, size_t ldq, const float
             for (int r = 0; r < R; r++) out[(size_t)i * ldo + r] = _mm512_reduce_add_ps(acc[i][r]);
         return;
     }
-    __m512 s = reduce16(acc); /* query i's R results in block i */
+    float s[16]; /* query i's R results at 4 i */
+    _mm512_storeu_ps(s, reduce16(acc));
     UNROLL
-    for (int i = 0; i < Q; i++)
-        _mm_mask_storeu_ps(out + (size_t)i * ldo, (__mmask8)((1u << R) - 1), _mm512_extractf32x4_ps(s, i));
+    for (int i = 0; i < Q; i++) memcpy(out + (size_t)i * ldo, s + 4 * i, (size_t)R * sizeof *s);
 }
 
 static void dot_rows_avx(float *out, size_t ldo, const float *q, size_t ldq, int nq, const float *x, size_t ldx,
