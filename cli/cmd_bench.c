@@ -180,6 +180,13 @@ static void summarize(result *res, double *toks, double *steps, int reps) {
     res->step_ms = steps[reps / 2] * 1e3;
 }
 
+/* a test's name as llama-bench's: pp512, tg64, tg64@b16, pp512@d1024, tg64@b16@d1024 */
+static void name_test(result *res, const char *kind, int tokens, int batch, int depth) {
+    int len = snprintf(res->test, sizeof res->test, "%s%d", kind, tokens);
+    if (batch > 1) len += snprintf(res->test + len, sizeof res->test - (size_t)len, "@b%d", batch);
+    if (depth > 0) snprintf(res->test + len, sizeof res->test - (size_t)len, "@d%d", depth);
+}
+
 /* n prompt tokens into seq from position from (chunks of CHUNK rows, naive attention, the
  * last row's logits): pp's prompt, and --depth's context before a test; *steps gets the chunks */
 static int prompt(rt *R, int seq, int from, int n, fwd_row *rows, float *logits, int *steps) {
@@ -220,8 +227,7 @@ static int bench_pp(rt *R, const bench_args *a, result *res) {
         if (r > 0) toks[r - 1] = a->p / dt, steps[r - 1] = dt / n_steps, clocks_add(R, clock0, forks0, clocks, forks);
     }
     if (!rc) {
-        int len = snprintf(res->test, sizeof res->test, "pp%d", a->p);
-        if (a->d > 0) snprintf(res->test + len, sizeof res->test - (size_t)len, "@d%d", a->d);
+        name_test(res, "pp", a->p, 1, a->d);
         summarize(res, toks, steps, a->reps);
         part_ms(clocks, forks, 0, (double)a->reps * n_steps, res); /* for the shares */
     }
@@ -281,9 +287,7 @@ static int bench_tg(rt *R, const bench_args *a, result *res, reader *rd) {
         }
     }
     if (!rc) {
-        int len = snprintf(res->test, sizeof res->test, "tg%d", a->n);
-        if (B > 1) len += snprintf(res->test + len, sizeof res->test - (size_t)len, "@b%d", B);
-        if (a->d > 0) snprintf(res->test + len, sizeof res->test - (size_t)len, "@d%d", a->d);
+        name_test(res, "tg", a->n, B, a->d);
         summarize(res, toks, steps, a->reps); /* sorts toks: run_tok_s keeps the order */
         part_ms(clocks, forks, step_forks, (double)a->reps * a->n, res);
     }

@@ -309,14 +309,11 @@ static void naive_task(void *ctx, int task, int thread) {
             p[i] *= f->m->softmax_scale;
             mx = nn_max(mx, p[i]);
         }
-        // online softmax: rescale what the earlier blocks summed, add this block's values (the
-        // weights first, then their sum in the same order: a sum carried across the calls to
-        // expf lives on the stack, and each step waited on the store before it)
-        float corr = expf(st[0] - mx), sum = st[1] * corr;
+        // online softmax: rescale what the earlier blocks summed, add this block's weights
+        // (p[i] of position b + i)
+        float corr = expf(st[0] - mx);
         for (int d = 0; d < Dv; d++) acc[d] *= corr;
-        for (int i = 0; i < n; i++) p[i] = expf(p[i] - mx); /* the weight p of position b + i */
-        for (int i = 0; i < n; i++) sum += p[i];
-        st[0] = mx, st[1] = sum;
+        st[1] = nn_exp_sum(p, n, mx, st[1] * corr), st[0] = mx;
     }
     /* acc += p . v: the positions every row has in one tile of rows, then each row's own rest,
      * continuing its chains in order (positions ascending: the bits of one call a row) */

@@ -352,10 +352,7 @@ void nn_swiglu(float *g, const float *u, size_t n) {
 void nn_softmax(float *x, int n) {
     float m = -INFINITY;
     for (int i = 0; i < n; i++) m = nn_max(m, x[i]);
-    float s = 0; /* the sum after the calls to expf: across them it would live on the stack */
-    for (int i = 0; i < n; i++) x[i] = expf(x[i] - m);
-    for (int i = 0; i < n; i++) s += x[i];
-    float inv = 1.0f / s;
+    float inv = 1.0f / nn_exp_sum(x, n, m, 0);
     for (int i = 0; i < n; i++) x[i] *= inv;
 }
 
