@@ -72,6 +72,15 @@ typedef struct kern_ops {
      * value of the bytes (a sum of words, so that the loads stay). For measuring the read
      * bandwidth. */
     uint64_t (*read)(const void *p, size_t bytes, int streams, int prefetch, int pace);
+    /* x[i] = expf(x[i] - m) for i < n: libm's bits in every table (the float difference, then
+     * expf), so a softmax is the same whichever table runs it */
+    void (*exp_sub)(float *x, int n, float m);
+    /* g[i] = g[i] / (1 + expf(-g[i])) * u[i] for i < n (silu(g) * u), those operations in that
+     * order, libm's expf in every table */
+    void (*swiglu)(float *g, const float *u, size_t n);
+    /* 1 when exp_sub and swiglu compute 16 values at a time (they gave libm's bits on the
+     * table's check), 0 when they call expf for each value */
+    int exp16;
     /* 1 when this table reads q8 and q4k matrices fastest packed as WT_G16 (tensor.h), so
      * loaders should pack them; every table reads both layouts, with the same results. */
     int g16;

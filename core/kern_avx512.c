@@ -386,6 +386,148 @@ static void axpy_avx(float *y, float a, const float *x, int n) {
     }
 }
 
+/* ---- expf in 16 lanes, with libm's bits ----
+ *
+ * A softmax's expf calls were the largest cost of a long prompt's attention after its products
+ * (12.6% of genesis-1b q4k pp512@d2048's samples, perf, AMD EPYC Zen 4): one library call a
+ * value. exp_sub_avx gives the same bits 16 at a time by the same algorithm as glibc's expf
+ * (2.28 and later: e_expf.c, from ARM's optimized routines), with the operations glibc's x86-64
+ * FMA variant performs, read from its machine code (objdump of Debian's libm 2.36): with
+ * N = 32, z = x N / ln 2 as double, k = round(z), r = z - k, exp(x) = 2^(k/N) (C0 r^3 + C1 r^2 +
+ * C2 r + 1), that is
+ *   kd = fma(InvLn2N, xd, SHIFT), ki = bits(kd), kd -= SHIFT, r = fma(InvLn2N, xd, -kd),
+ *   s = double of bits (T[ki % 32] + (ki << 47)),
+ *   z = fma(r, C0, C1), r2 = r r, y = fma(r, C2, 1), y = fma(z, r2, y), y = y s, (float)y.
+ * T[i] is 2^(i/32) rounded to double, less i << 47 in its bits (so that adding ki << 47
+ * puts k / 32 in the exponent): computed exactly (Python's decimal, 80 digits) and equal to
+ * libm's own table. The polynomial is glibc's (ARM's minimax fit, scaled by powers of N).
+ * glibc takes this path for -103.28 <= x <= 88.72; below -103.97 (and -inf) it returns +0;
+ * the lanes it treats otherwise (NaN, above 88.72, the band between) call expf itself.
+ * kern_avx512() compares this with the libm it runs on before it uses it (exp_agrees); test_kern
+ * compares it with expf on every float (DH_TEST_EXP_ALL=1; a stride of them by default).
+ * 1.65 ns a value against 3.9-4.5 for the calls (1025 values, AMD EPYC Zen 4). */
+static const uint64_t exp_tab[32] = {
+    0x3ff0000000000000, 0x3fefd9b0d3158574, 0x3fefb5586cf9890f, 0x3fef9301d0125b51,
+    0x3fef72b83c7d517b, 0x3fef54873168b9aa, 0x3fef387a6e756238, 0x3fef1e9df51fdee1,
+    0x3fef06fe0a31b715, 0x3feef1a7373aa9cb, 0x3feedea64c123422, 0x3feece086061892d,
+    0x3feebfdad5362a27, 0x3feeb42b569d4f82, 0x3feeab07dd485429, 0x3feea47eb03a5585,
+    0x3feea09e667f3bcd, 0x3fee9f75e8ec5f74, 0x3feea11473eb0187, 0x3feea589994cce13,
+    0x3feeace5422aa0db, 0x3feeb737b0cdc5e5, 0x3feec49182a3f090, 0x3feed503b23e255d,
+    0x3feee89f995ad3ad, 0x3feeff76f2fb5e47, 0x3fef199bdd85529c, 0x3fef3720dcef9069,
+    0x3fef5818dcfba487, 0x3fef7c97337b9b5f, 0x3fefa4afa2a490da, 0x3fefd0765b6e4540,
+};
+#define EXP_FAST_LO -0x1.9d1d9ep6f /* glibc's own path from here (log(0x1p-149)) ... */
+#define EXP_FAST_HI 0x1.62e42ep6f  /* ... to here (log(0x1p128)) */
+#define EXP_ZERO_LO -0x1.9fe368p6f /* and +0 below this (log(0x1p-150)) */
+
+/* 8 lanes of glibc's path, in double */
+AI __m512d exp8(__m512d xd) {
+    const __m512d inv = _mm512_set1_pd(0x1.71547652b82fep+5), shift = _mm512_set1_pd(0x1.8p52);
+    __m512d kd = _mm512_fmadd_pd(inv, xd, shift);
+    __m512i ki = _mm512_castpd_si512(kd);
+    kd = _mm512_sub_pd(kd, shift);
+    __m512d r = _mm512_fmsub_pd(inv, xd, kd);
+    /* T[ki % 32]: entries 0-15 and 16-31 by ki's low 4 bits, then bit 4 picks */
+    __m512i t0 = _mm512_permutex2var_epi64(_mm512_loadu_si512(exp_tab), ki, _mm512_loadu_si512(exp_tab + 8));
+    __m512i t1 =
+        _mm512_permutex2var_epi64(_mm512_loadu_si512(exp_tab + 16), ki, _mm512_loadu_si512(exp_tab + 24));
+    __m512i t = _mm512_mask_blend_epi64(_mm512_test_epi64_mask(ki, _mm512_set1_epi64(16)), t0, t1);
+    __m512d s = _mm512_castsi512_pd(_mm512_add_epi64(t, _mm512_slli_epi64(ki, 47)));
+    __m512d z =
+        _mm512_fmadd_pd(r, _mm512_set1_pd(0x1.c6af84b912394p-20), _mm512_set1_pd(0x1.ebfce50fac4f3p-13));
+    __m512d r2 = _mm512_mul_pd(r, r);
+    __m512d y = _mm512_fmadd_pd(r, _mm512_set1_pd(0x1.62e42ff0c52d6p-6), _mm512_set1_pd(1.0));
+    return _mm512_mul_pd(_mm512_fmadd_pd(z, r2, y), s);
+}
+
+/* expf of 16 lanes; *slow gets the lanes that must call expf instead (NaN, above 88.72, and
+ * the band where glibc sets errno and may return its smallest subnormal) */
+AI __m512 exp16(__m512 x, __mmask16 *slow) {
+    __mmask16 fast = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_FAST_LO), _CMP_GE_OQ) &
+                     _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_FAST_HI), _CMP_LE_OQ);
+    __mmask16 zero = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_ZERO_LO), _CMP_LT_OQ);
+    *slow = (__mmask16)~(fast | zero);
+    __m256 lo = _mm512_cvtpd_ps(exp8(_mm512_cvtps_pd(_mm512_castps512_ps256(x))));
+    __m256 hi = _mm512_cvtpd_ps(exp8(_mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1))));
+    return _mm512_maskz_mov_ps(fast, _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1));
+}
+
+/* expf of d's lanes in keep, every lane: the slow ones by expf itself */
+AI __m512 exp16_all(__m512 d, __mmask16 keep) {
+    __mmask16 slow;
+    __m512 e = exp16(d, &slow);
+    slow &= keep;
+    if (slow) {
+        float dl[16], el[16];
+        _mm512_storeu_ps(dl, d);
+        _mm512_storeu_ps(el, e);
+        for (; slow; slow &= (__mmask16)(slow - 1)) {
+            int l = __builtin_ctz(slow);
+            el[l] = expf(dl[l]);
+        }
+        e = _mm512_loadu_ps(el);
+    }
+    return e;
+}
+
+/* x[i] = expf(x[i] - m) for 16 values at x, the lanes in keep */
+AI void exp_sub16(float *x, float m, __mmask16 keep) {
+    __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(keep, x), _mm512_set1_ps(m));
+    _mm512_mask_storeu_ps(x, keep, exp16_all(d, keep));
+}
+
+static void exp_sub_avx(float *x, int n, float m) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) exp_sub16(x + i, m, 0xffff);
+    if (i < n) exp_sub16(x + i, m, (__mmask16)((1u << (n - i)) - 1));
+}
+
+/* g = g / (1 + expf(-g)) * u for 16 values, the lanes in keep: nn_swiglu's operations */
+AI void swiglu16(float *g, const float *u, __mmask16 keep) {
+    __m512 gv = _mm512_maskz_loadu_ps(keep, g);
+    __m512 e = exp16_all(_mm512_xor_ps(gv, _mm512_set1_ps(-0.0f)), keep); /* -g: the sign flipped */
+    __m512 y = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    _mm512_mask_storeu_ps(g, keep, _mm512_mul_ps(y, _mm512_maskz_loadu_ps(keep, u)));
+}
+
+static void swiglu_avx(float *g, const float *u, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) swiglu16(g + i, u + i, 0xffff);
+    if (i < n) swiglu16(g + i, u + i, (__mmask16)((1u << (n - i)) - 1));
+}
+
+/* the portable table's loop, for a libm whose expf this does not reproduce */
+static void exp_sub_libm(float *x, int n, float m) {
+    for (int i = 0; i < n; i++) x[i] = expf(x[i] - m);
+}
+static void swiglu_libm(float *g, const float *u, size_t n) {
+    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+/* 1 when exp_sub_avx gives expf's bits on a sample: every 2^-7 step over [-110, 95] (all of
+ * its paths and their edges' neighbourhoods), the edges themselves, their neighbours, and the
+ * special values. glibc 2.28 and later on an FMA CPU does; another libm may not. */
+static int exp_agrees(void) {
+    enum { N = 205 * 128 + 32 };
+    float *a = malloc(2 * N * sizeof *a);
+    if (!a) return 0;
+    int n = 0;
+    for (int i = 0; i < 205 * 128; i++) a[n++] = -110.0f + (float)i / 128.0f;
+    const float edge[] = {EXP_FAST_LO, EXP_FAST_HI, EXP_ZERO_LO, -88.0f, 88.0f};
+    for (int i = 0; i < 5; i++)
+        a[n++] = edge[i], a[n++] = nextafterf(edge[i], -INFINITY), a[n++] = nextafterf(edge[i], INFINITY);
+    a[n++] = INFINITY, a[n++] = -INFINITY, a[n++] = NAN, a[n++] = 0.0f, a[n++] = -0.0f, a[n++] = 1e-30f;
+    memcpy(a + N, a, (size_t)n * sizeof *a);
+    exp_sub_avx(a, n, 0.0f);
+    int ok = 1;
+    for (int i = 0; i < n && ok; i++) {
+        float e = expf(a[N + i]);
+        ok = memcmp(&e, a + i, sizeof e) == 0;
+    }
+    free(a);
+    return ok;
+}
+
 /* Rows of x ahead that dot_tile prefetches, line by line as it loads its own: the rows of a
  * cache block are 2.3 KB apart on genesis-5b, and its blocks of 16 lie where the pool put them,
  * so the hardware prefetcher starts late on each. genesis-5b q4k decode after 1024 tokens:
@@ -1355,6 +1497,7 @@ static kern_ops avx_ops = {
     .dot_rows = dot_rows_avx,
     .axpy_rows = axpy_rows_avx,
     .read = read_avx,
+    .exp_sub = exp_sub_avx,
 };
 
 const kern_ops *kern_avx512(void) {
@@ -1365,6 +1508,11 @@ const kern_ops *kern_avx512(void) {
         (void)q_prefetch(); /* read the settings now, before the threads use them */
         avx_ops.g16_prefetch = q_prefetch_g16();
         (void)k_unpacked();
+        static int agrees = -1; /* checked once */
+        if (agrees < 0) agrees = exp_agrees();
+        avx_ops.exp_sub = agrees ? exp_sub_avx : exp_sub_libm;
+        avx_ops.swiglu = agrees ? swiglu_avx : swiglu_libm;
+        avx_ops.exp16 = agrees;
         /* the packed decode paths are the VNNI ones; DH_KERN_ROWS=1 keeps q8 and q4k row-major
          * (the previous paths, for measuring one against the other) */
         const char *e = getenv("DH_KERN_ROWS");

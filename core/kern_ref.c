@@ -204,6 +204,14 @@ static uint64_t read_ref(const void *p, size_t bytes, int streams, int prefetch,
     return s0 ^ s1 ^ s2 ^ s3;
 }
 
+static void exp_sub_ref(float *x, int n, float m) {
+    for (int i = 0; i < n; i++) x[i] = expf(x[i] - m);
+}
+
+static void swiglu_ref(float *g, const float *u, size_t n) {
+    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 static const kern_ops ref_ops = {
     .name = "portable",
     .matmul = matmul_ref,
@@ -213,6 +221,8 @@ static const kern_ops ref_ops = {
     .dot_rows = dot_rows_ref,
     .axpy_rows = axpy_rows_ref,
     .read = read_ref,
+    .exp_sub = exp_sub_ref,
+    .swiglu = swiglu_ref,
 };
 
 const kern_ops *kern_portable(void) { return &ref_ops; }

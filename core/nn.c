@@ -345,9 +345,7 @@ void nn_rmsnorm(float *y, const float *x, const float *w, int T, int D, float ep
     }
 }
 
-void nn_swiglu(float *g, const float *u, size_t n) {
-    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-}
+void nn_swiglu(float *g, const float *u, size_t n) { g_ops->swiglu(g, u, n); }
 
 void nn_softmax(float *x, int n) {
     float m = -INFINITY;
@@ -356,6 +354,7 @@ void nn_softmax(float *x, int n) {
     for (int i = 0; i < n; i++) x[i] *= inv;
 }
 
+void nn_exp_sub(float *x, int n, float m) { g_ops->exp_sub(x, n, m); }
 float nn_dot(const float *a, const float *b, int n) { return g_ops->dot(a, b, n); }
 void nn_axpy(float *y, float a, const float *x, int n) { g_ops->axpy(y, a, x, n); }
 void nn_dot_rows(float *out, size_t ldo, const float *q, size_t ldq, int nq, const float *x, size_t ldx, int rows,

@@ -93,13 +93,13 @@ void nn_rmsnorm(float *y, const float *x, const float *w, int T, int D, float ep
 void nn_swiglu(float *g, const float *u, size_t n);
 /* softmax in place over n values (max subtracted first) */
 void nn_softmax(float *x, int n);
-/* x[i] = expf(x[i] - m) in place; returns s + x[0] + x[1] + ... in that order: the sum of a
- * softmax's weights, after an online softmax's earlier blocks (s). The sum after the calls to
- * expf: carried across them it lives on the stack, and each step waits on the store of the
- * one before (perf annotate, AMD EPYC Zen 4). Inline: as a function of its own, s was saved
- * and reloaded around every call (3% of genesis-1b q4k pp512@d2048, AMD EPYC Zen 4). */
+/* x[i] = expf(x[i] - m) in place: kern_ops.exp_sub of the selected table, libm's bits (16 at
+ * a time with AVX-512) */
+void nn_exp_sub(float *x, int n, float m);
+/* nn_exp_sub, then returns s + x[0] + x[1] + ... in that order: the sum of a softmax's weights,
+ * after an online softmax's earlier blocks (s). */
 static inline float nn_exp_sum(float *x, int n, float m, float s) {
-    for (int i = 0; i < n; i++) x[i] = expf(x[i] - m);
+    nn_exp_sub(x, n, m);
     for (int i = 0; i < n; i++) s += x[i];
     return s;
 }
