@@ -78,8 +78,11 @@ typedef struct kern_ops {
     /* g[i] = g[i] / (1 + expf(-g[i])) * u[i] for i < n (silu(g) * u), those operations in that
      * order, libm's expf in every table */
     void (*swiglu)(float *g, const float *u, size_t n);
-    /* 1 when exp_sub and swiglu compute 16 values at a time (they gave libm's bits on the
-     * table's check), 0 when they call expf for each value */
+    /* y[i] = exp(((double)x[i] - m) * s) for i < n: libm's exp (double) in every table (the
+     * sampler's softmax) */
+    void (*exp_scaled)(double *y, const float *x, int n, float m, double s);
+    /* 1 when exp_sub and swiglu compute 16 values at a time and exp_scaled 8 (they gave
+     * libm's bits on the table's check), 0 when they call libm for each value */
     int exp16;
     /* 1 when this table reads q8 and q4k matrices fastest packed as WT_G16 (tensor.h), so
      * loaders should pack them; every table reads both layouts, with the same results. */

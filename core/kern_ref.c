@@ -212,6 +212,10 @@ static void swiglu_ref(float *g, const float *u, size_t n) {
     for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+static void exp_scaled_ref(double *y, const float *x, int n, float m, double s) {
+    for (int i = 0; i < n; i++) y[i] = exp(((double)x[i] - m) * s);
+}
+
 static const kern_ops ref_ops = {
     .name = "portable",
     .matmul = matmul_ref,
@@ -223,6 +227,7 @@ static const kern_ops ref_ops = {
     .read = read_ref,
     .exp_sub = exp_sub_ref,
     .swiglu = swiglu_ref,
+    .exp_scaled = exp_scaled_ref,
 };
 
 const kern_ops *kern_portable(void) { return &ref_ops; }

@@ -452,13 +452,14 @@ static void test_rmsnorm_softmax_and_swiglu_match_their_formulas(void) {
     CU_ASSERT_DOUBLE_EQUAL(g[2], 3.0 * -2.0 / (1 + exp(2.0)), 1e-6);
 }
 
-/* Every table's exp_sub and swiglu against libm's expf and nn_swiglu's formula, bit for bit: every float whose bits are a multiple
+/* Every table's exp_sub, swiglu and exp_scaled against libm's expf, nn_swiglu's formula and libm's
+ * exp (double), bit for bit: every float whose bits are a multiple
  * of EXP_STRIDE (all signs, exponents, NaNs and infinities; DH_TEST_EXP_ALL=1 runs all 2^32,
  * about 90 s), then values near a softmax's, with m != 0 and every tail length. On glibc the
  * AVX-512 table must have found its 16-lane path (exp16): else this would compare expf with
  * itself. */
 #define EXP_STRIDE 61
-static void test_exp_sub_and_swiglu_give_expf_bits_in_every_table(void) {
+static void test_exp_sub_swiglu_and_exp_scaled_give_libm_bits_in_every_table(void) {
     const kern_ops *tables[2] = {kern_portable(), kern_avx512()};
 #ifdef __GLIBC__
     if (tables[1]) CU_ASSERT(tables[1]->exp16 == 1);
@@ -467,10 +468,11 @@ static void test_exp_sub_and_swiglu_give_expf_bits_in_every_table(void) {
     uint64_t stride = all && atoi(all) > 0 ? 1 : EXP_STRIDE;
     enum { B = 4096 };
     float *x = malloc(2 * B * sizeof *x), *g = malloc(B * sizeof *g), *u = malloc(B * sizeof *u);
+    double *d = malloc(B * sizeof *d);
     for (int i = 0; i < B; i++) u[i] = frand() * 4;
     for (int k = 0; k < 2; k++) {
         if (!tables[k]) continue;
-        long bad = 0, bad_swiglu = 0;
+        long bad = 0, bad_swiglu = 0, bad_scaled = 0;
         for (uint64_t b0 = 0; b0 < (1ull << 32); b0 += stride * B) {
             int n = 0;
             for (uint64_t b = b0; b < b0 + stride * B && b < (1ull << 32); b += stride) {
@@ -486,8 +488,21 @@ static void test_exp_sub_and_swiglu_give_expf_bits_in_every_table(void) {
                 bad += memcmp(&e, x + i, sizeof e) != 0;
                 bad_swiglu += memcmp(&y, g + i, sizeof y) != 0;
             }
+            /* exp_scaled on every 5th block: around its fast path, past 512 and below 2^-54 */
+            if (b0 / (stride * B) % 5) continue;
+            const double scale[] = {1.0, 1 / 0.7, 7.5, 1e-17, 1e-20};
+            const float m[] = {0.0f, -3.25f, 0.0f, 0.0f, 1.5f};
+            for (int j = 0; j < 5; j++) {
+                tables[k]->exp_scaled(d, x + B, n, m[j], scale[j]);
+                for (int i = 0; i < n; i++) {
+                    double e = exp(((double)x[B + i] - m[j]) * scale[j]);
+                    bad_scaled += memcmp(&e, d + i, sizeof e) != 0;
+                }
+            }
         }
         CU_ASSERT_EQUAL(bad_swiglu, 0);
+        CU_ASSERT_EQUAL(bad_scaled, 0);
+        if (bad_scaled) fprintf(stderr, "exp_scaled of table %s: %ld values differ\n", tables[k]->name, bad_scaled);
         if (bad_swiglu) fprintf(stderr, "swiglu of table %s: %ld values differ\n", tables[k]->name, bad_swiglu);
         CU_ASSERT_EQUAL(bad, 0);
         if (bad) fprintf(stderr, "exp_sub of table %s: %ld values differ from expf\n", tables[k]->name, bad);
@@ -503,7 +518,7 @@ static void test_exp_sub_and_swiglu_give_expf_bits_in_every_table(void) {
             CU_ASSERT(same);
         }
     }
-    free(x), free(g), free(u);
+    free(x), free(g), free(u), free(d);
 }
 
 /* ---- shape sweeps: every path of the SIMD kernels, strided and over odd output ranges ---- */
@@ -1042,7 +1057,7 @@ static CU_TestInfo kern_tests[] = {
      test_float_products_are_their_documented_sequences},
     {"f32 products agree with openblas sgemm", test_f32_products_agree_with_openblas_sgemm},
     {"rmsnorm, softmax and swiglu match their formulas", test_rmsnorm_softmax_and_swiglu_match_their_formulas},
-    {"exp_sub and swiglu give expf's bits in every table", test_exp_sub_and_swiglu_give_expf_bits_in_every_table},
+    {"exp_sub, swiglu and exp_scaled give libm's bits in every table", test_exp_sub_swiglu_and_exp_scaled_give_libm_bits_in_every_table},
     {"f32 kernels agree on every shape and range", test_f32_kernels_agree_on_every_shape_and_range},
     {"bf16 kernels agree on every shape and range", test_bf16_kernels_agree_on_every_shape_and_range},
     {"f16 kernels agree on every shape and range", test_f16_kernels_agree_on_every_shape_and_range},
