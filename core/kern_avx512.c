@@ -24,6 +24,7 @@
 #include "kern.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -632,17 +633,6 @@ static void exp_scaled_avx(double *y, const float *x, int n, float m, double s) 
     if (i < n) exp_scaled8(y + i, x + i, m, s, (__mmask8)((1u << (n - i)) - 1));
 }
 
-/* the portable table's loop, for a libm whose expf this does not reproduce */
-static void exp_sub_libm(float *x, int n, float m) {
-    for (int i = 0; i < n; i++) x[i] = expf(x[i] - m);
-}
-static void swiglu_libm(float *g, const float *u, size_t n) {
-    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-}
-static void exp_scaled_libm(double *y, const float *x, int n, float m, double s) {
-    for (int i = 0; i < n; i++) y[i] = exp(((double)x[i] - m) * s);
-}
-
 /* 1 when exp_sub_avx gives expf's bits, and exp_scaled_avx exp's, on a sample: every 2^-7 step over [-110, 95] (all of
  * its paths and their edges' neighbourhoods), the edges themselves, their neighbours, and the
  * special values. glibc 2.28 and later on an FMA CPU does; another libm may not. */
@@ -678,6 +668,10 @@ static int exp_agrees(void) {
     free(a);
     return ok;
 }
+
+static pthread_once_t exp_once = PTHREAD_ONCE_INIT;
+static int exp_agreed;
+static void exp_check(void) { exp_agreed = exp_agrees(); }
 
 /* Rows of x ahead that dot_tile prefetches, line by line as it loads its own: the rows of a
  * cache block are 2.3 KB apart on genesis-5b, and its blocks of 16 lie where the pool put them,
@@ -1659,11 +1653,13 @@ const kern_ops *kern_avx512(void) {
         (void)q_prefetch(); /* read the settings now, before the threads use them */
         avx_ops.g16_prefetch = q_prefetch_g16();
         (void)k_unpacked();
-        static int agrees = -1; /* checked once */
-        if (agrees < 0) agrees = exp_agrees();
-        avx_ops.exp_sub = agrees ? exp_sub_avx : exp_sub_libm;
-        avx_ops.swiglu = agrees ? swiglu_avx : swiglu_libm;
-        avx_ops.exp_scaled = agrees ? exp_scaled_avx : exp_scaled_libm;
+        pthread_once(&exp_once, exp_check); /* once, whichever thread asks first */
+        int agrees = exp_agreed;
+        /* the vectors where they gave libm's bits, else the portable table's loops */
+        const kern_ops *p = kern_portable();
+        avx_ops.exp_sub = agrees ? exp_sub_avx : p->exp_sub;
+        avx_ops.swiglu = agrees ? swiglu_avx : p->swiglu;
+        avx_ops.exp_scaled = agrees ? exp_scaled_avx : p->exp_scaled;
         avx_ops.exp16 = agrees;
         /* the packed decode paths are the VNNI ones; DH_KERN_ROWS=1 keeps q8 and q4k row-major
          * (the previous paths, for measuring one against the other) */
