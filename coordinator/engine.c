@@ -29,6 +29,8 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "core/nn.h"
+#include "core/threadpool.h"
 
 typedef struct cancel_ask { /* a cancellation asked for by another thread */
     uint64_t id;
@@ -79,6 +81,8 @@ struct engine {
     fwd_row *rows;        /* [max_batch_tokens] */
     req **row_req;        /* [max_batch_tokens] */
     float *logits;        /* [max_seqs, V] */
+    int *draw_row;        /* [max_seqs] the step's rows with logits */
+    int *draw_tok;        /* [max_seqs] the tokens drawn for them */
     int *route;           /* [moe layers, max_batch_tokens, K] */
     int n_moe;
     engine_tick_fn tick;
@@ -113,6 +117,8 @@ engine *engine_new(const model *m, fwd_ctx *f, kv_cache *kv, ls_stats *stats, co
     e->rows = xmalloc((size_t)p->max_batch_tokens * sizeof *e->rows);
     e->row_req = xmalloc((size_t)p->max_batch_tokens * sizeof *e->row_req);
     e->logits = xmalloc(xmul((size_t)p->max_seqs * m->cfg.vocab_size, sizeof *e->logits));
+    e->draw_row = xmalloc((size_t)p->max_seqs * sizeof *e->draw_row);
+    e->draw_tok = xmalloc((size_t)p->max_seqs * sizeof *e->draw_tok);
     for (int l = 0; l < m->cfg.num_hidden_layers; l++) e->n_moe += m->layers[l].is_moe;
     e->route = xmalloc(xmul((size_t)DH_MAX(e->n_moe, 1) * p->max_batch_tokens * m->cfg.num_experts_per_tok, sizeof(int)));
     hist_init(&e->met.ttft), hist_init(&e->met.tpot), hist_init(&e->met.step);
@@ -136,6 +142,7 @@ void engine_free(engine *e) {
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->wake);
     free(e->cancels), free(e->run), free(e->rows), free(e->row_req), free(e->logits), free(e->route);
+    free(e->draw_row), free(e->draw_tok);
     ls_free(e->snap);
     free(e);
 }
@@ -307,6 +314,23 @@ static int on_token(engine *e, req *r, int tok) {
         return 1;
     }
     return 0;
+}
+
+/* --- sampling --- */
+
+typedef struct draw_job {
+    engine *e;
+    int V, n;
+} draw_job;
+
+/* the token of the i-th row with logits: at its position after the prompt and the completion so
+ * far (on_token has not yet counted this step's) */
+static void draw_task(void *ctx, int i, int thread) {
+    (void)thread;
+    draw_job *j = ctx;
+    engine *e = j->e;
+    req *r = e->row_req[e->draw_row[i]];
+    e->draw_tok[i] = sampler_sample(r->smp, e->logits + (size_t)i * j->V, 0, r->n_prompt + r->n_gen, SAMPLER_TOKEN);
 }
 
 /* --- scheduling --- */
@@ -512,15 +536,15 @@ int engine_run(engine *e) {
             return rc;
         }
         attribute_domains(e, T);
-        // sample every row with logits, in row order
-        int li = 0;
-        for (int t = 0; t < T; t++) {
-            if (!(e->rows[t].flags & FWD_LOGITS)) continue;
-            req *r = e->row_req[t];
-            /* the token's position: after the prompt and the completion so far */
-            int tok = sampler_sample(r->smp, e->logits + (size_t)li++ * V, 0, r->n_prompt + r->n_gen,
-                                     SAMPLER_TOKEN);
-            if (on_token(e, r, tok)) {
+        // draw every row with logits, on the pool's threads (a request has at most one such row
+        // a step, its own sampler and counter-based draws), then take the tokens in row order
+        draw_job dj = {.e = e, .V = V, .n = 0};
+        for (int t = 0; t < T; t++)
+            if (e->rows[t].flags & FWD_LOGITS) e->draw_row[dj.n++] = t;
+        tp_run(nn_pool(), dj.n, draw_task, &dj);
+        for (int d = 0; d < dj.n; d++) {
+            req *r = e->row_req[e->draw_row[d]];
+            if (on_token(e, r, e->draw_tok[d])) {
                 for (int i = 0; i < e->n_run; i++)
                     if (e->run[i] == r) {
                         drop_running(e, i);
