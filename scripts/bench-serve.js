@@ -1,9 +1,11 @@
 // bench-serve.js URL [--levels 1,4,16,64] [--requests 16,32,64,128] [--prompt-tokens 64]
-//                    [--max-tokens 32] [--key KEY]
+//                    [--max-tokens 32] [--key KEY] [--sampling darkhorse|openai]
 // The load client of scripts/bench-serve.sh: for each concurrency level, that many clients send
 // streamed /v1/completions requests back to back (prompts of exactly --prompt-tokens token ids,
 // --max-tokens generated with ignore_eos, sampled as darkhorse generate does: temperature 0.8,
-// top-p 0.95, top-k 40) until the level's request count is done, timing every chunk. Prints a markdown table to stdout: generated tokens per second over the level's wall
+// top-p 0.95, top-k 40; or with --sampling openai as an OpenAI client's defaults leave it:
+// temperature 1, no top-p or top-k, a softmax over the whole vocabulary for every token) until
+// the level's request count is done, timing every chunk. Prints a markdown table to stdout: generated tokens per second over the level's wall
 // time, time to first token and time per output token (per request: (last - first) / (n - 1)),
 // p50 and p99 over the requests. Progress goes to stderr. Node 18+ (fetch), no packages.
 'use strict';
@@ -19,8 +21,10 @@ const counts = opt('requests', '16,32,64,128').split(',').map(Number);
 const promptTokens = Number(opt('prompt-tokens', 64));
 const maxTokens = Number(opt('max-tokens', 32));
 const key = opt('key', '');
-if (!url || counts.length !== levels.length) {
-  console.error('usage: bench-serve.js URL [--levels 1,4,16,64] [--requests 16,32,64,128] ...');
+const sampling = opt('sampling', 'darkhorse');
+const drawWith = { darkhorse: { temperature: 0.8, top_p: 0.95, top_k: 40 }, openai: { temperature: 1 } }[sampling];
+if (!url || counts.length !== levels.length || !drawWith) {
+  console.error('usage: bench-serve.js URL [--levels 1,4,16,64] [--requests 16,32,64,128] [--sampling darkhorse|openai] ...');
   process.exit(2);
 }
 
@@ -34,8 +38,8 @@ async function one(i) {
   const res = await fetch(url + '/v1/completions', {
     method: 'POST',
     headers: { 'Content-Type': 'application/json', ...(key ? { Authorization: 'Bearer ' + key } : {}) },
-    body: JSON.stringify({ prompt: prompt(i), max_tokens: maxTokens, temperature: 0.8, top_p: 0.95, top_k: 40,
-                           seed: i, ignore_eos: true, stream: true, stream_options: { include_usage: true } }),
+    body: JSON.stringify({ prompt: prompt(i), max_tokens: maxTokens, ...drawWith, seed: i, ignore_eos: true,
+                           stream: true, stream_options: { include_usage: true } }),
   });
   if (res.status !== 200) throw new Error(`request ${i}: HTTP ${res.status}: ${await res.text()}`);
   const dec = new TextDecoder();

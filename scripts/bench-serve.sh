@@ -11,6 +11,9 @@
 #   DH_BENCH_LEVELS=1,4,16,64 DH_BENCH_REQUESTS=16,32,64,128   concurrency levels, requests each
 #   DH_BENCH_PROMPT=64 DH_BENCH_OUT=32     prompt and output tokens per request
 #   DH_BENCH_ARGS="--threads 2"            more options for darkhorse serve
+#   DH_BENCH_SAMPLING=openai               requests with temperature 1 and no top-p or top-k, as an
+#                                          OpenAI client sends by default (default: darkhorse, as
+#                                          darkhorse generate samples: 0.8, top-p 0.95, top-k 40)
 #
 # Requests go to 127.0.0.1 only; the server is stopped with SIGTERM at the end.
 set -euo pipefail
@@ -47,5 +50,5 @@ url=$(grep -o "http://127.0.0.1:[0-9]*" "$log" | head -1)
 echo "bench-serve: $bin serving $model at $url" >&2
 echo "bench-serve: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" >&2
 node "$root/scripts/bench-serve.js" "$url" --levels "$levels" --requests "$requests" \
-  --prompt-tokens "$prompt" --max-tokens "$out"
+  --prompt-tokens "$prompt" --max-tokens "$out" --sampling "${DH_BENCH_SAMPLING:-darkhorse}"
 grep -E "loaded|KV cache" "$log" | sed 's/^/bench-serve: server: /' >&2
