@@ -354,7 +354,12 @@ void nn_softmax(float *x, int n) {
     for (int i = 0; i < n; i++) x[i] *= inv;
 }
 
-void nn_exp_sub(float *x, int n, float m) { g_ops->exp_sub(x, n, m); }
+float nn_exp_sum(float *x, int n, float m, float s) {
+    g_ops->exp_sub(x, n, m);
+    for (int i = 0; i < n; i++) s += x[i];
+    return s;
+}
+
 float nn_dot(const float *a, const float *b, int n) { return g_ops->dot(a, b, n); }
 void nn_axpy(float *y, float a, const float *x, int n) { g_ops->axpy(y, a, x, n); }
 void nn_dot_rows(float *out, size_t ldo, const float *q, size_t ldq, int nq, const float *x, size_t ldx, int rows,

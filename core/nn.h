@@ -6,8 +6,6 @@
  * (kern.h), so a token computes the same alone or in a batch. */
 #ifndef DH_NN_H
 #define DH_NN_H
-#include <math.h>
-
 #include "kern.h"
 #include "tensor.h"
 #include "threadpool.h"
@@ -93,16 +91,10 @@ void nn_rmsnorm(float *y, const float *x, const float *w, int T, int D, float ep
 void nn_swiglu(float *g, const float *u, size_t n);
 /* softmax in place over n values (max subtracted first) */
 void nn_softmax(float *x, int n);
-/* x[i] = expf(x[i] - m) in place: kern_ops.exp_sub of the selected table, libm's bits (16 at
- * a time with AVX-512) */
-void nn_exp_sub(float *x, int n, float m);
-/* nn_exp_sub, then returns s + x[0] + x[1] + ... in that order: the sum of a softmax's weights,
- * after an online softmax's earlier blocks (s). */
-static inline float nn_exp_sum(float *x, int n, float m, float s) {
-    nn_exp_sub(x, n, m);
-    for (int i = 0; i < n; i++) s += x[i];
-    return s;
-}
+/* x[i] = expf(x[i] - m) in place (kern_ops.exp_sub of the selected table: libm's bits, 16 at
+ * a time with AVX-512), then returns s + x[0] + x[1] + ... in that order: the sum of a
+ * softmax's weights, after an online softmax's earlier blocks (s) */
+float nn_exp_sum(float *x, int n, float m, float s);
 /* fmaxf(m, x) for a running maximum m that is never NaN: a NaN x leaves m, as fmaxf does. One
  * compare in the loop, where fmaxf is a library call (without -ffinite-math-only): 4.5% of
  * genesis-1b q4k's pp512@d4096 samples (perf, AMD EPYC Zen 4). Of two zeros it may keep the
