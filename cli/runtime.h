@@ -28,6 +28,7 @@ typedef struct rt_opts {
     int replay_order;          /* rpl_order */
     int replay_order_set;
     int mmap;                  /* leave the weights mapped from the file (model_params.copy off) */
+    long prefill_cache_mib;    /* the forward pass's prefill cache budget; < 0: its default */
 } rt_opts;
 
 /* Long options every model command takes; codes from 1000 up. */
@@ -39,7 +40,7 @@ typedef struct rt_opts {
     {"portable-kernels", no_argument, 0, 1008}, {"routing-stats", required_argument, 0, 1010}, \
     {"worker-capacity", required_argument, 0, 1011}, {"trace-out", required_argument, 0, 1012}, \
     {"routing-replay", required_argument, 0, 1013}, {"replay-order", required_argument, 0, 1014}, \
-    {"mmap", no_argument, 0, 1015}
+    {"mmap", no_argument, 0, 1015}, {"prefill-cache", required_argument, 0, 1016}
 #define RT_HELP                                                                                  \
     "  --model DIR            checkpoint directory (config.json, *.safetensors)\n"               \
     "  --threads N            threads per rank (default: all cores, shared among local ranks)\n" \
@@ -62,7 +63,9 @@ typedef struct rt_opts {
     "                         (one domain after the other: a traffic shift)\n"                  \
     "  --mmap                 compute on the file's pages, mapped, rather than on a copy of the\n" \
     "                         weights read in at load (faster load, memory the page cache can\n" \
-    "                         share; slower steps on some machines: docs/performance.md)\n"
+    "                         share; slower steps on some machines: docs/performance.md)\n"      \
+    "  --prefill-cache MIB    memory for a chunked prompt's expanded keys and values, kept for\n" \
+    "                         its later chunks (default 1024; 0: expand them again each chunk)\n"
 
 rt_opts rt_default_opts(void);
 /* Threads for this rank's pool: requested if > 0; else all cores on rank 0 (or alone), and the

@@ -13,7 +13,14 @@
  * row's own sequence, and block boundaries are fixed by position, not by how a prompt was
  * chunked, so a row's result never depends on the rest of the batch.
  *
- * All scratch is allocated in fwd_new for max_rows rows and the cache's longest sequence. */
+ * A prompt fed in chunks would expand its earlier positions again at every chunk (the cost of
+ * a chunk's naive form grows with its depth twice over: the scores and the expansion). So the
+ * expansions of one prefilling sequence are kept (the prefill cache, below, within a budget):
+ * a later chunk reads them where an earlier one computed them. The kernels are batch
+ * invariant, so a kept row is the row a new expansion would give, bit for bit.
+ *
+ * All scratch is allocated in fwd_new for max_rows rows and the cache's longest sequence; the
+ * prefill cache grows as a prompt does, up to its budget. */
 #include "forward.h"
 
 #include <math.h>
@@ -26,6 +33,21 @@
 #include "core/experts.h"
 
 #define NB 64 /* key positions expanded at once in the naive form */
+
+/* The prefill cache: [k_nope | v] = W_UKV c_kv of positions [0, n[l]) of one sequence, for
+ * every layer l, as the naive form computed them. It belongs to one prefilling sequence at a
+ * time: the first whose prompt chunk comes in a step in which the owner has had none (the
+ * engine feeds the longest-waiting prompt first, every step, until it is done). A row written
+ * to the KV cache below n[l] (the sequence's slot reused, a position fed again) cuts n[l]
+ * there. */
+typedef struct prefill_cache {
+    float **kvx;          /* [layers] -> [alloc[l], H*(Dn+Dv)] */
+    int *n, *alloc;       /* [layers] positions kept, positions allocated */
+    int layers, cap;      /* cap: positions a layer may keep under the budget */
+    int seq;              /* owner, or -1 */
+    unsigned long used;   /* the step in which the owner last fed a chunk */
+    uint64_t reused, expanded; /* positions (summed over layers) read back, and expanded */
+} prefill_cache;
 
 struct fwd_ctx {
     const model *m;
@@ -58,6 +80,8 @@ struct fwd_ctx {
     fwd_replay_fn replay_fn;       /* routing replay or NULL, with its context */
     void *replay_ctx;
     const fwd_row *rows;           /* the current step's rows, for the observer */
+    prefill_cache pc;              /* kept expansions of a prefilling sequence */
+    unsigned long step;            /* fwd_step calls so far */
     double t[FWD_T_COUNT];         /* seconds per part */
     unsigned long forks[FWD_T_COUNT]; /* the pool's fork-joins per part */
 };
@@ -102,7 +126,33 @@ fwd_ctx *fwd_new(const model *m, kv_cache *kv, moe_backend *moe, int max_rows) {
     nn_reserve_act(R * 2 * D);
     /* one head's rows of W_UK's and W_UV's products, quantized inside attention's tasks */
     nn_reserve_local(R * (size_t)DH_MAX(f->Dn, f->C));
+    f->pc.layers = m->n_layers, f->pc.seq = -1;
+    f->pc.kvx = xcalloc((size_t)m->n_layers, sizeof *f->pc.kvx);
+    f->pc.n = xcalloc((size_t)m->n_layers, sizeof *f->pc.n);
+    f->pc.alloc = xcalloc((size_t)m->n_layers, sizeof *f->pc.alloc);
+    fwd_set_prefill_cache(f, FWD_PREFILL_CACHE_DEFAULT);
     return f;
+}
+
+/* bytes of one position's expansion in one layer */
+static size_t pc_row_bytes(const fwd_ctx *f) { return (size_t)f->H * (size_t)(f->Dn + f->Dv) * sizeof(float); }
+
+void fwd_set_prefill_cache(fwd_ctx *f, size_t bytes) {
+    prefill_cache *pc = &f->pc;
+    size_t per_pos = pc_row_bytes(f) * (size_t)pc->layers;
+    pc->cap = (int)DH_MIN((size_t)f->S, bytes / per_pos);
+    for (int l = 0; l < pc->layers; l++) {
+        free(pc->kvx[l]);
+        pc->kvx[l] = NULL, pc->n[l] = pc->alloc[l] = 0;
+    }
+    pc->seq = -1, pc->reused = pc->expanded = 0;
+}
+
+void fwd_prefill_cache_stats(const fwd_ctx *f, fwd_prefill_stats *st) {
+    size_t bytes = 0;
+    for (int l = 0; l < f->pc.layers; l++) bytes += (size_t)f->pc.alloc[l] * pc_row_bytes(f);
+    *st = (fwd_prefill_stats){.reused = f->pc.reused, .expanded = f->pc.expanded, .bytes = bytes,
+                              .cap_positions = f->pc.cap, .seq = f->pc.seq};
 }
 
 void fwd_free(fwd_ctx *f) {
@@ -112,6 +162,8 @@ void fwd_free(fwd_ctx *f) {
                     f->rlog, f->ridx, f->rw,  f->scores, f->lat,  f->kvx,  f->keys, f->ost,
                     f->cat,  f->ab};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    for (int l = 0; l < f->pc.layers; l++) free(f->pc.kvx[l]);
+    free(f->pc.kvx), free(f->pc.n), free(f->pc.alloc);
     free(f);
 }
 
@@ -271,6 +323,7 @@ typedef struct naive_job {
     fwd_ctx *f;
     const fwd_row *rows;
     int t0, nq, b, e; /* chunk's first row and its row count; key positions [b, e) this block */
+    const float *kvx; /* the block's [k_nope | v], [e - b, H*(Dn+Dv)] */
 } naive_job;
 
 #define NQ 4 /* prompt rows a task of the naive form: their scores in tiles (kern.h) */
@@ -299,7 +352,7 @@ static void naive_task(void *ctx, int task, int thread) {
     // score[s] = ([q_nope | q_pe] . [k_nope[s] | k_pe[s]]) * softmax_scale  [rows, block]
     nn_dot_rows(sc[0], NB, f->q + (size_t)ta * H * kw + (size_t)hh * kw, (size_t)H * kw, tn,
                 f->keys + (size_t)hh * kw, (size_t)H * kw, nmax, kw);
-    const float *vals = f->kvx + (size_t)hh * (Dn + Dv) + Dn;
+    const float *vals = j->kvx + (size_t)hh * (Dn + Dv) + Dn;
     size_t ldv = (size_t)H * (Dn + Dv), lds = (size_t)H * (Dv + 2);
     for (int u = 0; u < tn; u++) {
         int t = ta + u, n = nr[u];
@@ -325,9 +378,61 @@ static void naive_task(void *ctx, int task, int thread) {
             nn_axpy_rows(acc0 + u * lds, 0, sc[u] + shared, 0, 1, vals + shared * ldv, ldv, nr[u] - shared, Dv);
 }
 
+/* Whether seq may keep its expansions in the prefill cache this step (taking it over when the
+ * owner has fed no chunk in this step) */
+static int pc_claim(fwd_ctx *f, int seq) {
+    prefill_cache *pc = &f->pc;
+    if (pc->cap <= 0) return 0;
+    if (pc->seq != seq) {
+        if (pc->seq >= 0 && pc->used == f->step) return 0;
+        pc->seq = seq;
+        for (int l = 0; l < pc->layers; l++) pc->n[l] = 0;
+    }
+    pc->used = f->step;
+    return 1;
+}
+
+/* Room for positions [0, e) of layer l in the prefill cache: 1, or 0 past the budget or when
+ * memory runs out (then the cache stops growing; the naive form expands without it) */
+static int pc_room(fwd_ctx *f, int l, int e) {
+    prefill_cache *pc = &f->pc;
+    if (e <= pc->alloc[l]) return 1;
+    if (e > pc->cap) return 0;
+    int want = DH_MIN(pc->cap, DH_MAX(e, DH_MAX(2 * pc->alloc[l], 256)));
+    float *p = realloc(pc->kvx[l], (size_t)want * pc_row_bytes(f));
+    if (!p) {
+        log_warn("prefill cache: no memory for %d positions of layer %d; expanding without it", want, l);
+        pc->cap = pc->alloc[l];
+        return 0;
+    }
+    pc->kvx[l] = p, pc->alloc[l] = want;
+    return 1;
+}
+
+/* [k_nope | v] = W_UKV c_kv of seq's positions [b, e) in layer l: [e - b, H*(Dn+Dv)], from the
+ * prefill cache where kept (keep: seq owns it), the rest expanded (and kept when keep) */
+static const float *expand(fwd_ctx *f, const layer_weights *lw, int seq, int l, int b, int e, int keep) {
+    prefill_cache *pc = &f->pc;
+    size_t rl = (size_t)f->H * (size_t)(f->Dn + f->Dv);
+    float *kvx = f->kvx;
+    int from = b; /* first position to expand */
+    if (keep && pc->n[l] >= b && pc_room(f, l, e)) {
+        kvx = pc->kvx[l] + (size_t)b * rl;
+        from = DH_MIN(e, pc->n[l]);
+        pc->reused += (uint64_t)(from - b), pc->expanded += (uint64_t)(e - from);
+        pc->n[l] = DH_MAX(pc->n[l], e);
+    }
+    if (from < e) {
+        for (int s = from; s < e; s++)
+            memcpy(f->lat + (size_t)(s - from) * f->C, kv_row_c(f->kv, seq, l, s), (size_t)f->C * sizeof(float));
+        nn_matmul(kvx + (size_t)(from - b) * rl, f->lat, &lw->attn.kv_b_proj, e - from);
+    }
+    return kvx;
+}
+
 static void attend_naive(fwd_ctx *f, const layer_weights *lw, const fwd_row *rows, int t0, int t1, int layer) {
     int H = f->H, C = f->C, Dn = f->Dn, Dr = f->Dr, Dv = f->Dv, seq = rows[t0].seq;
-    int plast = rows[t1 - 1].pos;
+    int plast = rows[t1 - 1].pos, keep = pc_claim(f, seq);
     for (int t = t0; t < t1; t++)
         for (int hh = 0; hh < H; hh++) {
             float *st = f->ost + ((size_t)t * H + hh) * (Dv + 2);
@@ -335,19 +440,18 @@ static void attend_naive(fwd_ctx *f, const layer_weights *lw, const fwd_row *row
             memset(st + 2, 0, (size_t)Dv * sizeof(float));
         }
     for (int b = 0; b <= plast; b += NB) {
-        int e = DH_MIN(b + NB, plast + 1), nb = e - b;
-        // [k_nope | v] = W_UKV c_kv for the block's positions              [nb, H, Dn + Dv]
-        for (int s = b; s < e; s++) memcpy(f->lat + (size_t)(s - b) * C, kv_row_c(f->kv, seq, layer, s), (size_t)C * sizeof(float));
-        nn_matmul(f->kvx, f->lat, &lw->attn.kv_b_proj, nb);
+        int e = DH_MIN(b + NB, plast + 1);
+        // [k_nope | v] = W_UKV c_kv for the block's positions           [e - b, H, Dn + Dv]
+        const float *kvx = expand(f, lw, seq, layer, b, e, keep);
         for (int s = b; s < e; s++) {
             const float *kpe = kv_row_c(f->kv, seq, layer, s) + C;
             for (int hh = 0; hh < H; hh++) {
                 float *k = f->keys + ((size_t)(s - b) * H + hh) * (Dn + Dr);
-                memcpy(k, f->kvx + (size_t)(s - b) * H * (Dn + Dv) + (size_t)hh * (Dn + Dv), (size_t)Dn * sizeof(float));
+                memcpy(k, kvx + (size_t)(s - b) * H * (Dn + Dv) + (size_t)hh * (Dn + Dv), (size_t)Dn * sizeof(float));
                 memcpy(k + Dn, kpe, (size_t)Dr * sizeof(float));
             }
         }
-        naive_job j = {.f = f, .rows = rows, .t0 = t0, .nq = t1 - t0, .b = b, .e = e};
+        naive_job j = {.f = f, .rows = rows, .t0 = t0, .nq = t1 - t0, .b = b, .e = e, .kvx = kvx};
         tp_run(nn_pool(), (t1 - t0 + NQ - 1) / NQ * H, naive_task, &j);
     }
     // o[h] = acc / sum                                                    [rows, H, Dv]
@@ -384,6 +488,7 @@ static void attention(fwd_ctx *f, int layer, const fwd_row *rows, int T, const f
         rope(f, kr + C, t);
         for (int hh = 0; hh < H; hh++) rope(f, f->q + (size_t)t * qw + (size_t)hh * (Dn + Dr) + Dn, t);
         memcpy(kv_row(f->kv, rows[t].seq, layer, rows[t].pos), kr, (size_t)row * sizeof(float));
+        if (rows[t].seq == f->pc.seq && rows[t].pos < f->pc.n[layer]) f->pc.n[layer] = rows[t].pos;
     }
     // attention per row: naive chunks of prompt rows, absorbed decode rows
     int nA = 0;
@@ -472,6 +577,7 @@ int fwd_step(fwd_ctx *f, const fwd_row *rows, int T, fwd_out *out) {
     DH_ASSERT(T > 0 && T <= f->R);
     const model *m = f->m;
     int D = f->D, L = m->cfg.num_hidden_layers, K = f->K;
+    f->step++;
     // x = E[token]                                                          [T, D]
     for (int t = 0; t < T; t++) {
         DH_ASSERT(rows[t].token >= 0 && rows[t].token < f->V && rows[t].pos < f->S);

@@ -68,6 +68,20 @@ void fwd_set_route_hook(fwd_ctx *f, fwd_route_fn fn, void *ctx); /* NULL fn stop
 typedef void (*fwd_replay_fn)(void *ctx, int layer, const fwd_row *rows, int T, int *idx, float *w);
 void fwd_set_replay(fwd_ctx *f, fwd_replay_fn fn, void *ctx); /* NULL fn stops */
 
+/* The prefill cache (forward.c): a prompt fed in chunks keeps the keys and values its naive
+ * form expanded, so later chunks read them rather than expanding every earlier position again.
+ * One prefilling sequence at a time, within `bytes` (positions [0, bytes / (layers *
+ * H*(Dn+Dv)*4)); default FWD_PREFILL_CACHE_DEFAULT; 0 turns it off). The same bits either way;
+ * setting it frees what it held and zeroes the counts of fwd_prefill_cache_stats. */
+#define FWD_PREFILL_CACHE_DEFAULT ((size_t)1 << 30)
+void fwd_set_prefill_cache(fwd_ctx *f, size_t bytes);
+typedef struct fwd_prefill_stats {
+    uint64_t reused, expanded; /* positions read back and expanded, summed over layers */
+    size_t bytes;              /* held now */
+    int cap_positions;         /* positions the budget allows */
+    int seq;                   /* the sequence it belongs to, or -1 */
+} fwd_prefill_stats;
+void fwd_prefill_cache_stats(const fwd_ctx *f, fwd_prefill_stats *st);
 /* Seconds spent so far in each part of the forward pass (wall time of the engine thread). */
 enum { FWD_T_ATTENTION, FWD_T_MOE, FWD_T_DENSE, FWD_T_HEAD, FWD_T_MTP, FWD_T_COUNT };
 void fwd_times(const fwd_ctx *f, double *seconds /* [FWD_T_COUNT] */);

@@ -64,8 +64,10 @@ typedef struct eng {
     fwd_ctx *f;
 } eng;
 
-static int eng_open(eng *e, const char *dir) {
+/* weights: model_params.weights (-1: compute on the stored values) */
+static int eng_open_w(eng *e, const char *dir, int weights) {
     model_params p = model_default_params();
+    p.weights = weights;
     e->m = model_load(dir, &p);
     if (!e->m) return -1;
     e->kv = kv_new(e->m->n_layers, e->m->cfg.kv_lora_rank + e->m->cfg.qk_rope_head_dim, 2048, 8, 256);
@@ -73,6 +75,8 @@ static int eng_open(eng *e, const char *dir) {
     e->f = fwd_new(e->m, e->kv, e->moe, 64);
     return 0;
 }
+
+static int eng_open(eng *e, const char *dir) { return eng_open_w(e, dir, -1); }
 
 static void eng_close(eng *e) {
     fwd_free(e->f);
@@ -208,6 +212,128 @@ static void test_a_sequence_computes_the_same_alone_or_in_a_batch(void) {
     eng_close(&e);
 }
 
+/* A prompt fed to seq in chunks (sizes cs[0..ncs), in turn) by feed_steps; every row's logits
+ * go to out [T, V] */
+typedef struct feed {
+    int seq, T, ncs;
+    const int *toks, *cs;
+    float *out;
+    int pos, k; /* next position, chunks fed */
+} feed;
+
+/* Steps of the n feeds' next chunks (feed 0's rows first) until all are fed */
+static void feed_steps(eng *e, feed *fd, int n, float *lg) {
+    int V = e->m->cfg.vocab_size;
+    for (;;) {
+        fwd_row rows[64];
+        int nr = 0, who[64], at[64];
+        for (int i = 0; i < n; i++) {
+            feed *d = &fd[i];
+            int want = d->cs[d->k++ % d->ncs], c = DH_MIN(want, d->T - d->pos);
+            for (int j = 0; j < c; j++, d->pos++, nr++) {
+                rows[nr] = (fwd_row){d->seq, d->pos, d->toks[d->pos], FWD_NAIVE | FWD_LOGITS};
+                who[nr] = i, at[nr] = d->pos;
+            }
+        }
+        if (!nr) return;
+        fwd_out o = {.logits = lg};
+        CU_ASSERT_EQUAL_FATAL(fwd_step(e->f, rows, nr, &o), 0);
+        for (int r = 0; r < nr; r++) memcpy(fd[who[r]].out + (size_t)at[r] * V, lg + (size_t)r * V, (size_t)V * 4);
+    }
+}
+
+/* a fresh sequence fed toks [T] in chunks cs [ncs] alone: its logits into out; returns its id,
+ * left open when keep_open */
+static int feed_alone(eng *e, const int *toks, int T, const int *cs, int ncs, float *out, float *lg, int keep_open) {
+    feed d = {.seq = kv_seq_open(e->kv), .T = T, .ncs = ncs, .toks = toks, .cs = cs, .out = out};
+    CU_ASSERT_EQUAL_FATAL(kv_seq_reserve(e->kv, d.seq, T), 0);
+    feed_steps(e, &d, 1, lg);
+    if (!keep_open) kv_seq_close(e->kv, d.seq);
+    return d.seq;
+}
+
+static int same_logits(const char *what, const float *got, const float *want, size_t n) {
+    int same = memcmp(got, want, n * 4) == 0;
+    if (!same) ref_check(what, got, want, n, 0, 0);
+    return same;
+}
+
+/* The prefill cache (forward.h): prompts of 150-200 positions fed in uneven chunks give every
+ * row's logits bit for bit as with the cache off (chunks of 64, every earlier position expanded
+ * again): alone; two prompts in the same steps (one owns the cache, the other expands, then
+ * takes it over); a prompt in the owner's reused slot (the cut at a rewritten position); and
+ * under a budget smaller than the prompt. With weights as stored (bf16) and converted to q8
+ * (config 0's kv_b_proj is 32 wide, so q8; config 2's stays bf16). */
+static void test_a_chunked_prompt_reads_its_kept_expansions_bit_for_bit(void) {
+    static const int cfg[2] = {0, 2}, weights[2] = {-1, DT_Q8};
+    for (int ci = 0; ci < 4; ci++) {
+        const char *dir = dh_test_tmpdir();
+        gen_params gp = {.seed = 5, .dtype = ST_BF16};
+        CU_ASSERT_EQUAL_FATAL(gen_checkpoint(dir, configs[cfg[ci / 2]].json, &gp), 0);
+        int wi = ci % 2;
+        eng e = {0};
+        CU_ASSERT_EQUAL_FATAL(eng_open_w(&e, dir, weights[wi]), 0);
+        int V = e.m->cfg.vocab_size, TA = 200, TB = 150, TC = 180;
+        int ta[200], tb[150], tc[180];
+        for (int i = 0; i < TA; i++) ta[i] = rand_token(V);
+        for (int i = 0; i < TB; i++) tb[i] = rand_token(V);
+        for (int i = 0; i < TC; i++) tc[i] = rand_token(V);
+        float *lg = malloc((size_t)64 * V * 4), *ref[3], *got[3];
+        int T[3] = {TA, TB, TC};
+        const int *tk[3] = {ta, tb, tc};
+        for (int i = 0; i < 3; i++) ref[i] = malloc((size_t)T[i] * V * 4), got[i] = malloc((size_t)T[i] * V * 4);
+        // without the cache, in chunks of 64: every chunk expands every earlier position
+        static const int c64[] = {64};
+        fwd_set_prefill_cache(e.f, 0);
+        for (int i = 0; i < 3; i++) feed_alone(&e, tk[i], T[i], c64, 1, ref[i], lg, 0);
+        fwd_prefill_stats st;
+        fwd_prefill_cache_stats(e.f, &st);
+        CU_ASSERT(st.reused == 0 && st.expanded == 0 && st.bytes == 0);
+        // with it: A alone in uneven chunks
+        fwd_set_prefill_cache(e.f, FWD_PREFILL_CACHE_DEFAULT);
+        static const int ca[] = {37, 64, 1, 50}, cb[] = {9, 1, 14}, cc[] = {20, 31, 7};
+        feed_alone(&e, ta, TA, ca, 4, got[0], lg, 0);
+        CU_ASSERT(same_logits("A alone, kept expansions", got[0], ref[0], (size_t)TA * V));
+        fwd_prefill_cache_stats(e.f, &st);
+        uint64_t L = (uint64_t)e.m->cfg.num_hidden_layers, starts = 0; /* positions before each chunk */
+        for (int p = 0, k = 0; p < TA; p += ca[k++ % 4]) starts += (uint64_t)p;
+        CU_ASSERT_EQUAL(st.expanded, (uint64_t)TA * L); /* each position once */
+        CU_ASSERT_EQUAL(st.reused, starts * L);         /* every earlier one read back */
+        CU_ASSERT(st.bytes > 0);
+        uint64_t reused = st.reused;
+        // A and B in the same steps, A's rows first: A keeps its expansions, B expands its own
+        // until A is done (after 11 steps; B takes 19), then takes the cache over
+        feed fd[2] = {{.seq = kv_seq_open(e.kv), .T = TA, .ncs = 3, .toks = ta, .cs = cc, .out = got[0]},
+                      {.seq = kv_seq_open(e.kv), .T = TB, .ncs = 3, .toks = tb, .cs = cb, .out = got[1]}};
+        CU_ASSERT_EQUAL_FATAL(kv_seq_reserve(e.kv, fd[0].seq, TA), 0);
+        CU_ASSERT_EQUAL_FATAL(kv_seq_reserve(e.kv, fd[1].seq, TB), 0);
+        feed_steps(&e, fd, 2, lg);
+        CU_ASSERT(same_logits("A beside B", got[0], ref[0], (size_t)TA * V));
+        CU_ASSERT(same_logits("B beside A", got[1], ref[1], (size_t)TB * V));
+        fwd_prefill_cache_stats(e.f, &st);
+        CU_ASSERT(st.reused > reused);
+        CU_ASSERT_EQUAL(st.seq, fd[1].seq);
+        // C in B's slot (B owned the cache last): its first rows cut B's kept positions
+        kv_seq_close(e.kv, fd[1].seq);
+        int c = feed_alone(&e, tc, TC, ca, 4, got[2], lg, 0);
+        CU_ASSERT_EQUAL(c, fd[1].seq);
+        CU_ASSERT(same_logits("C in B's reused slot", got[2], ref[2], (size_t)TC * V));
+        kv_seq_close(e.kv, fd[0].seq);
+        // a budget of 100 positions: the rest expanded at every chunk
+        size_t per_pos = (size_t)e.m->n_layers * e.m->cfg.num_attention_heads *
+                         (e.m->cfg.qk_nope_head_dim + e.m->cfg.v_head_dim) * sizeof(float);
+        fwd_set_prefill_cache(e.f, 100 * per_pos + per_pos / 2);
+        feed_alone(&e, ta, TA, ca, 4, got[0], lg, 0);
+        CU_ASSERT(same_logits("A under a budget of 100 positions", got[0], ref[0], (size_t)TA * V));
+        fwd_prefill_cache_stats(e.f, &st);
+        CU_ASSERT_EQUAL(st.cap_positions, 100);
+        CU_ASSERT(st.reused > 0 && st.bytes <= 100 * per_pos);
+        for (int i = 0; i < 3; i++) free(ref[i]), free(got[i]);
+        free(lg);
+        eng_close(&e);
+    }
+}
+
 static int fam_init(void) {
     nn_init(2, 0);
     return 0;
@@ -220,6 +346,7 @@ static int fam_clean(void) {
 static CU_TestInfo family_tests[] = {
     {"every configuration is self-consistent", test_every_configuration_is_self_consistent},
     {"a sequence computes the same alone or in a batch", test_a_sequence_computes_the_same_alone_or_in_a_batch},
+    {"a chunked prompt reads its kept expansions bit for bit", test_a_chunked_prompt_reads_its_kept_expansions_bit_for_bit},
     CU_TEST_INFO_NULL,
 };
 CU_SuiteInfo family_suite = {"family", fam_init, fam_clean, NULL, NULL, family_tests};
