@@ -471,6 +471,9 @@ static void publish(engine *e, double step_s) {
     e->met.waiting = e->n_waiting;
     e->met.running = e->n_run;
     e->met.kv_used_tokens = kv_total_tokens(e->kv) - kv_free_tokens(e->kv);
+    fwd_prefill_stats pst;
+    fwd_prefill_cache_stats(e->f, &pst);
+    e->met.prefill_cache_bytes = pst.bytes, e->met.prefill_cache_reused = pst.reused;
     if (step_s >= 0) {
         e->met.steps++;
         hist_add(&e->met.step, step_s);

@@ -86,6 +86,8 @@ typedef struct engine_metrics {
     uint64_t steps;
     int waiting, running;
     size_t kv_used_tokens, kv_total_tokens;
+    size_t prefill_cache_bytes;   /* the forward pass's prefill cache (fwd_prefill_cache_stats) */
+    uint64_t prefill_cache_reused; /* positions read back from it, summed over layers */
     engine_hist ttft, tpot, step;   /* time to first token, per output token, step time */
     double domain_share[CFG_N_DOMAINS]; /* of all routed choices so far */
 } engine_metrics;

@@ -87,6 +87,12 @@ static void render_engine(cmetrics *s, struct evbuffer *b) {
     cmetrics_gauge(b, "darkhorse_kv_cache_capacity_tokens", "KV cache positions in all", (double)m.kv_total_tokens);
     cmetrics_gauge(b, "darkhorse_kv_cache_usage_ratio", "share of the KV cache reserved",
           m.kv_total_tokens ? (double)m.kv_used_tokens / (double)m.kv_total_tokens : 0);
+    cmetrics_gauge(b, "darkhorse_prefill_cache_bytes",
+                   "memory held by the expansions a chunked prompt keeps for its later chunks (--prefill-cache)",
+                   (double)m.prefill_cache_bytes);
+    cmetrics_counter(b, "darkhorse_prefill_cache_reused_total",
+                     "prompt positions whose keys and values a chunk read back instead of expanding, summed over layers",
+                     m.prefill_cache_reused);
     hist(b, "darkhorse_time_to_first_token_seconds", "from submission to the first token", &m.ttft);
     hist(b, "darkhorse_time_per_output_token_seconds", "between consecutive tokens of a request", &m.tpot);
     hist(b, "darkhorse_step_seconds", "forward step time", &m.step);

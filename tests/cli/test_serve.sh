@@ -142,6 +142,7 @@ PY
   metric darkhorse_running_sequences >/dev/null
   for s in darkhorse_http_requests_total darkhorse_prompt_tokens_total darkhorse_generation_tokens_total \
     darkhorse_queue_depth darkhorse_running_sequences darkhorse_kv_cache_used_tokens \
+    darkhorse_prefill_cache_bytes darkhorse_prefill_cache_reused_total \
     darkhorse_time_to_first_token_seconds_bucket darkhorse_time_per_output_token_seconds_bucket \
     darkhorse_step_seconds_bucket darkhorse_expert_tokens_total darkhorse_worker_tokens_total \
     darkhorse_worker_bytes_received_total darkhorse_worker_balancedness darkhorse_domain_share \
