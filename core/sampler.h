@@ -29,6 +29,9 @@ void sampler_free(sampler *s); /* NULL ok */
 /* The token at `position` (absolute, in its sequence) of choice `choice` (0 for the first of
  * n completions), from logits [vocab] (not modified). Allocates nothing. */
 int sampler_sample(sampler *s, const float *logits, int choice, int position, sampler_purpose purpose);
+/* ids [vocab] = every token, best first: higher logit, then lower id (the order in which top-p
+ * keeps tokens when it needs the whole vocabulary). Uses s's scratch. */
+void sampler_order(sampler *s, const float *logits, int *ids);
 /* argmax of x[n], ties to the lower index */
 int sampler_argmax(const float *x, int n);
 /* A seed from the clock and the process id, for when the user gives none. */

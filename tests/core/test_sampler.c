@@ -260,11 +260,65 @@ static void test_a_draw_depends_only_on_its_key(void) {
     CU_ASSERT_EQUAL(memcmp(alone, later, sizeof alone), 0);
 }
 
+/* `better` by definition: higher logit, then lower id */
+static int by_logit_then_id(const void *a, const void *b) {
+    int i = *(const int *)a, j = *(const int *)b;
+    if (logits[i] > logits[j]) return -1;
+    if (logits[j] > logits[i]) return 1;
+    return (i > j) - (i < j);
+}
+
+static uint64_t xs = 88172645463325252ULL;
+static uint32_t xorshift(void) {
+    xs ^= xs << 13, xs ^= xs >> 7, xs ^= xs << 17;
+    return (uint32_t)xs;
+}
+
+/* The order top-p takes the whole vocabulary in (a radix sort on the logits' bits) against a
+ * comparison sort with `better`'s rule, on logits of every kind: any bit pattern but NaN; ties
+ * among a few values with -0 and +0 (equal: ties go to the lower id), infinities and
+ * subnormals; a narrow range (keys sharing their top digits: passes skipped); all equal. With a
+ * NaN the order is the heap sort's: still a permutation. */
+static void test_the_whole_vocabulary_is_ordered_as_compared(void) {
+    static const float few[] = {0.0f, -0.0f, 1.0f, -1.0f, INFINITY, -INFINITY, 1e-45f, -1e-45f, 3.5f, 3.5000002f};
+    int *ids = malloc(V * sizeof *ids), *want = malloc(V * sizeof *want);
+    sampler *s = sampler_new(V, (sampler_params){.temperature = 1, .top_p = 0.9f, .seed = 1});
+    for (int kind = 0; kind < 5; kind++) {
+        for (int i = 0; i < V; i++) {
+            uint32_t u = xorshift();
+            float x;
+            memcpy(&x, &u, 4);
+            switch (kind) {
+            case 0: logits[i] = isnan(x) ? 0.5f : x; break;
+            case 1: logits[i] = few[u % 10]; break;
+            case 2: logits[i] = 7.0f + (float)(u % 1000) * 1e-6f; break;
+            case 3: logits[i] = -2.25f; break;
+            default: logits[i] = u % 97 == 0 ? NAN : (float)(u % 50); break;
+            }
+        }
+        sampler_order(s, logits, ids);
+        int bad = 0;
+        if (kind < 4) {
+            for (int i = 0; i < V; i++) want[i] = i;
+            qsort(want, V, sizeof *want, by_logit_then_id);
+            for (int i = 0; i < V; i++) bad += ids[i] != want[i];
+        } else {
+            memset(want, 0, V * sizeof *want);
+            for (int i = 0; i < V; i++) bad += ids[i] < 0 || ids[i] >= V || want[ids[i]]++;
+        }
+        if (bad) printf("\n  kind %d: %d of %d places differ\n", kind, bad, V);
+        CU_ASSERT_EQUAL(bad, 0);
+    }
+    sampler_free(s);
+    free(ids), free(want);
+}
+
 static CU_TestInfo sampler_tests[] = {
     {"greedy is the argmax, ties to the lower id", test_greedy_is_the_argmax_with_ties_to_the_lower_id},
     {"a seed gives the same tokens", test_a_seed_gives_the_same_tokens},
     {"top-k draws only from the k best", test_top_k_draws_only_from_the_k_best},
     {"top-p draws only from the nucleus", test_top_p_draws_only_from_the_nucleus},
+    {"the whole vocabulary is ordered as compared", test_the_whole_vocabulary_is_ordered_as_compared},
     {"temperature sampling follows the softmax", test_temperature_sampling_follows_the_softmax},
     {"Philox matches the published vectors", test_philox_matches_the_published_vectors},
     {"a draw matches an independent computation", test_a_draw_matches_an_independent_computation},
