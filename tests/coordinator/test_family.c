@@ -242,13 +242,13 @@ static void feed_steps(eng *e, feed *fd, int n, float *lg) {
     }
 }
 
-/* a fresh sequence fed toks [T] in chunks cs [ncs] alone: its logits into out; returns its id,
- * left open when keep_open */
-static int feed_alone(eng *e, const int *toks, int T, const int *cs, int ncs, float *out, float *lg, int keep_open) {
+/* a fresh sequence fed toks [T] in chunks cs [ncs] alone, then closed: its logits into out;
+ * returns the id it had */
+static int feed_alone(eng *e, const int *toks, int T, const int *cs, int ncs, float *out, float *lg) {
     feed d = {.seq = kv_seq_open(e->kv), .T = T, .ncs = ncs, .toks = toks, .cs = cs, .out = out};
     CU_ASSERT_EQUAL_FATAL(kv_seq_reserve(e->kv, d.seq, T), 0);
     feed_steps(e, &d, 1, lg);
-    if (!keep_open) kv_seq_close(e->kv, d.seq);
+    kv_seq_close(e->kv, d.seq);
     return d.seq;
 }
 
@@ -285,14 +285,14 @@ static void test_a_chunked_prompt_reads_its_kept_expansions_bit_for_bit(void) {
         // without the cache, in chunks of 64: every chunk expands every earlier position
         static const int c64[] = {64};
         fwd_set_prefill_cache(e.f, 0);
-        for (int i = 0; i < 3; i++) feed_alone(&e, tk[i], T[i], c64, 1, ref[i], lg, 0);
+        for (int i = 0; i < 3; i++) feed_alone(&e, tk[i], T[i], c64, 1, ref[i], lg);
         fwd_prefill_stats st;
         fwd_prefill_cache_stats(e.f, &st);
         CU_ASSERT(st.reused == 0 && st.expanded == 0 && st.bytes == 0);
         // with it: A alone in uneven chunks
         fwd_set_prefill_cache(e.f, FWD_PREFILL_CACHE_DEFAULT);
         static const int ca[] = {37, 64, 1, 50}, cb[] = {9, 1, 14}, cc[] = {20, 31, 7};
-        feed_alone(&e, ta, TA, ca, 4, got[0], lg, 0);
+        feed_alone(&e, ta, TA, ca, 4, got[0], lg);
         CU_ASSERT(same_logits("A alone, kept expansions", got[0], ref[0], (size_t)TA * V));
         fwd_prefill_cache_stats(e.f, &st);
         uint64_t L = (uint64_t)e.m->cfg.num_hidden_layers, starts = 0; /* positions before each chunk */
@@ -315,7 +315,7 @@ static void test_a_chunked_prompt_reads_its_kept_expansions_bit_for_bit(void) {
         CU_ASSERT_EQUAL(st.seq, fd[1].seq);
         // C in B's slot (B owned the cache last): its first rows cut B's kept positions
         kv_seq_close(e.kv, fd[1].seq);
-        int c = feed_alone(&e, tc, TC, ca, 4, got[2], lg, 0);
+        int c = feed_alone(&e, tc, TC, ca, 4, got[2], lg);
         CU_ASSERT_EQUAL(c, fd[1].seq);
         CU_ASSERT(same_logits("C in B's reused slot", got[2], ref[2], (size_t)TC * V));
         kv_seq_close(e.kv, fd[0].seq);
@@ -323,7 +323,7 @@ static void test_a_chunked_prompt_reads_its_kept_expansions_bit_for_bit(void) {
         size_t per_pos = (size_t)e.m->n_layers * e.m->cfg.num_attention_heads *
                          (e.m->cfg.qk_nope_head_dim + e.m->cfg.v_head_dim) * sizeof(float);
         fwd_set_prefill_cache(e.f, 100 * per_pos + per_pos / 2);
-        feed_alone(&e, ta, TA, ca, 4, got[0], lg, 0);
+        feed_alone(&e, ta, TA, ca, 4, got[0], lg);
         CU_ASSERT(same_logits("A under a budget of 100 positions", got[0], ref[0], (size_t)TA * V));
         fwd_prefill_cache_stats(e.f, &st);
         CU_ASSERT_EQUAL(st.cap_positions, 100);
