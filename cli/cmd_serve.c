@@ -90,18 +90,6 @@ static void usage(FILE *f) {
             RT_HELP);
 }
 
-static int parse_long(const char *name, const char *arg, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (errno || end == arg || *end || v < lo || v > hi) {
-        fprintf(stderr, "darkhorse serve: %s wants an integer in [%ld, %ld], not '%s'\n", name, lo, hi, arg);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int parse_seconds(const char *name, const char *arg, double *out) {
     char *end;
     double v = strtod(arg, &end);
@@ -134,21 +122,21 @@ static int parse_args(int argc, char **argv, serve_opts *o, rt_opts *ro) {
         if (r) continue;
         switch (c) {
         case 'H': o->host = optarg; break;
-        case 'p': r = parse_long("--port", optarg, 0, 65535, &o->port); break;
+        case 'p': r = rt_parse_long("--port", optarg, 0, 65535, &o->port); break;
         case 'k': o->api_key = optarg; break;
         case 'n': o->served_name = optarg; break;
-        case 's': r = parse_long("--max-seqs", optarg, 1, 4096, &o->max_seqs); break;
-        case 'b': r = parse_long("--max-batch-tokens", optarg, 1, 65536, &o->max_batch_tokens); break;
-        case 'q': r = parse_long("--max-queue", optarg, 1, 1000000, &o->max_queue); break;
-        case 'c': r = parse_long("--ctx", optarg, 2, 1 << 24, &o->ctx); break;
-        case 'K': r = parse_long("--kv-tokens", optarg, 16, 1L << 30, &o->kv_tokens); break;
-        case 'B': r = parse_long("--max-body", optarg, 1024, 1L << 30, &o->max_body); break;
-        case 'R': r = parse_long("--replan-every", optarg, 0, 1L << 40, &o->replan_every); break;
-        case 'W': r = parse_long("--replan-window", optarg, 1, 4096, &o->replan_window); break;
-        case 'M': r = parse_long("--max-moves", optarg, 0, 1 << 30, &o->max_moves); break;
+        case 's': r = rt_parse_long("--max-seqs", optarg, 1, 4096, &o->max_seqs); break;
+        case 'b': r = rt_parse_long("--max-batch-tokens", optarg, 1, 65536, &o->max_batch_tokens); break;
+        case 'q': r = rt_parse_long("--max-queue", optarg, 1, 1000000, &o->max_queue); break;
+        case 'c': r = rt_parse_long("--ctx", optarg, 2, 1 << 24, &o->ctx); break;
+        case 'K': r = rt_parse_long("--kv-tokens", optarg, 16, 1L << 30, &o->kv_tokens); break;
+        case 'B': r = rt_parse_long("--max-body", optarg, 1024, 1L << 30, &o->max_body); break;
+        case 'R': r = rt_parse_long("--replan-every", optarg, 0, 1L << 40, &o->replan_every); break;
+        case 'W': r = rt_parse_long("--replan-window", optarg, 1, 4096, &o->replan_window); break;
+        case 'M': r = rt_parse_long("--max-moves", optarg, 0, 1 << 30, &o->max_moves); break;
         case 'L': o->launch = optarg; break;
         case 'F': o->hostfile = optarg; break;
-        case 'm': r = parse_long("--min-workers", optarg, 1, 1 << 20, &o->min_workers); break;
+        case 'm': r = rt_parse_long("--min-workers", optarg, 1, 1 << 20, &o->min_workers); break;
         case 'E': o->engine_socket = optarg; break;
         case 'w': r = parse_seconds("--recovery-wait", optarg, &o->recovery_wait); break;
         case 'g': r = parse_seconds("--shutdown-grace", optarg, &o->grace); break;

@@ -15,20 +15,29 @@
 
 rt_opts rt_default_opts(void) {
     return (rt_opts){.threads = 0, .weights = -1, .placement_algo = "contiguous", .worker_timeout = 10.0,
-                     .prefill_cache_mib = -1};
+                     .prefill_cache_mib = (long)(FWD_PREFILL_CACHE_DEFAULT >> 20)};
+}
+
+int rt_parse_long(const char *name, const char *arg, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(arg, &end, 10);
+    if (errno || end == arg || *end || v < lo || v > hi) {
+        fprintf(stderr, "darkhorse: %s wants an integer in [%ld, %ld], not '%s'\n", name, lo, hi, arg);
+        return -1;
+    }
+    *out = v;
+    return 0;
 }
 
 int rt_parse_opt(rt_opts *o, int code, const char *arg) {
     char *end;
+    long v;
     switch (code) {
     case 1000: o->model_dir = arg; return 1;
     case 1001:
-        errno = 0;
-        o->threads = (int)strtol(arg, &end, 10);
-        if (errno || *end || o->threads < 1 || o->threads > 1024) {
-            fprintf(stderr, "darkhorse: --threads wants a count from 1 to 1024, not '%s'\n", arg);
-            return -1;
-        }
+        if (rt_parse_long("--threads", arg, 1, 1024, &v)) return -1;
+        o->threads = (int)v;
         return 1;
     case 1002:
         o->weights = wt_dtype_parse(arg);
@@ -56,14 +65,7 @@ int rt_parse_opt(rt_opts *o, int code, const char *arg) {
         return 1;
     case 1008: o->portable = 1; return 1;
     case 1015: o->mmap = 1; return 1;
-    case 1016:
-        errno = 0;
-        o->prefill_cache_mib = strtol(arg, &end, 10);
-        if (errno || *end || end == arg || o->prefill_cache_mib < 0 || o->prefill_cache_mib > (1L << 24)) {
-            fprintf(stderr, "darkhorse: --prefill-cache wants MiB from 0 to %ld, not '%s'\n", 1L << 24, arg);
-            return -1;
-        }
-        return 1;
+    case 1016: return rt_parse_long("--prefill-cache", arg, 0, 1L << 24, &o->prefill_cache_mib) ? -1 : 1;
     case 1010: o->routing_stats = arg; return 1;
     case 1012: o->trace_out = arg; return 1;
     case 1013: o->routing_replay = arg; return 1;
@@ -173,7 +175,7 @@ int rt_open_kv(rt *r, const rt_opts *o, int max_rows, int max_seq_len, int n_seq
         r->stats = ls_new(r->m->n_layers, c->n_routed_experts, 0);
     }
     r->f = fwd_new(r->m, r->kv, r->moe, max_rows);
-    if (o->prefill_cache_mib >= 0) fwd_set_prefill_cache(r->f, (size_t)o->prefill_cache_mib << 20);
+    fwd_set_prefill_cache(r->f, (size_t)o->prefill_cache_mib << 20);
     fwd_set_route_counts(r->f, r->stats->routed);
     if (o->routing_replay) {
         if (!(r->replay = rpl_open(o->routing_replay, r->m, (rpl_order)o->replay_order))) {

@@ -28,7 +28,7 @@ typedef struct rt_opts {
     int replay_order;          /* rpl_order */
     int replay_order_set;
     int mmap;                  /* leave the weights mapped from the file (model_params.copy off) */
-    long prefill_cache_mib;    /* the forward pass's prefill cache budget; < 0: its default */
+    long prefill_cache_mib;    /* the forward pass's prefill cache budget (fwd_set_prefill_cache) */
 } rt_opts;
 
 /* Long options every model command takes; codes from 1000 up. */
@@ -68,6 +68,8 @@ typedef struct rt_opts {
     "                         its later chunks (default 1024; 0: expand them again each chunk)\n"
 
 rt_opts rt_default_opts(void);
+/* *out = arg as a decimal integer in [lo, hi]: 0; else -1 with a message naming the option */
+int rt_parse_long(const char *name, const char *arg, long lo, long hi, long *out);
 /* Threads for this rank's pool: requested if > 0; else all cores on rank 0 (or alone), and the
  * cores shared among the local workers on the others. */
 int rt_default_threads(int requested);

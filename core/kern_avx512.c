@@ -500,10 +500,11 @@ static void swiglu_avx(float *g, const float *u, size_t n) {
 /* ---- exp in double, 8 lanes at a time, with libm's bits ----
  *
  * The sampler's softmax over 129,280 logits calls exp (double) once a logit, with a
- * temperature and no top-k: a draw took 1.21 ms, 0.73 with this (AMD EPYC Zen 4). exp_scaled_avx gives glibc's bits the way exp_sub_avx gives expf's (above):
- * glibc's exp (2.28 and later: e_exp.c, from ARM's optimized routines) with the operations of
- * its x86-64 FMA variant, read from its machine code (objdump of Debian's libm 2.36). With N =
- * 128, for 2^-54 <= |x| < 512:
+ * temperature and no top-k: a draw took 1.21 ms, 0.73 with this (AMD EPYC Zen 4).
+ * exp_scaled_avx gives glibc's bits the way exp_sub_avx gives expf's (above): glibc's exp
+ * (2.28 and later: e_exp.c, from ARM's optimized routines) with the operations of its x86-64
+ * FMA variant, read from its machine code (objdump of Debian's libm 2.36). With N = 128, for
+ * 2^-54 <= |x| < 512:
  *   kd = fma(x, InvLn2N, SHIFT), ki = bits(kd), kd -= SHIFT,
  *   r = fma(kd, NegLn2loN, fma(kd, NegLn2hiN, x)), i = 2 (ki % 128),
  *   tail = double of T[i], sbits = T[i + 1] + (ki << 45), r2 = r r,

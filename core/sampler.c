@@ -179,14 +179,13 @@ static uint32_t order_key(float x) {
  * order to reproduce). A top-p draw that needs the whole of 129,280 flat logits took 16-17 ms
  * with the heap sort, 2.4-3.1 with this (AMD EPYC Zen 4; docs/perf-data-2026-12-07g). */
 static void sort_all(sampler *s, const float *logits) {
-    int V = s->vocab;
-    for (int i = 0; i < V; i++) s->c[i] = (cand){logits[i], i};
-    for (int i = 0; i < V; i++)
-        if (isnan(logits[i])) {
-            heapify(s->c, V);
-            heap_sort(s->c, V);
-            return;
-        }
+    int V = s->vocab, nan = 0;
+    for (int i = 0; i < V; i++) s->c[i] = (cand){logits[i], i}, nan |= isnan(logits[i]);
+    if (nan) {
+        heapify(s->c, V);
+        heap_sort(s->c, V);
+        return;
+    }
     static_assert(3 * RADIX_BITS >= 32, "three passes cover the key");
     uint32_t cnt[3][RADIX] = {{0}};
     for (int i = 0; i < V; i++) {
