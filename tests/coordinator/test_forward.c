@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "coordinator/forward.h"
+#include "coordinator/kvcache.h"
 #include "core/common.h"
 #include "core/nn.h"
 #include "tests/coordinator/refcase.h"
@@ -210,6 +211,35 @@ static void check_case(const char *name) {
 static void test_ref_tiny_matches_the_reference(void) { check_case("ref-tiny"); }
 static void test_ref_tiny_yarn_matches_the_reference(void) { check_case("ref-tiny-yarn"); }
 
+/* The latent cache's layout (kvcache.c): a sequence whose blocks were taken in order (the
+ * free list gives them so, and again after a close) has each layer's rows as one run of
+ * memory, which decode attention reads as a stream; every (layer, position) has a row of its
+ * own, and two sequences' rows never meet. */
+static void test_a_layers_cache_is_one_stream_of_rows(void) {
+    enum { L = 3, ROW = 8, T = 70 };
+    kv_cache *kv = kv_new(L, ROW, 256, 2, 128);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(kv);
+    for (int round = 0; round < 2; round++) { /* the second after a close: the same order again */
+        int a = kv_seq_open(kv), b = kv_seq_open(kv);
+        CU_ASSERT_EQUAL_FATAL(kv_seq_reserve(kv, a, T), 0);
+        CU_ASSERT_EQUAL_FATAL(kv_seq_reserve(kv, b, T), 0);
+        for (int l = 0; l < L; l++)
+            for (int p = 0; p + 1 < T; p++) CU_ASSERT_PTR_EQUAL(kv_row(kv, a, l, p + 1), kv_row(kv, a, l, p) + ROW);
+        for (int sq = 0; sq < 2; sq++) /* a value a row, read back after all are written */
+            for (int l = 0; l < L; l++)
+                for (int p = 0; p < T; p++)
+                    for (int i = 0; i < ROW; i++) kv_row(kv, sq ? b : a, l, p)[i] = (float)(((sq * L + l) * T + p) * ROW + i);
+        int all = 1;
+        for (int sq = 0; sq < 2; sq++)
+            for (int l = 0; l < L; l++)
+                for (int p = 0; p < T; p++)
+                    for (int i = 0; i < ROW; i++) all &= kv_row_c(kv, sq ? b : a, l, p)[i] == (float)(((sq * L + l) * T + p) * ROW + i);
+        CU_ASSERT(all);
+        kv_seq_close(kv, b), kv_seq_close(kv, a);
+    }
+    kv_free(kv);
+}
+
 static int fwd_init(void) {
     nn_init(2, 0);
     return 0;
@@ -222,6 +252,7 @@ static int fwd_clean(void) {
 static CU_TestInfo forward_tests[] = {
     {"ref-tiny matches the reference", test_ref_tiny_matches_the_reference},
     {"ref-tiny-yarn (q LoRA, groups, bf16, YaRN) matches the reference", test_ref_tiny_yarn_matches_the_reference},
+    {"a layer's cache is one stream of rows", test_a_layers_cache_is_one_stream_of_rows},
     CU_TEST_INFO_NULL,
 };
 CU_SuiteInfo forward_suite = {"forward", fwd_init, fwd_clean, NULL, NULL, forward_tests};
