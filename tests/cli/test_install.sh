@@ -60,15 +60,18 @@ bin=$prefix/bin/darkhorse
 if [ "\${HIDDEN:-0}" = 1 ]; then
   [ -e "$src/CMakeLists.txt" ] || [ -e "$build/CMakeCache.txt" ] && echo "FAIL the trees are still visible" || echo "ok   the source and build trees are out of reach here"
 fi
-env -i $san \$bin --version >version.out 2>version.err; echo "version \$?"
-env -i $san \$bin --help >help.out 2>help.err; echo "help \$?"
-env -i $san \$bin generate --model "$tmp/model" --ids $prompt --temperature 0 --max-tokens $n_greedy --print-ids >gen.out 2>gen.err; echo "generate \$?"
-env -i $san \$bin tokenize --jsonl <"$tmp/tok.in" >tok.out 2>tok.err; echo "tokenize \$?"
-env -i $san \$bin hosts --model "$tmp/model" >hosts.out 2>hosts.err; echo "hosts \$?"
+# each run's exit code as "NAME CODE"; a failing run's last lines of stderr after it (both runs
+# below write the same files, so this is the only record of the run whose codes are checked)
+code_of() { rc=\$?; echo "\$1 \$rc"; [ \$rc = 0 ] || tail -5 "\$2" | sed "s/^/  stderr of \$1: /"; }
+env -i $san \$bin --version >version.out 2>version.err; code_of version version.err
+env -i $san \$bin --help >help.out 2>help.err; code_of help help.err
+env -i $san \$bin generate --model "$tmp/model" --ids $prompt --temperature 0 --max-tokens $n_greedy --print-ids >gen.out 2>gen.err; code_of generate gen.err
+env -i $san \$bin tokenize --jsonl <"$tmp/tok.in" >tok.out 2>tok.err; code_of tokenize tok.err
+env -i $san \$bin hosts --model "$tmp/model" >hosts.out 2>hosts.err; code_of hosts hosts.err
 # the workers too run the installed binary: mpirun needs PATH and, as root, its two variables
 env -i $san PATH=/usr/bin:/bin OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
   mpirun -np 3 --oversubscribe \$bin generate --model "$tmp/model" --ids $prompt --temperature 0 --max-tokens $n_greedy \
-  --print-ids >mpi.out 2>mpi.err; echo "mpirun \$?"
+  --print-ids >mpi.out 2>mpi.err; code_of mpirun mpi.err
 EOF
 if [ "$(id -u)" -eq 0 ] && unshare --mount true 2>/dev/null; then
   # the build tree first: it may be inside the source tree, which hides it once covered
