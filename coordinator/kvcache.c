@@ -8,10 +8,11 @@
  * dot kernel's prefetch ahead follow. With each block's layers side by side instead, a
  * layer's blocks lay n_layers blocks apart and each started cold: genesis-5b q4k decode after
  * 4096 positions spent 29.8-39.8 ms a step in attention against 26.9-33.9 (AMD EPYC Zen 4,
- * docs/performance.md). Block tables are preallocated for
- * max_seqs sequences of max_seq_len positions, so neither reserving positions nor a decode
- * step allocates. The pool is calloc'd: the kernel hands out its pages as they are first
- * written, so an unused budget costs address space, not memory. */
+ * docs/performance.md). Block tables are preallocated for max_seqs sequences of max_seq_len
+ * positions, so neither reserving positions nor a decode step allocates. The pool is calloc'd:
+ * the kernel hands out its pages as they are first written, so an unused budget costs address
+ * space, not memory (with transparent huge pages, the first blocks touch up to a 2 MiB page a
+ * layer). */
 #include "kvcache.h"
 
 #include <stdlib.h>

@@ -223,8 +223,10 @@ static void test_a_layers_cache_is_one_stream_of_rows(void) {
         int a = kv_seq_open(kv), b = kv_seq_open(kv);
         CU_ASSERT_EQUAL_FATAL(kv_seq_reserve(kv, a, T), 0);
         CU_ASSERT_EQUAL_FATAL(kv_seq_reserve(kv, b, T), 0);
-        for (int l = 0; l < L; l++)
-            for (int p = 0; p + 1 < T; p++) CU_ASSERT_PTR_EQUAL(kv_row(kv, a, l, p + 1), kv_row(kv, a, l, p) + ROW);
+        for (int sq = 0; sq < 2; sq++)
+            for (int l = 0; l < L; l++)
+                for (int p = 0; p + 1 < T; p++)
+                    CU_ASSERT_PTR_EQUAL(kv_row(kv, sq ? b : a, l, p + 1), kv_row(kv, sq ? b : a, l, p) + ROW);
         for (int sq = 0; sq < 2; sq++) /* a value a row, read back after all are written */
             for (int l = 0; l < L; l++)
                 for (int p = 0; p < T; p++)
