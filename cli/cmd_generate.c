@@ -38,17 +38,6 @@ typedef struct gen_opts {
     sampler_params sp;
 } gen_opts;
 
-static int parse_num(const char *name, const char *arg, double lo, double hi, double *out) {
-    char *end;
-    double v = strtod(arg, &end);
-    if (*end || end == arg || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "darkhorse generate: %s wants a number in [%g, %g], not '%s'\n", name, lo, hi, arg);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, gen_opts *g, rt_opts *ro) {
     static const struct option opts[] = {
         {"ids", required_argument, 0, 'i'},         {"prompt", required_argument, 0, 'p'},
@@ -67,23 +56,23 @@ static int parse_args(int argc, char **argv, gen_opts *g, rt_opts *ro) {
         case 'i': g->ids = optarg; break;
         case 'p': g->prompt = optarg; break;
         case 'n':
-            if (parse_num("--max-tokens", optarg, 0, 1 << 20, &v)) return 2;
+            if (rt_parse_num("--max-tokens", optarg, 0, 1 << 20, &v)) return 2;
             g->max_tokens = (int)v;
             break;
         case 't':
-            if (parse_num("--temperature", optarg, 0, 100, &v)) return 2;
+            if (rt_parse_num("--temperature", optarg, 0, 100, &v)) return 2;
             g->sp.temperature = (float)v;
             break;
         case 'P':
-            if (parse_num("--top-p", optarg, 0, 1, &v)) return 2;
+            if (rt_parse_num("--top-p", optarg, 0, 1, &v)) return 2;
             g->sp.top_p = (float)v;
             break;
         case 'k':
-            if (parse_num("--top-k", optarg, 0, INT_MAX, &v)) return 2;
+            if (rt_parse_num("--top-k", optarg, 0, INT_MAX, &v)) return 2;
             g->sp.top_k = (int)v;
             break;
         case 's':
-            if (parse_num("--seed", optarg, 0, 1.8e19, &v)) return 2;
+            if (rt_parse_num("--seed", optarg, 0, 1.8e19, &v)) return 2;
             g->sp.seed = strtoull(optarg, NULL, 10);
             break;
         case 'e': g->ignore_eos = 1; break;

@@ -67,20 +67,16 @@ static int parse_args(int argc, char **argv, hosts_opts *o) {
     for (int i = 1; i < argc; i++) /* mpirun's spelling, -np, as --np */
         if (strcmp(argv[i], "-np") == 0) argv[i] = (char *)"--np";
     int c;
-    char *end;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'H': o->hostfile = optarg; break;
-        case 'n':
-            errno = 0;
-            long n = strtol(optarg, &end, 10);
-            if (errno || *end || n < 1 || n > 65536) {
-                fprintf(stderr, "darkhorse: -np wants a rank count from 1 to 65536, not '%s'\n", optarg);
-                return 2;
-            }
+        case 'n': { /* checked here, passed on to mpirun as written */
+            long n;
+            if (rt_parse_long("-np", optarg, 1, 65536, &n)) return 2;
             o->np = optarg;
             break;
+        }
         case 'h': usage(stdout); return -1;
         default:
             if (rt_parse_opt(&o->rt, c, optarg) == 1) break;

@@ -90,17 +90,6 @@ static void usage(FILE *f) {
             RT_HELP);
 }
 
-static int parse_seconds(const char *name, const char *arg, double *out) {
-    char *end;
-    double v = strtod(arg, &end);
-    if (*end || end == arg || !(v >= 0 && v <= 86400)) {
-        fprintf(stderr, "darkhorse serve: %s wants seconds in [0, 86400], not '%s'\n", name, arg);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, serve_opts *o, rt_opts *ro) {
     static const struct option opts[] = {
         {"host", required_argument, 0, 'H'},           {"port", required_argument, 0, 'p'},
@@ -138,8 +127,8 @@ static int parse_args(int argc, char **argv, serve_opts *o, rt_opts *ro) {
         case 'F': o->hostfile = optarg; break;
         case 'm': r = rt_parse_long("--min-workers", optarg, 1, 1 << 20, &o->min_workers); break;
         case 'E': o->engine_socket = optarg; break;
-        case 'w': r = parse_seconds("--recovery-wait", optarg, &o->recovery_wait); break;
-        case 'g': r = parse_seconds("--shutdown-grace", optarg, &o->grace); break;
+        case 'w': r = rt_parse_num("--recovery-wait", optarg, 0, 86400, &o->recovery_wait); break;
+        case 'g': r = rt_parse_num("--shutdown-grace", optarg, 0, 86400, &o->grace); break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;
         }

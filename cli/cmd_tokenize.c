@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "cli/commands.h"
+#include "cli/runtime.h"
 #include "core/common.h"
 #include "core/tok_embedded.h"
 #include "core/tokenizer.h"
@@ -49,7 +50,7 @@ static int parse_args(int argc, char **argv, tk_opts *o) {
         {"runs", required_argument, 0, 'r'},      {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int c;
-    char *end;
+    long v;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -60,11 +61,8 @@ static int parse_args(int argc, char **argv, tk_opts *o) {
         case 'i': o->ids = optarg; break;
         case 'b': o->bench = optarg; break;
         case 'r':
-            o->runs = (int)strtol(optarg, &end, 10);
-            if (*end || end == optarg || o->runs < 1 || o->runs > 1000) {
-                fprintf(stderr, "darkhorse tokenize: --runs wants 1..1000, not '%s'\n", optarg);
-                return 2;
-            }
+            if (rt_parse_long("--runs", optarg, 1, 1000, &v)) return 2;
+            o->runs = (int)v;
             break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;

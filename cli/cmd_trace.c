@@ -25,6 +25,7 @@
 #include <jansson.h>
 
 #include "cli/commands.h"
+#include "cli/runtime.h"
 #include "core/common.h"
 #include "proto/tracefile.h"
 #include "sched/trace.h"
@@ -325,17 +326,6 @@ static trace *import_esft(const char *dir, esft_opts *o) {
     return t;
 }
 
-static int parse_int_opt(const char *name, const char *arg, int lo, int hi, int *out) {
-    char *end;
-    long v = strtol(arg, &end, 10);
-    if (*end || end == arg || v < lo || v > hi) {
-        fprintf(stderr, "darkhorse trace: %s wants an integer in %d..%d, not '%s'\n", name, lo, hi, arg);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
-}
-
 static void import_usage(FILE *f) {
     fprintf(f, "usage: darkhorse trace import --esft DIR --out FILE [--top-k K] [--experts E]\n\n"
                "  --esft DIR      ESFT expert scores: one sub-folder per domain with expert_weights_<l>.txt\n"
@@ -351,13 +341,14 @@ static int cmd_trace_import(int argc, char **argv) {
     const char *dir = NULL, *out = NULL;
     esft_opts o = {.K = 6, .E = 64, .four_decimals = 1};
     int c;
+    long v;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'd': dir = optarg; break;
         case 'o': out = optarg; break;
-        case 'k': if (parse_int_opt("--top-k", optarg, 1, 64, &o.K)) return 2; break;
-        case 'e': if (parse_int_opt("--experts", optarg, 1, 32767, &o.E)) return 2; break;
+        case 'k': if (rt_parse_long("--top-k", optarg, 1, 64, &v)) return 2; o.K = (int)v; break;
+        case 'e': if (rt_parse_long("--experts", optarg, 1, 32767, &v)) return 2; o.E = (int)v; break;
         case 'h': import_usage(stdout); return 0;
         default: import_usage(stderr); return 2;
         }

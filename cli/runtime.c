@@ -30,6 +30,17 @@ int rt_parse_long(const char *name, const char *arg, long lo, long hi, long *out
     return 0;
 }
 
+int rt_parse_num(const char *name, const char *arg, double lo, double hi, double *out) {
+    char *end;
+    double v = strtod(arg, &end);
+    if (*end || end == arg || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "darkhorse: %s wants a number in [%g, %g], not '%s'\n", name, lo, hi, arg);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 int rt_parse_opt(rt_opts *o, int code, const char *arg) {
     char *end;
     long v;

@@ -70,6 +70,8 @@ typedef struct rt_opts {
 rt_opts rt_default_opts(void);
 /* *out = arg as a decimal integer in [lo, hi]: 0; else -1 with a message naming the option */
 int rt_parse_long(const char *name, const char *arg, long lo, long hi, long *out);
+/* *out = arg as a decimal number in [lo, hi]: 0; else -1 with a message naming the option */
+int rt_parse_num(const char *name, const char *arg, double lo, double hi, double *out);
 /* Threads for this rank's pool: requested if > 0; else all cores on rank 0 (or alone), and the
  * cores shared among the local workers on the others. */
 int rt_default_threads(int requested);

@@ -220,24 +220,24 @@ static void test_a_layers_cache_is_one_stream_of_rows(void) {
     kv_cache *kv = kv_new(L, ROW, 256, 2, 128);
     CU_ASSERT_PTR_NOT_NULL_FATAL(kv);
     for (int round = 0; round < 2; round++) { /* the second after a close: the same order again */
-        int a = kv_seq_open(kv), b = kv_seq_open(kv);
-        CU_ASSERT_EQUAL_FATAL(kv_seq_reserve(kv, a, T), 0);
-        CU_ASSERT_EQUAL_FATAL(kv_seq_reserve(kv, b, T), 0);
-        for (int sq = 0; sq < 2; sq++)
+        int sq[2] = {kv_seq_open(kv), kv_seq_open(kv)};
+        for (int k = 0; k < 2; k++) CU_ASSERT_EQUAL_FATAL(kv_seq_reserve(kv, sq[k], T), 0);
+        for (int k = 0; k < 2; k++)
             for (int l = 0; l < L; l++)
                 for (int p = 0; p + 1 < T; p++)
-                    CU_ASSERT_PTR_EQUAL(kv_row(kv, sq ? b : a, l, p + 1), kv_row(kv, sq ? b : a, l, p) + ROW);
-        for (int sq = 0; sq < 2; sq++) /* a value a row, read back after all are written */
+                    CU_ASSERT_PTR_EQUAL(kv_row(kv, sq[k], l, p + 1), kv_row(kv, sq[k], l, p) + ROW);
+        for (int k = 0; k < 2; k++) /* a value a row, read back after all are written */
             for (int l = 0; l < L; l++)
                 for (int p = 0; p < T; p++)
-                    for (int i = 0; i < ROW; i++) kv_row(kv, sq ? b : a, l, p)[i] = (float)(((sq * L + l) * T + p) * ROW + i);
+                    for (int i = 0; i < ROW; i++) kv_row(kv, sq[k], l, p)[i] = (float)(((k * L + l) * T + p) * ROW + i);
         int all = 1;
-        for (int sq = 0; sq < 2; sq++)
+        for (int k = 0; k < 2; k++)
             for (int l = 0; l < L; l++)
                 for (int p = 0; p < T; p++)
-                    for (int i = 0; i < ROW; i++) all &= kv_row_c(kv, sq ? b : a, l, p)[i] == (float)(((sq * L + l) * T + p) * ROW + i);
+                    for (int i = 0; i < ROW; i++)
+                        all &= kv_row_c(kv, sq[k], l, p)[i] == (float)(((k * L + l) * T + p) * ROW + i);
         CU_ASSERT(all);
-        kv_seq_close(kv, b), kv_seq_close(kv, a);
+        kv_seq_close(kv, sq[1]), kv_seq_close(kv, sq[0]);
     }
     kv_free(kv);
 }
